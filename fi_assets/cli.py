@@ -1,0 +1,162 @@
+"""`fi`: the command line over the same definitions, data root and Dagster instance as the UI."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+ingest_app = typer.Typer(no_args_is_help=True, help="Register a file or dataset as a new shard.")
+app.add_typer(ingest_app, name="ingest")
+
+SOURCE_HELP = "JSONL, JSON, Parquet or CSV file, or hf:NAME[@SPLIT] for a Hugging Face dataset"
+SHARD_HELP = "shard (partition) name; default: the file name without extension"
+
+
+def _settings():
+    from fi_resources.settings import get_settings
+
+    return get_settings()
+
+
+def _ingest(kind: str, source: str, shard: Optional[str]) -> str:
+    from fi_assets.ingestion import PARTITIONS, NoGoodRowsError, ingest_shard
+    from fi_resources.instance import open_instance
+    from fi_resources.storage import Storage, StorageLayoutError
+
+    settings = _settings()
+    try:
+        ingested = ingest_shard(Storage(home=str(settings.home)), kind, source, shard)
+    except (NoGoodRowsError, StorageLayoutError, FileNotFoundError, ValueError) as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(1) from error
+    instance = open_instance(settings.home)
+    instance.add_dynamic_partitions(PARTITIONS[kind].name, [ingested.shard])
+    instance.report_runless_asset_event(ingested.event)
+    typer.echo(
+        f"{kind} shard {ingested.shard}: {ingested.accepted} accepted, {ingested.rejected} rejected"
+        + (f" (see: fi sql \"select * from rejects where shard = '{ingested.shard}'\")" if ingested.rejected else "")
+    )
+    return ingested.shard
+
+
+@ingest_app.command("queries")
+def ingest_queries(
+    source: Annotated[str, typer.Argument(help=SOURCE_HELP)],
+    shard: Annotated[Optional[str], typer.Option(help=SHARD_HELP)] = None,
+) -> None:
+    """Ingest user queries: a `query` or `text` field, or chat `messages`/`conversation` (user
+    turns only)."""
+    _ingest("queries", source, shard)
+
+
+@ingest_app.command("documents")
+def ingest_documents(
+    source: Annotated[str, typer.Argument(help=SOURCE_HELP)],
+    shard: Annotated[Optional[str], typer.Option(help=SHARD_HELP)] = None,
+) -> None:
+    """Ingest documents: a `text` field, optional `id` and `url`."""
+    _ingest("documents", source, shard)
+
+
+@app.command()
+def materialize(
+    assets: Annotated[Optional[list[str]], typer.Argument(help="asset names; default: all")] = None,
+) -> None:
+    """Materialize every missing or stale partition of ASSETS and their upstream, as runs of the
+    Dagster instance under FI_HOME (they show in the UI)."""
+    import dagster as dg
+
+    from fi_assets.definitions import ASSETS, build_definitions, build_resources
+    from fi_assets.planning import plan_runs
+    from fi_resources.instance import open_instance
+
+    settings = _settings()
+    instance = open_instance(settings.home)
+    defs = build_definitions(settings)
+    try:
+        runs = plan_runs(defs, instance, assets or None)
+    except ValueError as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(2) from error
+    if not runs:
+        typer.echo("everything is up to date")
+        return
+    resources = build_resources(settings)
+    failed = 0
+    for number, run in enumerate(runs, start=1):
+        names = ", ".join(key.to_user_string() for key in run.asset_keys)
+        typer.echo(f"[{number}/{len(runs)}] {run.partitions}={run.partition_key}: {names}")
+        typer.echo(f"    why: {'; '.join(run.reasons)}")
+        started = time.perf_counter()
+        result = dg.materialize(
+            ASSETS, selection=run.asset_keys, partition_key=run.partition_key,
+            instance=instance, resources=resources, raise_on_error=False,
+        )
+        status = "ok" if result.success else "FAILED"
+        failed += not result.success
+        typer.echo(f"    {status} in {time.perf_counter() - started:.1f}s (run {result.run_id})")
+    if failed:
+        typer.secho(f"{failed} run(s) failed: open the UI (fi ui) for their logs", fg="red", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def sql(query: Annotated[str, typer.Argument(help="DuckDB SQL over one view per table, plus rejects")]) -> None:
+    """Run SQL over the tables and print CSV with a header row."""
+    import duckdb
+
+    from fi_resources.storage import Storage
+
+    connection = Storage(home=str(_settings().home)).connect()
+    try:
+        cursor = connection.execute(query)
+    except duckdb.Error as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(1) from error
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow([column[0] for column in cursor.description or []])
+    writer.writerows(cursor.fetchall())
+
+
+@app.command()
+def demo(full: Annotated[bool, typer.Option("--full", help="all 294 queries and 105 articles")] = False) -> None:
+    """Ingest the bundled sample (real WildChat queries, real Wikipedia articles) and materialize
+    everything."""
+    from fi_method.samples import write_sample
+
+    settings = _settings()
+    started = time.perf_counter()
+    queries_file, documents_file = write_sample(settings.home / "samples", full=full)
+    _ingest("queries", str(queries_file), None)
+    _ingest("documents", str(documents_file), None)
+    materialize(None)
+    typer.echo(
+        f"\ndemo done in {time.perf_counter() - started:.0f}s. Data root: {settings.home}\n"
+        "  fi sql \"select engine, count(*) from instruction_templates group by engine\"\n"
+        "  fi sql \"select stage, reason, count(*) from rejects group by all order by 3 desc\"\n"
+        "  fi ui    (then open http://127.0.0.1:3000, Assets)"
+    )
+
+
+@app.command()
+def ui(port: Annotated[int, typer.Option(help="web server port")] = 3000) -> None:
+    """Serve the Dagster UI (dg dev) on the instance under FI_HOME."""
+    from fi_resources.instance import prepare_dagster_home
+
+    settings = _settings()
+    environment = {**os.environ, "DAGSTER_HOME": str(prepare_dagster_home(settings.home)), "FI_HOME": str(settings.home)}
+    project = Path(__file__).resolve().parents[1]
+    dg_command = str(Path(sys.executable).with_name("dg"))
+    raise typer.Exit(subprocess.call([dg_command, "dev", "--port", str(port)], cwd=project, env=environment))
+
+
+if __name__ == "__main__":
+    app()

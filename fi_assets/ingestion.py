@@ -1,0 +1,134 @@
+"""Getting shards in: `fi ingest` and the inbox sensor share `ingest_shard`, which snapshots the
+source as an `ingested_*` table, records its rejects, and emits the materialization (with a content
+DataVersion) that registers the shard for the UI and marks downstream partitions stale."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
+
+from fi_assets.partitions import doc_shards, query_shards
+from fi_assets.reporting import frame_version, markdown_preview
+from fi_method.ingest import HF_PREFIX, Kind, ingest_source
+from fi_resources.settings import get_settings
+from fi_resources.storage import Storage, check_partition_name
+
+INGESTED = {"queries": "ingested_queries", "documents": "ingested_documents"}
+PARTITIONS = {"queries": query_shards, "documents": doc_shards}
+INBOX_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv", ".tsv")
+
+ingested_queries = dg.AssetSpec(
+    INGESTED["queries"],
+    partitions_def=query_shards,
+    group_name="inbox",
+    kinds={"parquet"},
+    description="User queries as ingested from one file or dataset (a shard), before any filter. "
+    "Written by `fi ingest queries` or the inbox sensor.",
+)
+ingested_documents = dg.AssetSpec(
+    INGESTED["documents"],
+    partitions_def=doc_shards,
+    group_name="inbox",
+    kinds={"parquet"},
+    description="Documents as ingested from one file or dataset (a shard). Written by "
+    "`fi ingest documents` or the inbox sensor.",
+)
+
+
+class NoGoodRowsError(ValueError):
+    """A source none of whose rows could be ingested."""
+
+
+@dataclass
+class IngestedShard:
+    kind: Kind
+    shard: str
+    accepted: int
+    rejected: int
+    event: dg.AssetMaterialization
+
+
+def default_shard_name(source: str) -> str:
+    """The file's stem, or the dataset's name, made safe for a partition key."""
+    name = source[len(HF_PREFIX) :] if source.startswith(HF_PREFIX) else Path(source).name.split(".")[0]
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")[:100] or "shard"
+
+
+def ingest_shard(storage: Storage, kind: Kind, source: str, shard: str | None = None) -> IngestedShard:
+    """Snapshot `source` as shard `shard` (default: from the file name). Bad rows go to the rejects
+    table; raises NoGoodRowsError when no row is good (the shard is then not registered)."""
+    shard = check_partition_name(shard or default_shard_name(source))
+    result = ingest_source(kind, source)
+    storage.write_rejects(
+        f"ingest_{kind}", shard, [{**r, "stage": f"ingest_{kind}", "shard": shard} for r in result.rejects]
+    )
+    if not result.rows:
+        raise NoGoodRowsError(
+            f"{source}: no row could be ingested ({len(result.rejects)} rejected; "
+            f"see: fi sql \"select * from rejects where shard = '{shard}'\")"
+        )
+    frame = pl.DataFrame(result.rows, infer_schema_length=None)
+    path = storage.write_table(INGESTED[kind], shard, frame)
+    version = frame_version(frame)
+    event = dg.AssetMaterialization(
+        asset_key=INGESTED[kind],
+        partition=shard,
+        metadata={
+            "source": source,
+            "dagster/row_count": frame.height,
+            "rejected": len(result.rejects),
+            "path": dg.MetadataValue.path(str(path)),
+            "preview": dg.MetadataValue.md(markdown_preview(frame, ["line", "text"])),
+        },
+        tags={DATA_VERSION_TAG: version},
+    )
+    return IngestedShard(kind, shard, frame.height, len(result.rejects), event)
+
+
+def _inbox_files(storage: Storage, kind: Kind) -> list[Path]:
+    inbox = storage.inbox_dir(kind)
+    inbox.mkdir(parents=True, exist_ok=True)
+    return sorted(p for p in inbox.iterdir() if p.is_file() and p.name.lower().endswith(INBOX_SUFFIXES))
+
+
+@dg.sensor(
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Ingests files dropped into FI_HOME/inbox/queries and FI_HOME/inbox/documents "
+    "(JSONL, JSON, Parquet, CSV), one shard per file, exactly as `fi ingest` does. A file is "
+    "ingested again when its size or modification time changes.",
+)
+def inbox_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    storage = Storage(home=str(get_settings().home))
+    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    requests, events = [], []
+    for kind in ("queries", "documents"):
+        new_keys = []
+        for path in _inbox_files(storage, kind):
+            stat = path.stat()
+            signature = f"{stat.st_size}:{stat.st_mtime_ns}"
+            if seen.get(str(path)) == signature:
+                continue
+            seen[str(path)] = signature
+            try:
+                ingested = ingest_shard(storage, kind, str(path))
+            except (NoGoodRowsError, ValueError) as error:
+                context.log.error(f"inbox: {error}")
+                continue
+            context.log.info(
+                f"inbox: {path.name} -> {kind} shard {ingested.shard}: "
+                f"{ingested.accepted} accepted, {ingested.rejected} rejected"
+            )
+            new_keys.append(ingested.shard)
+            events.append(ingested.event)
+        if new_keys:
+            requests.append(PARTITIONS[kind].build_add_request(new_keys))
+    if not events:
+        return dg.SensorResult(skip_reason="no new or changed file in the inbox", cursor=json.dumps(seen))
+    return dg.SensorResult(dynamic_partitions_requests=requests, asset_events=events, cursor=json.dumps(seen))

@@ -1,0 +1,63 @@
+"""What every table asset reports: row counts, a Markdown preview, and a content-hash DataVersion
+so that downstream partitions re-run only when their input really changed."""
+
+from __future__ import annotations
+
+import hashlib
+
+import dagster as dg
+import polars as pl
+
+from fi_resources.storage import Storage
+
+PREVIEW_ROWS = 5
+PREVIEW_CELL_CHARS = 120
+
+
+def frame_version(frame: pl.DataFrame) -> str:
+    """A hash of the table's content (column names, types and values, in order)."""
+    digest = hashlib.sha256(str(frame.schema).encode())
+    digest.update(frame.write_csv().encode("utf-8"))
+    return digest.hexdigest()[:16]
+
+
+def markdown_preview(frame: pl.DataFrame, columns: list[str], rows: int = PREVIEW_ROWS) -> str:
+    """The first rows of `columns` as a Markdown table, long cells shortened."""
+
+    def cell(value) -> str:
+        text = "" if value is None else str(value)
+        text = text.replace("\n", " ").replace("|", "\\|")
+        return text if len(text) <= PREVIEW_CELL_CHARS else text[: PREVIEW_CELL_CHARS - 1] + "…"
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for record in frame.head(rows).select(columns).iter_rows():
+        lines.append("| " + " | ".join(cell(value) for value in record) + " |")
+    return "\n".join(lines)
+
+
+def write_stage(
+    storage: Storage,
+    table: str,
+    partition: str,
+    frame: pl.DataFrame,
+    rejects: list[dict],
+    preview_columns: list[str],
+    metadata: dict | None = None,
+) -> dg.MaterializeResult:
+    """Write one partition of a table asset and its rejects, and report them."""
+    path = storage.write_table(table, partition, frame)
+    storage.write_rejects(table, partition, [{**r, "stage": table, "shard": partition} for r in rejects])
+    reasons: dict[str, int] = {}
+    for reject in rejects:
+        reasons[reject["reason"]] = reasons.get(reject["reason"], 0) + 1
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": frame.height,
+            "rejected": len(rejects),
+            "rejected_by_reason": reasons,
+            "path": dg.MetadataValue.path(str(path)),
+            "preview": dg.MetadataValue.md(markdown_preview(frame, preview_columns)),
+            **(metadata or {}),
+        },
+        data_version=dg.DataVersion(frame_version(frame)),
+    )

@@ -1,0 +1,96 @@
+"""instruction_templates[q] and template_index[q]: stage A's output and the vectors stage B
+retrieves templates by."""
+
+import dagster as dg
+import polars as pl
+
+from fi_assets.partitions import query_shards
+from fi_assets.reporting import frame_version, markdown_preview, write_stage
+from fi_method.instruction_templates import collect_templates
+from fi_resources.embedder import Embedder
+from fi_resources.genericizer import Genericizer
+from fi_resources.storage import Storage
+from fi_resources.template_index import METRIC, TemplateIndex, table_name_for
+
+TEMPLATES_SCHEMA = {
+    "template_id": pl.String,
+    "query_id": pl.String,
+    "query": pl.String,
+    "template": pl.String,
+    "compatible_document_description": pl.String,
+    "n_tags": pl.Int64,
+    "engine": pl.String,
+    "model": pl.String,
+}
+INDEX_COLUMNS = ["template_id", "query_id", "template", "compatible_document_description", "n_tags"]
+
+
+@dg.asset(
+    partitions_def=query_shards,
+    deps=["raw_queries"],
+    group_name="queries",
+    kinds={"polars", "parquet"},
+    code_version="1",
+    pool="gpu",
+    description="Instruction templates of one query shard: the genericizer role (engine `rules`, "
+    "`transformers` or `vllm`, chosen by FI_GENERICIZER_ENGINE) turns each query into a template "
+    "with <fi>slot</fi> tags and a compatible document description. Outputs with unbalanced, "
+    "nested or empty tags, no tag, or no change from the query are in `rejects`.",
+)
+def instruction_templates(
+    context: dg.AssetExecutionContext, storage: Storage, genericizer: Genericizer
+) -> dg.MaterializeResult:
+    queries = storage.read_table("raw_queries", context.partition_key).to_dicts()
+    context.log.info(f"genericizing {len(queries)} queries with {genericizer.engine}:{genericizer.model_name}")
+
+    def progress(done: int, total: int) -> None:
+        context.log.info(f"genericized {done}/{total}")
+
+    outputs = genericizer.genericize([q["query"] for q in queries], progress=progress)
+    kept, rejects = collect_templates(queries, outputs, genericizer.engine, genericizer.model_name)
+    frame = pl.DataFrame(kept, schema=TEMPLATES_SCHEMA)
+    tags = frame.group_by("n_tags").len().sort("n_tags")
+    return write_stage(
+        storage, "instruction_templates", context.partition_key, frame, rejects,
+        ["template", "compatible_document_description", "n_tags"],
+        {
+            "engine": genericizer.engine,
+            "model": genericizer.model_name,
+            "queries": len(queries),
+            "valid_share": round(frame.height / len(queries), 4) if queries else 0.0,
+            "n_tags_distribution": {str(k): v for k, v in tags.iter_rows()},
+        },
+    )
+
+
+@dg.asset(
+    partitions_def=query_shards,
+    deps=["instruction_templates"],
+    group_name="queries",
+    kinds={"lancedb", "sentence_transformers"},
+    code_version="1",
+    pool="gpu",
+    description="The compatible document descriptions of one shard's templates, embedded by the "
+    "Embedder (FI_EMBEDDER_MODEL) and written to the LanceDB table of that embedder (cosine), "
+    "rows tagged by shard; re-materializing replaces exactly this shard's rows.",
+)
+def template_index(
+    context: dg.AssetExecutionContext, storage: Storage, embedder: Embedder, index: TemplateIndex
+) -> dg.MaterializeResult:
+    templates = storage.read_table("instruction_templates", context.partition_key).select(INDEX_COLUMNS)
+    vectors = embedder.embed(templates["compatible_document_description"].to_list())
+    table = table_name_for(embedder.model)
+    total = index.replace_shard(table, context.partition_key, templates.to_dicts(), vectors)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": templates.height,
+            "lancedb_table": table,
+            "lancedb_uri": dg.MetadataValue.path(index.uri),
+            "table_rows_all_shards": total,
+            "embedder": embedder.model,
+            "dimension": int(vectors.shape[1]),
+            "metric": METRIC,
+            "preview": dg.MetadataValue.md(markdown_preview(templates, ["template_id", "compatible_document_description"])),
+        },
+        data_version=dg.DataVersion(frame_version(templates.with_columns(pl.lit(embedder.model).alias("embedder")))),
+    )

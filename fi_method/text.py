@@ -1,0 +1,47 @@
+"""Text cleaning and content-hash ids shared by every stage."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+
+import ftfy
+
+_SPACES = re.compile(r"[ \t\f\v\u00a0\u2000-\u200b\u202f\u205f\u3000]+")
+_BLANK_LINES = re.compile(r"\n\s*\n\s*\n+")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+_WORD = re.compile(r"\w+(?:['’]\w+)*", re.UNICODE)
+
+# Ids are the first 16 hex digits of a SHA-256: 64 bits keep collisions negligible below ~10^9 rows.
+ID_HEX_DIGITS = 16
+
+
+def clean_text(text: str) -> str:
+    """Repair mis-decoded text (mojibake), normalise to NFC, drop control characters and collapse
+    runs of spaces; paragraph breaks survive as at most one blank line."""
+    text = ftfy.fix_text(text, normalization="NFC")
+    text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
+    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens (letters, digits and inner apostrophes)."""
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+def content_hash(*parts: str) -> str:
+    """Stable id of a piece of content: the same text always gets the same id."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode("utf-8"))
+        digest.update(b"\x1f")
+    return digest.hexdigest()[:ID_HEX_DIGITS]
+
+
+def fold_for_matching(text: str) -> str:
+    """Lower-case, strip accents and punctuation: the form in which two texts count as the same."""
+    decomposed = unicodedata.normalize("NFKD", text.lower())
+    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return " ".join(words(stripped))

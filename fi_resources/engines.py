@@ -1,0 +1,83 @@
+"""Text-generation engines: chat messages in, completions out. An engine knows nothing of roles;
+a role (fi_method.genericizer, ...) builds the messages and parses what comes back, so the
+`transformers` and `vllm` engines share every prompt and parser."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+Messages = list[dict[str, str]]
+Progress = Callable[[int, int], None]
+
+
+class TransformersEngine:
+    """Greedy, batched generation with Hugging Face transformers on CPU or GPU."""
+
+    def __init__(self, model: str, device: str, models_dir: Path, batch_size: int = 8):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from fi_resources.models import causal_lm_source
+
+        source = causal_lm_source(model, models_dir)
+        self.device = device
+        self.batch_size = batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        # Decoder-only models continue from the right end of the prompt: pad on the left.
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device).eval()
+
+    def generate(
+        self, conversations: Sequence[Messages], max_new_tokens: int, progress: Progress | None = None
+    ) -> list[str]:
+        import torch
+
+        outputs: list[str] = []
+        for start in range(0, len(conversations), self.batch_size):
+            batch = conversations[start : start + self.batch_size]
+            prompts = [
+                self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                for messages in batch
+            ]
+            encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            encoded = encoded.to(self.device)
+            with torch.inference_mode():
+                generated = self.model.generate(
+                    **encoded,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )
+            new_tokens = generated[:, encoded["input_ids"].shape[1] :]
+            outputs.extend(self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+            if progress is not None:
+                progress(len(outputs), len(conversations))
+        return outputs
+
+
+class VLLMEngine:
+    """Greedy generation with vLLM (GPU). Needs the `vllm` extra: pip install -e '.[vllm]'."""
+
+    def __init__(self, model: str, models_dir: Path):
+        try:
+            from vllm import LLM
+        except ImportError as error:
+            raise RuntimeError(
+                "the vllm engine needs vLLM on a CUDA machine: pip install -e '.[vllm]'"
+            ) from error
+        self.llm = LLM(model=model, download_dir=str(models_dir))
+
+    def generate(
+        self, conversations: Sequence[Messages], max_new_tokens: int, progress: Progress | None = None
+    ) -> list[str]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+        results = self.llm.chat(list(conversations), params, use_tqdm=True)
+        if progress is not None:
+            progress(len(results), len(conversations))
+        return [result.outputs[0].text for result in results]

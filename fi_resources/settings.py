@@ -1,0 +1,64 @@
+"""Configuration shared by the CLI and the Dagster UI: environment variables `FI_*`, or one TOML
+file (`fi.toml` in the working directory, or the file named by `FI_CONFIG`). Environment variables
+win over the file; the file wins over the defaults below."""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from fi_method.genericizer import RELEASED_TEMPLATIZER
+from fi_resources.models import MINILM
+
+Engine = Literal["rules", "transformers", "vllm"]
+
+
+def _config_file() -> Path:
+    return Path(os.environ.get("FI_CONFIG", "fi.toml"))
+
+
+class Settings(BaseSettings):
+    """All knobs a user turns without editing code. See README, "Configuration"."""
+
+    model_config = SettingsConfigDict(env_prefix="FI_", extra="ignore")
+
+    home: Path = Field(Path("fi_home"), description="Data root: inbox, tables, LanceDB, models, Dagster.")
+    genericizer_engine: Engine = Field("rules", description="Engine of the query -> template role.")
+    genericizer_model: str = Field(
+        RELEASED_TEMPLATIZER, description="HF id or local path (transformers and vllm engines)."
+    )
+    embedder_model: str = Field(MINILM, description="sentence-transformers id or path.")
+    device: str = Field("auto", description="torch device for the transformers engine and embedder.")
+    generation_batch_size: int = Field(8, ge=1)
+    max_new_tokens: int = Field(256, ge=16)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=_config_file())
+        return (init_settings, env_settings, toml)
+
+    def model_post_init(self, _context) -> None:
+        self.home = self.home.expanduser().resolve()
+
+
+@cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,142 @@
+"""The layout of the data root (FI_HOME) and the only code that writes tables into it.
+
+    FI_HOME/
+      inbox/{queries,documents}/     files dropped here are ingested by the inbox sensor
+      tables/<asset>/<partition>.parquet
+      tables/rejects/<stage>/<partition>.parquet
+      lancedb/                       template vectors
+      models/                        converted or downloaded model weights
+      checkpoints/                   training checkpoints
+      dagster/                       Dagster instance storage (runs, events, logs)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import duckdb
+import polars as pl
+from dagster import ConfigurableResource
+from pydantic import Field
+
+REJECTS = "rejects"
+
+REJECT_SCHEMA = {
+    "stage": pl.String,
+    "shard": pl.String,
+    "source": pl.String,
+    "line": pl.Int64,
+    "item_id": pl.String,
+    "reason": pl.String,
+    "detail": pl.String,
+}
+
+_PARTITION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class StorageLayoutError(ValueError):
+    """A name that cannot safely become a file name under FI_HOME."""
+
+
+def check_partition_name(name: str) -> str:
+    """Shard names become file names and SQL literals: letters, digits, `.`, `_`, `-` only."""
+    if not _PARTITION_NAME.match(name):
+        raise StorageLayoutError(
+            f"invalid shard name {name!r}: use 1-100 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def rejects_frame(rows: list[dict]) -> pl.DataFrame:
+    """Rows of the rejects table, typed, even when there are none."""
+    return pl.DataFrame(
+        [{key: row.get(key) for key in REJECT_SCHEMA} for row in rows], schema=REJECT_SCHEMA
+    )
+
+
+class Storage(ConfigurableResource):
+    """Paths under one data root, atomic Parquet writes and DuckDB views over every table."""
+
+    home: str = Field(description="the data root, FI_HOME")
+
+    @property
+    def root(self) -> Path:
+        return Path(self.home).expanduser().resolve()
+
+    @property
+    def tables_dir(self) -> Path:
+        return self.root / "tables"
+
+    @property
+    def lancedb_dir(self) -> Path:
+        return self.root / "lancedb"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def dagster_dir(self) -> Path:
+        return self.root / "dagster"
+
+    def inbox_dir(self, kind: str) -> Path:
+        return self.root / "inbox" / kind
+
+    def table_path(self, table: str, partition: str) -> Path:
+        return self.tables_dir / table / f"{check_partition_name(partition)}.parquet"
+
+    def rejects_path(self, stage: str, partition: str) -> Path:
+        return self.tables_dir / REJECTS / stage / f"{check_partition_name(partition)}.parquet"
+
+    def write_table(self, table: str, partition: str, frame: pl.DataFrame) -> Path:
+        """Replace one partition of a table. The file appears whole or not at all: it is written
+        under a temporary name beside its destination and renamed over it."""
+        return _write_atomically(frame, self.table_path(table, partition))
+
+    def write_rejects(self, stage: str, partition: str, rows: list[dict]) -> Path:
+        """Replace the rejects a stage recorded for one partition (an empty file when none, so a
+        rerun that rejects nothing clears the previous run's rejects)."""
+        return _write_atomically(rejects_frame(rows), self.rejects_path(stage, partition))
+
+    def read_table(self, table: str, partition: str) -> pl.DataFrame:
+        path = self.table_path(table, partition)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} does not exist: materialize {table}[{partition}] first"
+            )
+        return pl.read_parquet(path)
+
+    def table_names(self) -> list[str]:
+        """Tables that have at least one partition written (rejects included)."""
+        if not self.tables_dir.exists():
+            return []
+        return sorted(p.name for p in self.tables_dir.iterdir() if p.is_dir() and any(p.rglob("*.parquet")))
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB with one view per table (named after the asset) over all its
+        partitions, plus `rejects` over every stage's rejects."""
+        connection = duckdb.connect()
+        for table in self.table_names():
+            pattern = "*/*.parquet" if table == REJECTS else "*.parquet"
+            files = (self.tables_dir / table / pattern).as_posix().replace("'", "''")
+            connection.execute(
+                f"CREATE VIEW \"{table}\" AS SELECT * FROM read_parquet('{files}', union_by_name = true)"
+            )
+        return connection
+
+
+def _write_atomically(frame: pl.DataFrame, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        frame.write_parquet(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,85 @@
+"""The LanceDB template index: one table per embedder model (vectors of different models never
+mix), one row per template, tagged with the query shard it came from."""
+
+from __future__ import annotations
+
+import re
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from fi_resources.storage import check_partition_name
+
+# Vectors are L2-normalised, so cosine distance ranks exactly like the paper's cosine similarity.
+METRIC = "cosine"
+
+
+def table_name_for(embedder_model: str) -> str:
+    """`templates__<model>`: a readable, filesystem-safe name per embedder."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", embedder_model.rstrip("/").split("/")[-1]).strip("_")
+    return f"templates__{slug.lower()}"
+
+
+def _schema(dimension: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("shard", pa.string()),
+            pa.field("template_id", pa.string()),
+            pa.field("query_id", pa.string()),
+            pa.field("template", pa.string()),
+            pa.field("compatible_document_description", pa.string()),
+            pa.field("n_tags", pa.int32()),
+            pa.field("vector", pa.list_(pa.float32(), dimension)),
+        ],
+        metadata={"metric": METRIC},
+    )
+
+
+class TemplateIndex(ConfigurableResource):
+    """Writes and reads template vectors in LanceDB under FI_HOME/lancedb."""
+
+    uri: str = Field(description="LanceDB folder (FI_HOME/lancedb)")
+
+    def _table(self, name: str, dimension: int):
+        database = lancedb.connect(self.uri)
+        table = database.create_table(name, schema=_schema(dimension), exist_ok=True)
+        existing = table.schema.field("vector").type.list_size
+        if existing != dimension:
+            raise ValueError(
+                f"LanceDB table {name} holds {existing}-d vectors, the embedder gives {dimension}-d: "
+                "two models share a name; set FI_EMBEDDER_MODEL to a distinct id or path"
+            )
+        return table
+
+    def replace_shard(self, name: str, shard: str, rows: list[dict], vectors: np.ndarray) -> int:
+        """Make the table's rows of `shard` exactly `rows` in one commit (merge-insert on shard and
+        template id, deleting the shard's rows not in `rows`): reruns are idempotent and a crash
+        leaves the previous version whole. Returns the table's row count."""
+        check_partition_name(shard)
+        table = self._table(name, vectors.shape[1])
+        shard_filter = f"shard = '{shard}'"
+        if not rows:
+            table.delete(shard_filter)
+            return table.count_rows()
+        data = pa.Table.from_pylist(
+            [{**row, "shard": shard, "vector": vector} for row, vector in zip(rows, vectors.tolist())],
+            schema=table.schema,
+        )
+        (
+            table.merge_insert(["shard", "template_id"])
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .when_not_matched_by_source_delete(shard_filter)
+            .execute(data)
+        )
+        return table.count_rows()
+
+    def count(self, name: str, shard: str | None = None) -> int:
+        database = lancedb.connect(self.uri)
+        if name not in database.list_tables().tables:
+            return 0
+        table = database.open_table(name)
+        return table.count_rows(f"shard = '{check_partition_name(shard)}'" if shard else None)

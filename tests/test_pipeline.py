@@ -1,0 +1,146 @@
+"""The assets on real sample data: called directly, through materialize() on a test instance, and
+through the `fi` CLI end to end on a temporary FI_HOME."""
+
+import json
+
+import dagster as dg
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from fi_assets.cli import app
+from fi_assets.definitions import ASSETS, build_resources
+from fi_assets.documents import documents
+from fi_assets.ingestion import ingest_shard
+from fi_assets.queries import QueryFilterConfig, raw_queries
+from fi_method.samples import wikipedia_articles
+from fi_resources.settings import get_settings
+from fi_resources.storage import Storage
+from fi_resources.template_index import TemplateIndex, table_name_for
+
+runner = CliRunner()
+
+QUERIES = [
+    "What did Nikola Tesla invent in 1891?",
+    "What did Nikola Tesla invent in 1891 ?",  # a duplicate once punctuation is folded
+    "How does photosynthesis work in C4 plants like maize?",
+    "Why did the Roman Empire fall in the 5th century?",
+    "hi",  # too short
+    # A verbatim AlpacaEval instruction: decontamination must drop it.
+    "What are the names of some famous actors that started their careers on Broadway?",
+    "Write a short story about a lighthouse keeper in Norway who finds a message in a bottle.",
+]
+
+
+@pytest.fixture
+def queries_file(tmp_path):
+    path = tmp_path / "chat_queries.jsonl"
+    path.write_text("".join(json.dumps({"query": q}) + "\n" for q in QUERIES))
+    return path
+
+
+@pytest.fixture
+def documents_file(tmp_path):
+    path = tmp_path / "wiki.jsonl"
+    path.write_text("".join(json.dumps(a) + "\n" for a in wikipedia_articles(limit=3)))
+    return path
+
+
+def test_raw_queries_and_documents_called_directly(fi_home, queries_file, documents_file):
+    storage = Storage(home=str(fi_home))
+    ingest_shard(storage, "queries", str(queries_file), "q1")
+    ingest_shard(storage, "documents", str(documents_file), "d1")
+
+    result = raw_queries(dg.build_asset_context(partition_key="q1"), QueryFilterConfig(), storage)
+    kept = storage.read_table("raw_queries", "q1")
+    assert kept.height == 4 and result.metadata["dagster/row_count"] == 4
+    reasons = dict(
+        storage.connect().execute("select reason, count(*) from rejects where stage = 'raw_queries' group by 1").fetchall()
+    )
+    assert reasons == {"duplicate": 1, "too_short": 1, "contaminated": 1}
+    assert result.data_version is not None
+
+    documents(dg.build_asset_context(partition_key="d1"), storage)
+    docs = storage.read_table("documents", "d1")
+    assert docs.height == 3 and set(docs["language"]) == {"en"}
+    assert docs["doc_id"].n_unique() == 3
+
+
+def test_materialize_on_a_test_instance_is_idempotent(fi_home, queries_file):
+    settings = get_settings()
+    storage = Storage(home=str(fi_home))
+    ingest_shard(storage, "queries", str(queries_file), "q1")
+    resources = build_resources(settings)
+    selection = ["raw_queries", "instruction_templates", "template_index"]
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("query_shards", ["q1"])
+        first = dg.materialize(ASSETS, selection=selection, partition_key="q1", instance=instance, resources=resources)
+        assert first.success
+        templates = storage.read_table("instruction_templates", "q1")
+        assert templates.height >= 3
+        assert set(templates["engine"]) == {"rules"}
+        index = TemplateIndex(uri=str(storage.lancedb_dir))
+        table = table_name_for(settings.embedder_model)
+        assert index.count(table, "q1") == templates.height
+
+        second = dg.materialize(ASSETS, selection=selection, partition_key="q1", instance=instance, resources=resources)
+        versions = [
+            {e.asset_key.to_user_string(): e.step_materialization_data.materialization.tags["dagster/data_version"]
+             for e in run.get_asset_materialization_events()}
+            for run in (first, second)
+        ]
+        assert versions[0] == versions[1]
+        assert index.count(table, "q1") == templates.height
+
+
+def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"nope": 1}\nnot json\n')
+    result = runner.invoke(app, ["ingest", "queries", str(bad)])
+    assert result.exit_code == 1 and "no row could be ingested" in result.output
+
+    result = runner.invoke(app, ["ingest", "queries", str(queries_file), "--shard", "chat"])
+    assert result.exit_code == 0, result.output
+    assert "7 accepted, 0 rejected" in result.output
+    result = runner.invoke(app, ["ingest", "documents", str(documents_file)])
+    assert result.exit_code == 0 and "documents shard wiki: 3 accepted" in result.output
+
+    result = runner.invoke(app, ["materialize"])
+    assert result.exit_code == 0, result.output
+    assert "query_shards=chat" in result.output and "doc_shards=wiki" in result.output
+
+    result = runner.invoke(app, ["materialize"])
+    assert result.exit_code == 0 and "everything is up to date" in result.output
+
+    result = runner.invoke(app, ["sql", "select count(*) as n from instruction_templates"])
+    assert result.exit_code == 0
+    header, value = result.output.strip().splitlines()
+    assert header == "n" and int(value) >= 3
+
+    # Re-ingesting a changed shard makes exactly that shard's partitions stale.
+    queries_file.write_text(queries_file.read_text() + json.dumps({"query": "How do volcanoes in Iceland form?"}) + "\n")
+    assert runner.invoke(app, ["ingest", "queries", str(queries_file), "--shard", "chat"]).exit_code == 0
+    result = runner.invoke(app, ["materialize"])
+    assert result.exit_code == 0, result.output
+    assert "query_shards=chat" in result.output and "doc_shards" not in result.output
+
+    result = runner.invoke(app, ["sql", "select count(*) from nowhere"])
+    assert result.exit_code == 1 and "nowhere" in result.output
+    result = runner.invoke(app, ["materialize", "no_such_asset"])
+    assert result.exit_code == 2 and "unknown asset" in result.output
+
+
+def test_inbox_sensor_registers_dropped_files(fi_home, queries_file):
+    from fi_assets.ingestion import inbox_sensor
+
+    inbox = fi_home / "inbox" / "queries"
+    inbox.mkdir(parents=True)
+    (inbox / "dropped.jsonl").write_text(queries_file.read_text())
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance)
+        result = inbox_sensor(context)
+        assert [r.partition_keys for r in result.dynamic_partitions_requests] == [["dropped"]]
+        assert result.asset_events[0].partition == "dropped"
+        assert pl.read_parquet(fi_home / "tables" / "ingested_queries" / "dropped.parquet").height == 7
+        again = inbox_sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor))
+        assert not again.asset_events
