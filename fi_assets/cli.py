@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -18,6 +18,8 @@ app.add_typer(ingest_app, name="ingest")
 
 SOURCE_HELP = "JSONL, JSON, Parquet or CSV file, or hf:NAME[@SPLIT] for a Hugging Face dataset"
 SHARD_HELP = "shard (partition) name; default: the file name without extension"
+# Runs log at INFO on the terminal; the UI keeps every level of the same runs.
+RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def _settings():
@@ -26,7 +28,7 @@ def _settings():
     return get_settings()
 
 
-def _ingest(kind: str, source: str, shard: Optional[str]) -> str:
+def _ingest(kind: str, source: str, shard: str | None) -> str:
     from fi_assets.ingestion import PARTITIONS, NoGoodRowsError, ingest_shard
     from fi_resources.instance import open_instance
     from fi_resources.storage import Storage, StorageLayoutError
@@ -50,7 +52,7 @@ def _ingest(kind: str, source: str, shard: Optional[str]) -> str:
 @ingest_app.command("queries")
 def ingest_queries(
     source: Annotated[str, typer.Argument(help=SOURCE_HELP)],
-    shard: Annotated[Optional[str], typer.Option(help=SHARD_HELP)] = None,
+    shard: Annotated[str | None, typer.Option(help=SHARD_HELP)] = None,
 ) -> None:
     """Ingest user queries: a `query` or `text` field, or chat `messages`/`conversation` (user
     turns only)."""
@@ -60,7 +62,7 @@ def ingest_queries(
 @ingest_app.command("documents")
 def ingest_documents(
     source: Annotated[str, typer.Argument(help=SOURCE_HELP)],
-    shard: Annotated[Optional[str], typer.Option(help=SHARD_HELP)] = None,
+    shard: Annotated[str | None, typer.Option(help=SHARD_HELP)] = None,
 ) -> None:
     """Ingest documents: a `text` field, optional `id` and `url`."""
     _ingest("documents", source, shard)
@@ -68,7 +70,7 @@ def ingest_documents(
 
 @app.command()
 def materialize(
-    assets: Annotated[Optional[list[str]], typer.Argument(help="asset names; default: all")] = None,
+    assets: Annotated[list[str] | None, typer.Argument(help="asset names; default: all")] = None,
 ) -> None:
     """Materialize every missing or stale partition of ASSETS and their upstream, as runs of the
     Dagster instance under FI_HOME (they show in the UI)."""
@@ -97,7 +99,7 @@ def materialize(
         typer.echo(f"    why: {'; '.join(run.reasons)}")
         started = time.perf_counter()
         result = dg.materialize(
-            ASSETS, selection=run.asset_keys, partition_key=run.partition_key,
+            ASSETS, selection=run.asset_keys, partition_key=run.partition_key, run_config=RUN_CONFIG,
             instance=instance, resources=resources, raise_on_error=False,
         )
         status = "ok" if result.success else "FAILED"

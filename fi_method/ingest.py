@@ -89,7 +89,7 @@ def _iter_json_array(path: Path) -> Iterator[tuple[int, dict | RowError]]:
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{path}: not a JSON array of objects ({error}); use JSONL") from error
     if not isinstance(records, list):
-        raise ValueError(f"{path}: a .json file must hold a list of objects")
+        raise ValueError(f"{path}: a .json file must hold a list of objects")  # noqa: TRY004 (a file error, reported like the others)
     for index, record in enumerate(records, start=1):
         yield index, _as_record(record)
 
@@ -125,8 +125,7 @@ def _iter_hf_dataset(spec: str) -> Iterator[tuple[int, dict | RowError]]:
 
     name, _, split = spec.partition("@")
     dataset = datasets.load_dataset(name, split=split or "train", streaming=True)
-    for row_number, record in enumerate(dataset, start=1):
-        yield row_number, record
+    yield from enumerate(dataset, start=1)
 
 
 def _as_record(value: Any) -> dict | RowError:

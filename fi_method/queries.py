@@ -57,30 +57,25 @@ def filter_queries(
         folded = fold_for_matching(query)
         n_words = len(folded.split())
 
-        def reject(reason: str, detail: str) -> None:
-            rejects.append({**_origin(row), "item_id": query_id, "reason": reason, "detail": detail})
-
         if n_words < filters.min_words:
-            reject("too_short", f"{n_words} words < {filters.min_words}: {query[:200]}")
-            continue
-        if len(query) > filters.max_chars:
-            reject("too_long", f"{len(query)} characters > {filters.max_chars}")
-            continue
-        if folded in seen_exact:
-            reject("duplicate", f"same text as query {seen_exact[folded]}")
-            continue
-        signature = _minhash(folded)
-        near = lsh.query(signature)
-        if near:
-            reject("near_duplicate", f"Jaccard >= {filters.near_duplicate_jaccard} with query {sorted(near)[0]}")
-            continue
-        contamination = contamination_of(query)
-        if contamination is not None:
-            reject(
-                "contaminated",
+            reason, detail = "too_short", f"{n_words} words < {filters.min_words}: {query[:200]}"
+        elif len(query) > filters.max_chars:
+            reason, detail = "too_long", f"{len(query)} characters > {filters.max_chars}"
+        elif folded in seen_exact:
+            reason, detail = "duplicate", f"same text as query {seen_exact[folded]}"
+        elif near := lsh.query(signature := _minhash(folded)):
+            reason = "near_duplicate"
+            detail = f"Jaccard >= {filters.near_duplicate_jaccard} with query {min(near)}"
+        elif contamination := contamination_of(query):
+            reason = "contaminated"
+            detail = (
                 f"{contamination.benchmark} item {contamination.item_id}: "
-                f"{contamination.coverage:.0%} of its n-grams",
+                f"{contamination.coverage:.0%} of its n-grams"
             )
+        else:
+            reason = detail = None
+        if reason is not None:
+            rejects.append({**_origin(row), "item_id": query_id, "reason": reason, "detail": detail})
             continue
         seen_exact[folded] = query_id
         lsh.insert(query_id, signature)
