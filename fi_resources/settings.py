@@ -60,5 +60,9 @@ class Settings(BaseSettings):
 
 @cache
 def get_settings() -> Settings:
-    """The process-wide settings, read once."""
-    return Settings()
+    """The process-wide settings, read once. Unless HF_HOME is set, Hugging Face downloads and
+    caches (models, datasets) go under FI_HOME/models/huggingface, so nothing lands outside the
+    data root."""
+    settings = Settings()
+    os.environ.setdefault("HF_HOME", str(settings.home / "models" / "huggingface"))
+    return settings
