@@ -22,6 +22,8 @@ PromptStyle = Literal["bare", "instructed"]
 
 @dataclass(frozen=True)
 class GenericizedQuery:
+    """One genericizer output: the `<fi>` template and its compatible document description."""
+
     template: str
     compatible_document_description: str
 
@@ -30,12 +32,11 @@ class GenericizedQuery:
 # Prompt
 
 _INSTRUCTED_SYSTEM = (
-    "You turn a user query into a reusable template. Replace each specific name, entity, number "
-    f"or scenario with {FI_OPEN}a short description of what fits there{FI_CLOSE} and keep the "
-    "rest of the wording. If the same thing appears twice, repeat the same description. Then "
-    "describe in one sentence the kinds of documents that could fill in the template and answer "
-    'it. Reply with one JSON object only: {"template": "...", '
-    '"compatible_document_description": "..."}'
+    "Turn the user's query into a reusable template: replace each specific name, number or "
+    f"scenario with {FI_OPEN}a short description of what fits there{FI_CLOSE}, keeping the other "
+    "words. Where the same thing repeats, repeat its description. Also describe in one sentence "
+    "the documents that could fill in and answer the template. Reply with one JSON object only: "
+    '{"template": "...", "compatible_document_description": "..."}'
 )
 
 # Few-shot turns teach a small model the output format far better than instructions alone; the
@@ -46,8 +47,8 @@ _INSTRUCTED_EXAMPLES = (
         {
             "template": "How do I grow <fi>a vegetable or fruit</fi> on <fi>a small outdoor "
             "space</fi> in <fi>a city</fi>?",
-            "compatible_document_description": "A gardening guide about growing a vegetable or "
-            "fruit in a small outdoor space, with advice suited to a city's climate.",
+            "compatible_document_description": "A gardening guide to growing a vegetable or fruit "
+            "in a small outdoor space in a city's climate.",
         },
     ),
     (
@@ -55,8 +56,8 @@ _INSTRUCTED_EXAMPLES = (
         {
             "template": "What is the difference between <fi>a programming language</fi> and "
             "<fi>another programming language</fi> for <fi>a software task</fi>?",
-            "compatible_document_description": "A comparison or tutorial that weighs two "
-            "programming languages against each other for a software task.",
+            "compatible_document_description": "A tutorial comparing two programming languages "
+            "for a software task.",
         },
     ),
 )
@@ -80,10 +81,11 @@ def build_messages(query: str, prompt_style: PromptStyle) -> list[dict[str, str]
 
 
 def prompt_style_for(model: str) -> PromptStyle:
-    """"bare" for the released templatizer (an HF id or a local path whose last component is
-    `query_templatizer`, any case), "instructed" for every other model."""
+    """The prompt style a model expects: "bare" for the released templatizer (an HF id or a
+    local path whose last component is `query_templatizer`, any case), else "instructed"."""
     last_component = model.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
-    return "bare" if last_component.lower() == RELEASED_TEMPLATIZER.rsplit("/", 1)[-1] else "instructed"
+    released = last_component.lower() == RELEASED_TEMPLATIZER.rsplit("/", 1)[-1]
+    return "bare" if released else "instructed"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,65 +166,97 @@ _INLINE_SPACE = re.compile(r"[ \t]+")
 _POSSESSIVE = ("'s", "’s")
 
 _STOPWORDS = frozenset(
-    """a about above after again against all also am an and any are aren't as at be because been
-    before being below between both but by can can't cannot could couldn't did didn't do does
-    doesn't doing don't down during each either etc even ever every few for from further get gets
-    getting got had hadn't has hasn't have haven't having he he'd he'll he's her here here's hers
-    herself him himself his how how's however i i'd i'll i'm i've if in into is isn't it it's its
-    itself just let's like many may me might more most much must mustn't my myself neither no nor
-    not now of off on once one only or other ought our ours ourselves out over own per please
-    rather really same shall shan't she she'd she'll she's should shouldn't so some such than that
-    that's the their theirs them themselves then there there's these they they'd they'll they're
-    they've this those though through thus to too under until up upon us very via was wasn't we
-    we'd we'll we're we've were weren't what what's whatever when when's where where's whether
-    which while who who's whom whose why why's will with within without won't would wouldn't yes
-    yet you you'd you'll you're you've your yours yourself yourselves along alongside although
-    among amongst anyway behind beneath beside besides beyond despite hence inside instead
-    moreover nevertheless onto otherwise outside therefore toward towards unless whereas whilst
-    yeah""".split()
+    {
+        "a", "about", "above", "after", "again", "against", "all", "also", "am", "an", "and",
+        "any", "are", "aren't", "as", "at", "be", "because", "been", "before", "being", "below",
+        "between", "both", "but", "by", "can", "can't", "cannot", "could", "couldn't", "did",
+        "didn't", "do", "does", "doesn't", "doing", "don't", "down", "during", "each", "either",
+        "etc", "even", "ever", "every", "few", "for", "from", "further", "get", "gets", "getting",
+        "got", "had", "hadn't", "has", "hasn't", "have", "haven't", "having", "he", "he'd",
+        "he'll", "he's", "her", "here", "here's", "hers", "herself", "him", "himself", "his",
+        "how", "how's", "however", "i", "i'd", "i'll", "i'm", "i've", "if", "in", "into", "is",
+        "isn't", "it", "it's", "its", "itself", "just", "let's", "like", "many", "may", "me",
+        "might", "more", "most", "much", "must", "mustn't", "my", "myself", "neither", "no", "nor",
+        "not", "now", "of", "off", "on", "once", "one", "only", "or", "other", "ought", "our",
+        "ours", "ourselves", "out", "over", "own", "per", "please", "rather", "really", "same",
+        "shall", "shan't", "she", "she'd", "she'll", "she's", "should", "shouldn't", "so", "some",
+        "such", "than", "that", "that's", "the", "their", "theirs", "them", "themselves", "then",
+        "there", "there's", "these", "they", "they'd", "they'll", "they're", "they've", "this",
+        "those", "though", "through", "thus", "to", "too", "under", "until", "up", "upon", "us",
+        "very", "via", "was", "wasn't", "we", "we'd", "we'll", "we're", "we've", "were", "weren't",
+        "what", "what's", "whatever", "when", "when's", "where", "where's", "whether", "which",
+        "while", "who", "who's", "whom", "whose", "why", "why's", "will", "with", "within",
+        "without", "won't", "would", "wouldn't", "yes", "yet", "you", "you'd", "you'll", "you're",
+        "you've", "your", "yours", "yourself", "yourselves", "along", "alongside", "although",
+        "among", "amongst", "anyway", "behind", "beneath", "beside", "besides", "beyond",
+        "despite", "hence", "inside", "instead", "moreover", "nevertheless", "onto", "otherwise",
+        "outside", "therefore", "toward", "towards", "unless", "whereas", "whilst", "yeah",
+    }
 )
 
 # Request verbs open most queries; they are never names and never the topic.
 _REQUEST_VERBS = frozenset(
-    """act add analyse analyze answer assess begin brainstorm build calculate check classify code
-    compare compose consider continue convert correct create define describe design develop draft
-    edit evaluate expand explain find fix focus generate give hello help hey hi identify imagine
-    implement improve include keep let list make mention modify name okay outline output paraphrase
-    plan pretend proofread prove provide recommend remove rephrase respond return reword rewrite
-    show shorten simplify solve start suggest summarise summarize tell thank thanks translate use
-    using write""".split()
+    {
+        "act", "add", "analyse", "analyze", "answer", "assess", "begin", "brainstorm", "build",
+        "calculate", "check", "classify", "code", "compare", "compose", "consider", "continue",
+        "convert", "correct", "create", "define", "describe", "design", "develop", "draft", "edit",
+        "evaluate", "expand", "explain", "find", "fix", "focus", "generate", "give", "hello",
+        "help", "hey", "hi", "identify", "imagine", "implement", "improve", "include", "keep",
+        "let", "list", "make", "mention", "modify", "name", "okay", "outline", "output",
+        "paraphrase", "plan", "pretend", "proofread", "prove", "provide", "recommend", "remove",
+        "rephrase", "respond", "return", "reword", "rewrite", "show", "shorten", "simplify",
+        "solve", "start", "suggest", "summarise", "summarize", "tell", "thank", "thanks",
+        "translate", "use", "using", "write",
+    }
 )
 
 _MONTHS = (
-    "January February March April May June July August September October November December".split()
+    "January", "February", "March", "April", "May", "June", "July", "August", "September",
+    "October", "November", "December",
 )
-_DAYS = frozenset("monday tuesday wednesday thursday friday saturday sunday".split())
+_DAYS = frozenset({"monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"})
 _NOT_NAMES = _DAYS | {month.lower() for month in _MONTHS} | {"ok"}
-_CONNECTORS = frozenset({"of", "the", "and", "de", "del", "la", "le", "van", "von", "der", "da", "&"})
+# "and" is left out: "Python and Java" is more often two names than one title.
+_CONNECTORS = frozenset({"of", "the", "de", "del", "la", "le", "van", "von", "der", "da", "&"})
 
 _PERSON_TITLES = frozenset(
-    "mr mrs ms miss dr prof professor sir lady lord saint st president king queen prince princess "
-    "pope general captain senator governor judge uncle aunt".split()
+    {
+        "mr", "mrs", "ms", "miss", "dr", "prof", "professor", "sir", "lady", "lord", "saint", "st",
+        "president", "king", "queen", "prince", "princess", "pope", "general", "captain",
+        "senator", "governor", "judge", "uncle", "aunt",
+    }
 )
 _ORGANIZATION_CUES = frozenset(
-    "university college institute academy school hospital inc corp corporation company co ltd llc "
-    "plc group bank association foundation agency council committee department ministry party "
-    "club society federation league union organization organisation airlines motors technologies "
-    "labs studios press records network fc team".split()
+    {
+        "university", "college", "institute", "academy", "school", "hospital", "inc", "corp",
+        "corporation", "company", "co", "ltd", "llc", "plc", "group", "bank", "association",
+        "foundation", "agency", "council", "committee", "department", "ministry", "party", "club",
+        "society", "federation", "league", "union", "organization", "organisation", "airlines",
+        "motors", "technologies", "labs", "studios", "press", "records", "network", "fc", "team",
+    }
 )
 _PLACE_CUES = frozenset(
-    "city town village county state states province kingdom republic empire island islands river "
-    "lake sea ocean bay gulf mountain mountains mount mt valley desert forest park beach coast "
-    "street avenue road square bridge tower airport station district region peninsula canyon "
-    "falls".split()
+    {
+        "city", "town", "village", "county", "state", "states", "province", "kingdom", "republic",
+        "empire", "island", "islands", "river", "lake", "sea", "ocean", "bay", "gulf", "mountain",
+        "mountains", "mount", "mt", "valley", "desert", "forest", "park", "beach", "coast",
+        "street", "avenue", "road", "square", "bridge", "tower", "airport", "station", "district",
+        "region", "peninsula", "canyon", "falls",
+    }
 )
-_PLACE_PREPOSITIONS = frozenset("in at from near across throughout around inside visit visiting".split())
+_PLACE_PREPOSITIONS = frozenset(
+    {"in", "at", "from", "near", "across", "throughout", "around", "inside", "visit", "visiting"}
+)
 _DEMONYMS = frozenset(
-    """african american arab arabic asian australian brazilian british buddhist canadian catholic
-    chinese christian danish dutch egyptian english european filipino finnish french german greek
-    hindu indian indonesian iranian irish islamic israeli italian japanese jew jewish korean latin
-    mexican muslim nigerian norwegian pakistani persian polish portuguese roman russian scottish
-    spanish swedish thai turkish ukrainian vietnamese""".split()
+    {
+        "african", "american", "arab", "arabic", "asian", "australian", "brazilian", "british",
+        "buddhist", "canadian", "catholic", "chinese", "christian", "danish", "dutch", "egyptian",
+        "english", "european", "filipino", "finnish", "french", "german", "greek", "hindu",
+        "indian", "indonesian", "iranian", "irish", "islamic", "israeli", "italian", "japanese",
+        "jew", "jewish", "korean", "latin", "mexican", "muslim", "nigerian", "norwegian",
+        "pakistani", "persian", "polish", "portuguese", "roman", "russian", "scottish", "spanish",
+        "swedish", "thai", "turkish", "ukrainian", "vietnamese",
+    }
 )
 
 
@@ -231,6 +265,15 @@ class _Span:
     start: int
     end: int
     description: str
+
+
+@dataclass(frozen=True)
+class _Slot:
+    start: int
+    end: int
+    # What the template says ("another person") and the kind of thing it is ("a person").
+    description: str
+    kind: str
 
 
 @dataclass(frozen=True)
@@ -257,6 +300,25 @@ def _zipf(word: str) -> float:
 
 def _is_rare(word: str) -> bool:
     return _zipf(word) < RARE_WORD_ZIPF
+
+
+# Suffixes of adjectives, adverbs and verb forms: such words modify a topic or are the query's
+# own verbs, so they never head a topic phrase, make it specific, or form a person's name.
+_NOT_NOUN_ENDINGS = (
+    "al", "ic", "ive", "ous", "ful", "ent", "able", "ible", "less", "est", "ary", "ian", "ate",
+    "ise", "ize", "ises", "izes", "ish", "ly", "ing", "ed",
+)
+# Adverbs and verb forms end a noun phrase outright; adjectives may lead into one.
+_PHRASE_BREAK_ENDINGS = ("ly", "ing", "ed")
+# Abstract nouns ("Quality Assurance", "Identity Verification") name concepts, not people or
+# places, even when capitalised.
+_ABSTRACT_NOUN_ENDINGS = (
+    "ment", "ness", "tion", "sion", "ity", "ance", "ence", "ism", "ics", "ogy", "ship", "ing",
+)
+
+
+def _is_noun_like(token: _Token) -> bool:
+    return not token.lower.endswith(_NOT_NOUN_ENDINGS)
 
 
 def _tokens(query: str) -> list[_Token]:
@@ -297,8 +359,9 @@ def _quoted_spans(query: str) -> list[_Span]:
     for match in _QUOTED.finditer(query):
         group = next(g for g in range(1, 4) if match.group(g) is not None)
         inner = match.group(group)
+        short = 1 <= len(_WORD.findall(inner)) <= MAX_QUOTED_WORDS
         # A quoted single letter is an option label ("'A'"), not a phrase.
-        if 1 <= len(_WORD.findall(inner)) <= MAX_QUOTED_WORDS and inner.strip() == inner and len(inner) > 1:
+        if short and inner.strip() == inner and len(inner) > 1:
             spans.append(_Span(match.start(group), match.end(group), QUOTED_DESCRIPTION))
     return spans
 
@@ -325,14 +388,18 @@ _NOT_BEFORE = r"(?![\w%])"
 # Order matters: earlier patterns claim their text first.
 _NUMERIC_PATTERNS = (
     (
-        rf"\b(?:\d{{1,2}}{_ORDINAL_SUFFIX}?\s+(?:of\s+)?)?{_MONTH}\b"
-        rf"(?:\s+\d{{1,2}}{_ORDINAL_SUFFIX}?\b)?(?:,?\s+\d{{4}}\b)?",
+        (
+            rf"\b(?:\d{{1,2}}{_ORDINAL_SUFFIX}?\s+(?:of\s+)?)?{_MONTH}\b"
+            rf"(?:\s+\d{{1,2}}{_ORDINAL_SUFFIX}?\b)?(?:,?\s+\d{{4}}\b)?"
+        ),
         "a date",
     ),
     (r"\b\d{4}-\d{1,2}-\d{1,2}\b|\b\d{1,2}/\d{1,2}/\d{2,4}\b", "a date"),
     (
-        rf"[$€£¥]\s?{_NUMBER}(?:\s?(?:k|m|bn|thousand|million|billion|trillion)\b)?"
-        rf"|{_NOT_AFTER}{_NUMBER}\s?(?:dollars|euros|usd|eur|gbp|yen|rupees|bucks)\b",
+        (
+            rf"[$€£¥]\s?{_NUMBER}(?:\s?(?:k|m|bn|thousand|million|billion|trillion)\b)?"
+            rf"|{_NOT_AFTER}{_NUMBER}\s?(?:dollars|euros|usd|eur|gbp|yen|rupees|bucks)\b"
+        ),
         "an amount of money",
     ),
     (rf"{_NOT_AFTER}{_NUMBER}\s?(?:%|percent\b|per cent\b)", "a percentage"),
@@ -345,7 +412,9 @@ _NUMERIC_PATTERNS = (
     (rf"{_NOT_AFTER}\d+{_ORDINAL_SUFFIX}(?!\w)", "an ordinal number"),
     (rf"{_NOT_AFTER}{_NUMBER}{_NOT_BEFORE}", "a number"),
 )
-_NUMERIC = [(re.compile(pattern, re.IGNORECASE), description) for pattern, description in _NUMERIC_PATTERNS]
+_NUMERIC = [
+    (re.compile(pattern, re.IGNORECASE), description) for pattern, description in _NUMERIC_PATTERNS
+]
 _LIST_MARKER = re.compile(r"(?:^|\n)[ \t]*\d+[.)]")
 # Numbers inside formulas ("1 / x^3") are the formula, not a detail of the request.
 _FORMULA_NEIGHBOUR = re.compile(r"[=^*/+<>|∈]")
@@ -363,7 +432,8 @@ def _numeric_spans(query: str) -> list[_Span]:
             after = query[match.end() :].lstrip()[:1]
             if match.end() in list_markers or _FORMULA_NEIGHBOUR.search(before + after):
                 continue
-            if before in _TUPLE_PUNCTUATION and after in _TUPLE_PUNCTUATION and before + after != "()":
+            in_tuple = before in _TUPLE_PUNCTUATION and after in _TUPLE_PUNCTUATION
+            if in_tuple and before + after != "()":
                 continue
             if description == "a date" and not any(ch.isdigit() for ch in surface):
                 # A bare month name: "May" and "March" are ordinary words first.
@@ -402,9 +472,8 @@ def _name_runs(query: str, tokens: list[_Token]) -> list[list[_Token]]:
         if not joined:
             runs.append(current)
             current = []
-        if token.capitalised and token.lower not in _STOPWORDS:
-            current.append(token)
-        elif current and token.lower in _CONNECTORS:
+        name_word = token.capitalised and token.lower not in _STOPWORDS
+        if name_word or (current and token.lower in _CONNECTORS):
             current.append(token)
         else:
             runs.append(current)
@@ -447,13 +516,14 @@ def _entity_description(run: list[_Token], preceding: list[str]) -> str:
         return "an organization"
     if any(word in _PLACE_CUES for word in words_lower):
         return "a place"
-    if len(run) == 1 and (words_lower[0] in _DEMONYMS or words_lower[0].removesuffix("s") in _DEMONYMS):
+    if len(run) == 1 and {words_lower[0], words_lower[0].removesuffix("s")} & _DEMONYMS:
         return "a nationality, language or culture"
     if len(run) == 1 and len(run[0].text) > 1 and run[0].text.removesuffix("s").isupper():
         return "an acronym or abbreviated name"
     abstract = any(word.endswith(_ABSTRACT_NOUN_ENDINGS) for word in words_lower)
+    after_preposition = preceding[-1:] and preceding[-1] in _PLACE_PREPOSITIONS
     after_place_word = preceding[-2:-1] and preceding[-2] in _PLACE_CUES and preceding[-1] == "of"
-    if not abstract and (preceding[-1:] and preceding[-1] in _PLACE_PREPOSITIONS or after_place_word):
+    if not abstract and (after_preposition or after_place_word):
         return "a place"
     if _looks_like_first_last_name(run):
         return "a person"
@@ -487,32 +557,31 @@ def _entity_spans(query: str, tokens: list[_Token]) -> list[_Span]:
 
 # -- topical noun phrases ---------------------------------------------------------------------
 
-# Suffixes of adjectives, adverbs and verb forms: such words modify a topic or are the query's
-# own verbs, so they never head a topic phrase nor make it specific.
-_NOT_NOUN_ENDINGS = (
-    "al", "ic", "ive", "ous", "ful", "ent", "able", "ible", "less", "est", "ary", "ian", "ate",
-    "ise", "ize", "ises", "izes", "ish", "ly", "ing", "ed",
-)
-# Adverbs and verb forms end a noun phrase outright; adjectives may lead into one.
-_PHRASE_BREAK_ENDINGS = ("ly", "ing", "ed")
-_ABSTRACT_NOUN_ENDINGS = (
-    "ment", "ness", "tion", "sion", "ity", "ance", "ence", "ism", "ics", "ogy", "ship", "ing",
-)
 # Everyday verbs that are not "-ed" forms: a rare noun is not followed into "never became ...".
 _COMMON_VERBS = frozenset(
-    """affect allow appear ask ate become became begin began believe bought break bring broke
-    brought build built buy call came carry catch caught cause change choose chose come consider
-    continue cover cut decide die draw drew eat expect explain fall feel fell felt find follow found
-    gave get give go goes got grew grow happen hear held hit hold keep kept kill knew know lead learn
-    leave led left let live look lose lost love made make mean meant meet met move need offer open
-    paid pass pay play produce pull put raise ran reach read receive remain remember report require
-    run said saw say see seem sell send sent serve set show sit sold speak spend spent spoke stand
-    stay stood stop suggest take tell think thought told took try turn understand understood wait
-    walk want watch went win won work write wrote""".split()
+    {
+        "affect", "allow", "appear", "ask", "ate", "become", "became", "begin", "began", "believe",
+        "bought", "break", "bring", "broke", "brought", "build", "built", "buy", "call", "came",
+        "carry", "catch", "caught", "cause", "change", "choose", "chose", "come", "consider",
+        "continue", "cover", "cut", "decide", "die", "draw", "drew", "eat", "expect", "explain",
+        "fall", "feel", "fell", "felt", "find", "follow", "found", "gave", "get", "give", "go",
+        "goes", "got", "grew", "grow", "happen", "hear", "held", "hit", "hold", "keep", "kept",
+        "kill", "knew", "know", "lead", "learn", "leave", "led", "left", "let", "live", "look",
+        "lose", "lost", "love", "made", "make", "mean", "meant", "meet", "met", "move", "need",
+        "offer", "open", "paid", "pass", "pay", "play", "produce", "pull", "put", "raise", "ran",
+        "reach", "read", "receive", "remain", "remember", "report", "require", "run", "said",
+        "saw", "say", "see", "seem", "sell", "send", "sent", "serve", "set", "show", "sit", "sold",
+        "speak", "spend", "spent", "spoke", "stand", "stay", "stood", "stop", "suggest", "take",
+        "tell", "think", "thought", "told", "took", "try", "turn", "understand", "understood",
+        "wait", "walk", "want", "watch", "went", "win", "won", "work", "write", "wrote",
+    }
 )
 _NUMBER_WORDS = frozenset(
-    """zero one two three four five six seven eight nine ten eleven twelve twenty thirty forty
-    fifty hundred thousand million billion once twice thrice first second third last next""".split()
+    {
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+        "eleven", "twelve", "twenty", "thirty", "forty", "fifty", "hundred", "thousand", "million",
+        "billion", "once", "twice", "thrice", "first", "second", "third", "last", "next",
+    }
 )
 _TOPIC_KINDS = (
     (("ology", "ics", "graphy", "onomy"), "a field of study"),
@@ -533,10 +602,6 @@ def _is_content_word(token: _Token) -> bool:
     )
 
 
-def _is_noun_like(token: _Token) -> bool:
-    return not token.lower.endswith(_NOT_NOUN_ENDINGS)
-
-
 def _may_follow(token: _Token) -> bool:
     """Whether a word after a rare noun continues its noun phrase ("sourdough bread"): a noun,
     but not a verb or an everyday word such as "never"."""
@@ -555,8 +620,8 @@ def _singular(noun: str) -> str:
 
 
 def _topic_description(phrase: list[_Token]) -> str:
-    """"a kind of bread" for "sourdough bread"; a rare head is described by its suffix where
-    that is telling ("thrombosis": a medical condition), else as a topic."""
+    """A common head names the kind ("sourdough bread": a kind of bread); a rare head is
+    described by its suffix where that is telling ("thrombosis": a medical condition)."""
     head = phrase[-1].lower
     if not _is_rare(head):
         return f"a kind of {_singular(head)}" if head.isalpha() else TOPIC_DESCRIPTION
@@ -579,7 +644,9 @@ def _topic_spans(query: str, tokens: list[_Token]) -> list[_Span]:
             runs.append([])
     spans = []
     for run in runs:
-        rare_nouns = [i for i, token in enumerate(run) if _is_rare(token.lower) and _is_noun_like(token)]
+        rare_nouns = [
+            i for i, token in enumerate(run) if _is_rare(token.lower) and _is_noun_like(token)
+        ]
         if not rare_nouns:
             continue
         # Noun phrases end in their head: start at the first rare noun, reaching back over one
@@ -588,7 +655,7 @@ def _topic_spans(query: str, tokens: list[_Token]) -> list[_Span]:
         start = end = rare_nouns[0]
         if start > 0 and not _is_noun_like(run[start - 1]):
             start -= 1
-        while end + 1 < len(run) and end + 1 - start < MAX_TOPIC_WORDS and _may_follow(run[end + 1]):
+        while end + 1 < min(len(run), start + MAX_TOPIC_WORDS) and _may_follow(run[end + 1]):
             end += 1
         phrase = run[start : end + 1]
         while not _is_noun_like(phrase[-1]):
@@ -606,10 +673,23 @@ def _overlaps(span: _Span, taken: list[_Span]) -> bool:
     return any(span.start < other.end and other.start < span.end for other in taken)
 
 
-def _choose_slots(query: str) -> list[_Span]:
-    """Non-overlapping slots, at most MAX_SLOTS distinct surfaces, every occurrence of a chosen
-    surface replaced, and one description per surface (distinct surfaces sharing a description
-    become "another ...", since a repeated description means a repeated value)."""
+def _variable_shortened_to(surface: str, variables: list[str]) -> str | None:
+    """The earlier multi-word name that a single word is short for ("Tesla" after "Nikola
+    Tesla"), so that both stand for one variable."""
+    if " " in surface or not surface[:1].isupper():
+        return None
+    for variable in variables:
+        names = variable.split()
+        if len(names) > 1 and surface in (names[0], names[-1]):
+            return variable
+    return None
+
+
+def _choose_slots(query: str) -> list[_Slot]:
+    """Non-overlapping slots for at most MAX_SLOTS variables. A variable is a surface text
+    (with its short forms): every occurrence of it is a slot, all with one description, and
+    distinct variables of the same kind become "another ...", since a repeated description
+    means a repeated value."""
     tokens = _tokens(query)
     candidates = (
         _quoted_spans(query)
@@ -618,34 +698,47 @@ def _choose_slots(query: str) -> list[_Span]:
         + _topic_spans(query, tokens)
     )
     chosen: list[_Span] = []
-    description_of: dict[str, str] = {}
+    variable_of: dict[str, str] = {}
+    kind_of: dict[str, str] = {}
     for span in candidates:
         surface = query[span.start : span.end]
-        if _overlaps(span, chosen) or (surface not in description_of and len(description_of) == MAX_SLOTS):
+        if _overlaps(span, chosen):
             continue
-        description_of.setdefault(surface, span.description)
+        variable = variable_of.get(surface) or _variable_shortened_to(surface, list(kind_of))
+        if variable is None:
+            if len(kind_of) == MAX_SLOTS:
+                continue
+            variable = surface
+            kind_of[variable] = span.description
+        variable_of[surface] = variable
         chosen.append(span)
     # Equal numbers are often a coincidence ("x <= 1; 1 < x"); equal words are the same thing.
-    for surface in (surface for surface in description_of if not any(ch.isdigit() for ch in surface)):
+    for surface in [surface for surface in variable_of if not re.search(r"\d", surface)]:
         for match in re.finditer(rf"(?<!\w){re.escape(surface)}(?!\w)", query):
-            occurrence = _Span(match.start(), match.end(), description_of[surface])
+            occurrence = _Span(match.start(), match.end(), kind_of[variable_of[surface]])
             if not _overlaps(occurrence, chosen):
                 chosen.append(occurrence)
     chosen.sort(key=lambda span: span.start)
 
-    final_description: dict[str, str] = {}
-    surfaces_per_description: dict[str, int] = {}
+    description_of: dict[str, str] = {}
+    variables_per_kind: dict[str, int] = {}
     for span in chosen:
-        surface = query[span.start : span.end]
-        if surface in final_description:
+        variable = variable_of[query[span.start : span.end]]
+        if variable in description_of:
             continue
-        base = description_of[surface]
-        seen = surfaces_per_description.get(base, 0)
-        surfaces_per_description[base] = seen + 1
-        final_description[surface] = (
-            base if seen == 0 else f"{_ORDINAL_VARIANTS[seen - 1]} {base.split(' ', 1)[1]}"
+        kind = kind_of[variable]
+        earlier = variables_per_kind.get(kind, 0)
+        variables_per_kind[kind] = earlier + 1
+        # Every description starts with "a" or "an", which the ordinal replaces.
+        noun_phrase = kind.split(" ", 1)[1]
+        description_of[variable] = (
+            f"{_ORDINAL_VARIANTS[earlier - 1]} {noun_phrase}" if earlier else kind
         )
-    return [_Span(s.start, s.end, final_description[query[s.start : s.end]]) for s in chosen]
+    slots = []
+    for span in chosen:
+        variable = variable_of[query[span.start : span.end]]
+        slots.append(_Slot(span.start, span.end, description_of[variable], kind_of[variable]))
+    return slots
 
 
 # -- compatible document description ----------------------------------------------------------
@@ -655,41 +748,66 @@ _QUESTION_WORD_INTENTS = {
     "whose": "who", "when": "when", "where": "where",
 }
 _COMPARISON_WORDS = frozenset({"versus", "vs", "difference", "differences"})
-_VERB_INTENTS = {
-    **dict.fromkeys(
-        """write compose draft create generate make design plan outline develop imagine
-        continue""".split(),
-        "write",
+_VERBS_BY_INTENT = {
+    "write": (
+        "write", "compose", "draft", "create", "generate", "make", "design", "plan", "outline",
+        "develop", "imagine", "continue",
     ),
-    **dict.fromkeys(
-        """rephrase paraphrase rewrite reword summarize summarise shorten short edit proofread
-        translate improve correct simplify modify expand transform check""".split(),
-        "rewrite",
+    "rewrite": (
+        "rephrase", "paraphrase", "rewrite", "reword", "summarize", "summarise", "shorten", "short",
+        "edit", "proofread", "translate", "improve", "correct", "simplify", "modify", "expand",
+        "transform", "check",
     ),
-    **dict.fromkeys("list suggest recommend brainstorm name give".split(), "list"),
-    **dict.fromkeys("explain describe define tell discuss analyze analyse talk".split(), "what"),
-    **dict.fromkeys("compare contrast differentiate".split(), "compare"),
-    **dict.fromkeys("prove show solve calculate compute determine derive estimate".split(), "solve"),
-    **dict.fromkeys("argue".split(), "yes_no"),
+    "list": ("list", "suggest", "recommend", "brainstorm", "name", "give"),
+    "what": ("explain", "describe", "define", "tell", "discuss", "analyze", "analyse", "talk"),
+    "compare": ("compare", "contrast", "differentiate"),
+    "solve": ("prove", "show", "solve", "calculate", "compute", "determine", "derive", "estimate"),
+    "yes_no": ("argue",),
 }
+_VERB_INTENTS = {verb: intent for intent, verbs in _VERBS_BY_INTENT.items() for verb in verbs}
 # Words after which a request verb is the request ("can you write", "please summarize").
 _VERB_LEADS = frozenset({"you", "please", "me", "i", "to"})
 _YES_NO_OPENERS = frozenset(
-    "is are was were do does did can could should would will has have may might".split()
+    {
+        "is", "are", "was", "were", "do", "does", "did", "can", "could", "should", "would", "will",
+        "has", "have", "may", "might",
+    }
 )
+# Per intent: the kind of document that answers it, and what that document must do.
 _DOCUMENT_KINDS = {
-    "how": ("A guide, tutorial or explanatory article", "explaining how it works or how it is done"),
+    "how": (
+        "A guide, tutorial or explanatory article",
+        "explaining how it works or how it is done",
+    ),
     "why": ("An explanatory article or analysis", "explaining the causes and reasons behind it"),
-    "what": ("An informative article or reference entry", "explaining what it is and its main features"),
-    "who": ("A biography, history or news article", "identifying the people involved and their roles"),
+    "what": (
+        "An informative article or reference entry",
+        "explaining what it is and its main features",
+    ),
+    "who": (
+        "A biography, history or news article",
+        "identifying the people involved and their roles",
+    ),
     "when": ("A historical account or timeline", "giving the relevant dates and order of events"),
     "where": ("A geographic, travel or reference text", "saying where it is found or takes place"),
     "compare": ("A comparison, review or analysis", "setting out similarities and differences"),
-    "write": ("An example text or background article", "with enough facts and context to draft the requested piece"),
-    "rewrite": ("A passage of writing", "suitable for being summarized, rephrased or edited as requested"),
+    "write": (
+        "An example text or reference article",
+        "with enough facts and context to draft the requested piece",
+    ),
+    "rewrite": (
+        "A passage of writing",
+        "suitable for being summarized, rephrased or edited as requested",
+    ),
     "list": ("An article or list", "naming and describing several examples, options or ideas"),
-    "solve": ("A textbook section, worked example or solution", "showing the method and the steps to work it out"),
-    "yes_no": ("An article, study or discussion", "with evidence and arguments for answering the question"),
+    "solve": (
+        "A textbook section, worked example or solution",
+        "showing the method and the steps to work it out",
+    ),
+    "yes_no": (
+        "An article, study or discussion",
+        "with evidence and arguments for answering the question",
+    ),
     "other": ("A document", "with enough detail to answer the request"),
 }
 
@@ -728,23 +846,12 @@ def _joined(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _document_description(descriptions: list[str], intent: str) -> str:
-    kind, purpose = _DOCUMENT_KINDS[intent]
-    return f"{kind} about {_joined(descriptions)}, {purpose}."
-
-
-def _described_topics(descriptions: list[str]) -> list[str]:
-    """The distinct kinds of slot, at most MAX_DESCRIBED_TOPICS: "another person" adds nothing
+def _document_description(slots: list[_Slot], intent: str) -> str:
+    """Names the first MAX_DESCRIBED_TOPICS kinds of slot only: "another person" adds nothing
     to "a person" in a description of documents."""
-    bases = []
-    for description in descriptions:
-        variant = next((v for v in _ORDINAL_VARIANTS if description.startswith(v + " ")), None)
-        base = description if variant is None else description.removeprefix(variant + " ")
-        if variant is not None:
-            base = ("an " if base[0] in "aeiou" else "a ") + base
-        if base not in bases:
-            bases.append(base)
-    return bases[:MAX_DESCRIBED_TOPICS]
+    kinds = list(dict.fromkeys(slot.kind for slot in slots))[:MAX_DESCRIBED_TOPICS]
+    document_kind, purpose = _DOCUMENT_KINDS[intent]
+    return f"{document_kind} about {_joined(kinds)}, {purpose}."
 
 
 def rules_genericize(query: str) -> GenericizedQuery:
@@ -763,5 +870,4 @@ def rules_genericize(query: str) -> GenericizedQuery:
         pieces.append(f"{FI_OPEN}{slot.description}{FI_CLOSE}")
         cursor = slot.end
     pieces.append(query[cursor:])
-    topics = _described_topics([slot.description for slot in slots])
-    return GenericizedQuery("".join(pieces), _document_description(topics, _intent(query)))
+    return GenericizedQuery("".join(pieces), _document_description(slots, _intent(query)))

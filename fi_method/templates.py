@@ -30,7 +30,7 @@ def _slots(template: str) -> list[tuple[int, int, str]]:
     for tag in _TAG.finditer(template):
         if tag.group() == FI_OPEN:
             if open_at is not None:
-                raise TemplateError("nested_tags", f"{FI_OPEN} opened inside another at {tag.start()}")
+                raise TemplateError("nested_tags", f"{FI_OPEN} inside another at {tag.start()}")
             open_at = tag.start()
             continue
         if open_at is None:
@@ -81,6 +81,8 @@ def validate_template(template: str, compatible_document_description: str, query
     if not descriptions:
         raise TemplateError("no_tags", f"no {FI_OPEN} slot in the template")
     if not compatible_document_description.strip():
-        raise TemplateError("empty_document_description", "the compatible document description is empty")
+        raise TemplateError(
+            "empty_document_description", "the compatible document description is empty"
+        )
     if fold_for_matching(_with_descriptions_inline(template)) == fold_for_matching(query):
         raise TemplateError("template_equals_query", "the slots only wrap the query's own words")

@@ -14,8 +14,8 @@ def rows(*texts):
     return [{"text": t, "source": "q.jsonl", "line": i + 1, "turn": 0} for i, t in enumerate(texts)]
 
 
-def run(*texts, filters=QueryFilters()):
-    return filter_queries(rows(*texts), default_index().match, filters)
+def run(*texts, filters: QueryFilters | None = None):
+    return filter_queries(rows(*texts), default_index().match, filters or QueryFilters())
 
 
 def test_near_duplicates_are_removed_and_the_first_is_kept():

@@ -1,0 +1,222 @@
+import re
+
+import pytest
+
+from fi_method.genericizer import (
+    MAX_SLOTS,
+    RELEASED_TEMPLATIZER,
+    GenericizedQuery,
+    OutputParseError,
+    build_messages,
+    parse_output,
+    prompt_style_for,
+    rules_genericize,
+)
+from fi_method.templates import TemplateError, count_tags, slot_descriptions, validate_template
+
+# --- prompt ---------------------------------------------------------------------------------
+
+
+def test_bare_prompt_is_the_query_alone():
+    query = "What did Nikola Tesla invent in 1891?"
+    assert build_messages(query, "bare") == [{"role": "user", "content": query}]
+
+
+def test_instructed_prompt_explains_the_format_and_ends_with_the_query():
+    query = "What did Nikola Tesla invent in 1891?"
+    messages = build_messages(query, "instructed")
+    assert messages[0]["role"] == "system"
+    for needle in ("<fi>", "</fi>", '"template"', '"compatible_document_description"'):
+        assert needle in messages[0]["content"]
+    assert messages[-1] == {"role": "user", "content": query}
+    roles = [message["role"] for message in messages[1:]]
+    assert roles == ["user", "assistant"] * ((len(roles) - 1) // 2) + ["user"]
+    # Small models have short attention: the whole prompt stays around 300 tokens.
+    assert sum(len(message["content"]) for message in messages) < 1_400
+
+
+def test_instructed_examples_are_valid_answers_to_their_queries():
+    messages = build_messages("anything", "instructed")
+    examples = list(zip(messages[1:-1:2], messages[2:-1:2], strict=True))
+    assert len(examples) >= 2
+    for user, assistant in examples:
+        answer = parse_output(assistant["content"])
+        validate_template(answer.template, answer.compatible_document_description, user["content"])
+
+
+def test_unknown_prompt_style_is_refused():
+    with pytest.raises(ValueError):
+        build_messages("hi there friend", "fancy")
+
+
+@pytest.mark.parametrize(
+    ("model", "style"),
+    [
+        (RELEASED_TEMPLATIZER, "bare"),
+        ("FineInstructions/Query_Templatizer", "bare"),
+        ("models/query_templatizer/", "bare"),
+        ("HuggingFaceTB/SmolLM2-135M-Instruct", "instructed"),
+        ("someone/query_templatizer_v2", "instructed"),
+        ("query_templatizer-GGUF", "instructed"),
+    ],
+)
+def test_prompt_style_follows_the_model(model, style):
+    assert prompt_style_for(model) == style
+
+
+# --- output parser --------------------------------------------------------------------------
+
+TEMPLATE = "What did <fi>an inventor</fi> invent in <fi>a year</fi>?"
+DOCUMENT = "A biography of an inventor covering what they built in a given year."
+ANSWER = f'{{"template": "{TEMPLATE}", "compatible_document_description": "{DOCUMENT}"}}'
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        ANSWER,
+        f"```json\n{ANSWER}\n```",
+        f"Sure! Here is the template:\n{ANSWER}\nLet me know if you need anything else.",
+        f"{ANSWER}\n\nNote: {{the slots are",
+        f"Thinking {{about it}}... {ANSWER}",
+        f'{{"template": "  {TEMPLATE}\\n", "compatible_document_description": " {DOCUMENT} "}}',
+    ],
+)
+def test_parser_finds_the_answer_in_noisy_output(text):
+    assert parse_output(text) == GenericizedQuery(TEMPLATE, DOCUMENT)
+
+
+def test_parser_keeps_braces_inside_strings():
+    text = (
+        'Output: {"template": "Why does {x} differ from <fi>a set {of} things</fi>?", '
+        '"compatible_document_description": "Notes on sets like {a, b}."} trailing }'
+    )
+    parsed = parse_output(text)
+    assert parsed.template == "Why does {x} differ from <fi>a set {of} things</fi>?"
+    assert parsed.compatible_document_description == "Notes on sets like {a, b}."
+
+
+def test_parser_accepts_raw_newlines_inside_values():
+    text = '{"template": "How to cook <fi>a dish</fi>?", "compatible_document_description": "A\nrecipe."}'
+    assert parse_output(text).compatible_document_description == "A\nrecipe."
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("I cannot help with that request.", "no_json"),
+        ("", "no_json"),
+        ('{"template": "What did <fi>an inventor</fi> invent', "invalid_json"),
+        ("```json\n{template: 'x'}\n```", "invalid_json"),
+        (f'{{"template": "{TEMPLATE}"}}', "missing_field"),
+        (f'{{"compatible_document_description": "{DOCUMENT}"}}', "missing_field"),
+        (f'{{"template": 3, "compatible_document_description": "{DOCUMENT}"}}', "not_a_string"),
+        (f'{{"template": "{TEMPLATE}", "compatible_document_description": null}}', "not_a_string"),
+        (f'{{"template": ["{TEMPLATE}"], "compatible_document_description": "x"}}', "not_a_string"),
+    ],
+)
+def test_parser_failures_carry_a_reason(text, reason):
+    with pytest.raises(OutputParseError) as caught:
+        parse_output(text)
+    assert caught.value.reason == reason
+    assert isinstance(caught.value, ValueError)
+
+
+# --- rules engine ---------------------------------------------------------------------------
+
+
+def test_names_and_years_become_slots():
+    result = rules_genericize("What did Nikola Tesla invent in 1891?")
+    assert result.template == "What did <fi>a person</fi> invent in <fi>a year</fi>?"
+    assert "a person" in result.compatible_document_description
+    assert "a year" in result.compatible_document_description
+
+
+def test_topical_noun_phrase_keeps_its_head_and_the_question():
+    result = rules_genericize("How do I bake sourdough bread at home?")
+    assert result.template == "How do I bake <fi>a kind of bread</fi> at home?"
+    assert result.compatible_document_description.startswith("A guide")
+
+
+def test_numbers_are_described_by_what_they_measure():
+    result = rules_genericize(
+        "I paid $250 for a 5 kg bag of rice in March 2021; is a 20% price rise since the 1960s "
+        "normal?"
+    )
+    assert slot_descriptions(result.template) == [
+        "an amount of money",
+        "a quantity",
+        "a date",
+        "a percentage",
+        "a decade",
+    ]
+
+
+def test_quoted_titles_and_organizations():
+    result = rules_genericize('Write a poem called "The Silent Sea" about the University of Michigan.')
+    assert result.template == (
+        'Write a poem called "<fi>a title or quoted phrase</fi>" about the <fi>an organization</fi>.'
+    )
+
+
+def test_a_repeated_entity_is_one_variable():
+    result = rules_genericize("Is Kyoto colder than Osaka in winter, and how should I dress for Kyoto?")
+    first, second, third = slot_descriptions(result.template)
+    assert first == third
+    assert second != first
+    assert "Kyoto" not in result.template
+
+
+def test_a_surname_after_the_full_name_is_the_same_variable():
+    result = rules_genericize("Why did Nikola Tesla leave Edison, and what did Tesla do next?")
+    descriptions = slot_descriptions(result.template)
+    assert descriptions[0] == descriptions[2] == "a person"
+    assert descriptions[1] != "a person"
+
+
+def test_different_entities_of_one_kind_get_different_descriptions():
+    result = rules_genericize("Compare Python and Java for web development.")
+    first, second = slot_descriptions(result.template)
+    assert second == "another " + first.split(" ", 1)[1]
+    assert result.compatible_document_description.startswith("A comparison")
+
+
+def test_the_number_of_variables_is_capped():
+    result = rules_genericize(
+        "Plan a trip to Lisbon, Porto, Madrid, Seville, Granada, Valencia, Barcelona and Bilbao."
+    )
+    assert len(set(slot_descriptions(result.template))) == MAX_SLOTS
+    assert result.template.startswith("Plan a trip to <fi>")
+
+
+@pytest.mark.parametrize("query", ["What is the meaning of life?", "how long to boil an egg"])
+def test_a_query_with_nothing_specific_is_rejected(query):
+    with pytest.raises(TemplateError) as caught:
+        rules_genericize(query)
+    assert caught.value.reason == "no_tags"
+
+
+SPECIFIC_QUERIES = [
+    ("What did Nikola Tesla invent in 1891?", ["Nikola", "Tesla", "1891"]),
+    ("How do I bake sourdough bread at home?", ["sourdough"]),
+    ("Tell me why the Roman Empire fell", ["Roman Empire", "Roman"]),
+    ("Dr. Smith says my thrombosis needs surgery. What are the risks?", ["Smith", "thrombosis"]),
+    ('Summarize "Pride and Prejudice" in 50 words', ["Pride and Prejudice", "Prejudice", "50"]),
+    ("best sushi restaurants in Tokyo under $40", ["Tokyo", "$40", "40"]),
+]
+
+
+@pytest.mark.parametrize(("query", "specifics"), SPECIFIC_QUERIES)
+def test_rules_output_is_valid_and_never_repeats_the_specifics(query, specifics):
+    result = rules_genericize(query)
+    validate_template(result.template, result.compatible_document_description, query)
+    assert count_tags(result.template) >= 1
+    for specific in specifics:
+        pattern = rf"(?<!\w){re.escape(specific)}(?!\w)"
+        assert not re.search(pattern, result.compatible_document_description, re.IGNORECASE)
+        assert not re.search(pattern, result.template)
+
+
+def test_rules_are_deterministic():
+    queries = [query for query, _ in SPECIFIC_QUERIES]
+    assert [rules_genericize(q) for q in queries] == [rules_genericize(q) for q in queries]
