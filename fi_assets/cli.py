@@ -44,7 +44,11 @@ def _ingest(kind: str, source: str, shard: str | None) -> str:
     instance.report_runless_asset_event(ingested.event)
     typer.echo(
         f"{kind} shard {ingested.shard}: {ingested.accepted} accepted, {ingested.rejected} rejected"
-        + (f" (see: fi sql \"select * from rejects where shard = '{ingested.shard}'\")" if ingested.rejected else "")
+        + (
+            f" (see: fi sql \"select * from rejects where shard = '{ingested.shard}'\")"
+            if ingested.rejected
+            else ""
+        )
     )
     return ingested.shard
 
@@ -76,7 +80,7 @@ def materialize(
     Dagster instance under FI_HOME (they show in the UI)."""
     import dagster as dg
 
-    from fi_assets.definitions import ASSETS, build_definitions, build_resources
+    from fi_assets.definitions import build_assets, build_definitions, build_resources
     from fi_assets.planning import plan_runs
     from fi_resources.instance import open_instance
 
@@ -92,6 +96,7 @@ def materialize(
         typer.echo("everything is up to date")
         return
     resources = build_resources(settings)
+    assets_with_versions = build_assets(settings)
     failed = 0
     for number, run in enumerate(runs, start=1):
         names = ", ".join(key.to_user_string() for key in run.asset_keys)
@@ -99,19 +104,28 @@ def materialize(
         typer.echo(f"    why: {'; '.join(run.reasons)}")
         started = time.perf_counter()
         result = dg.materialize(
-            ASSETS, selection=run.asset_keys, partition_key=run.partition_key, run_config=RUN_CONFIG,
-            instance=instance, resources=resources, raise_on_error=False,
+            assets_with_versions,
+            selection=run.asset_keys,
+            partition_key=run.partition_key,
+            run_config=RUN_CONFIG,
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
         )
         status = "ok" if result.success else "FAILED"
         failed += not result.success
         typer.echo(f"    {status} in {time.perf_counter() - started:.1f}s (run {result.run_id})")
     if failed:
-        typer.secho(f"{failed} run(s) failed: open the UI (fi ui) for their logs", fg="red", err=True)
+        typer.secho(
+            f"{failed} run(s) failed: open the UI (fi ui) for their logs", fg="red", err=True
+        )
         raise typer.Exit(1)
 
 
 @app.command()
-def sql(query: Annotated[str, typer.Argument(help="DuckDB SQL over one view per table, plus rejects")]) -> None:
+def sql(
+    query: Annotated[str, typer.Argument(help="DuckDB SQL over one view per table, plus rejects")],
+) -> None:
     """Run SQL over the tables and print CSV with a header row."""
     import duckdb
 
@@ -129,7 +143,9 @@ def sql(query: Annotated[str, typer.Argument(help="DuckDB SQL over one view per 
 
 
 @app.command()
-def demo(full: Annotated[bool, typer.Option("--full", help="all 294 queries and 105 articles")] = False) -> None:
+def demo(
+    full: Annotated[bool, typer.Option("--full", help="all 294 queries and 105 articles")] = False,
+) -> None:
     """Ingest the bundled sample (real WildChat queries, real Wikipedia articles) and materialize
     everything."""
     from fi_method.samples import write_sample
@@ -142,8 +158,8 @@ def demo(full: Annotated[bool, typer.Option("--full", help="all 294 queries and 
     materialize(None)
     typer.echo(
         f"\ndemo done in {time.perf_counter() - started:.0f}s. Data root: {settings.home}\n"
-        "  fi sql \"select engine, count(*) from instruction_templates group by engine\"\n"
-        "  fi sql \"select stage, reason, count(*) from rejects group by all order by 3 desc\"\n"
+        '  fi sql "select engine, count(*) from instruction_templates group by engine"\n'
+        '  fi sql "select stage, reason, count(*) from rejects group by all order by 3 desc"\n'
         "  fi ui    (then open http://127.0.0.1:3000, Assets)"
     )
 
@@ -154,10 +170,16 @@ def ui(port: Annotated[int, typer.Option(help="web server port")] = 3000) -> Non
     from fi_resources.instance import prepare_dagster_home
 
     settings = _settings()
-    environment = {**os.environ, "DAGSTER_HOME": str(prepare_dagster_home(settings.home)), "FI_HOME": str(settings.home)}
+    environment = {
+        **os.environ,
+        "DAGSTER_HOME": str(prepare_dagster_home(settings.home)),
+        "FI_HOME": str(settings.home),
+    }
     project = Path(__file__).resolve().parents[1]
     dg_command = str(Path(sys.executable).with_name("dg"))
-    raise typer.Exit(subprocess.call([dg_command, "dev", "--port", str(port)], cwd=project, env=environment))
+    raise typer.Exit(
+        subprocess.call([dg_command, "dev", "--port", str(port)], cwd=project, env=environment)
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,30 @@ from fi_resources.settings import Settings, get_settings
 from fi_resources.storage import Storage
 from fi_resources.template_index import TemplateIndex
 
-ASSETS = [ingested_queries, ingested_documents, raw_queries, documents, instruction_templates, template_index]
+
+def _with_model_version(asset: dg.AssetsDefinition, model: str) -> dg.AssetsDefinition:
+    """Append the engine/model to the asset's code version: switching models in the config makes
+    the asset's partitions stale in the UI and for `fi materialize`, like a code change."""
+    return asset.map_asset_specs(
+        lambda spec: spec.replace_attributes(code_version=f"{spec.code_version}+{model}")
+    )
+
+
+def build_assets(settings: Settings) -> list:
+    """Every asset, versioned by the models `settings` choose."""
+    genericizer = (
+        "rules"
+        if settings.genericizer_engine == "rules"
+        else f"{settings.genericizer_engine}:{settings.genericizer_model}"
+    )
+    return [
+        ingested_queries,
+        ingested_documents,
+        raw_queries,
+        documents,
+        _with_model_version(instruction_templates, genericizer),
+        _with_model_version(template_index, settings.embedder_model),
+    ]
 
 
 def build_resources(settings: Settings) -> dict:
@@ -34,7 +57,9 @@ def build_resources(settings: Settings) -> dict:
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
-    return dg.Definitions(assets=ASSETS, sensors=[inbox_sensor], resources=build_resources(settings))
+    return dg.Definitions(
+        assets=build_assets(settings), sensors=[inbox_sensor], resources=build_resources(settings)
+    )
 
 
 defs = build_definitions(get_settings())

@@ -37,7 +37,11 @@ def documents(context: dg.AssetExecutionContext, storage: Storage) -> dg.Materia
     frame = pl.DataFrame(kept, schema=DOCUMENTS_SCHEMA)
     languages = frame.group_by("language").len().sort("len", descending=True)
     return write_stage(
-        storage, "documents", context.partition_key, frame, rejects,
+        storage,
+        "documents",
+        context.partition_key,
+        frame,
+        rejects,
         ["doc_id", "language", "n_words", "text"],
         {
             "ingested": ingested.height,

@@ -56,17 +56,25 @@ class IngestedShard:
 
 def default_shard_name(source: str) -> str:
     """The file's stem, or the dataset's name, made safe for a partition key."""
-    name = source[len(HF_PREFIX) :] if source.startswith(HF_PREFIX) else Path(source).name.split(".")[0]
+    name = (
+        source[len(HF_PREFIX) :]
+        if source.startswith(HF_PREFIX)
+        else Path(source).name.split(".")[0]
+    )
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")[:100] or "shard"
 
 
-def ingest_shard(storage: Storage, kind: Kind, source: str, shard: str | None = None) -> IngestedShard:
+def ingest_shard(
+    storage: Storage, kind: Kind, source: str, shard: str | None = None
+) -> IngestedShard:
     """Snapshot `source` as shard `shard` (default: from the file name). Bad rows go to the rejects
     table; raises NoGoodRowsError when no row is good (the shard is then not registered)."""
     shard = check_partition_name(shard or default_shard_name(source))
     result = ingest_source(kind, source)
     storage.write_rejects(
-        f"ingest_{kind}", shard, [{**r, "stage": f"ingest_{kind}", "shard": shard} for r in result.rejects]
+        f"ingest_{kind}",
+        shard,
+        [{**r, "stage": f"ingest_{kind}", "shard": shard} for r in result.rejects],
     )
     if not result.rows:
         raise NoGoodRowsError(
@@ -94,7 +102,9 @@ def ingest_shard(storage: Storage, kind: Kind, source: str, shard: str | None = 
 def _inbox_files(storage: Storage, kind: Kind) -> list[Path]:
     inbox = storage.inbox_dir(kind)
     inbox.mkdir(parents=True, exist_ok=True)
-    return sorted(p for p in inbox.iterdir() if p.is_file() and p.name.lower().endswith(INBOX_SUFFIXES))
+    return sorted(
+        p for p in inbox.iterdir() if p.is_file() and p.name.lower().endswith(INBOX_SUFFIXES)
+    )
 
 
 @dg.sensor(
@@ -130,5 +140,9 @@ def inbox_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         if new_keys:
             requests.append(PARTITIONS[kind].build_add_request(new_keys))
     if not events:
-        return dg.SensorResult(skip_reason="no new or changed file in the inbox", cursor=json.dumps(seen))
-    return dg.SensorResult(dynamic_partitions_requests=requests, asset_events=events, cursor=json.dumps(seen))
+        return dg.SensorResult(
+            skip_reason="no new or changed file in the inbox", cursor=json.dumps(seen)
+        )
+    return dg.SensorResult(
+        dynamic_partitions_requests=requests, asset_events=events, cursor=json.dumps(seen)
+    )

@@ -24,7 +24,9 @@ class PlannedRun:
     reasons: list[str] = field(default_factory=list)
 
 
-def _latest(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> tuple[int, dict] | None:
+def _latest(
+    instance: dg.DagsterInstance, key: dg.AssetKey, partition: str
+) -> tuple[int, dict] | None:
     """(storage id, tags) of the latest materialization of one partition."""
     result = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
@@ -44,7 +46,9 @@ def _data_version_at(instance: dg.DagsterInstance, key: dg.AssetKey, storage_id:
     return (result.records[0].asset_materialization.tags or {}).get(DATA_VERSION_TAG)
 
 
-def plan_runs(defs: dg.Definitions, instance: dg.DagsterInstance, selection: list[str] | None) -> list[PlannedRun]:
+def plan_runs(
+    defs: dg.Definitions, instance: dg.DagsterInstance, selection: list[str] | None
+) -> list[PlannedRun]:
     """The runs that bring the selected assets (all when `selection` is empty) and their upstream
     up to date, in dependency order."""
     graph = defs.resolve_asset_graph()
@@ -70,7 +74,9 @@ def plan_runs(defs: dg.Definitions, instance: dg.DagsterInstance, selection: lis
             if reason is None:
                 continue
             will_change.add((key, partition))
-            run = runs.setdefault((partitions.name, partition), PlannedRun(partitions.name, partition))
+            run = runs.setdefault(
+                (partitions.name, partition), PlannedRun(partitions.name, partition)
+            )
             run.asset_keys.append(key)
             run.reasons.append(f"{key.to_user_string()}: {reason}")
     return list(runs.values())

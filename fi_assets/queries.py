@@ -47,6 +47,11 @@ def raw_queries(
     frame = pl.DataFrame(kept, schema=RAW_QUERIES_SCHEMA)
     context.log.info(f"{len(kept)} of {ingested.height} queries kept, {len(rejects)} removed")
     return write_stage(
-        storage, "raw_queries", context.partition_key, frame, rejects, ["query_id", "query"],
+        storage,
+        "raw_queries",
+        context.partition_key,
+        frame,
+        rejects,
+        ["query_id", "query"],
         {"ingested": ingested.height},
     )

@@ -46,7 +46,9 @@ def write_stage(
 ) -> dg.MaterializeResult:
     """Write one partition of a table asset and its rejects, and report them."""
     path = storage.write_table(table, partition, frame)
-    storage.write_rejects(table, partition, [{**r, "stage": table, "shard": partition} for r in rejects])
+    storage.write_rejects(
+        table, partition, [{**r, "stage": table, "shard": partition} for r in rejects]
+    )
     reasons: dict[str, int] = {}
     for reject in rejects:
         reasons[reject["reason"]] = reasons.get(reject["reason"], 0) + 1

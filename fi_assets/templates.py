@@ -41,7 +41,9 @@ def instruction_templates(
     context: dg.AssetExecutionContext, storage: Storage, genericizer: Genericizer
 ) -> dg.MaterializeResult:
     queries = storage.read_table("raw_queries", context.partition_key).to_dicts()
-    context.log.info(f"genericizing {len(queries)} queries with {genericizer.engine}:{genericizer.model_name}")
+    context.log.info(
+        f"genericizing {len(queries)} queries with {genericizer.engine}:{genericizer.model_name}"
+    )
 
     def progress(done: int, total: int) -> None:
         context.log.info(f"genericized {done}/{total}")
@@ -51,7 +53,11 @@ def instruction_templates(
     frame = pl.DataFrame(kept, schema=TEMPLATES_SCHEMA)
     tags = frame.group_by("n_tags").len().sort("n_tags")
     return write_stage(
-        storage, "instruction_templates", context.partition_key, frame, rejects,
+        storage,
+        "instruction_templates",
+        context.partition_key,
+        frame,
+        rejects,
         ["template", "compatible_document_description", "n_tags"],
         {
             "engine": genericizer.engine,
@@ -77,7 +83,9 @@ def instruction_templates(
 def template_index(
     context: dg.AssetExecutionContext, storage: Storage, embedder: Embedder, index: TemplateIndex
 ) -> dg.MaterializeResult:
-    templates = storage.read_table("instruction_templates", context.partition_key).select(INDEX_COLUMNS)
+    templates = storage.read_table("instruction_templates", context.partition_key).select(
+        INDEX_COLUMNS
+    )
     vectors = embedder.embed(templates["compatible_document_description"].to_list())
     table = table_name_for(embedder.model)
     total = index.replace_shard(table, context.partition_key, templates.to_dicts(), vectors)
@@ -90,7 +98,11 @@ def template_index(
             "embedder": embedder.model,
             "dimension": int(vectors.shape[1]),
             "metric": METRIC,
-            "preview": dg.MetadataValue.md(markdown_preview(templates, ["template_id", "compatible_document_description"])),
+            "preview": dg.MetadataValue.md(
+                markdown_preview(templates, ["template_id", "compatible_document_description"])
+            ),
         },
-        data_version=dg.DataVersion(frame_version(templates.with_columns(pl.lit(embedder.model).alias("embedder")))),
+        data_version=dg.DataVersion(
+            frame_version(templates.with_columns(pl.lit(embedder.model).alias("embedder")))
+        ),
     )

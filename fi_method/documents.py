@@ -21,7 +21,9 @@ def _language_identifier() -> LanguageIdentifier:
     return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
 
 
-def clean_documents(rows: list[dict], min_chars: int = MIN_DOCUMENT_CHARS) -> tuple[list[dict], list[dict]]:
+def clean_documents(
+    rows: list[dict], min_chars: int = MIN_DOCUMENT_CHARS
+) -> tuple[list[dict], list[dict]]:
     """Clean ingested document rows (`text`, `source`, `line`, `source_id`, `url`). Returns (kept
     rows with `doc_id`, `text`, `language`, `language_score`, `n_chars`, `n_words`; rejects for
     documents too short after cleaning and for duplicates)."""
@@ -33,10 +35,18 @@ def clean_documents(rows: list[dict], min_chars: int = MIN_DOCUMENT_CHARS) -> tu
         doc_id = content_hash(text)
         origin = {"source": row["source"], "line": row["line"], "item_id": doc_id}
         if len(text) < min_chars:
-            rejects.append({**origin, "reason": "too_short", "detail": f"{len(text)} characters < {min_chars}"})
+            rejects.append(
+                {**origin, "reason": "too_short", "detail": f"{len(text)} characters < {min_chars}"}
+            )
             continue
         if doc_id in seen:
-            rejects.append({**origin, "reason": "duplicate", "detail": "same cleaned text as an earlier document"})
+            rejects.append(
+                {
+                    **origin,
+                    "reason": "duplicate",
+                    "detail": "same cleaned text as an earlier document",
+                }
+            )
             continue
         seen.add(doc_id)
         language, score = _language_identifier().classify(text[:LANGUAGE_ID_CHARS])

@@ -160,7 +160,8 @@ def query_texts(record: dict, max_chars: int = MAX_QUERY_CHARS) -> list[str]:
             turns = [
                 turn.get("content", turn.get("value"))
                 for turn in record[name]
-                if isinstance(turn, dict) and str(turn.get("role", turn.get("from", ""))).lower() in USER_ROLES
+                if isinstance(turn, dict)
+                and str(turn.get("role", turn.get("from", ""))).lower() in USER_ROLES
             ]
             texts = [t for t in turns if isinstance(t, str)]
             if not texts:

@@ -31,7 +31,11 @@ def collect_templates(
         template_id = content_hash(output.template)
         if template_id in seen:
             rejects.append(
-                {**origin, "reason": "duplicate_template", "detail": f"same template as query {seen[template_id]}"}
+                {
+                    **origin,
+                    "reason": "duplicate_template",
+                    "detail": f"same template as query {seen[template_id]}",
+                }
             )
             continue
         seen[template_id] = row["query_id"]
@@ -48,5 +52,3 @@ def collect_templates(
             }
         )
     return kept, rejects
-
-

@@ -31,7 +31,10 @@ class QueryFilters:
 
 def _minhash(folded: str) -> MinHash:
     tokens = folded.split()
-    shingles = [" ".join(tokens[i : i + SHINGLE_WORDS]) for i in range(max(1, len(tokens) - SHINGLE_WORDS + 1))]
+    shingles = [
+        " ".join(tokens[i : i + SHINGLE_WORDS])
+        for i in range(max(1, len(tokens) - SHINGLE_WORDS + 1))
+    ]
     signature = MinHash(num_perm=MINHASH_PERMUTATIONS, seed=MINHASH_SEED)
     signature.update_batch([s.encode("utf-8") for s in shingles])
     return signature
@@ -75,7 +78,9 @@ def filter_queries(
         else:
             reason = detail = None
         if reason is not None:
-            rejects.append({**_origin(row), "item_id": query_id, "reason": reason, "detail": detail})
+            rejects.append(
+                {**_origin(row), "item_id": query_id, "reason": reason, "detail": detail}
+            )
             continue
         seen_exact[folded] = query_id
         lsh.insert(query_id, signature)

@@ -32,7 +32,10 @@ class TransformersEngine:
         self.model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device).eval()
 
     def generate(
-        self, conversations: Sequence[Messages], max_new_tokens: int, progress: Progress | None = None
+        self,
+        conversations: Sequence[Messages],
+        max_new_tokens: int,
+        progress: Progress | None = None,
     ) -> list[str]:
         import torch
 
@@ -40,10 +43,14 @@ class TransformersEngine:
         for start in range(0, len(conversations), self.batch_size):
             batch = conversations[start : start + self.batch_size]
             prompts = [
-                self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                self.tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=True
+                )
                 for messages in batch
             ]
-            encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            encoded = self.tokenizer(
+                prompts, return_tensors="pt", padding=True, add_special_tokens=False
+            )
             encoded = encoded.to(self.device)
             with torch.inference_mode():
                 generated = self.model.generate(
@@ -72,7 +79,10 @@ class VLLMEngine:
         self.llm = LLM(model=model, download_dir=str(models_dir))
 
     def generate(
-        self, conversations: Sequence[Messages], max_new_tokens: int, progress: Progress | None = None
+        self,
+        conversations: Sequence[Messages],
+        max_new_tokens: int,
+        progress: Progress | None = None,
     ) -> list[str]:
         from vllm import SamplingParams
 

@@ -55,7 +55,9 @@ def _convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(folder), gguf_file=gguf_file, dtype=torch.float32
+    )
     # The weights are dequantised on load; drop the GGUF quantizer so they save as plain tensors.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

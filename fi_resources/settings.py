@@ -32,13 +32,17 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FI_", extra="ignore")
 
-    home: Path = Field(Path("fi_home"), description="Data root: inbox, tables, LanceDB, models, Dagster.")
+    home: Path = Field(
+        Path("fi_home"), description="Data root: inbox, tables, LanceDB, models, Dagster."
+    )
     genericizer_engine: Engine = Field("rules", description="Engine of the query -> template role.")
     genericizer_model: str = Field(
         RELEASED_TEMPLATIZER, description="HF id or local path (transformers and vllm engines)."
     )
     embedder_model: str = Field(MINILM, description="sentence-transformers id or path.")
-    device: str = Field("auto", description="torch device for the transformers engine and embedder.")
+    device: str = Field(
+        "auto", description="torch device for the transformers engine and embedder."
+    )
     generation_batch_size: int = Field(8, ge=1)
     max_new_tokens: int = Field(256, ge=16)
 

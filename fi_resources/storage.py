@@ -1,13 +1,13 @@
 """The layout of the data root (FI_HOME) and the only code that writes tables into it.
 
-    FI_HOME/
-      inbox/{queries,documents}/     files dropped here are ingested by the inbox sensor
-      tables/<asset>/<partition>.parquet
-      tables/rejects/<stage>/<partition>.parquet
-      lancedb/                       template vectors
-      models/                        converted or downloaded model weights
-      checkpoints/                   training checkpoints
-      dagster/                       Dagster instance storage (runs, events, logs)
+FI_HOME/
+  inbox/{queries,documents}/     files dropped here are ingested by the inbox sensor
+  tables/<asset>/<partition>.parquet
+  tables/rejects/<stage>/<partition>.parquet
+  lancedb/                       template vectors
+  models/                        converted or downloaded model weights
+  checkpoints/                   training checkpoints
+  dagster/                       Dagster instance storage (runs, events, logs)
 """
 
 from __future__ import annotations
@@ -114,7 +114,9 @@ class Storage(ConfigurableResource):
         """Tables that have at least one partition written (rejects included)."""
         if not self.tables_dir.exists():
             return []
-        return sorted(p.name for p in self.tables_dir.iterdir() if p.is_dir() and any(p.rglob("*.parquet")))
+        return sorted(
+            p.name for p in self.tables_dir.iterdir() if p.is_dir() and any(p.rglob("*.parquet"))
+        )
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB with one view per table (named after the asset) over all its

@@ -65,7 +65,10 @@ class TemplateIndex(ConfigurableResource):
             table.delete(shard_filter)
             return table.count_rows()
         data = pa.Table.from_pylist(
-            [{**row, "shard": shard, "vector": vector} for row, vector in zip(rows, vectors.tolist())],
+            [
+                {**row, "shard": shard, "vector": vector}
+                for row, vector in zip(rows, vectors.tolist())
+            ],
             schema=table.schema,
         )
         (

@@ -153,14 +153,18 @@ def test_numbers_are_described_by_what_they_measure():
 
 
 def test_quoted_titles_and_organizations():
-    result = rules_genericize('Write a poem called "The Silent Sea" about the University of Michigan.')
+    result = rules_genericize(
+        'Write a poem called "The Silent Sea" about the University of Michigan.'
+    )
     assert result.template == (
         'Write a poem called "<fi>a title or quoted phrase</fi>" about the <fi>an organization</fi>.'
     )
 
 
 def test_a_repeated_entity_is_one_variable():
-    result = rules_genericize("Is Kyoto colder than Osaka in winter, and how should I dress for Kyoto?")
+    result = rules_genericize(
+        "Is Kyoto colder than Osaka in winter, and how should I dress for Kyoto?"
+    )
     first, second, third = slot_descriptions(result.template)
     assert first == third
     assert second != first

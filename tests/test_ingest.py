@@ -33,7 +33,9 @@ def write_bad_queries(path):
                 ]
             }
         ).encode(),  # 11
-        json.dumps({"conversation": [{"from": "human", "value": "Write a haiku about the Amazon River."}]}).encode(),
+        json.dumps(
+            {"conversation": [{"from": "human", "value": "Write a haiku about the Amazon River."}]}
+        ).encode(),
     ]
     path.write_bytes(b"\n".join(lines) + b"\n")
     return path
@@ -76,7 +78,9 @@ def test_csv_and_parquet_sources(tmp_path):
     assert [(r["line"], r["reason"]) for r in result.rejects] == [(4, "empty_text")]
 
     parquet_path = tmp_path / "q.parquet"
-    pl.DataFrame({"query": ["What is a monad in Haskell?", None, "Explain Rust lifetimes."]}).write_parquet(parquet_path)
+    pl.DataFrame(
+        {"query": ["What is a monad in Haskell?", None, "Explain Rust lifetimes."]}
+    ).write_parquet(parquet_path)
     result = ingest_source("queries", str(parquet_path))
     assert [r["line"] for r in result.rows] == [1, 3]
     assert [(r["line"], r["reason"]) for r in result.rejects] == [(2, "missing_text")]
@@ -86,7 +90,8 @@ def test_hugging_face_dataset_loader_on_a_local_dataset_folder(tmp_path):
     folder = tmp_path / "my_dataset"
     folder.mkdir()
     (folder / "train.jsonl").write_text(
-        "\n".join(json.dumps({"text": t}) for t in ["How do tides work?", "Why is the sky blue?"]) + "\n"
+        "\n".join(json.dumps({"text": t}) for t in ["How do tides work?", "Why is the sky blue?"])
+        + "\n"
     )
     result = ingest_source("queries", f"hf:{folder}@train")
     assert [r["text"] for r in result.rows] == ["How do tides work?", "Why is the sky blue?"]
@@ -96,7 +101,11 @@ def test_field_extraction_errors():
     with pytest.raises(RowError) as error:
         query_texts({"messages": [{"role": "assistant", "content": "hi"}]})
     assert error.value.reason == "no_user_turn"
-    assert document_fields({"text": "Body", "id": 7, "url": 3}) == {"source_id": "7", "url": None, "text": "Body"}
+    assert document_fields({"text": "Body", "id": 7, "url": 3}) == {
+        "source_id": "7",
+        "url": None,
+        "text": "Body",
+    }
 
 
 def test_unknown_file_type_and_missing_file(tmp_path):

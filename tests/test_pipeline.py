@@ -9,11 +9,12 @@ import pytest
 from typer.testing import CliRunner
 
 from fi_assets.cli import app
-from fi_assets.definitions import ASSETS, build_resources
+from fi_assets.definitions import build_assets, build_resources
 from fi_assets.documents import documents
 from fi_assets.ingestion import ingest_shard
 from fi_assets.queries import QueryFilterConfig, raw_queries
 from fi_method.samples import wikipedia_articles
+from fi_resources.models import MINILM, sentence_transformer_source
 from fi_resources.settings import get_settings
 from fi_resources.storage import Storage
 from fi_resources.template_index import TemplateIndex, table_name_for
@@ -55,7 +56,9 @@ def test_raw_queries_and_documents_called_directly(fi_home, queries_file, docume
     kept = storage.read_table("raw_queries", "q1")
     assert kept.height == 4 and result.metadata["dagster/row_count"] == 4
     reasons = dict(
-        storage.connect().execute("select reason, count(*) from rejects where stage = 'raw_queries' group by 1").fetchall()
+        storage.connect()
+        .execute("select reason, count(*) from rejects where stage = 'raw_queries' group by 1")
+        .fetchall()
     )
     assert reasons == {"duplicate": 1, "too_short": 1, "contaminated": 1}
     assert result.data_version is not None
@@ -74,7 +77,10 @@ def test_materialize_on_a_test_instance_is_idempotent(fi_home, queries_file):
     selection = ["raw_queries", "instruction_templates", "template_index"]
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("query_shards", ["q1"])
-        first = dg.materialize(ASSETS, selection=selection, partition_key="q1", instance=instance, resources=resources)
+        assets = build_assets(settings)
+        first = dg.materialize(
+            assets, selection=selection, partition_key="q1", instance=instance, resources=resources
+        )
         assert first.success
         templates = storage.read_table("instruction_templates", "q1")
         assert templates.height >= 3
@@ -83,17 +89,23 @@ def test_materialize_on_a_test_instance_is_idempotent(fi_home, queries_file):
         table = table_name_for(settings.embedder_model)
         assert index.count(table, "q1") == templates.height
 
-        second = dg.materialize(ASSETS, selection=selection, partition_key="q1", instance=instance, resources=resources)
+        second = dg.materialize(
+            assets, selection=selection, partition_key="q1", instance=instance, resources=resources
+        )
         versions = [
-            {e.asset_key.to_user_string(): e.step_materialization_data.materialization.tags["dagster/data_version"]
-             for e in run.get_asset_materialization_events()}
+            {
+                e.asset_key.to_user_string(): e.step_materialization_data.materialization.tags[
+                    "dagster/data_version"
+                ]
+                for e in run.get_asset_materialization_events()
+            }
             for run in (first, second)
         ]
         assert versions[0] == versions[1]
         assert index.count(table, "q1") == templates.height
 
 
-def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path):
+def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeypatch):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"nope": 1}\nnot json\n')
     result = runner.invoke(app, ["ingest", "queries", str(bad)])
@@ -118,11 +130,24 @@ def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path):
     assert header == "n" and int(value) >= 3
 
     # Re-ingesting a changed shard makes exactly that shard's partitions stale.
-    queries_file.write_text(queries_file.read_text() + json.dumps({"query": "How do volcanoes in Iceland form?"}) + "\n")
-    assert runner.invoke(app, ["ingest", "queries", str(queries_file), "--shard", "chat"]).exit_code == 0
+    queries_file.write_text(
+        queries_file.read_text() + json.dumps({"query": "How do volcanoes in Iceland form?"}) + "\n"
+    )
+    assert (
+        runner.invoke(app, ["ingest", "queries", str(queries_file), "--shard", "chat"]).exit_code
+        == 0
+    )
     result = runner.invoke(app, ["materialize"])
     assert result.exit_code == 0, result.output
     assert "query_shards=chat" in result.output and "doc_shards" not in result.output
+
+    # Switching the embedder (here: the same MiniLM named by its path) re-runs only template_index.
+    monkeypatch.setenv("FI_EMBEDDER_MODEL", sentence_transformer_source(MINILM))
+    get_settings.cache_clear()
+    result = runner.invoke(app, ["materialize"])
+    assert result.exit_code == 0, result.output
+    assert "query_shards=chat: template_index" in result.output
+    assert "code version" in result.output and "raw_queries" not in result.output
 
     result = runner.invoke(app, ["sql", "select count(*) from nowhere"])
     assert result.exit_code == 1 and "nowhere" in result.output
@@ -141,6 +166,8 @@ def test_inbox_sensor_registers_dropped_files(fi_home, queries_file):
         result = inbox_sensor(context)
         assert [r.partition_keys for r in result.dynamic_partitions_requests] == [["dropped"]]
         assert result.asset_events[0].partition == "dropped"
-        assert pl.read_parquet(fi_home / "tables" / "ingested_queries" / "dropped.parquet").height == 7
+        assert (
+            pl.read_parquet(fi_home / "tables" / "ingested_queries" / "dropped.parquet").height == 7
+        )
         again = inbox_sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor))
         assert not again.asset_events

@@ -40,7 +40,9 @@ def test_cleaning_length_bounds_and_exact_duplicates():
 
 def test_ids_are_content_hashes_of_the_cleaned_query():
     kept, _ = run("Why do cats purr when they are content?")
-    assert kept[0]["query_id"] == content_hash(clean_text("Why do cats purr when they are content?"))
+    assert kept[0]["query_id"] == content_hash(
+        clean_text("Why do cats purr when they are content?")
+    )
     again, _ = run("Why do cats purr when they are content?")
     assert again == kept
 

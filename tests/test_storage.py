@@ -6,7 +6,9 @@ import pytest
 from fi_resources.storage import Storage, StorageLayoutError
 
 
-def test_a_crash_mid_write_keeps_the_previous_partition_and_leaves_no_temporary(tmp_path, monkeypatch):
+def test_a_crash_mid_write_keeps_the_previous_partition_and_leaves_no_temporary(
+    tmp_path, monkeypatch
+):
     storage = Storage(home=str(tmp_path))
     path = storage.write_table("raw_queries", "s1", pl.DataFrame({"query": ["old"]}))
 
@@ -27,7 +29,11 @@ def test_sql_views_and_rejects(tmp_path):
     storage = Storage(home=str(tmp_path))
     storage.write_table("raw_queries", "a", pl.DataFrame({"query_id": ["1", "2"]}))
     storage.write_table("raw_queries", "b", pl.DataFrame({"query_id": ["3"]}))
-    storage.write_rejects("raw_queries", "a", [{"stage": "raw_queries", "shard": "a", "reason": "too_short", "line": 4}])
+    storage.write_rejects(
+        "raw_queries",
+        "a",
+        [{"stage": "raw_queries", "shard": "a", "reason": "too_short", "line": 4}],
+    )
     storage.write_rejects("documents", "d", [])
     connection = storage.connect()
     assert connection.execute("select count(*) from raw_queries").fetchone() == (3,)
