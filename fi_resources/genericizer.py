@@ -14,8 +14,8 @@ from fi_method.genericizer import (
     build_messages,
     parse_output,
     prompt_style_for,
-    rules_genericize,
 )
+from fi_method.rules_genericizer import rules_genericize
 from fi_method.templates import TemplateError
 from fi_resources.embedder import torch_device
 from fi_resources.settings import Engine, get_settings

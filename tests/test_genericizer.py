@@ -3,15 +3,14 @@ import re
 import pytest
 
 from fi_method.genericizer import (
-    MAX_SLOTS,
     RELEASED_TEMPLATIZER,
     GenericizedQuery,
     OutputParseError,
     build_messages,
     parse_output,
     prompt_style_for,
-    rules_genericize,
 )
+from fi_method.rules_genericizer import MAX_SLOTS, rules_genericize
 from fi_method.templates import TemplateError, count_tags, slot_descriptions, validate_template
 
 # --- prompt ---------------------------------------------------------------------------------
