@@ -23,9 +23,19 @@ RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def _settings():
+    import pydantic
+
     from fi_resources.settings import get_settings
 
-    return get_settings()
+    try:
+        return get_settings()
+    except pydantic.ValidationError as error:
+        typer.secho(
+            f"error: invalid configuration (FI_* variables or fi.toml):\n{error}",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(2) from error
 
 
 def _ingest(kind: str, source: str, shard: str | None) -> str:
