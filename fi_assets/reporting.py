@@ -26,7 +26,8 @@ def markdown_preview(frame: pl.DataFrame, columns: list[str], rows: int = PREVIE
 
     def cell(value) -> str:
         text = "" if value is None else str(value)
-        text = text.replace("\n", " ").replace("|", "\\|")
+        # Escape < and > so <fi> tags show as text instead of being swallowed as HTML.
+        text = text.replace("\n", " ").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
         return text if len(text) <= PREVIEW_CELL_CHARS else text[: PREVIEW_CELL_CHARS - 1] + "…"
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
