@@ -38,6 +38,10 @@ def _schema(dimension: int) -> pa.Schema:
     )
 
 
+def _has_table(database, name: str) -> bool:
+    return name in database.list_tables().tables
+
+
 class TemplateIndex(ConfigurableResource):
     """Writes and reads template vectors in LanceDB under FI_HOME/lancedb."""
 
@@ -45,7 +49,9 @@ class TemplateIndex(ConfigurableResource):
 
     def _table(self, name: str, dimension: int):
         database = lancedb.connect(self.uri)
-        table = database.create_table(name, schema=_schema(dimension), exist_ok=True)
+        if not _has_table(database, name):
+            return database.create_table(name, schema=_schema(dimension))
+        table = database.open_table(name)
         existing = table.schema.field("vector").type.list_size
         if existing != dimension:
             raise ValueError(
@@ -82,7 +88,7 @@ class TemplateIndex(ConfigurableResource):
 
     def count(self, name: str, shard: str | None = None) -> int:
         database = lancedb.connect(self.uri)
-        if name not in database.list_tables().tables:
+        if not _has_table(database, name):
             return 0
         table = database.open_table(name)
         return table.count_rows(f"shard = '{check_partition_name(shard)}'" if shard else None)

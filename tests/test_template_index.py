@@ -1,0 +1,53 @@
+"""The LanceDB index: replacing a shard touches only that shard, and reruns are idempotent."""
+
+import lancedb
+import numpy as np
+import pytest
+
+from fi_resources.template_index import TemplateIndex, table_name_for
+
+
+def rows(*ids):
+    return [
+        {
+            "template_id": i,
+            "query_id": f"q{i}",
+            "template": f"What is <fi>topic {i}</fi>?",
+            "compatible_document_description": f"A document about topic {i}.",
+            "n_tags": 1,
+        }
+        for i in ids
+    ]
+
+
+def unit_vectors(count, dimension=8, seed=0):
+    vectors = np.random.default_rng(seed).normal(size=(count, dimension)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_replace_shard_is_exact_and_leaves_other_shards_alone(tmp_path):
+    index = TemplateIndex(uri=str(tmp_path / "lancedb"))
+    table = table_name_for("sentence-transformers/all-MiniLM-L6-v2")
+    assert table == "templates__all_minilm_l6_v2"
+    index.replace_shard(table, "a", rows("1", "2"), unit_vectors(2))
+    index.replace_shard(table, "b", rows("1", "9"), unit_vectors(2, seed=1))
+    index.replace_shard(table, "a", rows("2", "3"), unit_vectors(2, seed=2))
+    index.replace_shard(table, "a", rows("2", "3"), unit_vectors(2, seed=2))
+    stored = lancedb.connect(str(tmp_path / "lancedb")).open_table(table).to_arrow()
+    by_shard = {}
+    for shard, template_id in zip(
+        stored["shard"].to_pylist(), stored["template_id"].to_pylist(), strict=True
+    ):
+        by_shard.setdefault(shard, set()).add(template_id)
+    assert by_shard == {"a": {"2", "3"}, "b": {"1", "9"}}
+    assert index.count(table) == 4 and index.count(table, "a") == 2
+
+    index.replace_shard(table, "a", [], np.zeros((0, 8), dtype=np.float32))
+    assert index.count(table, "a") == 0 and index.count(table, "b") == 2
+
+
+def test_a_different_dimension_under_the_same_name_is_refused(tmp_path):
+    index = TemplateIndex(uri=str(tmp_path / "lancedb"))
+    index.replace_shard("templates__x", "a", rows("1"), unit_vectors(1, dimension=8))
+    with pytest.raises(ValueError, match="8-d vectors, the embedder gives 4-d"):
+        index.replace_shard("templates__x", "a", rows("1"), unit_vectors(1, dimension=4))
