@@ -90,7 +90,7 @@ def materialize(
     Dagster instance under FI_HOME (they show in the UI)."""
     import dagster as dg
 
-    from fi_assets.definitions import build_assets, build_definitions, build_resources
+    from fi_assets.definitions import build_definitions
     from fi_assets.planning import plan_runs
     from fi_resources.instance import open_instance
 
@@ -105,8 +105,6 @@ def materialize(
     if not runs:
         typer.echo("everything is up to date")
         return
-    resources = build_resources(settings)
-    assets_with_versions = build_assets(settings)
     failed = 0
     for number, run in enumerate(runs, start=1):
         names = ", ".join(key.to_user_string() for key in run.asset_keys)
@@ -114,12 +112,12 @@ def materialize(
         typer.echo(f"    why: {'; '.join(run.reasons)}")
         started = time.perf_counter()
         result = dg.materialize(
-            assets_with_versions,
+            list(defs.assets),
             selection=run.asset_keys,
             partition_key=run.partition_key,
             run_config=RUN_CONFIG,
             instance=instance,
-            resources=resources,
+            resources=defs.resources,
             raise_on_error=False,
         )
         status = "ok" if result.success else "FAILED"
