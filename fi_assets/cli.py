@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -164,12 +165,24 @@ def demo(
     _ingest("queries", str(queries_file), None)
     _ingest("documents", str(documents_file), None)
     materialize(None)
+    fi = _command_name()
     typer.echo(
         f"\ndemo done in {time.perf_counter() - started:.0f}s. Data root: {settings.home}\n"
-        '  fi sql "select engine, count(*) from instruction_templates group by engine"\n'
-        '  fi sql "select stage, reason, count(*) from rejects group by all order by 3 desc"\n'
-        "  fi ui    (then open http://127.0.0.1:3000, Assets)"
+        f'  {fi} sql "select n_tags, count(*) from instruction_templates group by 1 order by 1"\n'
+        f'  {fi} sql "select stage, reason, count(*) from rejects group by all order by 3 desc"\n'
+        f"  {fi} ui    (then open http://127.0.0.1:3000, Catalog)"
     )
+
+
+def _command_name() -> str:
+    """How the user can call `fi` again from here: `.venv/bin/fi` when it is not on the PATH."""
+    executable = Path(sys.executable).with_name("fi")
+    if shutil.which("fi") == str(executable):
+        return "fi"
+    try:
+        return str(executable.relative_to(Path.cwd()))
+    except ValueError:
+        return str(executable)
 
 
 @app.command()
