@@ -161,6 +161,7 @@ def test_inbox_sensor_registers_dropped_files(fi_home, queries_file):
     inbox = fi_home / "inbox" / "queries"
     inbox.mkdir(parents=True)
     (inbox / "dropped.jsonl").write_text(queries_file.read_text())
+    (inbox / "garbage.jsonl").write_text("not json\n{}\n")
     with dg.instance_for_test() as instance:
         context = dg.build_sensor_context(instance=instance)
         result = inbox_sensor(context)
@@ -169,5 +170,10 @@ def test_inbox_sensor_registers_dropped_files(fi_home, queries_file):
         assert (
             pl.read_parquet(fi_home / "tables" / "ingested_queries" / "dropped.parquet").height == 7
         )
+        garbage_rejects = pl.read_parquet(
+            fi_home / "tables" / "rejects" / "ingest_queries" / "garbage.parquet"
+        )
+        assert garbage_rejects["reason"].to_list() == ["malformed_json", "missing_text"]
+        # Files already seen (good or not) are not ingested again until they change.
         again = inbox_sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor))
-        assert not again.asset_events
+        assert not again.asset_events and not again.dynamic_partitions_requests
