@@ -1,0 +1,123 @@
+"""Template matching, the retrieval rule of FineInstructions stage B: which instruction templates a
+pre-training document is paired with.
+
+Each document is embedded as K + 1 = 6 query vectors: index 0 is the global vector (the whole
+document), 1..K are local ones (chunks of it). For each vector, the candidate templates are those
+whose cosine similarity to it exceeds a threshold. Among a vector's candidates one template is
+drawn at random, weighted so that the complexity (number of `<fi>` slots, `n_tags`) of the chosen
+templates follows a target distribution, by default the complexity of templates genericized from
+real user queries. Without the weighting, simple templates, which match far more documents,
+would crowd out complex ones.
+
+The rule as implemented here:
+1. Vectors are visited in order of their index, 0..K.
+2. A vector draws one of its candidates not already chosen for an earlier vector of the same
+   document, so a document gets at most one template per vector and never one template twice.
+   A vector with no such candidate chooses nothing.
+3. The draw is weighted by `complexity_weights`; the random generator is seeded from a stable
+   hash of the document's seed, so a rerun pairs every document with the same templates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+TEMPLATES_PER_DOCUMENT = 6
+# The paper's threshold for its fine-tuned BGE-M3 embedder; cosine similarities are not
+# comparable across embedders, so another embedder needs its own threshold.
+PAPER_SIMILARITY_THRESHOLD = 0.865
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A template whose similarity to one of a document's query vectors passed the threshold."""
+
+    template_id: str
+    n_tags: int
+    similarity: float
+    vector_index: int
+
+
+def target_distribution(n_tags: Iterable[int]) -> dict[int, float]:
+    """Share of each complexity (`n_tags`) among the given templates; the shares sum to 1."""
+    counts = Counter(n_tags)
+    total = sum(counts.values())
+    if total == 0:
+        raise ValueError("target distribution needs at least one template")
+    return {complexity: count / total for complexity, count in sorted(counts.items())}
+
+
+def complexity_weights(candidates: list[Candidate], target: dict[int, float]) -> list[float]:
+    """Sampling weight of each candidate of one document, in the order given:
+
+        weight(c) = target[c.n_tags] / candidate_freq(c.n_tags)
+
+    where candidate_freq(n) is the share of the document's candidates (every vector's, one entry
+    per candidate) with n tags. Rare complexities are boosted and common ones damped, so that a
+    draw among candidates whose complexities are distributed like the document's yields each
+    complexity n with probability target[n].
+
+    A complexity absent from the target gets weight 0: the target says no real query is that
+    complex, so such a template is drawn only through the uniform fallback of `choose_templates`.
+    """
+    counts = Counter(candidate.n_tags for candidate in candidates)
+    total = len(candidates)
+    return [
+        target.get(candidate.n_tags, 0.0) / (counts[candidate.n_tags] / total)
+        for candidate in candidates
+    ]
+
+
+def seeded_generator(seed: int | str) -> np.random.Generator:
+    """A numpy generator seeded from a SHA-256 of `seed`, stable across processes and runs
+    (Python's `hash()` of a string is salted per process)."""
+    digest = hashlib.sha256(str(seed).encode("utf-8")).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "big"))
+
+
+def choose_templates(
+    candidates: list[Candidate],
+    target: dict[int, float],
+    seed: int | str,
+    per_document: int = TEMPLATES_PER_DOCUMENT,
+) -> list[Candidate]:
+    """The templates chosen for one document from its candidates (all vectors together), at most
+    one per vector index and at most `per_document` in all, in order of vector index.
+
+    Each vector draws among its candidates not yet chosen, with probability proportional to
+    `complexity_weights`; when all of those weights are 0 it draws uniformly instead, so a
+    document is never left without a template merely because its candidates are off-target.
+    The same candidates, target and seed always give the same choice.
+    """
+    if not candidates:
+        return []
+    generator = seeded_generator(seed)
+    weights = complexity_weights(candidates, target)
+    weighted_by_vector: dict[int, list[tuple[Candidate, float]]] = {}
+    for candidate, weight in zip(candidates, weights, strict=True):
+        weighted_by_vector.setdefault(candidate.vector_index, []).append((candidate, weight))
+
+    chosen: list[Candidate] = []
+    chosen_template_ids: set[str] = set()
+    for vector_index in sorted(weighted_by_vector):
+        if len(chosen) >= per_document:
+            break
+        available = [
+            (candidate, weight)
+            for candidate, weight in weighted_by_vector[vector_index]
+            if candidate.template_id not in chosen_template_ids
+        ]
+        if not available:
+            continue
+        available_weights = np.array([weight for _, weight in available], dtype=float)
+        total_weight = available_weights.sum()
+        probabilities = available_weights / total_weight if total_weight > 0 else None
+        picked, _ = available[generator.choice(len(available), p=probabilities)]
+        chosen.append(picked)
+        chosen_template_ids.add(picked.template_id)
+    return chosen

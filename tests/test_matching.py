@@ -1,0 +1,111 @@
+import pytest
+
+from fi_method.matching import (
+    TEMPLATES_PER_DOCUMENT,
+    Candidate,
+    choose_templates,
+    complexity_weights,
+    target_distribution,
+)
+
+VECTORS_PER_DOCUMENT = 6
+EVEN_TARGET = {1: 0.5, 5: 0.5}
+
+
+def skewed_document(document: int) -> list[Candidate]:
+    """Ten candidates per vector, 80% with one tag and 20% with five, no template shared."""
+    return [
+        Candidate(
+            template_id=f"doc{document}-vec{vector}-t{slot}",
+            n_tags=1 if slot < 8 else 5,
+            similarity=0.9,
+            vector_index=vector,
+        )
+        for vector in range(VECTORS_PER_DOCUMENT)
+        for slot in range(10)
+    ]
+
+
+def shared_candidates() -> list[Candidate]:
+    """Every vector has the same three templates as candidates."""
+    return [
+        Candidate(template_id=f"t{slot}", n_tags=slot + 1, similarity=0.9, vector_index=vector)
+        for vector in range(VECTORS_PER_DOCUMENT)
+        for slot in range(3)
+    ]
+
+
+def five_tag_share(target: dict[int, float]) -> float:
+    chosen = [
+        candidate
+        for document in range(2000)
+        for candidate in choose_templates(skewed_document(document), target, seed=document)
+    ]
+    assert len(chosen) == 2000 * VECTORS_PER_DOCUMENT
+    return sum(candidate.n_tags == 5 for candidate in chosen) / len(chosen)
+
+
+def test_target_distribution_is_normalised():
+    assert target_distribution([1, 1, 2, 3]) == {1: 0.5, 2: 0.25, 3: 0.25}
+    with pytest.raises(ValueError):
+        target_distribution([])
+
+
+def test_weights_are_target_over_candidate_frequency():
+    candidates = skewed_document(0)[:10]
+    weights = complexity_weights(candidates, EVEN_TARGET)
+    assert weights[:8] == pytest.approx([0.5 / 0.8] * 8)
+    assert weights[8:] == pytest.approx([0.5 / 0.2] * 2)
+    assert complexity_weights(candidates, {1: 1.0})[8:] == [0.0, 0.0]
+
+
+def test_same_seed_same_choice_and_seeds_differ():
+    candidates = skewed_document(0)
+    first = choose_templates(candidates, EVEN_TARGET, seed="doc-0")
+    assert choose_templates(candidates, EVEN_TARGET, seed="doc-0") == first
+    choices = {
+        tuple(chosen.template_id for chosen in choose_templates(candidates, EVEN_TARGET, seed))
+        for seed in range(20)
+    }
+    assert len(choices) > 1
+
+
+def test_at_most_one_per_vector_and_no_template_twice():
+    for seed in range(50):
+        chosen = choose_templates(shared_candidates(), {1: 0.2, 2: 0.3, 3: 0.5}, seed)
+        # Three distinct templates for six vectors: the last three vectors find nothing left.
+        assert [candidate.vector_index for candidate in chosen] == [0, 1, 2]
+        assert len({candidate.template_id for candidate in chosen}) == 3
+
+
+def test_vectors_without_candidates_choose_nothing():
+    candidates = [c for c in skewed_document(0) if c.vector_index in (0, 3)]
+    chosen = choose_templates(candidates, EVEN_TARGET, seed=1)
+    assert [candidate.vector_index for candidate in chosen] == [0, 3]
+    assert choose_templates([], EVEN_TARGET, seed=1) == []
+
+
+def test_per_document_caps_the_choice():
+    chosen = choose_templates(skewed_document(0), EVEN_TARGET, seed=1, per_document=2)
+    assert [candidate.vector_index for candidate in chosen] == [0, 1]
+    assert len(choose_templates(skewed_document(0), EVEN_TARGET, 1)) == TEMPLATES_PER_DOCUMENT
+
+
+def test_chosen_complexity_follows_the_target():
+    assert five_tag_share(EVEN_TARGET) == pytest.approx(0.5, abs=0.05)
+    # A target equal to the candidates' own distribution weighs all alike: uniform sampling.
+    assert five_tag_share({1: 0.8, 5: 0.2}) == pytest.approx(0.2, abs=0.05)
+
+
+def test_all_zero_weights_fall_back_to_uniform():
+    candidates = skewed_document(0)
+    off_target = {3: 1.0}
+    assert set(complexity_weights(candidates, off_target)) == {0.0}
+    chosen = choose_templates(candidates, off_target, seed=7)
+    assert [candidate.vector_index for candidate in chosen] == list(range(VECTORS_PER_DOCUMENT))
+    picked = {
+        candidate.template_id
+        for seed in range(200)
+        for candidate in choose_templates(candidates[:10], off_target, seed)
+    }
+    assert len(picked) == 10
