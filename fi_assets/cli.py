@@ -186,6 +186,51 @@ def _command_name() -> str:
 
 
 @app.command()
+def calibrate(
+    vector_share: Annotated[
+        float, typer.Option(help="share of document vectors that should keep a candidate")
+    ] = 0.5,
+    sample: Annotated[int, typer.Option(help="document chunks to sample")] = 2000,
+) -> None:
+    """Propose a similarity threshold for the configured embedder from the materialized document
+    chunks and template index: the (1 - share) quantile of each vector's best template match."""
+    import numpy as np
+    import polars as pl
+
+    from fi_assets.definitions import build_resources
+    from fi_method.matching import propose_threshold
+    from fi_resources.template_index import table_name_for
+
+    settings = _settings()
+    resources = build_resources(settings)
+    chunks = resources["storage"].read_all("document_chunks")
+    if chunks is None:
+        typer.secho("error: no document_chunks yet: run fi materialize first", fg="red", err=True)
+        raise typer.Exit(1)
+    chunks = chunks.sample(min(sample, chunks.height), seed=0) if chunks.height > sample else chunks
+    dimension = chunks["vectors"].dtype.shape[-1]
+    vectors = np.asarray(chunks["vectors"].to_numpy(), dtype=np.float32).reshape(-1, dimension)
+    hits = pl.DataFrame(
+        resources["index"].search(table_name_for(settings.embedder_model), vectors, 1)
+    )
+    try:
+        threshold = propose_threshold(
+            hits["similarity"].to_list() if hits.height else [], vector_share
+        )
+    except ValueError as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(1) from error
+    quantiles = hits["similarity"].quantile
+    typer.echo(
+        f"{settings.embedder_model}: best-match similarity over {len(vectors)} vectors of "
+        f"{chunks.height} chunks: p10 {quantiles(0.1):.3f}, p50 {quantiles(0.5):.3f}, "
+        f"p90 {quantiles(0.9):.3f}, max {hits['similarity'].max():.3f}"
+    )
+    typer.echo(f"proposed threshold (share {vector_share}): {threshold:.3f}")
+    typer.echo(f"use it: export FI_SIMILARITY_THRESHOLD={threshold:.3f}")
+
+
+@app.command()
 def ui(port: Annotated[int, typer.Option(help="web server port")] = 3000) -> None:
     """Serve the Dagster UI (dg dev) on the instance under FI_HOME."""
     from fi_resources.instance import prepare_dagster_home

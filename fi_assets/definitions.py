@@ -5,9 +5,10 @@ import dagster as dg
 
 from fi_assets.documents import documents
 from fi_assets.ingestion import inbox_sensor, ingested_documents, ingested_queries
+from fi_assets.matching import document_chunks, matched_pairs
 from fi_assets.queries import raw_queries
 from fi_assets.templates import instruction_templates, template_index
-from fi_resources.embedder import Embedder
+from fi_resources.embedder import Embedder, default_similarity_threshold
 from fi_resources.genericizer import Genericizer
 from fi_resources.settings import Settings, get_settings
 from fi_resources.storage import Storage
@@ -24,6 +25,9 @@ def _with_model_version(asset: dg.AssetsDefinition, model: str) -> dg.AssetsDefi
 
 def build_assets(settings: Settings) -> list:
     """Every asset, versioned by the models `settings` choose."""
+    threshold = settings.similarity_threshold or default_similarity_threshold(
+        settings.embedder_model
+    )
     genericizer = (
         "rules"
         if settings.genericizer_engine == "rules"
@@ -36,6 +40,11 @@ def build_assets(settings: Settings) -> list:
         documents,
         _with_model_version(instruction_templates, genericizer),
         _with_model_version(template_index, settings.embedder_model),
+        _with_model_version(document_chunks, settings.embedder_model),
+        _with_model_version(
+            matched_pairs,
+            f"{settings.embedder_model}@{threshold}",
+        ),
     ]
 
 
@@ -51,7 +60,12 @@ def build_resources(settings: Settings) -> dict:
             batch_size=settings.generation_batch_size,
             max_new_tokens=settings.max_new_tokens,
         ),
-        "embedder": Embedder(model=settings.embedder_model, device=settings.device),
+        "embedder": Embedder(
+            model=settings.embedder_model,
+            device=settings.device,
+            batch_size=settings.embedding_batch_size,
+            similarity_threshold=settings.similarity_threshold,
+        ),
         "index": TemplateIndex(uri=str(storage.lancedb_dir)),
     }
 

@@ -1,17 +1,14 @@
-"""Which partitions `fi materialize` must run: those never materialized, and those whose upstream
-data version changed since (the same content-hash DataVersions the UI's stale badges use), or
-whose asset's code version was bumped."""
+"""Which partitions `fi materialize` must run: those never materialized, those whose asset's code
+version changed, and those whose upstream changed since they were built (a newer upstream
+materialization whose content hash, its DataVersion, differs from the one they read). The same
+content-hash DataVersions drive the UI's stale badges."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import dagster as dg
-from dagster._core.definitions.data_version import (
-    CODE_VERSION_TAG,
-    DATA_VERSION_TAG,
-    get_input_event_pointer_tag,
-)
+from dagster._core.definitions.data_version import CODE_VERSION_TAG, DATA_VERSION_TAG
 
 
 @dataclass
@@ -25,11 +22,15 @@ class PlannedRun:
 
 
 def _latest(
-    instance: dg.DagsterInstance, key: dg.AssetKey, partition: str
-) -> tuple[int, dict] | None:
-    """(storage id, tags) of the latest materialization of one partition."""
+    instance: dg.DagsterInstance, key: dg.AssetKey, partition: str, before: int | None = None
+) -> tuple[int, dict[str, str]] | None:
+    """(storage id, tags) of the latest materialization of one partition, optionally the latest
+    before a storage id."""
     result = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+        dg.AssetRecordsFilter(
+            asset_key=key, asset_partitions=[partition], before_storage_id=before
+        ),
+        limit=1,
     )
     if not result.records:
         return None
@@ -37,20 +38,20 @@ def _latest(
     return record.storage_id, dict(record.asset_materialization.tags or {})
 
 
-def _data_version_at(instance: dg.DagsterInstance, key: dg.AssetKey, storage_id: int) -> str | None:
-    result = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=key, storage_ids=[storage_id]), limit=1
-    )
-    if not result.records:
-        return None
-    return (result.records[0].asset_materialization.tags or {}).get(DATA_VERSION_TAG)
+def _parent_partitions(instance, graph, key, parent, partition) -> list[str]:
+    """The parent partitions one partition reads: the same key, or all of them when the parent is
+    partitioned by another dimension (matched_pairs[doc] reads every template shard)."""
+    parent_partitions = graph.get(parent).partitions_def
+    if parent_partitions == graph.get(key).partitions_def:
+        return [partition]
+    return list(instance.get_dynamic_partitions(parent_partitions.name))
 
 
 def plan_runs(
     defs: dg.Definitions, instance: dg.DagsterInstance, selection: list[str] | None
 ) -> list[PlannedRun]:
     """The runs that bring the selected assets (all when `selection` is empty) and their upstream
-    up to date, in dependency order."""
+    up to date, in an order where every run comes after the runs it reads from."""
     graph = defs.resolve_asset_graph()
     materializable = {key for key in graph.get_all_asset_keys() if graph.get(key).is_materializable}
     if selection:
@@ -62,46 +63,50 @@ def plan_runs(
     else:
         wanted = materializable
 
-    runs: dict[tuple[str, str], PlannedRun] = {}
-    will_change: set[tuple[dg.AssetKey, str]] = set()
+    runs: list[PlannedRun] = []
+    open_run: dict[tuple[str, str], int] = {}
+    run_of: dict[tuple[dg.AssetKey, str], int] = {}
     for key in graph.toposorted_asset_keys:
         if key not in wanted:
             continue
-        node = graph.get(key)
-        partitions = node.partitions_def
+        partitions = graph.get(key).partitions_def
         for partition in instance.get_dynamic_partitions(partitions.name):
-            reason = _why_run(instance, graph, key, partition, will_change)
+            reason, after = _why_run(instance, graph, key, partition, run_of)
             if reason is None:
                 continue
-            will_change.add((key, partition))
-            run = runs.setdefault(
-                (partitions.name, partition), PlannedRun(partitions.name, partition)
-            )
-            run.asset_keys.append(key)
-            run.reasons.append(f"{key.to_user_string()}: {reason}")
-    return list(runs.values())
+            group = (partitions.name, partition)
+            if group not in open_run or open_run[group] < after:
+                runs.append(PlannedRun(partitions.name, partition))
+                open_run[group] = len(runs) - 1
+            run_of[(key, partition)] = open_run[group]
+            runs[open_run[group]].asset_keys.append(key)
+            runs[open_run[group]].reasons.append(f"{key.to_user_string()}: {reason}")
+    return runs
 
 
-def _why_run(instance, graph, key, partition, will_change) -> str | None:
+def _why_run(instance, graph, key, partition, run_of) -> tuple[str | None, int]:
+    """Why this partition must run (None when it is up to date), and the index of the latest
+    planned run it must follow."""
+    after = -1
+    reason = None
     latest = _latest(instance, key, partition)
-    if latest is None:
-        return "missing"
-    tags = latest[1]
     node = graph.get(key)
-    if node.code_version is not None and tags.get(CODE_VERSION_TAG) != node.code_version:
-        return f"code version {tags.get(CODE_VERSION_TAG)} -> {node.code_version}"
+    if latest is None:
+        reason = "missing"
+    elif node.code_version is not None and latest[1].get(CODE_VERSION_TAG) != node.code_version:
+        reason = f"code version {latest[1].get(CODE_VERSION_TAG)} -> {node.code_version}"
     for parent in node.parent_keys:
-        if (parent, partition) in will_change:
-            return f"upstream {parent.to_user_string()} is re-materialized"
-        parent_latest = _latest(instance, parent, partition)
-        if parent_latest is None:
-            continue
-        # Dagster records which upstream event each materialization read; the partition is stale
-        # when a newer upstream event carries a different content hash than the one it read.
-        consumed = tags.get(get_input_event_pointer_tag(parent))
-        if consumed is not None and int(consumed) == parent_latest[0]:
-            continue
-        read_version = _data_version_at(instance, parent, int(consumed)) if consumed else None
-        if read_version != parent_latest[1].get(DATA_VERSION_TAG):
-            return f"upstream {parent.to_user_string()} changed"
-    return None
+        for parent_partition in _parent_partitions(instance, graph, key, parent, partition):
+            if (parent, parent_partition) in run_of:
+                after = max(after, run_of[(parent, parent_partition)])
+                reason = reason or f"upstream {parent.to_user_string()} is re-materialized"
+                continue
+            if reason is not None or latest is None:
+                continue
+            current = _latest(instance, parent, parent_partition)
+            if current is None or current[0] < latest[0]:
+                continue
+            read = _latest(instance, parent, parent_partition, before=latest[0])
+            if read is None or read[1].get(DATA_VERSION_TAG) != current[1].get(DATA_VERSION_TAG):
+                reason = f"upstream {parent.to_user_string()}[{parent_partition}] changed"
+    return reason, after

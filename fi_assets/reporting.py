@@ -4,6 +4,7 @@ so that downstream partitions re-run only when their input really changed."""
 from __future__ import annotations
 
 import hashlib
+import io
 
 import dagster as dg
 import polars as pl
@@ -16,9 +17,9 @@ PREVIEW_CELL_CHARS = 120
 
 def frame_version(frame: pl.DataFrame) -> str:
     """A hash of the table's content (column names, types and values, in order)."""
-    digest = hashlib.sha256(str(frame.schema).encode())
-    digest.update(frame.write_csv().encode("utf-8"))
-    return digest.hexdigest()[:16]
+    buffer = io.BytesIO()
+    frame.write_ipc_stream(buffer, compression="uncompressed")
+    return hashlib.sha256(buffer.getvalue()).hexdigest()[:16]
 
 
 def markdown_preview(frame: pl.DataFrame, columns: list[str], rows: int = PREVIEW_ROWS) -> str:

@@ -121,3 +121,23 @@ def choose_templates(
         chosen.append(picked)
         chosen_template_ids.add(picked.template_id)
     return chosen
+
+
+# Calibration: the paper reports ~3 kept pairs per document out of up to 6, so a threshold is
+# calibrated to give half of all document vectors at least one candidate template.
+CALIBRATION_VECTOR_SHARE = 0.5
+
+
+def propose_threshold(
+    best_similarities: Iterable[float], vector_share: float = CALIBRATION_VECTOR_SHARE
+) -> float:
+    """The similarity threshold under which `vector_share` of document vectors would keep at least
+    one candidate: the (1 - share) quantile of each vector's best template similarity."""
+    values = np.sort(np.asarray(list(best_similarities), dtype=np.float64))
+    if not len(values):
+        raise ValueError(
+            "no similarities to calibrate on: materialize document_chunks and template_index first"
+        )
+    if not 0.0 < vector_share < 1.0:
+        raise ValueError(f"vector_share must be in (0, 1), got {vector_share}")
+    return float(np.quantile(values, 1.0 - vector_share))

@@ -15,7 +15,7 @@ from fi_method.ifbench import ifbench_queries
 WIKIPEDIA_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 # Small enough that `make demo` runs in about a minute on two cores; `--full` takes everything.
 DEMO_QUERIES = 100
-DEMO_DOCUMENTS = 24
+DEMO_DOCUMENTS = 12
 MIN_ARTICLE_CHARS = 500
 # filter_wiki keeps the '' and ''' of wiki italics and bold.
 _WIKI_EMPHASIS = re.compile(r"'{2,}")

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
         RELEASED_TEMPLATIZER, description="HF id or local path (transformers and vllm engines)."
     )
     embedder_model: str = Field(MINILM, description="sentence-transformers id or path.")
+    similarity_threshold: float | None = Field(
+        None, description="Template retrieval cosine threshold; default: calibrated per embedder."
+    )
+    embedding_batch_size: int = Field(64, ge=1)
     device: str = Field(
         "auto", description="torch device for the transformers engine and embedder."
     )

@@ -110,6 +110,15 @@ class Storage(ConfigurableResource):
             )
         return pl.read_parquet(path)
 
+    def read_all(self, table: str) -> pl.DataFrame | None:
+        """Every partition of a table, or None when none is written yet."""
+        files = sorted((self.tables_dir / table).glob("*.parquet"))
+        return (
+            pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+            if files
+            else None
+        )
+
     def table_names(self) -> list[str]:
         """Tables that have at least one partition written (rejects included)."""
         if not self.tables_dir.exists():

@@ -92,3 +92,29 @@ class TemplateIndex(ConfigurableResource):
             return 0
         table = database.open_table(name)
         return table.count_rows(f"shard = '{check_partition_name(shard)}'" if shard else None)
+
+    def search(self, name: str, vectors: np.ndarray, limit: int) -> list[dict]:
+        """The `limit` nearest templates of each query vector, in one batched call: rows of
+        `query_index`, `template_id`, `n_tags` and cosine `similarity` (1 - cosine distance)."""
+        database = lancedb.connect(self.uri)
+        if not len(vectors) or not _has_table(database, name):
+            return []
+        hits = (
+            database.open_table(name)
+            .search(vectors)
+            .distance_type(METRIC)
+            .limit(limit)
+            .select(["template_id", "n_tags", "_distance"])
+            .to_arrow()
+        )
+        distances = hits["_distance"].to_numpy()
+        return [
+            {"query_index": q, "template_id": t, "n_tags": n, "similarity": float(1.0 - d)}
+            for q, t, n, d in zip(
+                hits["query_index"].to_pylist(),
+                hits["template_id"].to_pylist(),
+                hits["n_tags"].to_pylist(),
+                distances,
+                strict=True,
+            )
+        ]

@@ -139,14 +139,23 @@ def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeyp
     )
     result = runner.invoke(app, ["materialize"])
     assert result.exit_code == 0, result.output
-    assert "query_shards=chat" in result.output and "doc_shards" not in result.output
+    # New templates can match the documents: retrieval re-runs, document embedding does not.
+    assert "query_shards=chat: raw_queries, instruction_templates, template_index" in result.output
+    assert "doc_shards=wiki: matched_pairs\n" in result.output
+    assert "document_chunks" not in result.output
 
-    # Switching the embedder (here: the same MiniLM named by its path) re-runs only template_index.
+    # Switching the embedder (here: the same MiniLM named by its path) re-runs what it feeds only.
     monkeypatch.setenv("FI_EMBEDDER_MODEL", sentence_transformer_source(MINILM))
     get_settings.cache_clear()
     result = runner.invoke(app, ["materialize"])
     assert result.exit_code == 0, result.output
-    assert "query_shards=chat: template_index" in result.output
+    # ... in dependency order: matched_pairs after the index it reads is rebuilt.
+    lines = [line for line in result.output.splitlines() if line.startswith("[")]
+    assert [line.split("] ")[1] for line in lines] == [
+        "doc_shards=wiki: document_chunks",
+        "query_shards=chat: template_index",
+        "doc_shards=wiki: matched_pairs",
+    ]
     assert "code version" in result.output and "raw_queries" not in result.output
 
     result = runner.invoke(app, ["sql", "select count(*) from nowhere"])

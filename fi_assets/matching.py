@@ -1,0 +1,201 @@
+"""document_chunks[d] and matched_pairs[d]: stage B. Chunks are embedded once (Gaussian pooling)
+and stored with their vectors, so a change in the template index re-runs retrieval only, never
+the embedding of unchanged documents."""
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from fi_assets.partitions import doc_shards
+from fi_assets.reporting import markdown_preview, write_stage
+from fi_method.chunking import chunk_document
+from fi_method.matching import (
+    TEMPLATES_PER_DOCUMENT,
+    Candidate,
+    choose_templates,
+    target_distribution,
+)
+from fi_method.pooling import GAUSSIAN_POOLING_K
+from fi_resources.embedder import Embedder
+from fi_resources.storage import Storage
+from fi_resources.template_index import TemplateIndex, table_name_for
+
+VECTORS_PER_CHUNK = GAUSSIAN_POOLING_K + 1
+# Nearest templates fetched per query vector before the threshold; enough that sampling by
+# complexity has a choice, few enough that retrieval stays one cheap batched call.
+CANDIDATES_PER_VECTOR = 20
+
+MATCHED_PAIRS_SCHEMA = {
+    "doc_id": pl.String,
+    "chunk_id": pl.String,
+    "template_id": pl.String,
+    "similarity": pl.Float64,
+    "vector_index": pl.Int64,
+    "n_tags": pl.Int64,
+}
+
+
+@dg.asset(
+    partitions_def=doc_shards,
+    deps=["documents"],
+    group_name="matching",
+    kinds={"polars", "parquet", "sentence_transformers"},
+    code_version="1",
+    pool="gpu",
+    description="Documents split into chunks that fit the embedder (paragraph, then sentence "
+    "boundaries; the embedder's own tokenizer), each embedded with Gaussian pooling into K+1 = 6 "
+    "unit vectors (global mean, then 5 local vectors centred along the chunk).",
+)
+def document_chunks(
+    context: dg.AssetExecutionContext, storage: Storage, embedder: Embedder
+) -> dg.MaterializeResult:
+    docs = storage.read_table("documents", context.partition_key)
+    chunks = [
+        {"doc_id": doc_id, **vars(chunk)}
+        for doc_id, text in docs.select("doc_id", "text").iter_rows()
+        for chunk in chunk_document(doc_id, text, embedder.count_tokens, embedder.chunk_tokens)
+    ]
+    context.log.info(f"embedding {len(chunks)} chunks of {docs.height} documents")
+    vectors = embedder.embed_pooled([c["text"] for c in chunks])
+    frame = pl.DataFrame(
+        chunks,
+        schema={
+            "doc_id": pl.String,
+            "chunk_id": pl.String,
+            "position": pl.Int64,
+            "text": pl.String,
+            "n_tokens": pl.Int64,
+        },
+    )
+    frame = frame.with_columns(
+        pl.Series("vectors", vectors, dtype=pl.Array(pl.Float32, vectors.shape[1:]))
+    )
+    return write_stage(
+        storage,
+        "document_chunks",
+        context.partition_key,
+        frame,
+        [],
+        ["chunk_id", "doc_id", "position", "n_tokens", "text"],
+        {
+            "documents": docs.height,
+            "chunks_per_document": round(frame.height / max(docs.height, 1), 2),
+            "embedder": embedder.model,
+        },
+    )
+
+
+def _histogram(values: list[float], bins: int = 10) -> str:
+    if not values:
+        return "no candidate above the threshold"
+    counts, edges = np.histogram(values, bins=bins)
+    return "\n".join(
+        ["| similarity | candidates |", "|---|---|"]
+        + [
+            f"| {lo:.3f}-{hi:.3f} | {n} |"
+            for lo, hi, n in zip(edges[:-1], edges[1:], counts, strict=True)
+        ]
+    )
+
+
+@dg.asset(
+    partitions_def=doc_shards,
+    deps=[
+        "document_chunks",
+        dg.AssetDep("template_index", partition_mapping=dg.AllPartitionMapping()),
+    ],
+    group_name="matching",
+    kinds={"lancedb", "polars", "parquet"},
+    code_version="1",
+    pool="gpu",
+    description="Templates matched to each document: every chunk vector queries the LanceDB index "
+    "(one batched call); candidates above the embedder's similarity threshold are sampled, seeded by "
+    "doc_id, with weight target(n_tags) / candidates(n_tags) so the chosen complexity follows the "
+    "real-chat templates; at most one template per vector and 6 per document.",
+)
+def matched_pairs(
+    context: dg.AssetExecutionContext, storage: Storage, embedder: Embedder, index: TemplateIndex
+) -> dg.MaterializeResult:
+    chunks = storage.read_table("document_chunks", context.partition_key)
+    templates = storage.read_all("instruction_templates")
+    target = (
+        target_distribution(templates["n_tags"].to_list())
+        if templates is not None and templates.height
+        else {}
+    )
+    threshold = embedder.threshold
+    vectors = np.asarray(chunks["vectors"].to_numpy(), dtype=np.float32).reshape(
+        -1, chunks["vectors"].dtype.shape[-1]
+    )
+    hits = index.search(table_name_for(embedder.model), vectors, CANDIDATES_PER_VECTOR)
+
+    chunk_rows = chunks.select("doc_id", "chunk_id", "position").rows()
+    candidates_by_doc: dict[str, list[Candidate]] = {}
+    for hit in hits:
+        if hit["similarity"] <= threshold:
+            continue
+        doc_id, _, position = chunk_rows[hit["query_index"] // VECTORS_PER_CHUNK]
+        vector = position * VECTORS_PER_CHUNK + hit["query_index"] % VECTORS_PER_CHUNK
+        candidates_by_doc.setdefault(doc_id, []).append(
+            Candidate(hit["template_id"], hit["n_tags"], hit["similarity"], vector)
+        )
+    chunk_at = {(doc_id, position): chunk_id for doc_id, chunk_id, position in chunk_rows}
+    pairs = []
+    for doc_id, candidates in candidates_by_doc.items():
+        for chosen in choose_templates(
+            candidates, target, seed=doc_id, per_document=TEMPLATES_PER_DOCUMENT
+        ):
+            position, vector_index = divmod(chosen.vector_index, VECTORS_PER_CHUNK)
+            pairs.append(
+                {
+                    "doc_id": doc_id,
+                    "chunk_id": chunk_at[(doc_id, position)],
+                    "template_id": chosen.template_id,
+                    "similarity": chosen.similarity,
+                    "vector_index": vector_index,
+                    "n_tags": chosen.n_tags,
+                }
+            )
+    frame = pl.DataFrame(pairs, schema=MATCHED_PAIRS_SCHEMA).sort(
+        "doc_id", "vector_index", "chunk_id"
+    )
+    n_documents = chunks["doc_id"].n_unique()
+    chosen_tags = target_distribution(frame["n_tags"].to_list()) if frame.height else {}
+    return write_stage(
+        storage,
+        "matched_pairs",
+        context.partition_key,
+        frame,
+        [],
+        ["doc_id", "template_id", "similarity", "vector_index", "n_tags"],
+        {
+            "similarity_threshold": threshold,
+            "embedder": embedder.model,
+            "documents": n_documents,
+            "documents_with_a_match": frame["doc_id"].n_unique(),
+            "share_of_documents_matched": round(
+                frame["doc_id"].n_unique() / max(n_documents, 1), 4
+            ),
+            "matches_per_document": round(frame.height / max(n_documents, 1), 3),
+            "similarity_histogram": dg.MetadataValue.md(
+                _histogram([c.similarity for cs in candidates_by_doc.values() for c in cs])
+            ),
+            "n_tags_chosen_vs_target": dg.MetadataValue.md(
+                markdown_preview(
+                    pl.DataFrame(
+                        [
+                            {
+                                "n_tags": k,
+                                "target": round(target.get(k, 0.0), 3),
+                                "chosen": round(chosen_tags.get(k, 0.0), 3),
+                            }
+                            for k in sorted(set(target) | set(chosen_tags))
+                        ],
+                        schema={"n_tags": pl.Int64, "target": pl.Float64, "chosen": pl.Float64},
+                    ),
+                    ["n_tags", "target", "chosen"],
+                    rows=100,
+                )
+            ),
+        },
+    )
