@@ -24,24 +24,26 @@ class Chunk:
 
 def _pieces(
     text: str, count_tokens: Callable[[str], int], max_tokens: int
-) -> list[tuple[str, int]]:
-    """The text as (piece, tokens) units that each fit: paragraphs, else their sentences, else
-    runs of words."""
-    units: list[tuple[str, int]] = []
+) -> list[tuple[str, int, bool]]:
+    """The text as (piece, tokens, starts a paragraph) units that each fit: paragraphs, else their
+    sentences, else runs of words."""
+    units: list[tuple[str, int, bool]] = []
     for paragraph in _PARAGRAPH_BREAK.split(text):
         paragraph = paragraph.strip()
         if not paragraph:
             continue
         tokens = count_tokens(paragraph)
         if tokens <= max_tokens:
-            units.append((paragraph, tokens))
+            units.append((paragraph, tokens, True))
             continue
+        parts: list[tuple[str, int]] = []
         for sentence in _SENTENCE_END.split(paragraph):
             tokens = count_tokens(sentence)
             if tokens <= max_tokens:
-                units.append((sentence, tokens))
+                parts.append((sentence, tokens))
             else:
-                units.extend(_word_runs(sentence, count_tokens, max_tokens))
+                parts.extend(_word_runs(sentence, count_tokens, max_tokens))
+        units.extend((part, tokens, index == 0) for index, (part, tokens) in enumerate(parts))
     return units
 
 
@@ -70,29 +72,27 @@ def chunk_document(
     """Greedily pack consecutive paragraphs (or sentences, or word runs) into chunks of at most
     `max_tokens` tokens as counted by `count_tokens` (the embedder's own tokenizer, without special
     tokens). A short document is one chunk. `chunk_id` hashes the document id and the chunk text."""
-    groups: list[list[str]] = []
-    current: list[str] = []
+    groups: list[str] = []
+    current = ""
     current_tokens = 0
     # Pieces' token counts add up (subword tokenizers give a paragraph break no token of its own),
     # so packing needs no re-tokenizing; each chunk is counted exactly once at the end.
-    for piece, tokens in _pieces(text, count_tokens, max_tokens):
+    for piece, tokens, starts_paragraph in _pieces(text, count_tokens, max_tokens):
         if current and current_tokens + tokens > max_tokens:
             groups.append(current)
-            current, current_tokens = [], 0
-        current.append(piece)
+            current, current_tokens = "", 0
+        joiner = ("\n\n" if starts_paragraph else " ") if current else ""
+        current += joiner + piece
         current_tokens += tokens
     if current:
         groups.append(current)
     chunks: list[Chunk] = []
     for group in groups:
-        chunk_text = "\n\n".join(group)
-        n_tokens = count_tokens(chunk_text)
-        # Rare: the joined text tokenizes longer than its parts; then its pieces go one per chunk.
-        parts = (
-            [(chunk_text, n_tokens)]
-            if n_tokens <= max_tokens or len(group) == 1
-            else [(piece, count_tokens(piece)) for piece in group]
-        )
+        n_tokens = count_tokens(group)
+        # Rare: the joined text tokenizes longer than its parts; then it is split on paragraphs.
+        parts = [(group, n_tokens)]
+        if n_tokens > max_tokens and "\n\n" in group:
+            parts = [(part, count_tokens(part)) for part in group.split("\n\n")]
         for part, part_tokens in parts:
             chunks.append(Chunk(content_hash(doc_id, part), len(chunks), part, part_tokens))
     return chunks

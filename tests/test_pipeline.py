@@ -124,6 +124,31 @@ def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeyp
     result = runner.invoke(app, ["materialize"])
     assert result.exit_code == 0 and "everything is up to date" in result.output
 
+    pairs = runner.invoke(
+        app,
+        [
+            "sql",
+            "select count(*) n, count(distinct doc_id) docs, min(similarity) low, "
+            "max(vector_index) top, max(per_doc) most from matched_pairs, "
+            "(select count(*) per_doc from matched_pairs group by doc_id)",
+        ],
+    )
+    n, docs, low, top, most = pairs.output.strip().splitlines()[1].split(",")
+    assert int(n) > 0 and int(docs) <= 3 and float(low) > 0.17 and int(top) <= 5 and int(most) <= 6
+    calibrated = runner.invoke(app, ["calibrate"])
+    assert calibrated.exit_code == 0 and "proposed threshold" in calibrated.output
+
+    # One new query shard: its own partitions run, and retrieval for the documents, nothing else.
+    extra = tmp_path / "more_queries.jsonl"
+    extra.write_text(json.dumps({"query": "How do glaciers in Patagonia shape valleys?"}) + "\n")
+    assert runner.invoke(app, ["ingest", "queries", str(extra)]).exit_code == 0
+    result = runner.invoke(app, ["materialize"])
+    steps = [line.split("] ")[1] for line in result.output.splitlines() if line.startswith("[")]
+    assert steps == [
+        "query_shards=more_queries: raw_queries, instruction_templates, template_index",
+        "doc_shards=wiki: matched_pairs",
+    ]
+
     result = runner.invoke(app, ["sql", "select count(*) as n from instruction_templates"])
     assert result.exit_code == 0
     header, value = result.output.strip().splitlines()
@@ -154,6 +179,7 @@ def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeyp
     assert [line.split("] ")[1] for line in lines] == [
         "doc_shards=wiki: document_chunks",
         "query_shards=chat: template_index",
+        "query_shards=more_queries: template_index",
         "doc_shards=wiki: matched_pairs",
     ]
     assert "code version" in result.output and "raw_queries" not in result.output
