@@ -23,8 +23,24 @@ def _with_model_version(asset: dg.AssetsDefinition, model: str) -> dg.AssetsDefi
     )
 
 
+def data_version_automation() -> dg.AutomationCondition:
+    """Run a partition when it is missing or when an upstream partition's content hash changed;
+    plain `eager()` would also re-run it when upstream was re-materialized with the same content."""
+    return dg.AutomationCondition.eager().replace(
+        "any_deps_updated",
+        dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed()),
+    )
+
+
+def _automated(asset: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    return asset.map_asset_specs(
+        lambda spec: spec.replace_attributes(automation_condition=data_version_automation())
+    )
+
+
 def build_assets(settings: Settings) -> list:
-    """Every asset, versioned by the models `settings` choose."""
+    """Every asset, versioned by the models `settings` choose, and automated when
+    `settings.automation` is on."""
     threshold = settings.similarity_threshold or default_similarity_threshold(
         settings.embedder_model
     )
@@ -33,9 +49,7 @@ def build_assets(settings: Settings) -> list:
         if settings.genericizer_engine == "rules"
         else f"{settings.genericizer_engine}:{settings.genericizer_model}"
     )
-    return [
-        ingested_queries,
-        ingested_documents,
+    derived = [
         raw_queries,
         documents,
         _with_model_version(instruction_templates, genericizer),
@@ -46,6 +60,9 @@ def build_assets(settings: Settings) -> list:
             f"{settings.embedder_model}@{threshold}",
         ),
     ]
+    if settings.automation:
+        derived = [_automated(asset) for asset in derived]
+    return [ingested_queries, ingested_documents, *derived]
 
 
 def build_resources(settings: Settings) -> dict:

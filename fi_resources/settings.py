@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     device: str = Field(
         "auto", description="torch device for the transformers engine and embedder."
     )
+    automation: bool = Field(
+        False,
+        description="Materialize downstream partitions by themselves when an upstream content "
+        "hash changes (the UI's daemon runs them); off: runs are started by hand or fi.",
+    )
     generation_batch_size: int = Field(8, ge=1)
     max_new_tokens: int = Field(256, ge=16)
 

@@ -128,9 +128,11 @@ def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeyp
         app,
         [
             "sql",
-            "select count(*) n, count(distinct doc_id) docs, min(similarity) low, "
-            "max(vector_index) top, max(per_doc) most from matched_pairs, "
-            "(select count(*) per_doc from matched_pairs group by doc_id)",
+            (
+                "select count(*) n, count(distinct doc_id) docs, min(similarity) low, "
+                "max(vector_index) top, max(per_doc) most from matched_pairs, "
+                "(select count(*) per_doc from matched_pairs group by doc_id)"
+            ),
         ],
     )
     n, docs, low, top, most = pairs.output.strip().splitlines()[1].split(",")
