@@ -54,7 +54,9 @@ def build_assets(settings: Settings) -> list:
         documents,
         _with_model_version(instruction_templates, genericizer),
         _with_model_version(template_index, settings.embedder_model),
-        _with_model_version(document_chunks, settings.embedder_model),
+        _with_model_version(
+            document_chunks, f"{settings.embedder_model}:{settings.max_chunk_tokens or 'window'}"
+        ),
         _with_model_version(
             matched_pairs,
             f"{settings.embedder_model}@{threshold}",
@@ -81,6 +83,7 @@ def build_resources(settings: Settings) -> dict:
             model=settings.embedder_model,
             device=settings.device,
             batch_size=settings.embedding_batch_size,
+            max_chunk_tokens=settings.max_chunk_tokens,
             similarity_threshold=settings.similarity_threshold,
         ),
         "index": TemplateIndex(uri=str(storage.lancedb_dir)),

@@ -2,6 +2,7 @@
 retrieves templates by."""
 
 import dagster as dg
+import numpy as np
 import polars as pl
 
 from fi_assets.partitions import query_shards
@@ -86,8 +87,17 @@ def template_index(
     templates = storage.read_table("instruction_templates", context.partition_key).select(
         INDEX_COLUMNS
     )
-    vectors = embedder.embed(templates["compatible_document_description"].to_list())
     table = table_name_for(embedder.model)
+    descriptions = templates["compatible_document_description"].to_list()
+    # An edited shard keeps most of its templates: embed only descriptions not stored yet.
+    stored = index.shard_vectors(table, context.partition_key)
+    missing = sorted({d for d in descriptions if d not in stored})
+    stored.update(zip(missing, embedder.embed(missing), strict=True))
+    vectors = (
+        np.stack([stored[d] for d in descriptions])
+        if descriptions
+        else np.zeros((0, embedder.dimension), dtype=np.float32)
+    )
     total = index.replace_shard(table, context.partition_key, templates.to_dicts(), vectors)
     return dg.MaterializeResult(
         metadata={
@@ -95,6 +105,7 @@ def template_index(
             "lancedb_table": table,
             "lancedb_uri": dg.MetadataValue.path(index.uri),
             "table_rows_all_shards": total,
+            "descriptions_embedded": len(missing),
             "embedder": embedder.model,
             "dimension": int(vectors.shape[1]),
             "metric": METRIC,

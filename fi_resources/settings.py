@@ -44,6 +44,9 @@ class Settings(BaseSettings):
         None, description="Template retrieval cosine threshold; default: calibrated per embedder."
     )
     embedding_batch_size: int = Field(64, ge=1)
+    max_chunk_tokens: int | None = Field(
+        None, ge=8, description="Tokens per document chunk; default: the embedder's window."
+    )
     device: str = Field(
         "auto", description="torch device for the transformers engine and embedder."
     )

@@ -86,6 +86,32 @@ class TemplateIndex(ConfigurableResource):
         )
         return table.count_rows()
 
+    def shard_vectors(self, name: str, shard: str) -> dict[str, np.ndarray]:
+        """The vectors already stored for a shard, by compatible document description: what a
+        rerun of an edited shard reuses instead of embedding again."""
+        database = lancedb.connect(self.uri)
+        if not _has_table(database, name):
+            return {}
+        table = database.open_table(name)
+        shard_filter = f"shard = '{check_partition_name(shard)}'"
+        rows = table.count_rows(shard_filter)
+        if not rows:
+            return {}
+        stored = (
+            table.search()
+            .where(shard_filter)
+            .select(["compatible_document_description", "vector"])
+            .limit(rows)
+            .to_arrow()
+        )
+        return dict(
+            zip(
+                stored["compatible_document_description"].to_pylist(),
+                np.asarray(stored["vector"].to_pylist(), dtype=np.float32),
+                strict=True,
+            )
+        )
+
     def count(self, name: str, shard: str | None = None) -> int:
         database = lancedb.connect(self.uri)
         if not _has_table(database, name):

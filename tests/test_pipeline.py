@@ -103,6 +103,14 @@ def test_materialize_on_a_test_instance_is_idempotent(fi_home, queries_file):
         ]
         assert versions[0] == versions[1]
         assert index.count(table, "q1") == templates.height
+        embedded = [
+            run.asset_materializations_for_node("template_index")[0]
+            .metadata["descriptions_embedded"]
+            .value
+            for run in (first, second)
+        ]
+        assert embedded[0] == templates["compatible_document_description"].n_unique()
+        assert embedded[1] == 0  # the rerun reuses every stored vector
 
 
 def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeypatch):
