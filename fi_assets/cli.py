@@ -84,6 +84,39 @@ def ingest_documents(
 
 
 @app.command()
+def remove(
+    kind: Annotated[str, typer.Argument(help="queries or documents")],
+    shard: Annotated[str, typer.Argument(help="the shard (partition) to remove")],
+) -> None:
+    """Remove a shard: its partition, every table partition and rejects derived from it, and its
+    templates in the LanceDB index. `fi materialize` then re-runs what read it."""
+    from fi_assets.definitions import build_definitions
+    from fi_assets.ingestion import PARTITIONS
+    from fi_resources.instance import open_instance
+
+    if kind not in PARTITIONS:
+        typer.secho("error: KIND is queries or documents", fg="red", err=True)
+        raise typer.Exit(2)
+    settings = _settings()
+    instance = open_instance(settings.home)
+    partitions = PARTITIONS[kind]
+    if not instance.has_dynamic_partition(partitions.name, shard):
+        typer.secho(f"error: no {kind} shard {shard!r}", fg="red", err=True)
+        raise typer.Exit(1)
+    defs = build_definitions(settings)
+    graph = defs.resolve_asset_graph()
+    tables = [
+        key.to_user_string()
+        for key in graph.get_all_asset_keys()
+        if graph.get(key).partitions_def == partitions
+    ]
+    files = defs.resources["storage"].delete_partition([*tables, f"ingest_{kind}"], shard)
+    vectors = defs.resources["index"].delete_shard(shard) if kind == "queries" else 0
+    instance.delete_dynamic_partition(partitions.name, shard)
+    typer.echo(f"removed {kind} shard {shard}: {files} table files, {vectors} template vectors")
+
+
+@app.command()
 def materialize(
     assets: Annotated[list[str] | None, typer.Argument(help="asset names; default: all")] = None,
 ) -> None:

@@ -6,7 +6,8 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from fi_assets.partitions import doc_shards
+from fi_assets.partitions import doc_shards, query_shards
+from fi_assets.planning import upstream_partitions_tags
 from fi_assets.reporting import markdown_preview, write_stage
 from fi_method.chunking import chunk_document
 from fi_method.matching import (
@@ -198,4 +199,5 @@ def matched_pairs(
                 )
             ),
         },
+        upstream_partitions_tags(context.instance, {"template_index": query_shards.name}),
     )

@@ -10,6 +10,24 @@ from dataclasses import dataclass, field
 import dagster as dg
 from dagster._core.definitions.data_version import CODE_VERSION_TAG, DATA_VERSION_TAG
 
+from fi_method.text import content_hash
+
+UPSTREAM_PARTITIONS_TAG = "fi/upstream_partitions."
+
+
+def upstream_partitions_tags(
+    instance: dg.DagsterInstance, parents: dict[str, str]
+) -> dict[str, str]:
+    """Tags an asset that reads every partition of its parents records: a hash of the parent
+    partitions that existed, so that removing a shard makes it stale too (parents: asset name ->
+    partitions definition name)."""
+    return {
+        UPSTREAM_PARTITIONS_TAG + asset: content_hash(
+            *sorted(instance.get_dynamic_partitions(name))
+        )
+        for asset, name in parents.items()
+    }
+
 
 @dataclass
 class PlannedRun:
@@ -96,7 +114,17 @@ def _why_run(instance, graph, key, partition, run_of) -> tuple[str | None, int]:
     elif node.code_version is not None and latest[1].get(CODE_VERSION_TAG) != node.code_version:
         reason = f"code version {latest[1].get(CODE_VERSION_TAG)} -> {node.code_version}"
     for parent in node.parent_keys:
-        for parent_partition in _parent_partitions(instance, graph, key, parent, partition):
+        parent_partitions = _parent_partitions(instance, graph, key, parent, partition)
+        recorded = (
+            latest[1].get(UPSTREAM_PARTITIONS_TAG + parent.to_user_string()) if latest else None
+        )
+        if (
+            reason is None
+            and recorded is not None
+            and recorded != content_hash(*sorted(parent_partitions))
+        ):
+            reason = f"partitions of upstream {parent.to_user_string()} added or removed"
+        for parent_partition in parent_partitions:
             if (parent, parent_partition) in run_of:
                 after = max(after, run_of[(parent, parent_partition)])
                 reason = reason or f"upstream {parent.to_user_string()} is re-materialized"

@@ -45,6 +45,7 @@ def write_stage(
     rejects: list[dict],
     preview_columns: list[str],
     metadata: dict | None = None,
+    tags: dict[str, str] | None = None,
 ) -> dg.MaterializeResult:
     """Write one partition of a table asset and its rejects, and report them."""
     path = storage.write_table(table, partition, frame)
@@ -64,4 +65,5 @@ def write_stage(
             **(metadata or {}),
         },
         data_version=dg.DataVersion(frame_version(frame)),
+        tags=tags,
     )

@@ -102,6 +102,16 @@ class Storage(ConfigurableResource):
         rerun that rejects nothing clears the previous run's rejects)."""
         return _write_atomically(rejects_frame(rows), self.rejects_path(stage, partition))
 
+    def delete_partition(self, tables: list[str], partition: str) -> int:
+        """Delete one partition of `tables` and the rejects their stages recorded for it; returns
+        how many files were removed."""
+        paths = [self.table_path(t, partition) for t in tables]
+        paths += [self.rejects_path(t, partition) for t in tables]
+        removed = [p for p in paths if p.exists()]
+        for path in removed:
+            path.unlink()
+        return len(removed)
+
     def read_table(self, table: str, partition: str) -> pl.DataFrame:
         path = self.table_path(table, partition)
         if not path.exists():

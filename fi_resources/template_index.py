@@ -112,6 +112,18 @@ class TemplateIndex(ConfigurableResource):
             )
         )
 
+    def delete_shard(self, shard: str) -> int:
+        """Remove a shard's rows from every embedder's table; returns how many were removed."""
+        database = lancedb.connect(self.uri)
+        shard_filter = f"shard = '{check_partition_name(shard)}'"
+        removed = 0
+        for name in database.list_tables().tables:
+            if name.startswith("templates__"):
+                table = database.open_table(name)
+                removed += table.count_rows(shard_filter)
+                table.delete(shard_filter)
+        return removed
+
     def count(self, name: str, shard: str | None = None) -> int:
         database = lancedb.connect(self.uri)
         if not _has_table(database, name):

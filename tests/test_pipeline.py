@@ -159,6 +159,19 @@ def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeyp
         "doc_shards=wiki: matched_pairs",
     ]
 
+    # Removing that shard removes its rows everywhere and re-runs retrieval only.
+    result = runner.invoke(app, ["remove", "queries", "more_queries"])
+    assert result.exit_code == 0 and "removed queries shard more_queries" in result.output
+    result = runner.invoke(app, ["materialize"])
+    steps = [line.split("] ")[1] for line in result.output.splitlines() if line.startswith("[")]
+    assert steps == ["doc_shards=wiki: matched_pairs"]
+    assert "added or removed" in result.output
+    remaining = runner.invoke(
+        app, ["sql", "select count(*) from raw_queries where source like '%more_queries%'"]
+    )
+    assert remaining.output.strip().splitlines()[1] == "0"
+    assert runner.invoke(app, ["remove", "queries", "more_queries"]).exit_code == 1
+
     result = runner.invoke(app, ["sql", "select count(*) as n from instruction_templates"])
     assert result.exit_code == 0
     header, value = result.output.strip().splitlines()
@@ -189,7 +202,6 @@ def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeyp
     assert [line.split("] ")[1] for line in lines] == [
         "doc_shards=wiki: document_chunks",
         "query_shards=chat: template_index",
-        "query_shards=more_queries: template_index",
         "doc_shards=wiki: matched_pairs",
     ]
     assert "code version" in result.output and "raw_queries" not in result.output
