@@ -10,12 +10,7 @@ from fi_assets.partitions import doc_shards, query_shards
 from fi_assets.planning import upstream_partitions_tags
 from fi_assets.reporting import markdown_preview, write_stage
 from fi_method.chunking import chunk_document
-from fi_method.matching import (
-    TEMPLATES_PER_DOCUMENT,
-    Candidate,
-    choose_templates,
-    target_distribution,
-)
+from fi_method.matching import match_chunks, target_distribution
 from fi_method.pooling import GAUSSIAN_POOLING_K
 from fi_resources.embedder import Embedder
 from fi_resources.storage import Storage
@@ -130,33 +125,13 @@ def matched_pairs(
     )
     hits = index.search(table_name_for(embedder.model), vectors, CANDIDATES_PER_VECTOR)
 
-    chunk_rows = chunks.select("doc_id", "chunk_id", "position").rows()
-    candidates_by_doc: dict[str, list[Candidate]] = {}
-    for hit in hits:
-        if hit["similarity"] <= threshold:
-            continue
-        doc_id, _, position = chunk_rows[hit["query_index"] // VECTORS_PER_CHUNK]
-        vector = position * VECTORS_PER_CHUNK + hit["query_index"] % VECTORS_PER_CHUNK
-        candidates_by_doc.setdefault(doc_id, []).append(
-            Candidate(hit["template_id"], hit["n_tags"], hit["similarity"], vector)
-        )
-    chunk_at = {(doc_id, position): chunk_id for doc_id, chunk_id, position in chunk_rows}
-    pairs = []
-    for doc_id, candidates in candidates_by_doc.items():
-        for chosen in choose_templates(
-            candidates, target, seed=doc_id, per_document=TEMPLATES_PER_DOCUMENT
-        ):
-            position, vector_index = divmod(chosen.vector_index, VECTORS_PER_CHUNK)
-            pairs.append(
-                {
-                    "doc_id": doc_id,
-                    "chunk_id": chunk_at[(doc_id, position)],
-                    "template_id": chosen.template_id,
-                    "similarity": chosen.similarity,
-                    "vector_index": vector_index,
-                    "n_tags": chosen.n_tags,
-                }
-            )
+    pairs, similarities = match_chunks(
+        chunks.select("doc_id", "chunk_id", "position").rows(),
+        hits,
+        threshold,
+        target,
+        VECTORS_PER_CHUNK,
+    )
     frame = pl.DataFrame(pairs, schema=MATCHED_PAIRS_SCHEMA).sort(
         "doc_id", "vector_index", "chunk_id"
     )
@@ -178,9 +153,7 @@ def matched_pairs(
                 frame["doc_id"].n_unique() / max(n_documents, 1), 4
             ),
             "matches_per_document": round(frame.height / max(n_documents, 1), 3),
-            "similarity_histogram": dg.MetadataValue.md(
-                _histogram([c.similarity for cs in candidates_by_doc.values() for c in cs])
-            ),
+            "similarity_histogram": dg.MetadataValue.md(_histogram(similarities)),
             "n_tags_chosen_vs_target": dg.MetadataValue.md(
                 markdown_preview(
                     pl.DataFrame(

@@ -141,3 +141,45 @@ def propose_threshold(
     if not 0.0 < vector_share < 1.0:
         raise ValueError(f"vector_share must be in (0, 1), got {vector_share}")
     return float(np.quantile(values, 1.0 - vector_share))
+
+
+def match_chunks(
+    chunks: list[tuple[str, str, int]],
+    hits: list[dict],
+    threshold: float,
+    target: dict[int, float],
+    vectors_per_chunk: int,
+) -> tuple[list[dict], list[float]]:
+    """Matched pairs of a shard from one batched retrieval. `chunks` are (doc_id, chunk_id,
+    position) in the order their `vectors_per_chunk` vectors were sent; `hits` are rows of
+    `query_index`, `template_id`, `n_tags`, `similarity`. Candidates above `threshold` are
+    sampled per document (seeded by doc_id) across all its chunks' vectors. Returns the pair rows
+    (`doc_id`, `chunk_id`, `template_id`, `similarity`, `vector_index` 0..K, `n_tags`) and the
+    similarities of every candidate, for reporting."""
+    candidates_by_doc: dict[str, list[Candidate]] = {}
+    for hit in hits:
+        if hit["similarity"] <= threshold:
+            continue
+        doc_id, _, position = chunks[hit["query_index"] // vectors_per_chunk]
+        # A vector's index within its document: unique across the document's chunks.
+        vector = position * vectors_per_chunk + hit["query_index"] % vectors_per_chunk
+        candidates_by_doc.setdefault(doc_id, []).append(
+            Candidate(hit["template_id"], hit["n_tags"], hit["similarity"], vector)
+        )
+    chunk_at = {(doc_id, position): chunk_id for doc_id, chunk_id, position in chunks}
+    pairs = []
+    for doc_id, candidates in candidates_by_doc.items():
+        for chosen in choose_templates(candidates, target, seed=doc_id):
+            position, vector_index = divmod(chosen.vector_index, vectors_per_chunk)
+            pairs.append(
+                {
+                    "doc_id": doc_id,
+                    "chunk_id": chunk_at[(doc_id, position)],
+                    "template_id": chosen.template_id,
+                    "similarity": chosen.similarity,
+                    "vector_index": vector_index,
+                    "n_tags": chosen.n_tags,
+                }
+            )
+    similarities = [c.similarity for cs in candidates_by_doc.values() for c in cs]
+    return pairs, similarities

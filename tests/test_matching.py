@@ -109,3 +109,24 @@ def test_all_zero_weights_fall_back_to_uniform():
         for candidate in choose_templates(candidates[:10], off_target, seed)
     }
     assert len(picked) == 10
+
+
+def test_match_chunks_maps_hits_back_to_chunks_and_applies_the_threshold():
+    from fi_method.matching import match_chunks
+
+    chunks = [("doc-a", "a0", 0), ("doc-a", "a1", 1), ("doc-b", "b0", 0)]
+    hits = [
+        {"query_index": 0, "template_id": "t1", "n_tags": 1, "similarity": 0.9},  # a0, global
+        {"query_index": 8, "template_id": "t2", "n_tags": 2, "similarity": 0.8},  # a1, local 2
+        {"query_index": 8, "template_id": "t3", "n_tags": 2, "similarity": 0.1},  # under threshold
+        {"query_index": 17, "template_id": "t1", "n_tags": 1, "similarity": 0.7},  # b0, local 5
+    ]
+    pairs, similarities = match_chunks(chunks, hits, 0.5, {1: 0.5, 2: 0.5}, vectors_per_chunk=6)
+    assert sorted(
+        (p["doc_id"], p["chunk_id"], p["template_id"], p["vector_index"]) for p in pairs
+    ) == [
+        ("doc-a", "a0", "t1", 0),
+        ("doc-a", "a1", "t2", 2),
+        ("doc-b", "b0", "t1", 5),
+    ]
+    assert sorted(similarities) == [0.7, 0.8, 0.9]
