@@ -8,7 +8,7 @@ import polars as pl
 
 from fi_assets.partitions import doc_shards, query_shards
 from fi_assets.planning import upstream_partitions_tags
-from fi_assets.reporting import markdown_preview, write_stage
+from fi_assets.reporting import each_partition, markdown_preview, write_stage
 from fi_method.chunking import chunk_document
 from fi_method.matching import match_chunks, target_distribution
 from fi_method.pooling import GAUSSIAN_POOLING_K
@@ -38,6 +38,7 @@ MATCHED_PAIRS_SCHEMA = {
     kinds={"polars", "parquet", "sentence_transformers"},
     code_version="1",
     pool="gpu",
+    backfill_policy=dg.BackfillPolicy.single_run(),
     description="Documents split into chunks that fit the embedder (paragraph, then sentence "
     "boundaries; the embedder's own tokenizer), each embedded with Gaussian pooling into K+1 = 6 "
     "unit vectors (global mean, then 5 local vectors centred along the chunk).",
@@ -45,7 +46,13 @@ MATCHED_PAIRS_SCHEMA = {
 def document_chunks(
     context: dg.AssetExecutionContext, storage: Storage, embedder: Embedder
 ) -> dg.MaterializeResult:
-    docs = storage.read_table("documents", context.partition_key)
+    return each_partition(context, lambda shard: _chunk_shard(context, shard, storage, embedder))
+
+
+def _chunk_shard(
+    context: dg.AssetExecutionContext, shard: str, storage: Storage, embedder: Embedder
+) -> dg.MaterializeResult:
+    docs = storage.read_table("documents", shard)
     chunks = [
         {"doc_id": doc_id, **vars(chunk)}
         for doc_id, text in docs.select("doc_id", "text").iter_rows()
@@ -69,7 +76,7 @@ def document_chunks(
     return write_stage(
         storage,
         "document_chunks",
-        context.partition_key,
+        shard,
         frame,
         [],
         ["chunk_id", "doc_id", "position", "n_tokens", "text"],
@@ -104,6 +111,7 @@ def _histogram(values: list[float], bins: int = 10) -> str:
     kinds={"lancedb", "polars", "parquet"},
     code_version="1",
     pool="gpu",
+    backfill_policy=dg.BackfillPolicy.single_run(),
     description="Templates matched to each document: every chunk vector queries the LanceDB index "
     "(one batched call); candidates above the embedder's similarity threshold are sampled, seeded by "
     "doc_id, with weight target(n_tags) / candidates(n_tags) so the chosen complexity follows the "
@@ -112,7 +120,19 @@ def _histogram(values: list[float], bins: int = 10) -> str:
 def matched_pairs(
     context: dg.AssetExecutionContext, storage: Storage, embedder: Embedder, index: TemplateIndex
 ) -> dg.MaterializeResult:
-    chunks = storage.read_table("document_chunks", context.partition_key)
+    return each_partition(
+        context, lambda shard: _match_shard(context, shard, storage, embedder, index)
+    )
+
+
+def _match_shard(
+    context: dg.AssetExecutionContext,
+    shard: str,
+    storage: Storage,
+    embedder: Embedder,
+    index: TemplateIndex,
+) -> dg.MaterializeResult:
+    chunks = storage.read_table("document_chunks", shard)
     templates = storage.read_all("instruction_templates")
     target = (
         target_distribution(templates["n_tags"].to_list())
@@ -140,7 +160,7 @@ def matched_pairs(
     return write_stage(
         storage,
         "matched_pairs",
-        context.partition_key,
+        shard,
         frame,
         [],
         ["doc_id", "template_id", "similarity", "vector_index", "n_tags"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 
 import dagster as dg
 import polars as pl
@@ -66,4 +67,25 @@ def write_stage(
         },
         data_version=dg.DataVersion(frame_version(frame)),
         tags=tags,
+    )
+
+
+def each_partition(
+    context: dg.AssetExecutionContext, materialize_one: Callable[[str], dg.MaterializeResult]
+) -> dg.MaterializeResult:
+    """Materialize the run's partition, or every partition of a single-run backfill within one
+    step (models load once), and report them together: summed rows and a combined DataVersion."""
+    results = {key: materialize_one(key) for key in context.partition_keys}
+    if len(results) == 1:
+        return next(iter(results.values()))
+    rows = {key: r.metadata.get("dagster/row_count", 0) for key, r in results.items()}
+    combined = hashlib.sha256("".join(r.data_version.value for r in results.values()).encode())
+    return dg.MaterializeResult(
+        metadata={
+            "partitions": len(results),
+            "dagster/row_count": sum(rows.values()),
+            "rows_by_partition": rows,
+        },
+        data_version=dg.DataVersion(combined.hexdigest()[:16]),
+        tags=next(iter(results.values())).tags,
     )

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 
 from fi_assets.partitions import query_shards
-from fi_assets.reporting import frame_version, markdown_preview, write_stage
+from fi_assets.reporting import each_partition, frame_version, markdown_preview, write_stage
 from fi_method.instruction_templates import collect_templates
 from fi_resources.embedder import Embedder
 from fi_resources.genericizer import Genericizer
@@ -77,6 +77,7 @@ def instruction_templates(
     kinds={"lancedb", "sentence_transformers"},
     code_version="1",
     pool="gpu",
+    backfill_policy=dg.BackfillPolicy.single_run(),
     description="The compatible document descriptions of one shard's templates, embedded by the "
     "Embedder (FI_EMBEDDER_MODEL) and written to the LanceDB table of that embedder (cosine), "
     "rows tagged by shard; re-materializing replaces exactly this shard's rows.",
@@ -84,13 +85,17 @@ def instruction_templates(
 def template_index(
     context: dg.AssetExecutionContext, storage: Storage, embedder: Embedder, index: TemplateIndex
 ) -> dg.MaterializeResult:
-    templates = storage.read_table("instruction_templates", context.partition_key).select(
-        INDEX_COLUMNS
-    )
+    return each_partition(context, lambda shard: _index_shard(shard, storage, embedder, index))
+
+
+def _index_shard(
+    shard: str, storage: Storage, embedder: Embedder, index: TemplateIndex
+) -> dg.MaterializeResult:
+    templates = storage.read_table("instruction_templates", shard).select(INDEX_COLUMNS)
     table = table_name_for(embedder.model)
     descriptions = templates["compatible_document_description"].to_list()
     # An edited shard keeps most of its templates: embed only descriptions not stored yet.
-    stored = index.shard_vectors(table, context.partition_key)
+    stored = index.shard_vectors(table, shard)
     missing = sorted({d for d in descriptions if d not in stored})
     stored.update(zip(missing, embedder.embed(missing), strict=True))
     vectors = (
@@ -98,7 +103,7 @@ def template_index(
         if descriptions
         else np.zeros((0, embedder.dimension), dtype=np.float32)
     )
-    total = index.replace_shard(table, context.partition_key, templates.to_dicts(), vectors)
+    total = index.replace_shard(table, shard, templates.to_dicts(), vectors)
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": templates.height,
