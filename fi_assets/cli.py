@@ -227,10 +227,10 @@ def calibrate(
 ) -> None:
     """Propose a similarity threshold for the configured embedder from the materialized document
     chunks and template index: the (1 - share) quantile of each vector's best template match."""
-    import numpy as np
     import polars as pl
 
     from fi_assets.definitions import build_resources
+    from fi_assets.matching import chunk_vectors
     from fi_method.matching import propose_threshold
     from fi_resources.template_index import table_name_for
 
@@ -241,8 +241,7 @@ def calibrate(
         typer.secho("error: no document_chunks yet: run fi materialize first", fg="red", err=True)
         raise typer.Exit(1)
     chunks = chunks.sample(min(sample, chunks.height), seed=0) if chunks.height > sample else chunks
-    dimension = chunks["vectors"].dtype.shape[-1]
-    vectors = np.asarray(chunks["vectors"].to_numpy(), dtype=np.float32).reshape(-1, dimension)
+    vectors = chunk_vectors(chunks)
     hits = pl.DataFrame(
         resources["index"].search(table_name_for(settings.embedder_model), vectors, 1)
     )

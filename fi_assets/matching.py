@@ -31,6 +31,12 @@ MATCHED_PAIRS_SCHEMA = {
 }
 
 
+def chunk_vectors(chunks: pl.DataFrame) -> np.ndarray:
+    """All query vectors of `document_chunks` rows, chunk by chunk, each chunk's K+1 in order."""
+    dimension = chunks["vectors"].dtype.shape[-1]
+    return np.asarray(chunks["vectors"].to_numpy(), dtype=np.float32).reshape(-1, dimension)
+
+
 @dg.asset(
     partitions_def=doc_shards,
     deps=["documents"],
@@ -140,10 +146,9 @@ def _match_shard(
         else {}
     )
     threshold = embedder.threshold
-    vectors = np.asarray(chunks["vectors"].to_numpy(), dtype=np.float32).reshape(
-        -1, chunks["vectors"].dtype.shape[-1]
+    hits = index.search(
+        table_name_for(embedder.model), chunk_vectors(chunks), CANDIDATES_PER_VECTOR
     )
-    hits = index.search(table_name_for(embedder.model), vectors, CANDIDATES_PER_VECTOR)
 
     pairs, similarities = match_chunks(
         chunks.select("doc_id", "chunk_id", "position").rows(),
