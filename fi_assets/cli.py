@@ -186,7 +186,9 @@ def sql(
 
 @app.command()
 def demo(
-    full: Annotated[bool, typer.Option("--full", help="all 294 queries and 105 articles")] = False,
+    full: Annotated[
+        bool, typer.Option("--full", help="all 285 IFBench queries and 105 articles")
+    ] = False,
 ) -> None:
     """Ingest the bundled sample (real WildChat queries, real Wikipedia articles) and materialize
     everything."""

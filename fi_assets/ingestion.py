@@ -16,7 +16,6 @@ from dagster._core.definitions.data_version import DATA_VERSION_TAG
 from fi_assets.partitions import doc_shards, query_shards
 from fi_assets.reporting import frame_version, markdown_preview
 from fi_method.ingest import HF_PREFIX, Kind, ingest_source
-from fi_resources.settings import get_settings
 from fi_resources.storage import Storage, check_partition_name
 
 INGESTED = {"queries": "ingested_queries", "documents": "ingested_documents"}
@@ -114,8 +113,7 @@ def _inbox_files(storage: Storage, kind: Kind) -> list[Path]:
     "(JSONL, JSON, Parquet, CSV), one shard per file, exactly as `fi ingest` does. A file is "
     "ingested again when its size or modification time changes.",
 )
-def inbox_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    storage = Storage(home=str(get_settings().home))
+def inbox_sensor(context: dg.SensorEvaluationContext, storage: Storage) -> dg.SensorResult:
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
     requests, events = [], []
     for kind in ("queries", "documents"):

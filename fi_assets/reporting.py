@@ -10,6 +10,7 @@ from collections.abc import Callable
 import dagster as dg
 import polars as pl
 
+from fi_method.text import content_hash
 from fi_resources.storage import Storage
 
 PREVIEW_ROWS = 5
@@ -79,13 +80,14 @@ def each_partition(
     if len(results) == 1:
         return next(iter(results.values()))
     rows = {key: r.metadata.get("dagster/row_count", 0) for key, r in results.items()}
-    combined = hashlib.sha256("".join(r.data_version.value for r in results.values()).encode())
     return dg.MaterializeResult(
         metadata={
             "partitions": len(results),
             "dagster/row_count": sum(rows.values()),
             "rows_by_partition": rows,
         },
-        data_version=dg.DataVersion(combined.hexdigest()[:16]),
+        data_version=dg.DataVersion(
+            content_hash(*(r.data_version.value for r in results.values()))
+        ),
         tags=next(iter(results.values())).tags,
     )

@@ -6,7 +6,7 @@ import numpy as np
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
-from fi_method.pooling import gaussian_pooling
+from fi_method.pooling import GAUSSIAN_POOLING_K, gaussian_pooling
 from fi_resources.models import MINILM, sentence_transformer_source
 
 # Similarity thresholds per embedder. The paper's 0.865 belongs to its fine-tuned BGE-M3
@@ -70,7 +70,7 @@ class Embedder(ConfigurableResource):
     def dimension(self) -> int:
         return int(self.encoder().get_embedding_dimension())
 
-    def embed(self, texts: list[str], show_progress: bool = False) -> np.ndarray:
+    def embed(self, texts: list[str]) -> np.ndarray:
         """float32 array of shape (len(texts), dimension), each row of unit length."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
@@ -79,7 +79,7 @@ class Embedder(ConfigurableResource):
             batch_size=self.batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
-            show_progress_bar=show_progress,
+            show_progress_bar=False,
         )
         return vectors.astype(np.float32, copy=False)
 
@@ -104,7 +104,7 @@ class Embedder(ConfigurableResource):
             self.encoder().tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         )
 
-    def embed_pooled(self, texts: list[str], show_progress: bool = False) -> np.ndarray:
+    def embed_pooled(self, texts: list[str]) -> np.ndarray:
         """Gaussian pooling (fi_method.pooling) over each text's token embeddings: float32 array
         of shape (len(texts), K+1, dimension), global mean first, every vector of unit length."""
         import torch
@@ -124,8 +124,6 @@ class Embedder(ConfigurableResource):
             )
             mask = torch.arange(padded.shape[1])[None, :] < torch.tensor(lengths)[:, None]
             rows.append(gaussian_pooling(padded, mask.to(padded.device)).cpu().numpy())
-            if show_progress:
-                print(f"pooled {min(start + self.batch_size, len(texts))}/{len(texts)}")
         if not rows:
-            return np.zeros((0, 6, self.dimension), dtype=np.float32)
+            return np.zeros((0, GAUSSIAN_POOLING_K + 1, self.dimension), dtype=np.float32)
         return np.concatenate(rows).astype(np.float32, copy=False)

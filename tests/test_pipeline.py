@@ -220,7 +220,8 @@ def test_inbox_sensor_registers_dropped_files(fi_home, queries_file):
     (inbox / "dropped.jsonl").write_text(queries_file.read_text())
     (inbox / "garbage.jsonl").write_text("not json\n{}\n")
     with dg.instance_for_test() as instance:
-        context = dg.build_sensor_context(instance=instance)
+        storage = Storage(home=str(fi_home))
+        context = dg.build_sensor_context(instance=instance, resources={"storage": storage})
         result = inbox_sensor(context)
         assert [r.partition_keys for r in result.dynamic_partitions_requests] == [["dropped"]]
         assert result.asset_events[0].partition == "dropped"
@@ -232,5 +233,9 @@ def test_inbox_sensor_registers_dropped_files(fi_home, queries_file):
         )
         assert garbage_rejects["reason"].to_list() == ["malformed_json", "missing_text"]
         # Files already seen (good or not) are not ingested again until they change.
-        again = inbox_sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor))
+        again = inbox_sensor(
+            dg.build_sensor_context(
+                instance=instance, cursor=result.cursor, resources={"storage": storage}
+            )
+        )
         assert not again.asset_events and not again.dynamic_partitions_requests
