@@ -7,9 +7,10 @@ from fi_assets.documents import documents
 from fi_assets.ingestion import inbox_sensor, ingested_documents, ingested_queries
 from fi_assets.matching import document_chunks, matched_pairs
 from fi_assets.queries import raw_queries
+from fi_assets.synthesis import continuations, instantiated_pairs, judged_pairs
 from fi_assets.templates import instruction_templates, template_index
 from fi_resources.embedder import Embedder, default_similarity_threshold
-from fi_resources.genericizer import Genericizer
+from fi_resources.roles import Continuer, Genericizer, Instantiator, Judge
 from fi_resources.settings import Settings, get_settings
 from fi_resources.storage import Storage
 from fi_resources.template_index import TemplateIndex
@@ -38,16 +39,22 @@ def _automated(asset: dg.AssetsDefinition) -> dg.AssetsDefinition:
     )
 
 
+def _engine_version(engine: str, model: str) -> str:
+    return "rules" if engine == "rules" else f"{engine}:{model}"
+
+
 def build_assets(settings: Settings) -> list:
     """Every asset, versioned by the models `settings` choose, and automated when
     `settings.automation` is on."""
     threshold = settings.similarity_threshold or default_similarity_threshold(
         settings.embedder_model
     )
-    genericizer = (
-        "rules"
-        if settings.genericizer_engine == "rules"
-        else f"{settings.genericizer_engine}:{settings.genericizer_model}"
+    genericizer = _engine_version(settings.genericizer_engine, settings.genericizer_model)
+    # The rules instantiator chooses slot values and passages with the embedder.
+    instantiator = (
+        f"rules:{settings.embedder_model}"
+        if settings.instantiator_engine == "rules"
+        else _engine_version(settings.instantiator_engine, settings.instantiator_model)
     )
     derived = [
         raw_queries,
@@ -61,6 +68,16 @@ def build_assets(settings: Settings) -> list:
             matched_pairs,
             f"{settings.embedder_model}@{threshold}",
         ),
+        _with_model_version(instantiated_pairs, f"{instantiator}@{settings.min_excerpt_ratio}"),
+        _with_model_version(
+            judged_pairs,
+            f"{_engine_version(settings.judge_engine, settings.judge_model)}"
+            f"@{settings.min_judge_score}",
+        ),
+        _with_model_version(
+            continuations,
+            _engine_version(settings.continuation_engine, settings.continuation_model),
+        ),
     ]
     if settings.automation:
         derived = [_automated(asset) for asset in derived]
@@ -70,15 +87,34 @@ def build_assets(settings: Settings) -> list:
 def build_resources(settings: Settings) -> dict:
     """The resources of every asset, configured from `settings`."""
     storage = Storage(home=str(settings.home))
+
+    def role(resource: type, engine: str, model: str, **extra):
+        tokens = {"max_new_tokens": settings.max_new_tokens} if settings.max_new_tokens else {}
+        return resource(
+            engine=engine,
+            model=model,
+            home=str(settings.home),
+            device=settings.device,
+            batch_size=(
+                settings.vllm_batch_size if engine == "vllm" else settings.generation_batch_size
+            ),
+            **tokens,
+            **extra,
+        )
+
     return {
         "storage": storage,
-        "genericizer": Genericizer(
-            engine=settings.genericizer_engine,
-            model=settings.genericizer_model,
-            device=settings.device,
-            batch_size=settings.generation_batch_size,
-            max_new_tokens=settings.max_new_tokens,
+        "genericizer": role(Genericizer, settings.genericizer_engine, settings.genericizer_model),
+        "instantiator": role(
+            Instantiator,
+            settings.instantiator_engine,
+            settings.instantiator_model,
+            min_excerpt_ratio=settings.min_excerpt_ratio,
         ),
+        "judge": role(
+            Judge, settings.judge_engine, settings.judge_model, min_score=settings.min_judge_score
+        ),
+        "continuer": role(Continuer, settings.continuation_engine, settings.continuation_model),
         "embedder": Embedder(
             model=settings.embedder_model,
             device=settings.device,

@@ -11,6 +11,7 @@ import dagster as dg
 import polars as pl
 
 from fi_method.text import content_hash
+from fi_resources.model_calls import CallResult
 from fi_resources.storage import Storage
 
 PREVIEW_ROWS = 5
@@ -91,3 +92,22 @@ def each_partition(
         ),
         tags=next(iter(results.values())).tags,
     )
+
+
+def log_progress(context: dg.AssetExecutionContext, verb: str):
+    """A progress callback for role calls that logs each batch to the run's log."""
+
+    def progress(done: int, total: int, cached: int) -> None:
+        context.log.info(f"{verb} {done}/{total} ({cached} from the call cache)")
+
+    return progress
+
+
+def call_metadata(calls: CallResult) -> dict:
+    """What a step's model calls cost: made, answered by the cache, and the rate of new calls."""
+    return {
+        "model_calls_made": calls.made,
+        "model_calls_cached": calls.cached,
+        "model_call_seconds": round(calls.seconds, 2),
+        "model_calls_per_second": round(calls.made / calls.seconds, 2) if calls.made else 0.0,
+    }

@@ -6,10 +6,17 @@ import numpy as np
 import polars as pl
 
 from fi_assets.partitions import query_shards
-from fi_assets.reporting import each_partition, frame_version, markdown_preview, write_stage
+from fi_assets.reporting import (
+    call_metadata,
+    each_partition,
+    frame_version,
+    log_progress,
+    markdown_preview,
+    write_stage,
+)
 from fi_method.instruction_templates import collect_templates
 from fi_resources.embedder import Embedder
-from fi_resources.genericizer import Genericizer
+from fi_resources.roles import Genericizer
 from fi_resources.storage import Storage
 from fi_resources.template_index import METRIC, TemplateIndex, table_name_for
 
@@ -42,15 +49,16 @@ def instruction_templates(
     context: dg.AssetExecutionContext, storage: Storage, genericizer: Genericizer
 ) -> dg.MaterializeResult:
     queries = storage.read_table("raw_queries", context.partition_key).to_dicts()
-    context.log.info(
-        f"genericizing {len(queries)} queries with {genericizer.engine}:{genericizer.model_name}"
+    context.log.info(f"genericizing {len(queries)} queries with {genericizer.label}")
+
+    calls = genericizer.genericize(
+        [q["query"] for q in queries],
+        progress=log_progress(context, "genericized"),
+        caller=(context.run_id, context.partition_key),
     )
-
-    def progress(done: int, total: int) -> None:
-        context.log.info(f"genericized {done}/{total}")
-
-    outputs = genericizer.genericize([q["query"] for q in queries], progress=progress)
-    kept, rejects = collect_templates(queries, outputs, genericizer.engine, genericizer.model_name)
+    kept, rejects = collect_templates(
+        queries, calls.outputs, genericizer.engine, genericizer.model_name
+    )
     frame = pl.DataFrame(kept, schema=TEMPLATES_SCHEMA)
     tags = frame.group_by("n_tags").len().sort("n_tags")
     return write_stage(
@@ -66,6 +74,7 @@ def instruction_templates(
             "queries": len(queries),
             "valid_share": round(frame.height / len(queries), 4) if queries else 0.0,
             "n_tags_distribution": {str(k): v for k, v in tags.iter_rows()},
+            **call_metadata(calls),
         },
     )
 

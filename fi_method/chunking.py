@@ -8,10 +8,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fi_method.text import content_hash
+from fi_method.text import SENTENCE_END, content_hash
 
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'“(\[]?[A-Z0-9])")
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ def _pieces(
             units.append((paragraph, tokens, True))
             continue
         parts: list[tuple[str, int]] = []
-        for sentence in _SENTENCE_END.split(paragraph):
+        for sentence in SENTENCE_END.split(paragraph):
             tokens = count_tokens(sentence)
             if tokens <= max_tokens:
                 parts.append((sentence, tokens))

@@ -6,15 +6,15 @@ description. Here: the prompt and the output parser shared by the LLM engines; t
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
-from typing import Literal
 
+from fi_method.llm_output import PromptStyle, first_json_object, string_field
+from fi_method.llm_output import prompt_style_for as style_for
 from fi_method.templates import FI_CLOSE, FI_OPEN
 
 RELEASED_TEMPLATIZER = "fineinstructions/query_templatizer"
-
-PromptStyle = Literal["bare", "instructed"]
+# Part of every cache key: change it whenever the prompt changes, so no stale answer is reused.
+PROMPT_VERSION = "1"
 
 
 @dataclass(frozen=True)
@@ -80,54 +80,18 @@ def build_messages(query: str, prompt_style: PromptStyle) -> list[dict[str, str]
 def prompt_style_for(model: str) -> PromptStyle:
     """The prompt style a model expects: "bare" for the released templatizer (an HF id or a
     local path whose last component is `query_templatizer`, any case), else "instructed"."""
-    last_component = model.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
-    released = last_component.lower() == RELEASED_TEMPLATIZER.rsplit("/", 1)[-1]
-    return "bare" if released else "instructed"
+    return style_for(model, RELEASED_TEMPLATIZER)
 
 
 # ---------------------------------------------------------------------------------------------
 # Output parser
 
-
-class OutputParseError(ValueError):
-    """A model output that holds no usable template; `reason` is one of "no_json",
-    "invalid_json", "missing_field", "not_a_string"."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-# strict=False lets strings hold raw newlines, which models often emit inside long values.
-_JSON_DECODER = json.JSONDecoder(strict=False)
 _OUTPUT_FIELDS = ("template", "compatible_document_description")
-
-
-def _first_json_object(text: str) -> dict:
-    """The first `{` at which a whole JSON object decodes; whatever surrounds it (chatter, code
-    fences, a cut-off tail) is ignored."""
-    opening = [match.start() for match in re.finditer(r"\{", text)]
-    for start in opening:
-        try:
-            value, _ = _JSON_DECODER.raw_decode(text, start)
-        except json.JSONDecodeError:
-            continue
-        return value
-    if opening:
-        raise OutputParseError("invalid_json", f"no complete JSON object in: {text[:200]!r}")
-    raise OutputParseError("no_json", f"no JSON object in: {text[:200]!r}")
 
 
 def parse_output(text: str) -> GenericizedQuery:
     """Read a genericizer model's output: the first JSON object in the text, which must hold the
     string fields `template` and `compatible_document_description` (whitespace stripped).
-    Raises OutputParseError with a `reason` otherwise; the template itself is not validated."""
-    found = _first_json_object(text)
-    fields = {}
-    for name in _OUTPUT_FIELDS:
-        if name not in found:
-            raise OutputParseError("missing_field", f"no {name!r} in {sorted(found)}")
-        if not isinstance(found[name], str):
-            raise OutputParseError("not_a_string", f"{name!r} is a {type(found[name]).__name__}")
-        fields[name] = found[name].strip()
-    return GenericizedQuery(**fields)
+    Raises fi_method.llm_output.OutputParseError with a `reason` otherwise; the template itself is not validated."""
+    found = first_json_object(text)
+    return GenericizedQuery(*(string_field(found, name) for name in _OUTPUT_FIELDS))

@@ -3,26 +3,25 @@ same way whichever engine produced it, and every failure is kept with its reason
 
 from __future__ import annotations
 
-from fi_method.genericizer import GenericizedQuery
+from fi_method.genericizer import parse_output
 from fi_method.templates import count_tags, validate_template
 from fi_method.text import content_hash
 
 
 def collect_templates(
-    queries: list[dict], outputs: list[GenericizedQuery | ValueError], engine: str, model: str
+    queries: list[dict], outputs: list[str], engine: str, model: str
 ) -> tuple[list[dict], list[dict]]:
-    """Pair each query row (`query_id`, `query`, `source`, `line`) with its genericizer output.
-    Kept rows: `template_id` (content hash of the template), `query_id`, `query`, `template`,
+    """Pair each query row (`query_id`, `query`, `source`, `line`) with its genericizer output
+    (the raw text, parsed here). Kept rows: `template_id` (content hash of the template), `query_id`, `query`, `template`,
     `compatible_document_description`, `n_tags`, `engine`, `model`. A template already produced
     by an earlier query of the shard is rejected as `duplicate_template`."""
     kept: list[dict] = []
     rejects: list[dict] = []
     seen: dict[str, str] = {}
-    for row, output in zip(queries, outputs, strict=True):
+    for row, text in zip(queries, outputs, strict=True):
         origin = {"source": row["source"], "line": row["line"], "item_id": row["query_id"]}
         try:
-            if isinstance(output, ValueError):
-                raise output
+            output = parse_output(text)
             validate_template(output.template, output.compatible_document_description, row["query"])
         except ValueError as error:
             reason = getattr(error, "reason", "invalid_output")

@@ -42,7 +42,7 @@ _SENTENCE_BREAK = re.compile(r"[.!?:;\n\"“”()\[\]*•|]")
 _INLINE_SPACE = re.compile(r"[ \t]+")
 _POSSESSIVE = ("'s", "’s")
 
-_STOPWORDS = frozenset(
+STOPWORDS = frozenset(
     {
         "a",
         "about",
@@ -289,7 +289,7 @@ _STOPWORDS = frozenset(
 )
 
 # Request verbs open most queries; they are never names and never the topic.
-_REQUEST_VERBS = frozenset(
+REQUEST_VERBS = frozenset(
     {
         "act",
         "add",
@@ -819,7 +819,7 @@ def _name_runs(query: str, tokens: list[_Token]) -> list[list[_Token]]:
         if not joined:
             runs.append(current)
             current = []
-        name_word = token.capitalised and token.lower not in _STOPWORDS
+        name_word = token.capitalised and token.lower not in STOPWORDS
         if name_word or (current and token.lower in _CONNECTORS):
             current.append(token)
         else:
@@ -830,9 +830,9 @@ def _name_runs(query: str, tokens: list[_Token]) -> list[list[_Token]]:
     for run in runs:
         # A capitalised request verb opens a sentence even where the full stop is missing
         # ("User Show that ..."); a lone capital at an edge is a variable or a list letter.
-        while run and (run[0].lower in _REQUEST_VERBS or len(run[0].text) == 1):
+        while run and (run[0].lower in REQUEST_VERBS or len(run[0].text) == 1):
             run = run[1:]
-        while run and (run[-1].lower in _CONNECTORS | _REQUEST_VERBS or len(run[-1].text) == 1):
+        while run and (run[-1].lower in _CONNECTORS | REQUEST_VERBS or len(run[-1].text) == 1):
             run = run[:-1]
         if run:
             trimmed.append(run)
@@ -1098,8 +1098,8 @@ def _is_content_word(token: _Token) -> bool:
         not token.capitalised
         and token.text.replace("-", "").replace("'", "").replace("’", "").isalpha()
         and len(token.text) >= 3
-        and token.lower not in _STOPWORDS
-        and token.lower not in _REQUEST_VERBS
+        and token.lower not in STOPWORDS
+        and token.lower not in REQUEST_VERBS
         and token.lower not in _NUMBER_WORDS
         and not token.lower.endswith(_PHRASE_BREAK_ENDINGS)
     )
@@ -1188,18 +1188,38 @@ def _variable_shortened_to(surface: str, variables: list[str]) -> str | None:
     return None
 
 
+def _candidate_spans(text: str) -> list[_Span]:
+    """Everything specific enough to be a slot, by priority: quoted phrases, numbers and dates,
+    capitalised names, noun phrases holding a rare word (they may overlap)."""
+    tokens = _tokens(text)
+    return (
+        _quoted_spans(text)
+        + _numeric_spans(text)
+        + _entity_spans(text, tokens)
+        + _topic_spans(text, tokens)
+    )
+
+
+def slot_fillers(text: str) -> list[tuple[str, str]]:
+    """The (surface text, kind) pairs a text offers to fill `<fi>` slots with, the same spans the
+    genericizer turns into slots, in order of first appearance, each surface once. The kind is a
+    slot description such as "a date" or "a named entity such as a person, place or product"."""
+    chosen: list[_Span] = []
+    for span in _candidate_spans(text):
+        if not _overlaps(span, chosen):
+            chosen.append(span)
+    fillers: dict[str, str] = {}
+    for span in sorted(chosen, key=lambda span: span.start):
+        fillers.setdefault(text[span.start : span.end], span.description)
+    return list(fillers.items())
+
+
 def _choose_slots(query: str) -> list[_Slot]:
     """Non-overlapping slots for at most MAX_SLOTS variables. A variable is a surface text
     (with its short forms): every occurrence of it is a slot, all with one description, and
     distinct variables of the same kind become "another ...", since a repeated description
     means a repeated value."""
-    tokens = _tokens(query)
-    candidates = (
-        _quoted_spans(query)
-        + _numeric_spans(query)
-        + _entity_spans(query, tokens)
-        + _topic_spans(query, tokens)
-    )
+    candidates = _candidate_spans(query)
     chosen: list[_Span] = []
     variable_of: dict[str, str] = {}
     kind_of: dict[str, str] = {}

@@ -51,6 +51,19 @@ def slot_descriptions(template: str) -> list[str]:
     return [description for _, _, description in _slots(template)]
 
 
+def fill_slots(template: str, value_of: dict[str, str]) -> str:
+    """The template with each slot replaced by the value of its description (stripped), so
+    repeated descriptions get one value. Raises KeyError for a description without a value."""
+    pieces: list[str] = []
+    cursor = 0
+    for start, end, description in _slots(template):
+        pieces.append(template[cursor:start])
+        pieces.append(value_of[description])
+        cursor = end
+    pieces.append(template[cursor:])
+    return "".join(pieces)
+
+
 def count_tags(template: str) -> int:
     """Number of `<fi>` slots, the template's complexity (repeated variables count each time)."""
     return len(_slots(template))

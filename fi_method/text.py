@@ -12,6 +12,8 @@ _SPACES = re.compile(r"[ \t\f\v\u00a0\u2000-\u200b\u202f\u205f\u3000]+")
 _BLANK_LINES = re.compile(r"\n\s*\n\s*\n+")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 _WORD = re.compile(r"\w+(?:['’]\w+)*", re.UNICODE)
+# A sentence ends at . ! or ? followed by space and a capital, digit or opening quote/bracket.
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'“(\[]?[A-Z0-9])")
 
 # Ids are the first 16 hex digits of a SHA-256: 64 bits keep collisions negligible below ~10^9 rows.
 ID_HEX_DIGITS = 16
@@ -45,3 +47,16 @@ def fold_for_matching(text: str) -> str:
     decomposed = unicodedata.normalize("NFKD", text.lower())
     stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
     return " ".join(words(stripped))
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) character offsets of each sentence, in order; paragraph breaks end sentences
+    too. Offsets index `text` itself, so `text[start:end]` is a verbatim piece of it."""
+    spans: list[tuple[int, int]] = []
+    for paragraph in re.finditer(r"[^\n]+(?:\n(?!\s*\n)[^\n]+)*", text):
+        start = paragraph.start()
+        for boundary in SENTENCE_END.finditer(paragraph.group()):
+            spans.append((start, paragraph.start() + boundary.start()))
+            start = paragraph.start() + boundary.end()
+        spans.append((start, paragraph.end()))
+    return [(a, b) for a, b in spans if text[a:b].strip()]

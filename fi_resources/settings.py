@@ -17,7 +17,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from fi_method.excerpts import MIN_EXCERPT_RATIO
 from fi_method.genericizer import RELEASED_TEMPLATIZER
+from fi_method.instantiator import RELEASED_INSTANTIATOR
+from fi_method.judge import FLOW_JUDGE, MIN_JUDGE_SCORE
 from fi_resources.models import MINILM
 
 Engine = Literal["rules", "transformers", "vllm"]
@@ -39,6 +42,21 @@ class Settings(BaseSettings):
     genericizer_model: str = Field(
         RELEASED_TEMPLATIZER, description="HF id or local path (transformers and vllm engines)."
     )
+    instantiator_engine: Engine = Field("rules", description="Engine of the instantiator role.")
+    instantiator_model: str = Field(RELEASED_INSTANTIATOR)
+    judge_engine: Engine = Field("rules", description="Engine of the judge role.")
+    judge_model: str = Field(FLOW_JUDGE)
+    continuation_engine: Engine = Field(
+        "rules", description="Teacher of non-instructional pairs; rules: none (teacher-free)."
+    )
+    continuation_model: str = Field("Qwen/Qwen2.5-7B-Instruct")
+    min_excerpt_ratio: float = Field(
+        MIN_EXCERPT_RATIO,
+        ge=0.0,
+        le=1.0,
+        description="Share of an answer copied from its document.",
+    )
+    min_judge_score: int = Field(MIN_JUDGE_SCORE, ge=1, le=5, description="Judge score kept.")
     embedder_model: str = Field(MINILM, description="sentence-transformers id or path.")
     similarity_threshold: float | None = Field(
         None, description="Template retrieval cosine threshold; default: calibrated per embedder."
@@ -55,8 +73,18 @@ class Settings(BaseSettings):
         description="Materialize downstream partitions by themselves when an upstream content "
         "hash changes (the UI's daemon runs them); off: runs are started by hand or fi.",
     )
-    generation_batch_size: int = Field(8, ge=1)
-    max_new_tokens: int = Field(256, ge=16)
+    generation_batch_size: int = Field(
+        8, ge=1, description="Prompts per batch of the transformers engine."
+    )
+    vllm_batch_size: int = Field(
+        1024, ge=1, description="Prompts per vLLM generate call (each is cached when it returns)."
+    )
+    max_new_tokens: int | None = Field(
+        None,
+        ge=16,
+        description="Output tokens per model call, every role; default per role: genericizer 256, "
+        "instantiator 1024, judge 512, continuation 1024.",
+    )
 
     @classmethod
     def settings_customise_sources(

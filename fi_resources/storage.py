@@ -5,6 +5,7 @@ FI_HOME/
   tables/<asset>/<partition>.parquet
   tables/rejects/<stage>/<partition>.parquet
   lancedb/                       template vectors
+  model_calls.sqlite             every role call, cached (fi_resources.model_calls)
   models/                        converted or downloaded model weights
   checkpoints/                   training checkpoints
   dagster/                       Dagster instance storage (runs, events, logs)
@@ -21,6 +22,8 @@ import duckdb
 import polars as pl
 from dagster import ConfigurableResource
 from pydantic import Field
+
+from fi_resources.model_calls import CACHE_FILE, ModelCallCache
 
 REJECTS = "rejects"
 
@@ -76,6 +79,10 @@ class Storage(ConfigurableResource):
         return self.root / "lancedb"
 
     @property
+    def model_calls_path(self) -> Path:
+        return self.root / CACHE_FILE
+
+    @property
     def models_dir(self) -> Path:
         return self.root / "models"
 
@@ -120,6 +127,11 @@ class Storage(ConfigurableResource):
             )
         return pl.read_parquet(path)
 
+    def read_rejects(self, stage: str, partition: str) -> pl.DataFrame:
+        """The rejects a stage recorded for one partition (none when it never ran)."""
+        path = self.rejects_path(stage, partition)
+        return pl.read_parquet(path) if path.exists() else rejects_frame([])
+
     def read_all(self, table: str) -> pl.DataFrame | None:
         """Every partition of a table, or None when none is written yet."""
         files = sorted((self.tables_dir / table).glob("*.parquet"))
@@ -139,8 +151,12 @@ class Storage(ConfigurableResource):
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB with one view per table (named after the asset) over all its
-        partitions, plus `rejects` over every stage's rejects."""
+        partitions, plus `rejects` over every stage's rejects and `model_calls` over the call
+        cache."""
         connection = duckdb.connect()
+        if self.model_calls_path.exists():
+            calls = ModelCallCache(self.model_calls_path).frame().to_arrow()
+            connection.register("model_calls", calls)
         for table in self.table_names():
             pattern = "*/*.parquet" if table == REJECTS else "*.parquet"
             files = (self.tables_dir / table / pattern).as_posix().replace("'", "''")

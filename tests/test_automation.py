@@ -60,11 +60,22 @@ def test_data_version_automation(fi_home, tmp_path, monkeypatch):
             "template_index[q1]",
             "documents[d1]",
             "document_chunks[d1]",
+            "continuations[d1]",
         }
 
         for key, group in (
             ("q1", ["raw_queries", "instruction_templates", "template_index"]),
-            ("d1", ["documents", "document_chunks", "matched_pairs"]),
+            (
+                "d1",
+                [
+                    "documents",
+                    "document_chunks",
+                    "continuations",
+                    "matched_pairs",
+                    "instantiated_pairs",
+                    "judged_pairs",
+                ],
+            ),
         ):
             run = dg.materialize(
                 list(defs.assets),

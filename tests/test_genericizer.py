@@ -5,11 +5,11 @@ import pytest
 from fi_method.genericizer import (
     RELEASED_TEMPLATIZER,
     GenericizedQuery,
-    OutputParseError,
     build_messages,
     parse_output,
     prompt_style_for,
 )
+from fi_method.llm_output import OutputParseError
 from fi_method.rules_genericizer import MAX_SLOTS, rules_genericize
 from fi_method.templates import TemplateError, count_tags, slot_descriptions, validate_template
 

@@ -156,7 +156,7 @@ def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeyp
     steps = [line.split("] ")[1] for line in result.output.splitlines() if line.startswith("[")]
     assert steps == [
         "query_shards=more_queries: raw_queries, instruction_templates, template_index",
-        "doc_shards=wiki: matched_pairs",
+        "doc_shards=wiki: matched_pairs, instantiated_pairs, judged_pairs",
     ]
 
     # Removing that shard removes its rows everywhere and re-runs retrieval only.
@@ -164,7 +164,7 @@ def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeyp
     assert result.exit_code == 0 and "removed queries shard more_queries" in result.output
     result = runner.invoke(app, ["materialize"])
     steps = [line.split("] ")[1] for line in result.output.splitlines() if line.startswith("[")]
-    assert steps == ["doc_shards=wiki: matched_pairs"]
+    assert steps == ["doc_shards=wiki: matched_pairs, instantiated_pairs, judged_pairs"]
     assert "added or removed" in result.output
     remaining = runner.invoke(
         app, ["sql", "select count(*) from raw_queries where source like '%more_queries%'"]
@@ -189,7 +189,7 @@ def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeyp
     assert result.exit_code == 0, result.output
     # New templates can match the documents: retrieval re-runs, document embedding does not.
     assert "query_shards=chat: raw_queries, instruction_templates, template_index" in result.output
-    assert "doc_shards=wiki: matched_pairs\n" in result.output
+    assert "doc_shards=wiki: matched_pairs, instantiated_pairs, judged_pairs\n" in result.output
     assert "document_chunks" not in result.output
 
     # Switching the embedder (here: the same MiniLM named by its path) re-runs what it feeds only.
@@ -202,7 +202,7 @@ def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeyp
     assert [line.split("] ")[1] for line in lines] == [
         "doc_shards=wiki: document_chunks",
         "query_shards=chat: template_index",
-        "doc_shards=wiki: matched_pairs",
+        "doc_shards=wiki: matched_pairs, instantiated_pairs, judged_pairs",
     ]
     assert "code version" in result.output and "raw_queries" not in result.output
 

@@ -4,17 +4,21 @@ real-LLM path (prompt, batched generation, parsing, validation into rejects) end
 
 import pytest
 
-from fi_method.genericizer import GenericizedQuery
 from fi_method.instruction_templates import collect_templates
-from fi_resources.genericizer import Genericizer
 from fi_resources.models import SMOLLM2
+from fi_resources.roles import Genericizer
 
 pytestmark = pytest.mark.slow
 
 
 def test_smollm2_generates_and_every_output_is_kept_or_rejected_with_a_reason(fi_home):
     genericizer = Genericizer(
-        engine="transformers", model=SMOLLM2, device="cpu", batch_size=2, max_new_tokens=64
+        engine="transformers",
+        model=SMOLLM2,
+        home=str(fi_home),
+        device="cpu",
+        batch_size=2,
+        max_new_tokens=64,
     )
     queries = [
         {
@@ -31,17 +35,14 @@ def test_smollm2_generates_and_every_output_is_kept_or_rejected_with_a_reason(fi
         },
     ]
     seen = []
-    outputs = genericizer.genericize(
-        [q["query"] for q in queries], progress=lambda d, t: seen.append((d, t))
-    )
-    assert seen == [(2, 2)]
-    assert len(outputs) == 2
-    assert all(isinstance(o, (GenericizedQuery, ValueError)) for o in outputs)
-    # Greedy decoding: the same prompts give the same outputs.
-    assert [repr(o) for o in genericizer.genericize([q["query"] for q in queries])] == [
-        repr(o) for o in outputs
-    ]
-    kept, rejects = collect_templates(queries, outputs, "transformers", SMOLLM2)
+    texts = [q["query"] for q in queries]
+    calls = genericizer.genericize(texts, progress=lambda *counts: seen.append(counts))
+    assert seen == [(2, 2, 0)] and calls.made == 2 and calls.cached == 0
+    assert len(calls.outputs) == 2 and all(isinstance(o, str) for o in calls.outputs)
+    # The second time every output comes from the call cache: no generation at all.
+    again = Genericizer(engine="transformers", model=SMOLLM2, home=str(fi_home)).genericize(texts)
+    assert again.outputs == calls.outputs and again.made == 0 and again.cached == 2
+    kept, rejects = collect_templates(queries, calls.outputs, "transformers", SMOLLM2)
     assert len(kept) + len(rejects) == 2
     assert all(r["reason"] for r in rejects)
     assert (fi_home / "models" / "SmolLM2-135M-Instruct" / "config.json").exists()

@@ -1,0 +1,311 @@
+"""instantiated_pairs[d], judged_pairs[d] and continuations[d]: stages C and D, and the
+non-instructional baseline. Every model call goes through the call cache (fi_resources.roles), so
+a rerun pays only for calls it has never made."""
+
+import dagster as dg
+import polars as pl
+
+from fi_assets.partitions import doc_shards
+from fi_assets.reporting import (
+    call_metadata,
+    each_partition,
+    log_progress,
+    markdown_preview,
+    write_stage,
+)
+from fi_method import continuations as halving
+from fi_method.instantiator import document_window
+from fi_method.pairs import NOT_INSTANTIATED, collect_instantiations, collect_judgements, funnel
+from fi_method.text import content_hash
+from fi_resources.embedder import Embedder
+from fi_resources.roles import Continuer, Instantiator, Judge
+from fi_resources.storage import Storage
+
+PAIRS_SCHEMA = {
+    "pair_id": pl.String,
+    "doc_id": pl.String,
+    "chunk_id": pl.String,
+    "template_id": pl.String,
+    "query_id": pl.String,
+    "similarity": pl.Float64,
+    "instruction": pl.String,
+    "answer": pl.String,
+    "excerpt_ratio": pl.Float64,
+    "engine": pl.String,
+    "model": pl.String,
+}
+JUDGED_SCHEMA = {
+    "pair_id": pl.String,
+    "score": pl.Int64,
+    "feedback": pl.String,
+    "kept": pl.Boolean,
+    "engine": pl.String,
+    "model": pl.String,
+}
+CONTINUATIONS_SCHEMA = {
+    "continuation_id": pl.String,
+    "doc_id": pl.String,
+    "instruction": pl.String,
+    "answer": pl.String,
+    "variant": pl.String,
+    "engine": pl.String,
+    "model": pl.String,
+}
+
+
+def _caller(context: dg.AssetExecutionContext, shard: str) -> tuple[str, str]:
+    return context.run_id, shard
+
+
+@dg.asset(
+    partitions_def=doc_shards,
+    # Templates are read by id (a content hash: an id always names the same text), so they are
+    # not a dependency of their own: new or removed templates reach this asset via matched_pairs.
+    deps=["matched_pairs", "documents", "document_chunks"],
+    group_name="synthesis",
+    kinds={"polars", "parquet"},
+    code_version="1",
+    pool="gpu",
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    description="Stage C: the instantiator role (FI_INSTANTIATOR_ENGINE) fills each matched "
+    "template from its document and answers it from the document. <excerpt> markers are expanded "
+    "against the document; null outputs, unfilled slots, unresolvable excerpts and answers under "
+    "the minimum excerpt ratio (FI_MIN_EXCERPT_RATIO, 0.80) are in `rejects`.",
+)
+def instantiated_pairs(
+    context: dg.AssetExecutionContext,
+    storage: Storage,
+    instantiator: Instantiator,
+    embedder: Embedder,
+) -> dg.MaterializeResult:
+    return each_partition(
+        context, lambda shard: _instantiate_shard(context, shard, storage, instantiator, embedder)
+    )
+
+
+def _instantiate_shard(
+    context: dg.AssetExecutionContext,
+    shard: str,
+    storage: Storage,
+    instantiator: Instantiator,
+    embedder: Embedder,
+) -> dg.MaterializeResult:
+    matched = storage.read_table("matched_pairs", shard)
+    docs = storage.read_table("documents", shard).select("doc_id", "source", "text")
+    chunks = storage.read_table("document_chunks", shard).select("chunk_id", "text")
+    # Two query shards can yield the same template: the first query (by id) stands for it.
+    templates = (
+        storage.read_all("instruction_templates")
+        .select("template_id", "query_id", "template")
+        .sort("template_id", "query_id")
+        .unique("template_id", keep="first", maintain_order=True)
+    )
+    requests = (
+        matched.join(templates, on="template_id", how="left")
+        .join(chunks.rename({"text": "chunk"}), on="chunk_id", how="left")
+        .join(docs.rename({"text": "document"}), on="doc_id", how="left")
+        .to_dicts()
+    )
+    # Templates of a since removed query shard are gone: those matches wait for matched_pairs.
+    stale = [r for r in requests if r["template"] is None]
+    requests = [r for r in requests if r["template"] is not None]
+    for request in requests:
+        request["document"] = document_window(request["document"], request["chunk"])
+    text_of = dict(docs.select("doc_id", "text").iter_rows())
+    context.log.info(f"instantiating {len(requests)} matched pairs with {instantiator.label}")
+    calls = instantiator.instantiate(
+        requests,
+        embedder.embed,
+        embedder.model,
+        progress=log_progress(context, "instantiated"),
+        caller=_caller(context, shard),
+    )
+    kept, rejects, instantiated = collect_instantiations(
+        requests,
+        calls.outputs,
+        text_of,
+        instantiator.min_excerpt_ratio,
+        instantiator.engine,
+        instantiator.model_name,
+    )
+    rejects += [
+        {
+            "source": r["source"],
+            "item_id": f"{r['doc_id']}:{r['template_id']}",
+            "reason": "template_removed",
+            "detail": "its query shard was removed; matched_pairs is stale",
+        }
+        for r in stale
+    ]
+    frame = pl.DataFrame(kept, schema=PAIRS_SCHEMA)
+    return write_stage(
+        storage,
+        "instantiated_pairs",
+        shard,
+        frame,
+        rejects,
+        ["instruction", "answer", "excerpt_ratio"],
+        {
+            "engine": instantiator.engine,
+            "model": instantiator.model_name,
+            "matched": matched.height,
+            "instantiated": instantiated,
+            "grounded": frame.height,
+            "min_excerpt_ratio": instantiator.min_excerpt_ratio,
+            "mean_excerpt_ratio": round(float(frame["excerpt_ratio"].mean() or 0.0), 4),
+            **call_metadata(calls),
+        },
+    )
+
+
+@dg.asset(
+    partitions_def=doc_shards,
+    deps=["instantiated_pairs", "documents"],
+    group_name="synthesis",
+    kinds={"polars", "parquet"},
+    code_version="1",
+    pool="gpu",
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    description="Stage D: the judge role (FI_JUDGE_ENGINE; Flow Judge's prompt and 5-point rubric) "
+    "scores every grounded pair; `kept` = score >= FI_MIN_JUDGE_SCORE (4). The metadata holds the "
+    "funnel matched -> instantiated -> grounded -> judged -> kept.",
+)
+def judged_pairs(
+    context: dg.AssetExecutionContext, storage: Storage, judge: Judge
+) -> dg.MaterializeResult:
+    return each_partition(context, lambda shard: _judge_shard(context, shard, storage, judge))
+
+
+def _judge_shard(
+    context: dg.AssetExecutionContext, shard: str, storage: Storage, judge: Judge
+) -> dg.MaterializeResult:
+    pairs = storage.read_table("instantiated_pairs", shard)
+    docs = storage.read_table("documents", shard).select("doc_id", "source", "text")
+    rows = pairs.join(docs.select("doc_id", "source"), on="doc_id", how="left").to_dicts()
+    context.log.info(f"judging {len(rows)} pairs with {judge.label}")
+    calls = judge.judge(
+        rows,
+        dict(docs.select("doc_id", "text").iter_rows()),
+        progress=log_progress(context, "judged"),
+        caller=_caller(context, shard),
+    )
+    judged, rejects = collect_judgements(
+        rows, calls.outputs, judge.min_score, judge.engine, judge.model_name
+    )
+    frame = pl.DataFrame(judged, schema=JUDGED_SCHEMA)
+    scores = frame.group_by("score").len().sort("score")
+    counts = _funnel_counts(storage, shard, pairs.height, frame)
+    return write_stage(
+        storage,
+        "judged_pairs",
+        shard,
+        frame,
+        rejects,
+        ["pair_id", "score", "kept", "feedback"],
+        {
+            "engine": judge.engine,
+            "model": judge.model_name,
+            "min_score": judge.min_score,
+            "kept": int(frame["kept"].sum()),
+            "kept_share": round(float(frame["kept"].mean() or 0.0), 4),
+            "score_distribution": {str(k): v for k, v in scores.iter_rows()},
+            "funnel": dg.MetadataValue.md(
+                markdown_preview(
+                    pl.DataFrame(funnel(counts)),
+                    ["stage", "pairs", "of_matched", "of_previous"],
+                    rows=len(counts),
+                )
+            ),
+            **{f"funnel_{stage}": count for stage, count in counts.items()},
+            **call_metadata(calls),
+        },
+    )
+
+
+def _funnel_counts(storage: Storage, shard: str, grounded: int, judged: pl.DataFrame) -> dict:
+    matched = storage.read_table("matched_pairs", shard).height
+    never = storage.read_rejects("instantiated_pairs", shard).filter(
+        pl.col("reason").is_in(NOT_INSTANTIATED)
+    )
+    return {
+        "matched": matched,
+        "instantiated": matched - never.height,
+        "grounded": grounded,
+        "judged": judged.height,
+        "kept": int(judged["kept"].sum()),
+    }
+
+
+@dg.asset(
+    partitions_def=doc_shards,
+    deps=["documents"],
+    group_name="synthesis",
+    kinds={"polars", "parquet"},
+    code_version="1",
+    pool="gpu",
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    description="Non-instructional pairs (halving and completion): each document is cut at the "
+    "sentence boundary nearest its middle; the first half is the instruction, the answer is a "
+    "teacher's continuation (FI_CONTINUATION_ENGINE) or, with the rules engine, the document's own "
+    "second half (variant `teacher_free`).",
+)
+def continuations(
+    context: dg.AssetExecutionContext, storage: Storage, continuer: Continuer
+) -> dg.MaterializeResult:
+    return each_partition(
+        context, lambda shard: _continue_shard(context, shard, storage, continuer)
+    )
+
+
+def _continue_shard(
+    context: dg.AssetExecutionContext, shard: str, storage: Storage, continuer: Continuer
+) -> dg.MaterializeResult:
+    docs = storage.read_table("documents", shard).select("doc_id", "source", "line", "text")
+    halves = [
+        (doc_id, *halving.halve(text)) for doc_id, text in docs.select("doc_id", "text").iter_rows()
+    ]
+    metadata = {"engine": continuer.engine, "model": continuer.model_name}
+    if continuer.engine == "rules":
+        variant = halving.TEACHER_FREE
+        instructions = [first for _, first, _ in halves]
+        answers = [second for _, _, second in halves]
+    else:
+        variant = halving.TEACHER
+        instructions = [halving.teacher_prompt(first) for _, first, _ in halves]
+        calls = continuer.continue_texts(
+            instructions,
+            progress=log_progress(context, "continued"),
+            caller=_caller(context, shard),
+        )
+        answers = [text.strip() for text in calls.outputs]
+        metadata |= call_metadata(calls)
+    rows, rejects = [], []
+    origins = docs.select("doc_id", "source", "line").rows()
+    for (doc_id, source, line), instruction, answer in zip(
+        origins, instructions, answers, strict=True
+    ):
+        if not instruction or not answer:
+            reason = "no_boundary" if not instruction else "empty_continuation"
+            rejects.append({"source": source, "line": line, "item_id": doc_id, "reason": reason})
+            continue
+        rows.append(
+            {
+                "continuation_id": content_hash(doc_id, variant, instruction, answer),
+                "doc_id": doc_id,
+                "instruction": instruction,
+                "answer": answer,
+                "variant": variant,
+                "engine": continuer.engine,
+                "model": continuer.model_name,
+            }
+        )
+    frame = pl.DataFrame(rows, schema=CONTINUATIONS_SCHEMA)
+    return write_stage(
+        storage,
+        "continuations",
+        shard,
+        frame,
+        rejects,
+        ["variant", "instruction", "answer"],
+        {"variant": variant, "documents": docs.height, **metadata},
+    )

@@ -1,0 +1,58 @@
+"""What every LLM role shares: reading a JSON object out of free-form model output, the error a
+parser raises, and telling a released fine-tune (which expects its bare training prompt) from a
+general instruction-tuned model (which needs instructions and examples)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Literal
+
+PromptStyle = Literal["bare", "instructed"]
+
+
+class OutputParseError(ValueError):
+    """A model output that holds nothing usable; `reason` is a short code kept in `rejects`."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# strict=False lets strings hold raw newlines, which models often emit inside long values.
+_JSON_DECODER = json.JSONDecoder(strict=False)
+
+
+def first_json_object(text: str) -> dict:
+    """The first `{` at which a whole JSON object decodes; whatever surrounds it (chatter, code
+    fences, a cut-off tail) is ignored. Raises OutputParseError "no_json" or "invalid_json"."""
+    opening = [match.start() for match in re.finditer(r"\{", text)]
+    for start in opening:
+        try:
+            value, _ = _JSON_DECODER.raw_decode(text, start)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            return value
+    if opening:
+        raise OutputParseError("invalid_json", f"no complete JSON object in: {text[:200]!r}")
+    raise OutputParseError("no_json", f"no JSON object in: {text[:200]!r}")
+
+
+def string_field(found: dict, *names: str) -> str:
+    """The first of `names` present in `found`, which must be a string (whitespace stripped)."""
+    for name in names:
+        if name in found:
+            if not isinstance(found[name], str):
+                raise OutputParseError(
+                    "not_a_string", f"{name!r} is a {type(found[name]).__name__}"
+                )
+            return found[name].strip()
+    raise OutputParseError("missing_field", f"no {names[0]!r} in {sorted(found)}")
+
+
+def prompt_style_for(model: str, released: str) -> PromptStyle:
+    """ "bare" when `model` is the `released` fine-tune (its HF id, or a local path whose last
+    component is the released name, any case), else "instructed"."""
+    last_component = model.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+    return "bare" if last_component.lower() == released.rsplit("/", 1)[-1].lower() else "instructed"

@@ -1,0 +1,215 @@
+"""The model-call cache: every role call (genericizer, instantiator, judge, continuation) is stored
+under a hash of what determines its output, so no call is ever paid twice.
+
+One SQLite file, FI_HOME/model_calls.sqlite, in WAL mode: each batch of calls is committed as soon
+as it is answered, so a crash loses at most the batch in flight and a rerun resumes from the calls
+already made; concurrent partitions (processes) append to it safely, SQLite serialising writers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+
+CACHE_FILE = "model_calls.sqlite"
+# Writers from parallel partitions wait for each other's short transactions rather than fail.
+BUSY_TIMEOUT_S = 120
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS model_calls (
+    cache_key TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    engine TEXT NOT NULL,
+    model TEXT NOT NULL,
+    prompt_version TEXT NOT NULL,
+    params TEXT NOT NULL,
+    output TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    run_id TEXT,
+    partition TEXT,
+    created_at TEXT NOT NULL
+)
+"""
+VIEW_COLUMNS = {
+    "cache_key": pl.String,
+    "role": pl.String,
+    "engine": pl.String,
+    "model": pl.String,
+    "prompt_version": pl.String,
+    "params": pl.String,
+    "output": pl.String,
+    "seconds": pl.Float64,
+    "run_id": pl.String,
+    "partition": pl.String,
+    "created_at": pl.String,
+}
+
+
+@dataclass(frozen=True)
+class CallSpec:
+    """What, besides the input, determines a call's output."""
+
+    role: str
+    engine: str
+    model: str
+    prompt_version: str
+    params: dict
+
+    def key(self, call_input) -> str:
+        """The cache key of one call: a SHA-256 over the spec and the input (any JSON value)."""
+        canonical = json.dumps(
+            [self.role, self.engine, self.model, self.prompt_version, self.params, call_input],
+            sort_keys=True,
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class CallResult:
+    outputs: list[str]
+    made: int
+    cached: int
+    seconds: float
+
+
+class ModelCallCache:
+    """Cached role calls in one SQLite file."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute(_SCHEMA)
+        return connection
+
+    def lookup(self, keys: Sequence[str]) -> dict[str, str]:
+        """The stored outputs of those `keys` that are cached."""
+        found: dict[str, str] = {}
+        if not self.path.exists():
+            return found
+        connection = self._connect()
+        try:
+            unique = list(dict.fromkeys(keys))
+            # SQLite binds at most 32766 parameters per statement.
+            for start in range(0, len(unique), 10_000):
+                part = unique[start : start + 10_000]
+                marks = ",".join("?" * len(part))
+                found.update(
+                    connection.execute(
+                        f"SELECT cache_key, output FROM model_calls WHERE cache_key IN ({marks})",
+                        part,
+                    ).fetchall()
+                )
+        finally:
+            connection.close()
+        return found
+
+    def store(
+        self,
+        spec: CallSpec,
+        keyed_outputs: Sequence[tuple[str, str]],
+        seconds: float,
+        run_id: str | None,
+        partition: str | None,
+    ) -> None:
+        """Commit one answered batch; `seconds` is the batch's time, shared among its calls."""
+        if not keyed_outputs:
+            return
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        each = seconds / len(keyed_outputs)
+        params = json.dumps(spec.params, sort_keys=True)
+        connection = self._connect()
+        try:
+            with connection:
+                connection.executemany(
+                    "INSERT OR IGNORE INTO model_calls VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    [
+                        (
+                            key,
+                            spec.role,
+                            spec.engine,
+                            spec.model,
+                            spec.prompt_version,
+                            params,
+                            output,
+                            each,
+                            run_id,
+                            partition,
+                            now,
+                        )
+                        for key, output in keyed_outputs
+                    ],
+                )
+        finally:
+            connection.close()
+
+    def call(
+        self,
+        spec: CallSpec,
+        inputs: Sequence,
+        compute: Callable[[list], list[str]],
+        batch_size: int,
+        progress: Callable[[int, int, int], None] | None = None,
+        run_id: str | None = None,
+        partition: str | None = None,
+    ) -> CallResult:
+        """The output of every input, from the cache where it is there, else from `compute`
+        (called on batches of at most `batch_size` inputs, each batch committed as it returns).
+        Equal inputs are computed once. `progress(done, total, cached)` follows each batch."""
+        started = time.perf_counter()
+        keys = [spec.key(item) for item in inputs]
+        outputs = self.lookup(keys)
+        cached = sum(key in outputs for key in keys)
+        pending: dict[str, object] = {}
+        for key, item in zip(keys, inputs, strict=True):
+            if key not in outputs and key not in pending:
+                pending[key] = item
+        pending_keys = list(pending)
+        done = len(keys) - len(pending_keys)
+        for start in range(0, len(pending_keys), batch_size):
+            batch_keys = pending_keys[start : start + batch_size]
+            batch_started = time.perf_counter()
+            answers = compute([pending[key] for key in batch_keys])
+            if len(answers) != len(batch_keys):
+                raise RuntimeError(
+                    f"{spec.role}: {len(answers)} outputs for {len(batch_keys)} calls"
+                )
+            batch = list(zip(batch_keys, answers, strict=True))
+            self.store(spec, batch, time.perf_counter() - batch_started, run_id, partition)
+            outputs.update(batch)
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(keys), cached)
+        return CallResult(
+            [outputs[key] for key in keys],
+            made=len(pending_keys),
+            cached=cached,
+            seconds=time.perf_counter() - started,
+        )
+
+    def frame(self) -> pl.DataFrame:
+        """Every cached call, for the `model_calls` view of `fi sql`."""
+        if not self.path.exists():
+            return pl.DataFrame(schema=VIEW_COLUMNS)
+        connection = self._connect()
+        try:
+            rows = connection.execute(
+                f"SELECT {', '.join(VIEW_COLUMNS)} FROM model_calls ORDER BY created_at"
+            ).fetchall()
+        finally:
+            connection.close()
+        return pl.DataFrame(rows, schema=VIEW_COLUMNS, orient="row")
