@@ -126,10 +126,12 @@ def materialize(
 
     from fi_assets.definitions import build_definitions
     from fi_assets.planning import plan_runs
-    from fi_resources.instance import open_instance
+    from fi_resources.instance import open_instance, process_tag, release_dead_runs
 
     settings = _settings()
     instance = open_instance(settings.home)
+    for run_id in release_dead_runs(instance):
+        typer.echo(f"run {run_id} was interrupted (its process is gone): marked failed")
     defs = build_definitions(settings)
     try:
         runs = plan_runs(defs, instance, assets or None)
@@ -150,6 +152,7 @@ def materialize(
             selection=run.asset_keys,
             partition_key=run.partition_key,
             run_config=RUN_CONFIG,
+            tags=process_tag(),
             instance=instance,
             resources=defs.resources,
             raise_on_error=False,
@@ -185,6 +188,24 @@ def sql(
 
 
 @app.command()
+def lineage(
+    pair_id: Annotated[str, typer.Argument(help="a pair_id, or an unambiguous start of one")],
+) -> None:
+    """Print a pair, its judge score, its template, the user query and query shard it came from,
+    and the document chunk it answers from with the copied spans marked, with the engine and
+    model behind each step."""
+    from fi_assets.lineage import LineageError, find_lineage, render_lineage
+    from fi_resources.storage import Storage
+
+    try:
+        record = find_lineage(Storage(home=str(_settings().home)), pair_id)
+    except LineageError as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(1) from error
+    typer.echo(render_lineage(record))
+
+
+@app.command()
 def demo(
     full: Annotated[
         bool, typer.Option("--full", help="all 285 IFBench queries and 105 articles")
@@ -193,6 +214,7 @@ def demo(
     """Ingest the bundled sample (real WildChat queries, real Wikipedia articles) and materialize
     everything."""
     from fi_method.samples import write_sample
+    from fi_resources.storage import Storage
 
     settings = _settings()
     started = time.perf_counter()
@@ -201,11 +223,26 @@ def demo(
     _ingest("documents", str(documents_file), None)
     materialize(None)
     fi = _command_name()
+    summary = (
+        Storage(home=str(settings.home))
+        .connect()
+        .execute(
+            "select (select count(*) from judged_pairs), "
+            "(select count(*) from judged_pairs where kept), "
+            "(select count(*) from continuations), "
+            "(select pair_id from judged_pairs where kept order by score desc, pair_id limit 1)"
+        )
+        .fetchone()
+    )
+    judged, kept, continued, example = summary
     typer.echo(
         f"\ndemo done in {time.perf_counter() - started:.0f}s. Data root: {settings.home}\n"
+        f"{judged} pairs judged, {kept} kept; {continued} non-instructional continuations.\n"
         f'  {fi} sql "select n_tags, count(*) from instruction_templates group by 1 order by 1"\n'
         f'  {fi} sql "select stage, reason, count(*) from rejects group by all order by 3 desc"\n'
-        f"  {fi} ui    (then open http://127.0.0.1:3000, Catalog)"
+        f'  {fi} sql "select score, count(*) from judged_pairs group by 1 order by 1"\n'
+        + (f"  {fi} lineage {example}\n" if example else "")
+        + f"  {fi} ui    (then open http://127.0.0.1:3000, Catalog)"
     )
 
 

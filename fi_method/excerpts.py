@@ -87,3 +87,29 @@ def excerpt_ratio(answer: str, document: str, min_words: int = MIN_EXCERPT_WORDS
         if tuple(w for _, _, w in answer_words[i : i + min_words]) in grams:
             covered[i : i + min_words] = [True] * min_words
     return sum(end - start for (start, end, _), hit in zip(answer_words, covered) if hit) / total
+
+
+def excerpt_spans(
+    answer: str, text: str, min_words: int = MIN_EXCERPT_WORDS
+) -> list[tuple[int, int]]:
+    """(start, end) character spans of `text` that the answer copies: merged runs of text words
+    covered by a `min_words`-word sequence that also appears, in order, in the answer. For showing
+    where an answer comes from (`fi lineage`)."""
+    text_words = list(_WORD.finditer(text))
+    answer_words = answer.split()
+    grams = {
+        tuple(answer_words[i : i + min_words]) for i in range(len(answer_words) - min_words + 1)
+    }
+    covered = [False] * len(text_words)
+    for i in range(len(text_words) - min_words + 1):
+        if tuple(m.group() for m in text_words[i : i + min_words]) in grams:
+            covered[i : i + min_words] = [True] * min_words
+    spans: list[tuple[int, int]] = []
+    for word, hit in zip(text_words, covered, strict=True):
+        if not hit:
+            continue
+        if spans and not text[spans[-1][1] : word.start()].strip():
+            spans[-1] = (spans[-1][0], word.end())
+        else:
+            spans.append((word.start(), word.end()))
+    return spans

@@ -6,6 +6,7 @@ and the grounding checks every pair passes; the offline engine is fi_method.rule
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 from fi_method.excerpts import (
@@ -86,7 +87,12 @@ def build_messages(template: str, document: str, prompt_style: PromptStyle) -> l
         raise ValueError(f"unknown prompt style {prompt_style!r}: use 'bare' or 'instructed'")
     return [
         {"role": "system", "content": _INSTRUCTED_SYSTEM},
-        {"role": "user", "content": _input_json(**_EXAMPLE_INPUT)},
+        {
+            "role": "user",
+            "content": _input_json(
+                _EXAMPLE_INPUT["instruction_template"], _EXAMPLE_INPUT["document"]
+            ),
+        },
         {"role": "assistant", "content": json.dumps(_EXAMPLE_OUTPUT, ensure_ascii=False)},
         user,
     ]
@@ -98,27 +104,35 @@ def prompt_style_for(model: str) -> PromptStyle:
     return style_for(model, RELEASED_INSTANTIATOR)
 
 
+# Where a window may start or end, best first: a paragraph break, then a sentence end.
+_WINDOW_BREAKS = ("\n\n", ".\n", ". ")
+
+
 def document_window(document: str, chunk: str, max_chars: int = MAX_DOCUMENT_CHARS) -> str:
     """The document as the instantiator sees it: whole when it fits in `max_chars`, else the
     `max_chars` around the matched chunk (the paper finds the answer where the chunk matched),
     cut at paragraph or sentence breaks where there are some."""
     if len(document) <= max_chars:
         return document
+    # A chunk is verbatim text of its document unless chunking re-joined sentences that had a
+    # single line break between them: then its first line still is.
     at = document.find(chunk)
+    if at < 0:
+        at = document.find(chunk.split("\n", 1)[0][:200])
     centre = at + len(chunk) // 2 if at >= 0 else len(document) // 2
     start = max(0, min(centre - max_chars // 2, len(document) - max_chars))
     end = start + max_chars
     if start > 0:
-        for separator in ("\n\n", ". "):
+        for separator in _WINDOW_BREAKS:
             cut = document.find(separator, start, start + max_chars // 4)
             if cut >= 0:
                 start = cut + len(separator)
                 break
     if end < len(document):
-        for separator in ("\n\n", ". "):
+        for separator in _WINDOW_BREAKS:
             cut = document.rfind(separator, end - max_chars // 4, end)
             if cut >= 0:
-                end = cut + (1 if separator == ". " else 0)
+                end = cut + (0 if separator == "\n\n" else 1)
                 break
     return document[start:end].strip()
 
@@ -127,12 +141,14 @@ def document_window(document: str, chunk: str, max_chars: int = MAX_DOCUMENT_CHA
 # Output parser
 
 
+_NULL = re.compile(r"\bnull\b", re.IGNORECASE)
+
+
 def parse_output(text: str) -> Instantiation | None:
-    """Read an instantiator output: `null` (the template does not fit: returns None), or the
-    first JSON object, with string fields `instruction` and `answer`. Raises
+    """Read an instantiator output: `null`, alone or after some words, and no JSON object (the
+    template does not fit: returns None), or the first JSON object, with string fields `instruction` and `answer`. Raises
     fi_method.llm_output.OutputParseError otherwise."""
-    stripped = text.strip().removeprefix("```json").removeprefix("```").strip()
-    if stripped.startswith("null") and "{" not in stripped:
+    if "{" not in text and _NULL.search(text):
         return None
     found = first_json_object(text)
     return Instantiation(

@@ -93,7 +93,8 @@ def build_messages(instruction: str, answer: str) -> list[dict]:
 
 
 _FEEDBACK = re.compile(r"<feedback>(.*?)(?:</feedback>|<score>|$)", re.DOTALL)
-_SCORE = re.compile(r"<score>\s*(\d+)(?:\s*/\s*5)?\s*(?:</score>|$)")
+# An integer right after <score>; a closing tag is optional (outputs get cut off), a decimal is not.
+_SCORE = re.compile(r"<score>\s*(\d+)(?![.,]?\d)")
 
 
 def parse_output(text: str) -> Judgement:

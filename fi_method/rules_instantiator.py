@@ -100,13 +100,13 @@ def _as_excerpt(passage: str) -> str:
 
 def rules_instantiate(template: str, chunk: str, embed: Embed) -> str:
     """The instantiator output for `template` and the matched `chunk` of a document: JSON
-    `{"instruction", "answer"}`, or `null` when the chunk offers fewer fillers than the template
-    has distinct slots or no passage long enough to answer. `embed` maps texts to unit vectors.
+    `{"instruction", "answer"}`, or `null` when the template has no slot, the chunk offers fewer
+    fillers than the template has distinct slots, or no passage long enough to answer. `embed` maps texts to unit vectors.
     Deterministic."""
     descriptions = list(dict.fromkeys(slot_descriptions(template)))
     fillers = slot_fillers(chunk)
     windows = _windows(chunk)
-    if len(fillers) < len(descriptions) or not windows:
+    if not descriptions or len(fillers) < len(descriptions) or not windows:
         return "null"
     value_of = _assign(descriptions, fillers, embed)
     instruction = fill_slots(template, value_of)

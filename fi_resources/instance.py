@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 import yaml
@@ -36,3 +38,45 @@ def prepare_dagster_home(home: Path) -> Path:
 def open_instance(home: Path) -> DagsterInstance:
     """The persistent Dagster instance whose runs the UI shows for this data root."""
     return DagsterInstance.from_config(str(prepare_dagster_home(home)))
+
+
+# Runs started by `fi materialize` carry the host and process that execute them, so that a later
+# `fi materialize` can tell a run whose process was killed from one still going.
+PROCESS_TAG = "fi/process"
+
+
+def process_tag() -> dict[str, str]:
+    """The tag naming this process, for the runs it executes in-process."""
+    return {PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}"}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def release_dead_runs(instance: DagsterInstance) -> list[str]:
+    """Mark as failed the runs of `fi materialize` on this host whose process is gone (killed,
+    out of memory, machine restarted), and free the `gpu` pool slots they held: otherwise the
+    next run waiting for that pool would wait forever. Returns their run ids."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    host = socket.gethostname()
+    released = []
+    running = instance.get_runs(
+        filters=RunsFilter(statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED])
+    )
+    for run in running:
+        owner = run.tags.get(PROCESS_TAG, "")
+        run_host, _, pid = owner.rpartition(":")
+        if run_host != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        instance.report_run_failed(run, message=f"its process ({owner}) is gone")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        released.append(run.run_id)
+    return released

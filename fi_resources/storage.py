@@ -151,17 +151,24 @@ class Storage(ConfigurableResource):
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB with one view per table (named after the asset) over all its
-        partitions, plus `rejects` over every stage's rejects and `model_calls` over the call
+        partitions, with a `shard` column naming each row's partition, plus `rejects` over every stage's rejects and `model_calls` over the call
         cache."""
         connection = duckdb.connect()
         if self.model_calls_path.exists():
             calls = ModelCallCache(self.model_calls_path).frame().to_arrow()
             connection.register("model_calls", calls)
         for table in self.table_names():
-            pattern = "*/*.parquet" if table == REJECTS else "*.parquet"
-            files = (self.tables_dir / table / pattern).as_posix().replace("'", "''")
+            if table == REJECTS:
+                files = (self.tables_dir / table / "*/*.parquet").as_posix().replace("'", "''")
+                source = f"read_parquet('{files}', union_by_name = true)"
+                connection.execute(f'CREATE VIEW "{table}" AS SELECT * FROM {source}')
+                continue
+            # Every table view gets a `shard` column: the partition its row was written by.
+            files = (self.tables_dir / table / "*.parquet").as_posix().replace("'", "''")
+            source = f"read_parquet('{files}', union_by_name = true, filename = true)"
             connection.execute(
-                f"CREATE VIEW \"{table}\" AS SELECT * FROM read_parquet('{files}', union_by_name = true)"
+                f'CREATE VIEW "{table}" AS SELECT * EXCLUDE (filename), '
+                f"regexp_extract(filename, '([^/]+)[.]parquet$', 1) AS shard FROM {source}"
             )
         return connection
 

@@ -1,0 +1,417 @@
+"""Stage C, the instantiator: its prompt, its parser on noisy model outputs, the document window,
+the grounding checks, the offline `rules` engine with the real MiniLM embedder, and the
+collection of outputs into kept pairs and rejects."""
+
+import json
+import re
+
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from fi_method.excerpts import ExcerptError
+from fi_method.instantiator import (
+    RELEASED_INSTANTIATOR,
+    GroundingError,
+    Instantiation,
+    build_messages,
+    document_window,
+    ground,
+    parse_output,
+    prompt_style_for,
+)
+from fi_method.llm_output import OutputParseError
+from fi_method.pairs import collect_instantiations
+from fi_method.rules_instantiator import REQUEST_LEAD, rules_instantiate
+from fi_method.templates import FI_CLOSE, FI_OPEN, slot_descriptions
+from fi_method.text import content_hash
+from fi_resources.models import MINILM, sentence_transformer_source
+
+TEMPLATE = "When was <fi>a bridge</fi> in <fi>a city</fi> opened?"
+DOCUMENT = (
+    "The Tower Bridge is a bridge in London. Construction started in 1886 and took eight years. "
+    "The bridge was opened on 30 June 1894 by the Prince of Wales. It crosses the River Thames "
+    "close to the Tower of London."
+)
+INSTRUCTION = "When was the Tower Bridge in London opened?"
+ANSWER = "<excerpt>The bridge was opened<...>the Prince of Wales.</excerpt>"
+OUTPUT = json.dumps({"instruction": INSTRUCTION, "answer": ANSWER})
+
+
+# --- prompt ---------------------------------------------------------------------------------
+
+
+def test_bare_prompt_is_one_user_message_holding_template_and_document_as_json():
+    messages = build_messages(TEMPLATE, DOCUMENT, "bare")
+    assert len(messages) == 1
+    assert messages[0]["role"] == "user"
+    assert json.loads(messages[0]["content"]) == {
+        "instruction_template": TEMPLATE,
+        "document": DOCUMENT,
+    }
+
+
+def test_instructed_prompt_has_a_system_message_a_worked_example_and_ends_with_the_input():
+    messages = build_messages(TEMPLATE, DOCUMENT, "instructed")
+    assert [message["role"] for message in messages] == ["system", "user", "assistant", "user"]
+    for needle in (FI_OPEN, "<excerpt>", "null", '"instruction"', '"answer"'):
+        assert needle in messages[0]["content"]
+    assert messages[-1] == build_messages(TEMPLATE, DOCUMENT, "bare")[0]
+
+
+def test_instructed_worked_example_is_itself_a_grounded_answer():
+    _, example_input, example_output, _ = build_messages(TEMPLATE, DOCUMENT, "instructed")
+    example = json.loads(example_input["content"])
+    parsed = parse_output(example_output["content"])
+    assert FI_OPEN not in parsed.instruction
+    answer, ratio = ground(parsed, example["document"])
+    assert "<excerpt>" not in answer
+    assert ratio >= 0.8
+
+
+def test_unknown_prompt_style_is_refused():
+    with pytest.raises(ValueError):
+        build_messages(TEMPLATE, DOCUMENT, "chatty")
+
+
+@pytest.mark.parametrize(
+    ("model", "style"),
+    [
+        (RELEASED_INSTANTIATOR, "bare"),
+        ("/models/fineinstructions/template_instantiator", "bare"),
+        ("checkpoints\\Template_Instantiator\\", "bare"),
+        ("HuggingFaceTB/SmolLM2-135M-Instruct", "instructed"),
+        ("someone/template_instantiator_v2", "instructed"),
+    ],
+)
+def test_prompt_style_follows_the_model(model, style):
+    assert prompt_style_for(model) == style
+
+
+# --- output parser --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        OUTPUT,
+        f"```json\n{OUTPUT}\n```",
+        f"Sure, here is the instantiation:\n```json\n{OUTPUT}\n```\nHope this helps!",
+        f"{OUTPUT}\n\nNote: {{the answer is",
+        json.dumps({"instantiated_instruction": INSTRUCTION, "response": ANSWER}),
+        json.dumps({"instruction": f"  {INSTRUCTION}\n", "answer": f" {ANSWER} "}),
+    ],
+)
+def test_parser_finds_the_pair_in_noisy_output(text):
+    assert parse_output(text) == Instantiation(INSTRUCTION, ANSWER)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "null",
+        "  null\n",
+        "Null",
+        "```json\nnull\n```",
+        "null\n\nThe document is about something else.",
+        "The template does not fit this document.\nnull",
+    ],
+)
+def test_null_means_the_template_does_not_fit(text):
+    assert parse_output(text) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("I cannot fill this template from the document.", "no_json"),
+        ("nullify", "no_json"),
+        ("", "no_json"),
+        (
+            '{"instruction": "When was the Tower Bridge opened?", "answer": "<excerpt>The',
+            "invalid_json",
+        ),
+        ("```json\n{instruction: 'x', answer: 'y'}\n```", "invalid_json"),
+        (json.dumps({"instruction": INSTRUCTION}), "missing_field"),
+        (json.dumps({"answer": ANSWER}), "missing_field"),
+        (json.dumps({"question": INSTRUCTION, "reply": ANSWER}), "missing_field"),
+        (json.dumps({"instruction": 7, "answer": ANSWER}), "not_a_string"),
+        (json.dumps({"instruction": INSTRUCTION, "answer": None}), "not_a_string"),
+        (json.dumps({"instruction": INSTRUCTION, "answer": [ANSWER]}), "not_a_string"),
+    ],
+)
+def test_parser_failures_carry_a_reason(text, reason):
+    with pytest.raises(OutputParseError) as caught:
+        parse_output(text)
+    assert caught.value.reason == reason
+
+
+# --- document window ------------------------------------------------------------------------
+
+LONG_DOCUMENT = " ".join(
+    f"Sentence {i} of the long report describes item {i} in some detail." for i in range(300)
+)
+LONG_DOCUMENT_IN_PARAGRAPHS = "\n\n".join(
+    " ".join(f"Sentence {i} of the report describes item {i}." for i in range(start, start + 4))
+    for start in range(0, 300, 4)
+)
+
+
+def test_a_short_document_is_seen_whole():
+    assert document_window(DOCUMENT, "The bridge was opened", max_chars=1_000) == DOCUMENT
+    assert document_window(DOCUMENT, "not in the document") == DOCUMENT
+
+
+@pytest.mark.parametrize("document", [LONG_DOCUMENT, LONG_DOCUMENT_IN_PARAGRAPHS])
+@pytest.mark.parametrize("item", [0, 3, 150, 297, 299])
+def test_a_long_document_is_cut_around_the_chunk(document, item):
+    chunk = f"Sentence {item} of the"
+    assert document.count(chunk) == 1
+    window = document_window(document, chunk, max_chars=1_500)
+    assert len(window) <= 1_500
+    assert chunk in window
+    assert window in document
+    # Cut at sentence or paragraph breaks: it starts with a sentence and ends with one.
+    assert window.startswith("Sentence ")
+    assert window.endswith(".")
+
+
+def test_a_chunk_not_in_the_document_still_gets_a_window_of_max_chars():
+    window = document_window(LONG_DOCUMENT, "a chunk from elsewhere", max_chars=1_500)
+    assert 1_000 < len(window) <= 1_500
+    assert window in LONG_DOCUMENT
+
+
+# --- grounding ------------------------------------------------------------------------------
+
+
+def test_grounding_expands_excerpts_against_the_document():
+    answer, ratio = ground(Instantiation(INSTRUCTION, ANSWER), DOCUMENT)
+    assert answer == "The bridge was opened on 30 June 1894 by the Prince of Wales."
+    assert ratio == 1.0
+
+
+def test_grounding_keeps_a_little_text_around_the_excerpts():
+    instantiation = Instantiation(INSTRUCTION, f"In short: {ANSWER}")
+    answer, ratio = ground(instantiation, DOCUMENT)
+    assert answer.startswith("In short: The bridge was opened on 30 June 1894")
+    assert 0.8 <= ratio < 1.0
+    with pytest.raises(GroundingError) as caught:
+        ground(instantiation, DOCUMENT, min_ratio=0.95)
+    assert caught.value.reason == "low_excerpt_ratio"
+
+
+INVENTED_ANSWER = (
+    "It opened a long time ago, I believe, after many years of careful work by a large team of "
+    "engineers and builders from all over the country."
+)
+
+
+@pytest.mark.parametrize(
+    ("instruction", "answer", "reason"),
+    [
+        ("When was <fi>a bridge</fi> in London opened?", ANSWER, "unfilled_slot"),
+        ("When was the bridge in </fi> opened?", ANSWER, "unfilled_slot"),
+        ("", ANSWER, "empty_instruction"),
+        (INSTRUCTION, "   ", "empty_answer"),
+        (
+            INSTRUCTION,
+            INVENTED_ANSWER,
+            "low_excerpt_ratio",
+        ),
+    ],
+)
+def test_ungrounded_pairs_are_rejected_with_a_reason(instruction, answer, reason):
+    with pytest.raises(GroundingError) as caught:
+        ground(Instantiation(instruction, answer), DOCUMENT)
+    assert caught.value.reason == reason
+
+
+def test_an_excerpt_missing_from_the_document_is_rejected():
+    answer = "<excerpt>The bridge was closed<...>the Prince of Wales.</excerpt>"
+    with pytest.raises(ExcerptError) as caught:
+        ground(Instantiation(INSTRUCTION, answer), DOCUMENT)
+    assert caught.value.reason == "excerpt_not_found"
+
+
+def test_an_excerpt_matching_two_spans_is_rejected():
+    document = (
+        "The ferry was opened in 1894 for the workers. Years later, the ferry was opened again "
+        "to tourists in 1910."
+    )
+    answer = "<excerpt>ferry was opened<...>in 1910.</excerpt>"
+    with pytest.raises(ExcerptError) as caught:
+        ground(Instantiation("When did the ferry open?", answer), document)
+    assert caught.value.reason == "excerpt_ambiguous"
+
+
+# --- rules engine with the real MiniLM embedder ---------------------------------------------
+
+CHUNK = (
+    "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. "
+    "It is named after the engineer Gustave Eiffel, whose company designed and built the tower "
+    "from 1887 to 1889. Locally nicknamed the Iron Lady, it was constructed as the centrepiece of "
+    "the 1889 World's Fair. Although initially criticised by some of France's leading artists and "
+    "intellectuals for its design, it has since become a global cultural icon of France. "
+    "The tower is 330 metres tall, about the same height as an 81-storey building, and was the "
+    "tallest man-made structure in the world until the Chrysler Building in New York City was "
+    "finished in 1930."
+)
+RULES_TEMPLATES = [
+    "Who designed <fi>a landmark</fi> in <fi>a city</fi>?",
+    "When was <fi>a building</fi> built?",
+    "What is <fi>a person</fi> known for?",
+    "Write a short history of <fi>a monument</fi>.",
+    "Compare <fi>a city</fi> with <fi>another city</fi>.",
+]
+
+
+REPEATED_SLOT = "Compare <fi>a city</fi> with <fi>a city</fi>."
+
+
+@pytest.fixture(scope="module")
+def embed():
+    model = SentenceTransformer(sentence_transformer_source(MINILM))
+    return lambda texts: model.encode(texts, normalize_embeddings=True)
+
+
+@pytest.fixture(scope="module")
+def rules_output(embed):
+    """The rules engine's output for each template on CHUNK, computed once (CPU embedding)."""
+    return {
+        template: rules_instantiate(template, CHUNK, embed)
+        for template in [*RULES_TEMPLATES, REPEATED_SLOT]
+    }
+
+
+def filled_values(template: str, instruction: str) -> list[str]:
+    """The value standing in each slot of `template` in `instruction`, in order."""
+    pattern = "".join(
+        "(.+?)" if piece.startswith(FI_OPEN) else re.escape(piece)
+        for piece in re.split(rf"({re.escape(FI_OPEN)}.*?{re.escape(FI_CLOSE)})", template)
+    )
+    found = re.fullmatch(pattern, instruction)
+    assert found is not None, f"{instruction!r} does not follow {template!r}"
+    return list(found.groups())
+
+
+def test_the_chunk_is_a_realistic_paragraph():
+    assert 60 <= len(CHUNK.split()) <= 150
+
+
+@pytest.mark.parametrize("template", RULES_TEMPLATES)
+def test_rules_output_fills_every_slot_from_the_chunk(rules_output, template):
+    parsed = parse_output(rules_output[template])
+    assert parsed is not None
+    assert FI_OPEN not in parsed.instruction and FI_CLOSE not in parsed.instruction
+    values = filled_values(template, parsed.instruction)
+    assert len(values) == len(slot_descriptions(template))
+    for value in values:
+        assert value and value in CHUNK
+
+
+@pytest.mark.parametrize("template", RULES_TEMPLATES)
+def test_rules_answer_is_grounded_in_the_chunk(rules_output, template):
+    answer, ratio = ground(parse_output(rules_output[template]), CHUNK)
+    assert ratio >= 0.8
+    assert "<excerpt>" not in answer
+    assert 25 <= len(answer.split()) <= 180
+
+
+def test_a_repeated_slot_description_gets_one_value(rules_output):
+    instruction = parse_output(rules_output[REPEATED_SLOT]).instruction
+    first, second = filled_values(REPEATED_SLOT, instruction)
+    assert first == second
+
+
+def test_different_slot_descriptions_get_different_values(rules_output):
+    template = "Compare <fi>a city</fi> with <fi>another city</fi>."
+    first, second = filled_values(template, parse_output(rules_output[template]).instruction)
+    assert first != second
+
+
+def test_a_request_is_answered_with_a_lead_and_a_question_without(rules_output):
+    request = parse_output(rules_output["Write a short history of <fi>a monument</fi>."])
+    question = parse_output(rules_output["When was <fi>a building</fi> built?"])
+    assert request.answer.startswith(REQUEST_LEAD)
+    assert not question.answer.startswith(REQUEST_LEAD)
+
+
+@pytest.mark.parametrize(
+    "chunk", ["Gustave Eiffel was an engineer.", "The tower in Paris is tall."]
+)
+def test_a_chunk_too_short_to_answer_gives_null(embed, chunk):
+    output = rules_instantiate("Who designed <fi>a landmark</fi>?", chunk, embed)
+    assert output == "null"
+    assert parse_output(output) is None
+
+
+@pytest.mark.parametrize("template", [RULES_TEMPLATES[0], REPEATED_SLOT])
+def test_rules_output_is_deterministic(embed, rules_output, template):
+    assert rules_instantiate(template, CHUNK, embed) == rules_output[template]
+
+
+# --- collecting outputs into pairs ----------------------------------------------------------
+
+
+def request(chunk_id: str, template_id: str = "t1", doc_id: str = "d1") -> dict:
+    return {
+        "doc_id": doc_id,
+        "chunk_id": chunk_id,
+        "template_id": template_id,
+        "query_id": f"q-{template_id}",
+        "similarity": 0.5,
+        "source": "unit",
+    }
+
+
+def collect(requests, outputs):
+    return collect_instantiations(
+        requests, outputs, {"d1": DOCUMENT, "d2": DOCUMENT}, 0.8, "rules", "minilm"
+    )
+
+
+def test_collect_keeps_grounded_pairs_and_rejects_the_rest_with_reasons():
+    unfilled = json.dumps({"instruction": TEMPLATE, "answer": ANSWER})
+    requests = [request("c1"), request("c2", "t2"), request("c3", "t3"), request("c4")]
+    kept, rejects, instantiated = collect(requests, [OUTPUT, "null", unfilled, OUTPUT])
+
+    assert instantiated == 3  # parsed and not null, grounded or not
+    assert [(r["item_id"], r["reason"]) for r in rejects] == [
+        ("d1:t2", "template_does_not_fit"),
+        ("d1:t3", "unfilled_slot"),
+        ("d1:t1", "duplicate_pair"),
+    ]
+    assert all(r["source"] == "unit" and r["detail"] for r in rejects)
+    [pair] = kept
+    assert pair["chunk_id"] == "c1"
+    assert pair["instruction"] == INSTRUCTION
+    assert pair["answer"] == "The bridge was opened on 30 June 1894 by the Prince of Wales."
+    assert pair["excerpt_ratio"] == 1.0
+    assert (pair["engine"], pair["model"], pair["query_id"]) == ("rules", "minilm", "q-t1")
+    assert pair["pair_id"] in rejects[-1]["detail"]
+
+
+def test_unparseable_outputs_are_rejected_and_not_counted_as_instantiated():
+    kept, rejects, instantiated = collect(
+        [request("c1"), request("c2", "t2")], ["no json here", '{"instruction": "x"}']
+    )
+    assert kept == []
+    assert instantiated == 0
+    assert [r["reason"] for r in rejects] == ["no_json", "missing_field"]
+
+
+def test_pair_id_is_stable_and_depends_on_document_template_and_content():
+    first, _, _ = collect([request("c1")], [OUTPUT])
+    again, _, _ = collect([request("c9")], [OUTPUT])
+    other_document, _, _ = collect([request("c1", doc_id="d2")], [OUTPUT])
+    other_template, _, _ = collect([request("c1", template_id="t2")], [OUTPUT])
+    pair_id = first[0]["pair_id"]
+    assert pair_id == again[0]["pair_id"]
+    assert pair_id == content_hash("d1", "t1", INSTRUCTION, first[0]["answer"])
+    assert other_document[0]["pair_id"] != pair_id
+    assert other_template[0]["pair_id"] != pair_id
+
+
+def test_collect_refuses_mismatched_lengths():
+    with pytest.raises(ValueError):
+        collect([request("c1"), request("c2")], [OUTPUT])

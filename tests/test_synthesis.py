@@ -1,0 +1,155 @@
+"""Stages C and D end to end on real sample data with the rules engines: pairs are instantiated,
+grounded, judged and traced back by `fi lineage`; re-materializing makes no model call; a step
+killed in the middle of a partition resumes from the calls it had already made."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import dagster as dg
+import pytest
+from typer.testing import CliRunner
+
+from fi_assets.cli import app
+from fi_assets.definitions import build_definitions
+from fi_method.samples import wikipedia_articles, write_sample
+from fi_resources.instance import open_instance
+from fi_resources.settings import get_settings
+from fi_resources.storage import Storage
+
+runner = CliRunner()
+QUERIES = 40
+DOCUMENTS = 3
+
+
+@pytest.fixture
+def matched(fi_home, tmp_path):
+    """A data root with 40 real queries and 3 real articles materialized up to matched_pairs."""
+    queries_file, _ = write_sample(tmp_path / "sample")
+    lines = queries_file.read_text().splitlines()[:QUERIES]
+    queries = tmp_path / "chat.jsonl"
+    queries.write_text("\n".join(lines) + "\n")
+    docs = tmp_path / "wiki.jsonl"
+    docs.write_text("".join(json.dumps(a) + "\n" for a in wikipedia_articles(limit=DOCUMENTS)))
+    for kind, path in (("queries", queries), ("documents", docs)):
+        assert runner.invoke(app, ["ingest", kind, str(path)]).exit_code == 0
+    result = runner.invoke(app, ["materialize", "matched_pairs"])
+    assert result.exit_code == 0, result.output
+    return fi_home
+
+
+def latest_metadata(fi_home, asset: str) -> dict:
+    event = open_instance(fi_home).get_latest_materialization_event(dg.AssetKey(asset))
+    return {key: value.value for key, value in event.asset_materialization.metadata.items()}
+
+
+def test_pairs_are_judged_traced_and_never_paid_twice(matched):
+    result = runner.invoke(app, ["materialize"])
+    assert result.exit_code == 0, result.output
+    storage = Storage(home=str(matched))
+    pairs = storage.read_table("instantiated_pairs", "wiki")
+    judged = storage.read_table("judged_pairs", "wiki")
+    assert pairs.height > 0 and set(judged["pair_id"]) == set(pairs["pair_id"])
+    assert pairs["excerpt_ratio"].min() >= 0.8
+    assert not pairs["instruction"].str.contains("<fi>").any()
+    assert set(judged["score"]) <= {1, 2, 3, 4, 5}
+    assert (judged["kept"] == (judged["score"] >= 4)).all()
+
+    # The funnel in the judged_pairs metadata adds up, and every drop is in rejects with a reason.
+    meta = latest_metadata(matched, "judged_pairs")
+    matched_count = storage.read_table("matched_pairs", "wiki").height
+    assert meta["funnel_matched"] == matched_count
+    assert meta["funnel_grounded"] == pairs.height == meta["funnel_judged"]
+    assert meta["funnel_kept"] == judged["kept"].sum()
+    rejects = storage.connect().execute(
+        "select stage, count(*) from rejects where shard = 'wiki' and stage in "
+        "('instantiated_pairs', 'judged_pairs') group by 1"
+    )
+    dropped = dict(rejects.fetchall())
+    assert dropped.get("instantiated_pairs", 0) == matched_count - pairs.height
+    assert dropped.get("judged_pairs", 0) == pairs.height - judged["kept"].sum()
+    assert "| kept |" in meta["funnel"]
+
+    # Continuations: the teacher-free variant halves each document.
+    halves = storage.read_table("continuations", "wiki")
+    assert halves.height == DOCUMENTS and set(halves["variant"]) == {"teacher_free"}
+
+    calls = runner.invoke(app, ["sql", "select role, count(*) from model_calls group by 1"])
+    counts = dict(line.split(",") for line in calls.output.strip().splitlines()[1:])
+    assert int(counts["instantiator"]) == matched_count
+    assert int(counts["judge"]) == pairs.height
+
+    # Forcing the two synthesis assets to run again makes zero model calls.
+    defs = build_definitions(get_settings())
+    rerun = dg.materialize(
+        list(defs.assets),
+        selection=["instantiated_pairs", "judged_pairs"],
+        partition_key="wiki",
+        instance=open_instance(matched),
+        resources=defs.resources,
+    )
+    assert rerun.success
+    for asset, total in (("instantiated_pairs", matched_count), ("judged_pairs", pairs.height)):
+        meta = latest_metadata(matched, asset)
+        assert (meta["model_calls_made"], meta["model_calls_cached"]) == (0, total)
+    assert storage.read_table("instantiated_pairs", "wiki").equals(pairs)
+
+    # Lineage of a kept pair, by a prefix of its id.
+    pair_id = judged.sort("score", "pair_id", descending=[True, False])["pair_id"][0]
+    shown = runner.invoke(app, ["lineage", pair_id[:10]])
+    assert shown.exit_code == 0, shown.output
+    row = pairs.filter(pairs["pair_id"] == pair_id).row(0, named=True)
+    template = storage.read_all("instruction_templates").filter(
+        template_id=row["template_id"], query_id=row["query_id"]
+    )
+    for expected in (pair_id, row["instruction"], template["template"][0], template["query"][0]):
+        assert expected in shown.output
+    assert "query shard chat" in shown.output and "[[" in shown.output
+    assert runner.invoke(app, ["lineage", "nope"]).exit_code == 1
+
+
+def _calls_made(fi_home, role: str) -> int:
+    path = fi_home / "model_calls.sqlite"
+    if not path.exists():
+        return 0
+    with sqlite3.connect(path) as connection:
+        return connection.execute(
+            "select count(*) from model_calls where role = ?", [role]
+        ).fetchone()[0]
+
+
+def test_a_step_killed_mid_partition_resumes_from_the_calls_it_made(matched):
+    matched_count = Storage(home=str(matched)).read_table("matched_pairs", "wiki").height
+    table = matched / "tables" / "instantiated_pairs" / "wiki.parquet"
+    # One call per batch: every answered call is committed before the next starts.
+    environment = {**os.environ, "FI_HOME": str(matched), "FI_GENERATION_BATCH_SIZE": "1"}
+    step = subprocess.Popen(
+        [sys.executable, "-m", "fi_assets.cli", "materialize", "instantiated_pairs"],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while _calls_made(matched, "instantiator") < 3 and time.monotonic() < deadline:
+        assert step.poll() is None, "the step ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(step.pid, signal.SIGKILL)
+    step.wait()
+    made_before_the_kill = _calls_made(matched, "instantiator")
+    assert 3 <= made_before_the_kill < matched_count
+    assert not table.exists()
+
+    result = runner.invoke(app, ["materialize", "instantiated_pairs"])
+    assert result.exit_code == 0, result.output
+    # The killed run held the gpu pool's slot: it is released, not waited for forever.
+    assert "was interrupted (its process is gone): marked failed" in result.output
+    meta = latest_metadata(matched, "instantiated_pairs")
+    assert meta["model_calls_cached"] == made_before_the_kill
+    assert meta["model_calls_made"] == matched_count - made_before_the_kill
+    assert _calls_made(matched, "instantiator") == matched_count
+    assert table.exists() and not list(table.parent.glob(".*.tmp"))
