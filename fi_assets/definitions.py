@@ -39,8 +39,11 @@ def _automated(asset: dg.AssetsDefinition) -> dg.AssetsDefinition:
     )
 
 
-def _engine_version(engine: str, model: str) -> str:
-    return "rules" if engine == "rules" else f"{engine}:{model}"
+def _engine_version(engine: str, model: str, max_new_tokens: int | None) -> str:
+    """What of the engine settings changes a role's outputs: engine, model, output budget."""
+    if engine == "rules":
+        return "rules"
+    return f"{engine}:{model}" + (f":{max_new_tokens}" if max_new_tokens else "")
 
 
 def build_assets(settings: Settings) -> list:
@@ -49,12 +52,13 @@ def build_assets(settings: Settings) -> list:
     threshold = settings.similarity_threshold or default_similarity_threshold(
         settings.embedder_model
     )
-    genericizer = _engine_version(settings.genericizer_engine, settings.genericizer_model)
+    tokens = settings.max_new_tokens
+    genericizer = _engine_version(settings.genericizer_engine, settings.genericizer_model, tokens)
     # The rules instantiator chooses slot values and passages with the embedder.
     instantiator = (
         f"rules:{settings.embedder_model}"
         if settings.instantiator_engine == "rules"
-        else _engine_version(settings.instantiator_engine, settings.instantiator_model)
+        else _engine_version(settings.instantiator_engine, settings.instantiator_model, tokens)
     )
     derived = [
         raw_queries,
@@ -71,12 +75,12 @@ def build_assets(settings: Settings) -> list:
         _with_model_version(instantiated_pairs, f"{instantiator}@{settings.min_excerpt_ratio}"),
         _with_model_version(
             judged_pairs,
-            f"{_engine_version(settings.judge_engine, settings.judge_model)}"
+            f"{_engine_version(settings.judge_engine, settings.judge_model, tokens)}"
             f"@{settings.min_judge_score}",
         ),
         _with_model_version(
             continuations,
-            _engine_version(settings.continuation_engine, settings.continuation_model),
+            _engine_version(settings.continuation_engine, settings.continuation_model, tokens),
         ),
     ]
     if settings.automation:

@@ -58,6 +58,20 @@ REQUEST_LEAD = "Here is what the source says:"
 Embed = Callable[[list[str]], np.ndarray]
 
 
+def memoized(embed: Embed) -> Embed:
+    """`embed` that computes each distinct text once: the templates matched to one chunk share
+    its fillers and passages."""
+    vectors: dict[str, np.ndarray] = {}
+
+    def cached(texts: list[str]) -> np.ndarray:
+        missing = [text for text in dict.fromkeys(texts) if text not in vectors]
+        if missing:
+            vectors.update(zip(missing, embed(missing), strict=True))
+        return np.stack([vectors[text] for text in texts])
+
+    return cached
+
+
 def _assign(descriptions: list[str], fillers: list[tuple[str, str]], embed: Embed) -> dict:
     """One distinct filler per distinct description, best similarity first (greedy)."""
     vectors = embed(descriptions + [f"{surface} ({kind})" for surface, kind in fillers])

@@ -17,7 +17,7 @@ from fi_method import continuations, genericizer, instantiator, judge
 from fi_method.excerpts import MIN_EXCERPT_RATIO
 from fi_method.rules_genericizer import rules_genericize
 from fi_method.rules_instantiator import RULES_VERSION as RULES_INSTANTIATOR_VERSION
-from fi_method.rules_instantiator import rules_instantiate
+from fi_method.rules_instantiator import memoized, rules_instantiate
 from fi_method.templates import TemplateError
 from fi_resources.embedder import torch_device
 from fi_resources.model_calls import CACHE_FILE, CallResult, CallSpec, ModelCallCache
@@ -169,6 +169,7 @@ class Instantiator(RoleModel):
         fills and answers from) and `document` (the text a model sees)."""
         if self.engine == "rules":
             inputs = [{"template": r["template"], "chunk": r["chunk"]} for r in requests]
+            embed = memoized(embed)
             return self._rules(
                 RULES_INSTANTIATOR_VERSION,
                 {"embedder": embedder_model},

@@ -21,7 +21,7 @@ from fi_method.instantiator import (
 )
 from fi_method.llm_output import OutputParseError
 from fi_method.pairs import collect_instantiations
-from fi_method.rules_instantiator import REQUEST_LEAD, rules_instantiate
+from fi_method.rules_instantiator import REQUEST_LEAD, memoized, rules_instantiate
 from fi_method.templates import FI_CLOSE, FI_OPEN, slot_descriptions
 from fi_method.text import content_hash
 from fi_resources.models import MINILM, sentence_transformer_source
@@ -415,3 +415,18 @@ def test_pair_id_is_stable_and_depends_on_document_template_and_content():
 def test_collect_refuses_mismatched_lengths():
     with pytest.raises(ValueError):
         collect([request("c1"), request("c2")], [OUTPUT])
+
+
+def test_memoized_embed_computes_each_text_once_and_keeps_the_order(embed):
+    asked = []
+
+    def counting(texts):
+        asked.append(list(texts))
+        return embed(texts)
+
+    cached = memoized(counting)
+    first = cached(["a tower", "a bridge", "a tower"])
+    second = cached(["a bridge", "a river"])
+    assert asked == [["a tower", "a bridge"], ["a river"]]
+    assert first.shape == (3, 384) and (first[0] == first[2]).all()
+    assert (second[0] == first[1]).all()
