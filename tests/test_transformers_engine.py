@@ -12,14 +12,15 @@ pytestmark = pytest.mark.slow
 
 
 def test_smollm2_generates_and_every_output_is_kept_or_rejected_with_a_reason(fi_home):
-    genericizer = Genericizer(
-        engine="transformers",
-        model=SMOLLM2,
-        home=str(fi_home),
-        device="cpu",
-        batch_size=2,
-        max_new_tokens=64,
-    )
+    settings = {
+        "engine": "transformers",
+        "model": SMOLLM2,
+        "home": str(fi_home),
+        "device": "cpu",
+        "batch_size": 2,
+        "max_new_tokens": 64,
+    }
+    genericizer = Genericizer(**settings)
     queries = [
         {
             "query_id": "q1",
@@ -39,9 +40,13 @@ def test_smollm2_generates_and_every_output_is_kept_or_rejected_with_a_reason(fi
     calls = genericizer.genericize(texts, progress=lambda *counts: seen.append(counts))
     assert seen == [(2, 2, 0)] and calls.made == 2 and calls.cached == 0
     assert len(calls.outputs) == 2 and all(isinstance(o, str) for o in calls.outputs)
-    # The second time every output comes from the call cache: no generation at all.
-    again = Genericizer(engine="transformers", model=SMOLLM2, home=str(fi_home)).genericize(texts)
+    # A new resource (a new step) with the same settings: every output comes from the call
+    # cache, and the model is never loaded. Another output budget is another call.
+    fresh = Genericizer(**settings)
+    again = fresh.genericize(texts)
     assert again.outputs == calls.outputs and again.made == 0 and again.cached == 2
+    assert fresh._backend is None
+    assert Genericizer(**{**settings, "max_new_tokens": 32}).genericize(texts[:1]).made == 1
     kept, rejects = collect_templates(queries, calls.outputs, "transformers", SMOLLM2)
     assert len(kept) + len(rejects) == 2
     assert all(r["reason"] for r in rejects)
