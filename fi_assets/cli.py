@@ -23,6 +23,12 @@ SHARD_HELP = "shard (partition) name; default: the file name without extension"
 RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
+def _process_tag() -> dict[str, str]:
+    from fi_resources.instance import process_tag
+
+    return process_tag()
+
+
 def _settings():
     import pydantic
 
@@ -90,8 +96,11 @@ def remove(
 ) -> None:
     """Remove a shard: its partition, every table partition and rejects derived from it, and its
     templates in the LanceDB index. `fi materialize` then re-runs what read it."""
+    import dagster as dg
+
     from fi_assets.definitions import build_definitions
     from fi_assets.ingestion import PARTITIONS
+    from fi_assets.partitions import storage_partition
     from fi_resources.instance import open_instance
 
     if kind not in PARTITIONS:
@@ -110,7 +119,21 @@ def remove(
         for key in graph.get_all_asset_keys()
         if graph.get(key).partitions_def == partitions
     ]
-    files = defs.resources["storage"].delete_partition([*tables, f"ingest_{kind}"], shard)
+    storage = defs.resources["storage"]
+    files = storage.delete_partition([*tables, f"ingest_{kind}"], shard)
+    for key in graph.get_all_asset_keys():
+        multi = graph.get(key).partitions_def
+        if not isinstance(multi, dg.MultiPartitionsDefinition):
+            continue
+        # packed_corpus[shard|recipe]: every partition of the shard, whatever the other dimension.
+        dimension = next(
+            (d.name for d in multi.partitions_defs if d.partitions_def == partitions), None
+        )
+        for partition in multi.get_partition_keys(dynamic_partitions_store=instance):
+            if dimension and partition.keys_by_dimension[dimension] == shard:
+                files += storage.delete_partition(
+                    [key.to_user_string()], storage_partition(partition)
+                )
     vectors = defs.resources["index"].delete_shard(shard) if kind == "queries" else 0
     instance.delete_dynamic_partition(partitions.name, shard)
     typer.echo(f"removed {kind} shard {shard}: {files} table files, {vectors} template vectors")
@@ -126,7 +149,7 @@ def materialize(
 
     from fi_assets.definitions import build_definitions
     from fi_assets.planning import plan_runs
-    from fi_resources.instance import open_instance, process_tag, release_dead_runs
+    from fi_resources.instance import open_instance, release_dead_runs
 
     settings = _settings()
     instance = open_instance(settings.home)
@@ -152,7 +175,7 @@ def materialize(
             selection=run.asset_keys,
             partition_key=run.partition_key,
             run_config=RUN_CONFIG,
-            tags=process_tag(),
+            tags=_process_tag(),
             instance=instance,
             resources=defs.resources,
             raise_on_error=False,
@@ -160,11 +183,39 @@ def materialize(
         status = "ok" if result.success else "FAILED"
         failed += not result.success
         typer.echo(f"    {status} in {time.perf_counter() - started:.1f}s (run {result.run_id})")
+    failed += _run_checks(defs, instance, {key for run in runs for key in run.asset_keys})
     if failed:
         typer.secho(
             f"{failed} run(s) failed: open the UI (fi ui) for their logs", fg="red", err=True
         )
         raise typer.Exit(1)
+
+
+def _run_checks(defs, instance, materialized: set) -> int:
+    """Run the asset checks of what was just materialized (they read every partition, so once
+    after all runs); print each result and return how many failed."""
+    import dagster as dg
+
+    checks = [
+        c for c in defs.asset_checks if any(k.asset_key in materialized for k in c.check_keys)
+    ]
+    if not checks:
+        return 0
+    result = dg.materialize(
+        [*defs.assets, *checks],
+        selection=dg.AssetSelection.checks(*checks),
+        run_config=RUN_CONFIG,
+        tags=_process_tag(),
+        instance=instance,
+        resources=defs.resources,
+        raise_on_error=False,
+    )
+    failed = 0
+    for evaluation in result.get_asset_check_evaluations():
+        failed += not evaluation.passed
+        verdict = "passed" if evaluation.passed else "FAILED"
+        typer.echo(f"check {evaluation.check_name}: {verdict}")
+    return failed + (not result.success)
 
 
 @app.command()
@@ -235,12 +286,20 @@ def demo(
         .fetchone()
     )
     judged, kept, continued, example = summary
+    tokens = (
+        Storage(home=str(settings.home))
+        .connect()
+        .execute("select recipe, sum(n_tokens) from packed_corpus group by 1 order by 1")
+        .fetchall()
+    )
     typer.echo(
         f"\ndemo done in {time.perf_counter() - started:.0f}s. Data root: {settings.home}\n"
         f"{judged} pairs judged, {kept} kept; {continued} non-instructional continuations.\n"
+        f"Packed tokens per recipe: {', '.join(f'{r} {n:,}' for r, n in tokens)}.\n"
         f'  {fi} sql "select n_tags, count(*) from instruction_templates group by 1 order by 1"\n'
         f'  {fi} sql "select stage, reason, count(*) from rejects group by all order by 3 desc"\n'
         f'  {fi} sql "select score, count(*) from judged_pairs group by 1 order by 1"\n'
+        f'  {fi} sql "select recipe, count(*), sum(n_tokens) from packed_corpus group by 1"\n'
         + (f"  {fi} lineage {example}\n" if example else "")
         + f"  {fi} ui    (then open http://127.0.0.1:3000, Catalog)"
     )

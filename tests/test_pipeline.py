@@ -20,6 +20,11 @@ from fi_resources.storage import Storage
 from fi_resources.template_index import TemplateIndex, table_name_for
 
 runner = CliRunner()
+# packed_corpus reads judged_pairs: when those re-run, each recipe of the shard is re-packed.
+PACKING_STEPS = [
+    f"doc_shard x recipe=wiki|{recipe}: packed_corpus"
+    for recipe in ("standard", "fineinstructions", "non_instructional")
+]
 
 QUERIES = [
     "What did Nikola Tesla invent in 1891?",
@@ -157,6 +162,7 @@ def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeyp
     assert steps == [
         "query_shards=more_queries: raw_queries, instruction_templates, template_index",
         "doc_shards=wiki: matched_pairs, instantiated_pairs, judged_pairs",
+        *PACKING_STEPS,
     ]
 
     # Removing that shard removes its rows everywhere and re-runs retrieval only.
@@ -164,7 +170,10 @@ def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeyp
     assert result.exit_code == 0 and "removed queries shard more_queries" in result.output
     result = runner.invoke(app, ["materialize"])
     steps = [line.split("] ")[1] for line in result.output.splitlines() if line.startswith("[")]
-    assert steps == ["doc_shards=wiki: matched_pairs, instantiated_pairs, judged_pairs"]
+    assert steps == [
+        "doc_shards=wiki: matched_pairs, instantiated_pairs, judged_pairs",
+        *PACKING_STEPS,
+    ]
     assert "added or removed" in result.output
     remaining = runner.invoke(
         app, ["sql", "select count(*) from raw_queries where source like '%more_queries%'"]
@@ -203,6 +212,7 @@ def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeyp
         "doc_shards=wiki: document_chunks",
         "query_shards=chat: template_index",
         "doc_shards=wiki: matched_pairs, instantiated_pairs, judged_pairs",
+        *PACKING_STEPS,
     ]
     assert "code version" in result.output and "raw_queries" not in result.output
 

@@ -11,6 +11,7 @@ import sys
 import time
 
 import dagster as dg
+import polars as pl
 import pytest
 from typer.testing import CliRunner
 
@@ -50,6 +51,7 @@ def latest_metadata(fi_home, asset: str) -> dict:
 def test_pairs_are_judged_traced_and_never_paid_twice(matched):
     result = runner.invoke(app, ["materialize"])
     assert result.exit_code == 0, result.output
+    assert "check recipes_agree_on_tokens: passed" in result.output
     storage = Storage(home=str(matched))
     pairs = storage.read_table("instantiated_pairs", "wiki")
     judged = storage.read_table("judged_pairs", "wiki")
@@ -110,6 +112,16 @@ def test_pairs_are_judged_traced_and_never_paid_twice(matched):
         assert expected in shown.output
     assert "query shard chat" in shown.output and "[[" in shown.output
     assert runner.invoke(app, ["lineage", "nope"]).exit_code == 1
+
+    # Packing: three recipes of the shard, none with more tokens than the documents themselves.
+    packed = storage.read_all("packed_corpus")
+    tokens = dict(packed.group_by("recipe").agg(pl.col("n_tokens").sum()).iter_rows())
+    assert set(tokens) == {"standard", "fineinstructions", "non_instructional"}
+    assert max(tokens.values()) == tokens["standard"]
+    kept_pairs = set(judged.filter("kept")["pair_id"])
+    assert set(packed.filter(recipe="fineinstructions")["sample_id"]) <= kept_pairs
+    assert runner.invoke(app, ["remove", "documents", "wiki"]).exit_code == 0
+    assert storage.read_all("packed_corpus") is None
 
 
 def _calls_made(fi_home, role: str) -> int:

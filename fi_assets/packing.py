@@ -1,0 +1,138 @@
+"""packed_corpus[doc_shard x recipe]: stage E. Each recipe's training samples of one document
+shard, packed token for token against the shard's documents, tokenized for the trainer."""
+
+import dagster as dg
+import polars as pl
+
+from fi_assets.partitions import DOC_SHARD, RECIPE, doc_shard_recipes, storage_partition
+from fi_assets.reporting import write_stage
+from fi_method.packing import (
+    FINEINSTRUCTIONS,
+    NON_INSTRUCTIONAL,
+    load_training_tokenizer,
+    pack_shard,
+)
+from fi_resources.settings import get_settings
+from fi_resources.storage import Storage
+
+PACKED_SCHEMA = {
+    "recipe": pl.String,
+    "doc_shard": pl.String,
+    "doc_id": pl.String,
+    "sample_id": pl.String,
+    "text": pl.String,
+    "input_ids": pl.List(pl.Int32),
+    "loss_mask": pl.List(pl.Int8),
+    "n_tokens": pl.Int64,
+    "doc_tokens": pl.Int64,
+    "budget_tokens": pl.Int64,
+}
+_BY_DOC_SHARD = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name=DOC_SHARD)
+
+
+def _candidates(storage: Storage, shard: str, recipe: str) -> dict[str, list[dict]]:
+    """doc_id -> the recipe's candidate samples: kept judged pairs, or continuations."""
+    if recipe == FINEINSTRUCTIONS:
+        kept = storage.read_table("judged_pairs", shard).filter(pl.col("kept")).select("pair_id")
+        frame = kept.join(storage.read_table("instantiated_pairs", shard), on="pair_id").select(
+            "doc_id", pl.col("pair_id").alias("sample_id"), "instruction", "answer"
+        )
+    elif recipe == NON_INSTRUCTIONAL:
+        frame = storage.read_table("continuations", shard).select(
+            "doc_id", pl.col("continuation_id").alias("sample_id"), "instruction", "answer"
+        )
+    else:
+        return {}
+    grouped: dict[str, list[dict]] = {}
+    for row in frame.iter_rows(named=True):
+        grouped.setdefault(row.pop("doc_id"), []).append(row)
+    return grouped
+
+
+@dg.asset(
+    partitions_def=doc_shard_recipes,
+    ins={
+        name: dg.AssetIn(partition_mapping=_BY_DOC_SHARD, dagster_type=dg.Nothing)
+        for name in ("documents", "judged_pairs", "instantiated_pairs", "continuations")
+    },
+    group_name="packing",
+    kinds={"polars", "parquet"},
+    code_version="1",
+    description="Stage E: a recipe's samples of one document shard, formatted `Instruction: ...\\n\\n"
+    "Answer: ...` and packed token for token: a document's budget is its own token count under "
+    "the training tokenizer (FI_TRAINING_TOKENIZER, default Llama-3); samples are drawn at random "
+    "(seeded by doc_id) while they fit and the leftover rolls over to the next document. "
+    "`standard` is the documents themselves. Rows carry input_ids and a per-token answer mask.",
+)
+def packed_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.MaterializeResult:
+    keys = context.partition_key.keys_by_dimension
+    shard, recipe = keys[DOC_SHARD], keys[RECIPE]
+    settings = get_settings()
+    tokenizer = load_training_tokenizer(settings.training_tokenizer)
+    documents = storage.read_table("documents", shard).select("doc_id", "text")
+    rows, stats = pack_shard(
+        documents.rows(),
+        _candidates(storage, shard, recipe),
+        recipe,
+        tokenizer,
+        settings.packing_seed,
+    )
+    frame = pl.DataFrame(
+        [{**row, "doc_shard": shard} for row in rows], schema=PACKED_SCHEMA, strict=False
+    )
+    return write_stage(
+        storage,
+        "packed_corpus",
+        storage_partition(context.partition_key),
+        frame,
+        [],
+        ["recipe", "doc_id", "n_tokens", "text"],
+        {
+            "tokenizer": tokenizer.name,
+            "document_tokens": stats.document_tokens,
+            "packed_tokens": stats.packed_tokens,
+            "residual_tokens": stats.residual_tokens,
+            "samples": stats.n_samples,
+            "candidates": stats.n_candidates,
+            "samples_per_document_mean": round(stats.samples_per_document_mean, 3),
+            "samples_per_document": {str(k): v for k, v in stats.samples_per_document.items()},
+            "documents_without_samples": stats.documents_without_samples,
+        },
+    )
+
+
+@dg.asset_check(
+    asset=packed_corpus,
+    description="For every document shard, each recipe's packed tokens plus the rollover residual "
+    "its materialization recorded equal the `standard` recipe's tokens (the documents' own): the "
+    "recipes agree token for token up to that residual, and none has more tokens.",
+)
+def recipes_agree_on_tokens(
+    context: dg.AssetCheckExecutionContext, storage: Storage
+) -> dg.AssetCheckResult:
+    packed = storage.read_all("packed_corpus")
+    if packed is None:
+        return dg.AssetCheckResult(passed=True, description="nothing packed yet")
+    totals = packed.group_by("doc_shard", "recipe").agg(pl.col("n_tokens").sum().alias("packed"))
+    standard = dict(totals.filter(recipe="standard").select("doc_shard", "packed").iter_rows())
+    rows, passed = [], True
+    for shard, recipe, tokens in totals.sort("doc_shard", "recipe").iter_rows():
+        residual = _recorded_residual(context.instance, f"{shard}|{recipe}")
+        agrees = shard in standard and tokens + residual == standard[shard]
+        passed &= agrees
+        rows.append(f"| {shard} | {recipe} | {tokens} | {residual} | {standard.get(shard)} |")
+    table = "| doc_shard | recipe | packed | residual | documents |\n|---|---|---|---|---|\n"
+    return dg.AssetCheckResult(
+        passed=passed, metadata={"tokens": dg.MetadataValue.md(table + "\n".join(rows))}
+    )
+
+
+def _recorded_residual(instance: dg.DagsterInstance, partition_key: str) -> int:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=packed_corpus.key, asset_partitions=[partition_key]),
+        limit=1,
+    ).records
+    if not records:
+        return 0
+    value = records[0].asset_materialization.metadata.get("residual_tokens")
+    return int(value.value) if value is not None else 0
