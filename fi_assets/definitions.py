@@ -10,6 +10,7 @@ from fi_assets.packing import packed_corpus, recipes_agree_on_tokens
 from fi_assets.queries import raw_queries
 from fi_assets.synthesis import continuations, instantiated_pairs, judged_pairs
 from fi_assets.templates import instruction_templates, template_index
+from fi_assets.training import trained_checkpoint
 from fi_resources.embedder import Embedder, default_similarity_threshold
 from fi_resources.roles import Continuer, Genericizer, Instantiator, Judge
 from fi_resources.settings import Settings, get_settings
@@ -86,6 +87,7 @@ def build_assets(settings: Settings) -> list:
         _with_model_version(
             packed_corpus, f"{settings.training_tokenizer or 'llama3'}@{settings.packing_seed}"
         ),
+        trained_checkpoint,
     ]
     if settings.automation:
         derived = [_automated(asset) for asset in derived]
@@ -131,6 +133,7 @@ def build_resources(settings: Settings) -> dict:
             similarity_threshold=settings.similarity_threshold,
         ),
         "index": TemplateIndex(uri=str(storage.lancedb_dir)),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
     }
 
 

@@ -16,9 +16,12 @@ doc_shard_recipes = dg.MultiPartitionsDefinition({DOC_SHARD: doc_shards, RECIPE:
 
 
 def partitions_label(partitions: dg.PartitionsDefinition) -> str:
-    """How a partitions definition is named in `fi` output: doc_shards, or doc_shard x recipe."""
+    """How a partitions definition is named in `fi` output: doc_shards, recipe, or
+    doc_shard x recipe."""
     if isinstance(partitions, dg.MultiPartitionsDefinition):
         return " x ".join(dimension.name for dimension in partitions.partitions_defs)
+    if partitions == recipes:
+        return RECIPE
     return partitions.name
 
 

@@ -63,7 +63,8 @@ def _partition_keys(instance, partitions: dg.PartitionsDefinition) -> list[str]:
 
 def _parent_partitions(instance, graph, key, parent, partition) -> list[str]:
     """The parent partitions one partition reads: the same key; its own dimension of a
-    multi-partition key (packed_corpus[shard|recipe] reads documents[shard]); or all of them when
+    multi-partition key (packed_corpus[shard|recipe] reads documents[shard]); the partitions of a
+    multi-partitioned parent that share its key; or all of them when
     the parent is partitioned by another dimension (matched_pairs[doc] reads every template
     shard)."""
     parent_partitions = graph.get(parent).partitions_def
@@ -74,6 +75,15 @@ def _parent_partitions(instance, graph, key, parent, partition) -> list[str]:
         for dimension in own.partitions_defs:
             if dimension.partitions_def == parent_partitions:
                 return [own.get_partition_key_from_str(partition).keys_by_dimension[dimension.name]]
+    if isinstance(parent_partitions, dg.MultiPartitionsDefinition):
+        # trained_checkpoint[recipe] reads packed_corpus[every shard|recipe].
+        for dimension in parent_partitions.partitions_defs:
+            if dimension.partitions_def == own:
+                return [
+                    key
+                    for key in _partition_keys(instance, parent_partitions)
+                    if key.keys_by_dimension[dimension.name] == partition
+                ]
     return _partition_keys(instance, parent_partitions)
 
 

@@ -130,11 +130,11 @@ def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeyp
     result = runner.invoke(app, ["ingest", "documents", str(documents_file)])
     assert result.exit_code == 0 and "documents shard wiki: 3 accepted" in result.output
 
-    result = runner.invoke(app, ["materialize"])
+    result = runner.invoke(app, ["materialize", "packed_corpus"])
     assert result.exit_code == 0, result.output
     assert "query_shards=chat" in result.output and "doc_shards=wiki" in result.output
 
-    result = runner.invoke(app, ["materialize"])
+    result = runner.invoke(app, ["materialize", "packed_corpus"])
     assert result.exit_code == 0 and "everything is up to date" in result.output
 
     pairs = runner.invoke(
@@ -157,7 +157,7 @@ def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeyp
     extra = tmp_path / "more_queries.jsonl"
     extra.write_text(json.dumps({"query": "How do glaciers in Patagonia shape valleys?"}) + "\n")
     assert runner.invoke(app, ["ingest", "queries", str(extra)]).exit_code == 0
-    result = runner.invoke(app, ["materialize"])
+    result = runner.invoke(app, ["materialize", "packed_corpus"])
     steps = [line.split("] ")[1] for line in result.output.splitlines() if line.startswith("[")]
     assert steps == [
         "query_shards=more_queries: raw_queries, instruction_templates, template_index",
@@ -168,7 +168,7 @@ def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeyp
     # Removing that shard removes its rows everywhere and re-runs retrieval only.
     result = runner.invoke(app, ["remove", "queries", "more_queries"])
     assert result.exit_code == 0 and "removed queries shard more_queries" in result.output
-    result = runner.invoke(app, ["materialize"])
+    result = runner.invoke(app, ["materialize", "packed_corpus"])
     steps = [line.split("] ")[1] for line in result.output.splitlines() if line.startswith("[")]
     assert steps == [
         "doc_shards=wiki: matched_pairs, instantiated_pairs, judged_pairs",
@@ -194,7 +194,7 @@ def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeyp
         runner.invoke(app, ["ingest", "queries", str(queries_file), "--shard", "chat"]).exit_code
         == 0
     )
-    result = runner.invoke(app, ["materialize"])
+    result = runner.invoke(app, ["materialize", "packed_corpus"])
     assert result.exit_code == 0, result.output
     # New templates can match the documents: retrieval re-runs, document embedding does not.
     assert "query_shards=chat: raw_queries, instruction_templates, template_index" in result.output
@@ -204,7 +204,7 @@ def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeyp
     # Switching the embedder (here: the same MiniLM named by its path) re-runs what it feeds only.
     monkeypatch.setenv("FI_EMBEDDER_MODEL", sentence_transformer_source(MINILM))
     get_settings.cache_clear()
-    result = runner.invoke(app, ["materialize"])
+    result = runner.invoke(app, ["materialize", "packed_corpus"])
     assert result.exit_code == 0, result.output
     # ... in dependency order: matched_pairs after the index it reads is rebuilt.
     lines = [line for line in result.output.splitlines() if line.startswith("[")]

