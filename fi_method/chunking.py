@@ -21,47 +21,56 @@ class Chunk:
     n_tokens: int
 
 
+Span = tuple[int, int]
+
+
 def _pieces(
     text: str, count_tokens: Callable[[str], int], max_tokens: int
-) -> list[tuple[str, int, bool]]:
-    """The text as (piece, tokens, starts a paragraph) units that each fit: paragraphs, else their
-    sentences, else runs of words."""
-    units: list[tuple[str, int, bool]] = []
-    for paragraph in _PARAGRAPH_BREAK.split(text):
-        paragraph = paragraph.strip()
-        if not paragraph:
-            continue
-        tokens = count_tokens(paragraph)
+) -> list[tuple[Span, int]]:
+    """The text as ((start, end), tokens) units that each fit: paragraphs,
+    else their sentences, else runs of words. Offsets index `text`, so a chunk cut from the first
+    unit's start to the last one's end is verbatim text of the document, whatever whitespace
+    separated its sentences (excerpts of answers are located in the document by that text)."""
+    units: list[tuple[Span, int]] = []
+    for paragraph in re.finditer(r"\S(?:.*?\S)??(?=\s*\n\s*\n|\s*$)", text, re.DOTALL):
+        tokens = count_tokens(paragraph.group())
         if tokens <= max_tokens:
-            units.append((paragraph, tokens, True))
+            units.append((paragraph.span(), tokens))
             continue
-        parts: list[tuple[str, int]] = []
-        for sentence in SENTENCE_END.split(paragraph):
-            tokens = count_tokens(sentence)
+        parts: list[tuple[Span, int]] = []
+        for sentence in _sentence_spans(paragraph):
+            tokens = count_tokens(text[sentence[0] : sentence[1]])
             if tokens <= max_tokens:
                 parts.append((sentence, tokens))
             else:
-                parts.extend(_word_runs(sentence, count_tokens, max_tokens))
-        units.extend((part, tokens, index == 0) for index, (part, tokens) in enumerate(parts))
+                parts.extend(_word_runs(text, sentence, count_tokens, max_tokens))
+        units.extend(parts)
     return units
 
 
+def _sentence_spans(paragraph: re.Match) -> list[Span]:
+    spans, start = [], paragraph.start()
+    for boundary in SENTENCE_END.finditer(paragraph.group()):
+        spans.append((start, paragraph.start() + boundary.start()))
+        start = paragraph.start() + boundary.end()
+    spans.append((start, paragraph.end()))
+    return spans
+
+
 def _word_runs(
-    sentence: str, count_tokens: Callable[[str], int], max_tokens: int
-) -> list[tuple[str, int]]:
-    runs: list[tuple[str, int]] = []
-    current: list[str] = []
-    for word in sentence.split():
-        candidate = " ".join([*current, word])
-        if current and count_tokens(candidate) > max_tokens:
-            text = " ".join(current)
-            runs.append((text, count_tokens(text)))
-            current = [word]
+    text: str, sentence: Span, count_tokens: Callable[[str], int], max_tokens: int
+) -> list[tuple[Span, int]]:
+    runs: list[tuple[Span, int]] = []
+    current: Span | None = None
+    for word in re.finditer(r"\S+", text[sentence[0] : sentence[1]]):
+        word_span = (sentence[0] + word.start(), sentence[0] + word.end())
+        if current and count_tokens(text[current[0] : word_span[1]]) > max_tokens:
+            runs.append((current, count_tokens(text[current[0] : current[1]])))
+            current = word_span
         else:
-            current.append(word)
+            current = (current[0], word_span[1]) if current else word_span
     if current:
-        text = " ".join(current)
-        runs.append((text, count_tokens(text)))
+        runs.append((current, count_tokens(text[current[0] : current[1]])))
     return runs
 
 
@@ -72,19 +81,18 @@ def chunk_document(
     `max_tokens` tokens as counted by `count_tokens` (the embedder's own tokenizer, without special
     tokens). A short document is one chunk. `chunk_id` hashes the document id and the chunk text."""
     groups: list[str] = []
-    current = ""
+    current: Span | None = None
     current_tokens = 0
     # Pieces' token counts add up (subword tokenizers give a paragraph break no token of its own),
     # so packing needs no re-tokenizing; each chunk is counted exactly once at the end.
-    for piece, tokens, starts_paragraph in _pieces(text, count_tokens, max_tokens):
+    for span, tokens in _pieces(text, count_tokens, max_tokens):
         if current and current_tokens + tokens > max_tokens:
-            groups.append(current)
-            current, current_tokens = "", 0
-        joiner = ("\n\n" if starts_paragraph else " ") if current else ""
-        current += joiner + piece
+            groups.append(text[current[0] : current[1]])
+            current, current_tokens = None, 0
+        current = (current[0], span[1]) if current else span
         current_tokens += tokens
     if current:
-        groups.append(current)
+        groups.append(text[current[0] : current[1]])
     chunks: list[Chunk] = []
     for group in groups:
         n_tokens = count_tokens(group)

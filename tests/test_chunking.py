@@ -39,3 +39,13 @@ def test_a_sentence_longer_than_the_window_splits_on_words_and_ids_are_stable():
     again = chunk_document("d", text, count_words, max_tokens=10)
     assert [c.chunk_id for c in again] == [c.chunk_id for c in chunks]
     assert chunk_document("other", text, count_words, 10)[0].chunk_id != chunks[0].chunk_id
+
+
+def test_chunks_are_verbatim_text_of_the_document_whatever_separates_sentences():
+    # One paragraph of lines (a poem, a list): sentences split on single line breaks.
+    text = "\n".join(f"Line {i} of the poem talks about the sea." for i in range(30))
+    chunks = chunk_document("d", text, count_words, max_tokens=20)
+    assert len(chunks) > 1
+    assert all(chunk.text in text for chunk in chunks)
+    assert "\n" in chunks[0].text
+    assert all(chunk.n_tokens <= 20 for chunk in chunks)

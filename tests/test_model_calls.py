@@ -1,8 +1,9 @@
 """The model-call cache: keys change with everything that changes an output, answered batches
 survive a crash of the step, and parallel processes can fill one cache file."""
 
-import multiprocessing
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
@@ -69,21 +70,26 @@ def test_answered_batches_survive_a_step_that_fails_later(tmp_path):
     assert set(frame["role"]) == {"judge"} and frame["seconds"].min() >= 0
 
 
-def _fill(path: str, offset: int) -> None:
-    cache = ModelCallCache(path)
-    # Overlapping inputs: both processes answer 100..199; each key must end up stored once.
-    cache.call(SPEC, [str(i) for i in range(offset, offset + 200)], upper, batch_size=5)
+# Each worker is a fresh interpreter that only imports the cache module, as a parallel partition's
+# step process would; both answer 100..199, and each key must end up stored once.
+_WORKER = """
+import sys
+from fi_resources.model_calls import CallSpec, ModelCallCache
+spec = CallSpec("judge", "transformers", "some/model", "1", {"max_new_tokens": 8})
+offset = int(sys.argv[2])
+inputs = [str(i) for i in range(offset, offset + 200)]
+ModelCallCache(sys.argv[1]).call(spec, inputs, lambda b: [t.upper() for t in b], batch_size=5)
+"""
 
 
 def test_parallel_processes_share_one_cache_file(tmp_path):
     path = str(tmp_path / "calls.sqlite")
-    context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_fill, args=(path, offset)) for offset in (0, 100)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(60)
-    assert [worker.exitcode for worker in workers] == [0, 0]
+    workers = [
+        subprocess.Popen([sys.executable, "-c", _WORKER, path, str(offset)], stderr=subprocess.PIPE)
+        for offset in (0, 100)
+    ]
+    errors = [worker.communicate(timeout=300)[1].decode() for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], errors
     with sqlite3.connect(path) as connection:
         rows = connection.execute("select count(*), count(distinct cache_key) from model_calls")
         assert rows.fetchone() == (300, 300)
