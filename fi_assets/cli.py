@@ -23,12 +23,6 @@ SHARD_HELP = "shard (partition) name; default: the file name without extension"
 RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
-def _process_tag() -> dict[str, str]:
-    from fi_resources.instance import process_tag
-
-    return process_tag()
-
-
 def _settings():
     import pydantic
 
@@ -101,6 +95,7 @@ def remove(
     from fi_assets.definitions import build_definitions
     from fi_assets.ingestion import PARTITIONS
     from fi_assets.partitions import storage_partition
+    from fi_assets.planning import keys_along
     from fi_resources.instance import open_instance
 
     if kind not in PARTITIONS:
@@ -123,14 +118,9 @@ def remove(
     files = storage.delete_partition([*tables, f"ingest_{kind}"], shard)
     for key in graph.get_all_asset_keys():
         multi = graph.get(key).partitions_def
-        if not isinstance(multi, dg.MultiPartitionsDefinition):
-            continue
-        # packed_corpus[shard|recipe]: every partition of the shard, whatever the other dimension.
-        dimension = next(
-            (d.name for d in multi.partitions_defs if d.partitions_def == partitions), None
-        )
-        for partition in multi.get_partition_keys(dynamic_partitions_store=instance):
-            if dimension and partition.keys_by_dimension[dimension] == shard:
+        if isinstance(multi, dg.MultiPartitionsDefinition):
+            # packed_corpus[shard|recipe]: every partition of the shard, whatever the recipe.
+            for partition in keys_along(instance, multi, partitions, shard):
                 files += storage.delete_partition(
                     [key.to_user_string()], storage_partition(partition)
                 )
@@ -149,7 +139,7 @@ def materialize(
 
     from fi_assets.definitions import build_definitions
     from fi_assets.planning import plan_runs
-    from fi_resources.instance import open_instance, release_dead_runs
+    from fi_resources.instance import open_instance, process_tag, release_dead_runs
 
     settings = _settings()
     instance = open_instance(settings.home)
@@ -175,7 +165,7 @@ def materialize(
             selection=run.asset_keys,
             partition_key=run.partition_key,
             run_config=RUN_CONFIG,
-            tags=_process_tag(),
+            tags=process_tag(),
             instance=instance,
             resources=defs.resources,
             raise_on_error=False,
@@ -196,6 +186,8 @@ def _run_checks(defs, instance, materialized: set) -> int:
     after all runs); print each result and return how many failed."""
     import dagster as dg
 
+    from fi_resources.instance import process_tag
+
     checks = [
         c for c in defs.asset_checks if any(k.asset_key in materialized for k in c.check_keys)
     ]
@@ -205,7 +197,7 @@ def _run_checks(defs, instance, materialized: set) -> int:
         [*defs.assets, *checks],
         selection=dg.AssetSelection.checks(*checks),
         run_config=RUN_CONFIG,
-        tags=_process_tag(),
+        tags=process_tag(),
         instance=instance,
         resources=defs.resources,
         raise_on_error=False,
@@ -274,24 +266,16 @@ def demo(
     _ingest("documents", str(documents_file), None)
     materialize(None)
     fi = _command_name()
-    summary = (
-        Storage(home=str(settings.home))
-        .connect()
-        .execute(
-            "select (select count(*) from judged_pairs), "
-            "(select count(*) from judged_pairs where kept), "
-            "(select count(*) from continuations), "
-            "(select pair_id from judged_pairs where kept order by score desc, pair_id limit 1)"
-        )
-        .fetchone()
-    )
-    judged, kept, continued, example = summary
-    tokens = (
-        Storage(home=str(settings.home))
-        .connect()
-        .execute("select recipe, sum(n_tokens) from packed_corpus group by 1 order by 1")
-        .fetchall()
-    )
+    connection = Storage(home=str(settings.home)).connect()
+    judged, kept, continued, example = connection.execute(
+        "select (select count(*) from judged_pairs), "
+        "(select count(*) from judged_pairs where kept), "
+        "(select count(*) from continuations), "
+        "(select pair_id from judged_pairs where kept order by score desc, pair_id limit 1)"
+    ).fetchone()
+    tokens = connection.execute(
+        "select recipe, sum(n_tokens) from packed_corpus group by 1 order by 1"
+    ).fetchall()
     typer.echo(
         f"\ndemo done in {time.perf_counter() - started:.0f}s. Data root: {settings.home}\n"
         f"{judged} pairs judged, {kept} kept; {continued} non-instructional continuations.\n"

@@ -75,16 +75,26 @@ def _parent_partitions(instance, graph, key, parent, partition) -> list[str]:
         for dimension in own.partitions_defs:
             if dimension.partitions_def == parent_partitions:
                 return [own.get_partition_key_from_str(partition).keys_by_dimension[dimension.name]]
-    if isinstance(parent_partitions, dg.MultiPartitionsDefinition):
+    if isinstance(parent_partitions, dg.MultiPartitionsDefinition) and any(
+        dimension.partitions_def == own for dimension in parent_partitions.partitions_defs
+    ):
         # trained_checkpoint[recipe] reads packed_corpus[every shard|recipe].
-        for dimension in parent_partitions.partitions_defs:
-            if dimension.partitions_def == own:
-                return [
-                    key
-                    for key in _partition_keys(instance, parent_partitions)
-                    if key.keys_by_dimension[dimension.name] == partition
-                ]
+        return keys_along(instance, parent_partitions, own, partition)
     return _partition_keys(instance, parent_partitions)
+
+
+def keys_along(
+    instance, multi: dg.MultiPartitionsDefinition, dimension_def: dg.PartitionsDefinition, key: str
+) -> list[str]:
+    """The keys of a multi-partitions definition whose dimension partitioned by `dimension_def`
+    is `key` (packed_corpus keys of one doc shard, or of one recipe); none when it has no such
+    dimension."""
+    names = [d.name for d in multi.partitions_defs if d.partitions_def == dimension_def]
+    return [
+        partition
+        for partition in _partition_keys(instance, multi)
+        if names and partition.keys_by_dimension[names[0]] == key
+    ]
 
 
 def plan_runs(

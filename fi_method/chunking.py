@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fi_method.text import SENTENCE_END, content_hash
+from fi_method.text import content_hash, sentence_spans
 
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 
@@ -38,7 +38,9 @@ def _pieces(
             units.append((paragraph.span(), tokens))
             continue
         parts: list[tuple[Span, int]] = []
-        for sentence in _sentence_spans(paragraph):
+        offset = paragraph.start()
+        for start, end in sentence_spans(paragraph.group()):
+            sentence = (offset + start, offset + end)
             tokens = count_tokens(text[sentence[0] : sentence[1]])
             if tokens <= max_tokens:
                 parts.append((sentence, tokens))
@@ -46,15 +48,6 @@ def _pieces(
                 parts.extend(_word_runs(text, sentence, count_tokens, max_tokens))
         units.extend(parts)
     return units
-
-
-def _sentence_spans(paragraph: re.Match) -> list[Span]:
-    spans, start = [], paragraph.start()
-    for boundary in SENTENCE_END.finditer(paragraph.group()):
-        spans.append((start, paragraph.start() + boundary.start()))
-        start = paragraph.start() + boundary.end()
-    spans.append((start, paragraph.end()))
-    return spans
 
 
 def _word_runs(

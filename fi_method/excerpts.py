@@ -67,6 +67,17 @@ def expand_excerpts(answer: str, document: str) -> str:
     return expanded
 
 
+def _copied(tokens: list[str], source: list[str], min_words: int) -> list[bool]:
+    """For each of `tokens`, whether it lies in a run of `min_words` tokens that also occurs, in
+    order, in `source`."""
+    grams = {tuple(source[i : i + min_words]) for i in range(len(source) - min_words + 1)}
+    covered = [False] * len(tokens)
+    for i in range(len(tokens) - min_words + 1):
+        if tuple(tokens[i : i + min_words]) in grams:
+            covered[i : i + min_words] = [True] * min_words
+    return covered
+
+
 def excerpt_ratio(answer: str, document: str, min_words: int = MIN_EXCERPT_WORDS) -> float:
     """Share of the answer's non-space characters inside runs of at least `min_words` words that
     appear, in order and verbatim (up to whitespace), in the document. An answer shorter than
@@ -78,14 +89,7 @@ def excerpt_ratio(answer: str, document: str, min_words: int = MIN_EXCERPT_WORDS
     if len(answer_words) < min_words:
         words = " ".join(w for _, _, w in answer_words)
         return 1.0 if words in " ".join(document.split()) else 0.0
-    document_words = document.split()
-    grams = {
-        tuple(document_words[i : i + min_words]) for i in range(len(document_words) - min_words + 1)
-    }
-    covered = [False] * len(answer_words)
-    for i in range(len(answer_words) - min_words + 1):
-        if tuple(w for _, _, w in answer_words[i : i + min_words]) in grams:
-            covered[i : i + min_words] = [True] * min_words
+    covered = _copied([w for _, _, w in answer_words], document.split(), min_words)
     return sum(end - start for (start, end, _), hit in zip(answer_words, covered) if hit) / total
 
 
@@ -96,14 +100,7 @@ def excerpt_spans(
     covered by a `min_words`-word sequence that also appears, in order, in the answer. For showing
     where an answer comes from (`fi lineage`)."""
     text_words = list(_WORD.finditer(text))
-    answer_words = answer.split()
-    grams = {
-        tuple(answer_words[i : i + min_words]) for i in range(len(answer_words) - min_words + 1)
-    }
-    covered = [False] * len(text_words)
-    for i in range(len(text_words) - min_words + 1):
-        if tuple(m.group() for m in text_words[i : i + min_words]) in grams:
-            covered[i : i + min_words] = [True] * min_words
+    covered = _copied([m.group() for m in text_words], answer.split(), min_words)
     spans: list[tuple[int, int]] = []
     for word, hit in zip(text_words, covered, strict=True):
         if not hit:

@@ -58,6 +58,8 @@ class TrainingTokenizer:
     name: str
     encode: Encoder
     decode: Callable[[list[int]], str]
+    # What the trainer loads the same tokenizer from: a Hugging Face id or folder.
+    source: str
 
     def __call__(self, text: str) -> tuple[list[int], Offsets]:
         return self.encode(text)
@@ -95,14 +97,14 @@ def load_training_tokenizer(name: str | None = None) -> TrainingTokenizer:
     from transformers import AutoTokenizer  # slow to import: only when a named one is asked for
 
     tokenizer = AutoTokenizer.from_pretrained(name)
-    return TrainingTokenizer(name, as_encoder(tokenizer), tokenizer.decode)
+    return TrainingTokenizer(name, as_encoder(tokenizer), tokenizer.decode, name)
 
 
 def _from_tokenizers_file(path: Path, name: str) -> TrainingTokenizer:
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(path))
-    return TrainingTokenizer(name, as_encoder(tokenizer), tokenizer.decode)
+    return TrainingTokenizer(name, as_encoder(tokenizer), tokenizer.decode, str(path.parent))
 
 
 def as_encoder(tokenizer: Any) -> Encoder:
