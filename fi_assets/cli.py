@@ -157,7 +157,8 @@ def materialize(
     failed = 0
     for number, run in enumerate(runs, start=1):
         names = ", ".join(key.to_user_string() for key in run.asset_keys)
-        typer.echo(f"[{number}/{len(runs)}] {run.partitions}={run.partition_key}: {names}")
+        where = "" if run.partition_key is None else f" {run.partitions}={run.partition_key}"
+        typer.echo(f"[{number}/{len(runs)}]{where}: {names}")
         typer.echo(f"    why: {'; '.join(run.reasons)}")
         started = time.perf_counter()
         result = dg.materialize(
@@ -251,7 +252,8 @@ def lineage(
 @app.command()
 def demo(
     full: Annotated[
-        bool, typer.Option("--full", help="all 285 IFBench queries and 105 articles")
+        bool,
+        typer.Option("--full", help="all 285 IFBench queries and 105 articles (6 held out)"),
     ] = False,
 ) -> None:
     """Ingest the bundled sample (real WildChat queries, real Wikipedia articles) and materialize
@@ -261,9 +263,10 @@ def demo(
 
     settings = _settings()
     started = time.perf_counter()
-    queries_file, documents_file = write_sample(settings.home / "samples", full=full)
-    _ingest("queries", str(queries_file), None)
-    _ingest("documents", str(documents_file), None)
+    sample = write_sample(settings.home / "samples", full=full)
+    _ingest("queries", str(sample.queries), None)
+    _ingest("documents", str(sample.documents), None)
+    _ingest("documents", str(sample.heldout_documents), settings.heldout_doc_shard)
     materialize(None)
     fi = _command_name()
     connection = Storage(home=str(settings.home)).connect()
@@ -276,16 +279,43 @@ def demo(
     tokens = connection.execute(
         "select recipe, sum(n_tokens) from packed_corpus group by 1 order by 1"
     ).fetchall()
+    report = settings.home / "reports" / "eval_report.md"
+    table = report.read_text().split("\n\n")[1] if report.exists() else "(no eval report)"
     typer.echo(
         f"\ndemo done in {time.perf_counter() - started:.0f}s. Data root: {settings.home}\n"
+        f"Evaluation ({report}):\n{table}\n"
         f"{judged} pairs judged, {kept} kept; {continued} non-instructional continuations.\n"
         f"Packed tokens per recipe: {', '.join(f'{r} {n:,}' for r, n in tokens)}.\n"
         f'  {fi} sql "select n_tags, count(*) from instruction_templates group by 1 order by 1"\n'
         f'  {fi} sql "select stage, reason, count(*) from rejects group by all order by 3 desc"\n'
         f'  {fi} sql "select score, count(*) from judged_pairs group by 1 order by 1"\n'
         f'  {fi} sql "select recipe, count(*), sum(n_tokens) from packed_corpus group by 1"\n'
+        f'  {fi} sql "select recipe, benchmark, metric, value, judge from eval_scores"\n'
+        f"  {fi} export fineinstructions exported/\n"
         + (f"  {fi} lineage {example}\n" if example else "")
         + f"  {fi} ui    (then open http://127.0.0.1:3000, Catalog)"
+    )
+
+
+@app.command()
+def export(
+    recipe: Annotated[str, typer.Argument(help="fineinstructions or non_instructional")],
+    out: Annotated[Path, typer.Argument(help="a new or empty folder")],
+) -> None:
+    """Write a recipe's synthetic data as Parquet shards in the released FineInstructions schema,
+    with a dataset card (README.md); loadable with datasets.load_dataset("parquet", ...)."""
+    from fi_assets.export import ExportError, export_recipe
+    from fi_resources.storage import Storage
+
+    settings = _settings()
+    try:
+        summary = export_recipe(Storage(home=str(settings.home)), settings, recipe, out)
+    except ExportError as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(
+        f"exported {summary.rows} {recipe} rows of {summary.documents} documents "
+        f"({summary.synthetic_tokens:,} tokens) from {len(summary.shards)} shard(s) to {out}"
     )
 
 

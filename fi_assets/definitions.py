@@ -4,6 +4,7 @@ settings taken from FI_* environment variables or fi.toml (fi_resources.settings
 import dagster as dg
 
 from fi_assets.documents import documents
+from fi_assets.evaluation import eval_report, eval_scores
 from fi_assets.ingestion import inbox_sensor, ingested_documents, ingested_queries
 from fi_assets.matching import document_chunks, matched_pairs
 from fi_assets.packing import packed_corpus, recipes_agree_on_tokens
@@ -12,7 +13,7 @@ from fi_assets.synthesis import continuations, instantiated_pairs, judged_pairs
 from fi_assets.templates import instruction_templates, template_index
 from fi_assets.training import trained_checkpoint
 from fi_resources.embedder import Embedder, default_similarity_threshold
-from fi_resources.roles import Continuer, Genericizer, Instantiator, Judge
+from fi_resources.roles import BenchmarkJudge, Continuer, Genericizer, Instantiator, Judge
 from fi_resources.settings import Settings, get_settings
 from fi_resources.storage import Storage
 from fi_resources.template_index import TemplateIndex
@@ -87,7 +88,14 @@ def build_assets(settings: Settings) -> list:
         _with_model_version(
             packed_corpus, f"{settings.training_tokenizer or 'llama3'}@{settings.packing_seed}"
         ),
-        trained_checkpoint,
+        _with_model_version(trained_checkpoint, f"heldout:{settings.heldout_doc_shard}"),
+        _with_model_version(
+            eval_scores,
+            f"{settings.eval_engine}|"
+            f"{_engine_version(settings.eval_judge_engine, settings.eval_judge_model, tokens)}"
+            f"|alpaca:{settings.alpaca_eval_baseline}|heldout:{settings.heldout_doc_shard}",
+        ),
+        eval_report,
     ]
     if settings.automation:
         derived = [_automated(asset) for asset in derived]
@@ -125,6 +133,9 @@ def build_resources(settings: Settings) -> dict:
             Judge, settings.judge_engine, settings.judge_model, min_score=settings.min_judge_score
         ),
         "continuer": role(Continuer, settings.continuation_engine, settings.continuation_model),
+        "benchmark_judge": role(
+            BenchmarkJudge, settings.eval_judge_engine, settings.eval_judge_model
+        ),
         "embedder": Embedder(
             model=settings.embedder_model,
             device=settings.device,

@@ -3,6 +3,7 @@
 
 import dagster as dg
 
+from fi_method.benchmarks import BENCHMARKS
 from fi_method.packing import RECIPES
 
 query_shards = dg.DynamicPartitionsDefinition(name="query_shards")
@@ -13,15 +14,23 @@ doc_shards = dg.DynamicPartitionsDefinition(name="doc_shards")
 recipes = dg.StaticPartitionsDefinition(list(RECIPES))
 DOC_SHARD, RECIPE = "doc_shard", "recipe"
 doc_shard_recipes = dg.MultiPartitionsDefinition({DOC_SHARD: doc_shards, RECIPE: recipes})
+# Stage F: every recipe's model on every benchmark.
+benchmarks = dg.StaticPartitionsDefinition(list(BENCHMARKS))
+BENCHMARK = "benchmark"
+recipe_benchmarks = dg.MultiPartitionsDefinition({RECIPE: recipes, BENCHMARK: benchmarks})
 
 
-def partitions_label(partitions: dg.PartitionsDefinition) -> str:
-    """How a partitions definition is named in `fi` output: doc_shards, recipe, or
-    doc_shard x recipe."""
+def partitions_label(partitions: dg.PartitionsDefinition | None) -> str:
+    """How a partitions definition is named in `fi` output: doc_shards, recipe,
+    doc_shard x recipe, or unpartitioned."""
+    if partitions is None:
+        return "unpartitioned"
     if isinstance(partitions, dg.MultiPartitionsDefinition):
         return " x ".join(dimension.name for dimension in partitions.partitions_defs)
     if partitions == recipes:
         return RECIPE
+    if partitions == benchmarks:
+        return BENCHMARK
     return partitions.name
 
 

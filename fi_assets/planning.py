@@ -35,7 +35,7 @@ class PlannedRun:
     """One run: the assets of one partitions definition to materialize for one partition key."""
 
     partitions: str
-    partition_key: str
+    partition_key: str | None
     asset_keys: list[dg.AssetKey] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
 
@@ -47,7 +47,9 @@ def _latest(
     before a storage id."""
     result = instance.fetch_materializations(
         dg.AssetRecordsFilter(
-            asset_key=key, asset_partitions=[partition], before_storage_id=before
+            asset_key=key,
+            asset_partitions=None if partition is None else [partition],
+            before_storage_id=before,
         ),
         limit=1,
     )
@@ -57,7 +59,10 @@ def _latest(
     return record.storage_id, dict(record.asset_materialization.tags or {})
 
 
-def _partition_keys(instance, partitions: dg.PartitionsDefinition) -> list[str]:
+def _partition_keys(instance, partitions: dg.PartitionsDefinition | None) -> list[str | None]:
+    """The keys of a partitions definition; an unpartitioned asset has the one key None."""
+    if partitions is None:
+        return [None]
     return list(partitions.get_partition_keys(dynamic_partitions_store=instance))
 
 

@@ -42,7 +42,8 @@ class TrainingConfig(dg.Config):
     code_version="1",
     pool="gpu",
     description="A model pre-trained from scratch on one recipe's packed corpus (all document "
-    "shards), by the standalone trainer in `training/` launched through Dagster Pipes; the "
+    "shards but the held-out one, FI_HELDOUT_DOC_SHARD), by the standalone trainer in "
+    "`training/` launched through Dagster Pipes; the "
     "checkpoint and its Hugging Face export are under FI_HOME/checkpoints/<recipe>/.",
 )
 def trained_checkpoint(
@@ -52,9 +53,16 @@ def trained_checkpoint(
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
     recipe = context.partition_key
-    files = sorted((storage.tables_dir / "packed_corpus").glob(f"*.{recipe}.parquet"))
+    heldout = f"{get_settings().heldout_doc_shard}.{recipe}.parquet"
+    files = [
+        path
+        for path in sorted((storage.tables_dir / "packed_corpus").glob(f"*.{recipe}.parquet"))
+        if path.name != heldout
+    ]
     if not files:
-        raise FileNotFoundError(f"no packed_corpus for recipe {recipe}: materialize it first")
+        raise FileNotFoundError(
+            f"no packed_corpus for recipe {recipe} outside the held-out shard: materialize it"
+        )
     out = storage.root / "checkpoints" / recipe
     command = [
         sys.executable,

@@ -23,19 +23,23 @@ MixEval-Hard 2024-08-11 (prompts, and their context passages as items of their o
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fi_method.benchmarks import (
+    EVAL_DIR,
+    MIXEVAL_FILES,
+    MIXEVAL_SPLITS,
+    read_alpaca_eval,
+    read_jsonl,
+    read_mixeval,
+    read_mt_bench_101,
+)
 from fi_method.text import fold_for_matching
 
 TULU3_NGRAM = 8
 TULU3_MIN_COVERAGE = 0.5
-EVAL_DIR = Path(__file__).parent / "data" / "eval"
-MIXEVAL_VERSION_DIR = "mixeval-2024-08-11"
-MIXEVAL_SPLITS = {"mixeval": "mixeval", "mixeval_hard": "mixeval-hard"}
-MIXEVAL_PROBLEM_FILES = ("free-form", "multiple-choice")
 
 
 @dataclass(frozen=True)
@@ -58,10 +62,9 @@ class Contamination:
 
 def _mixeval_items(eval_dir: Path) -> list[EvalItem]:
     items = []
-    for benchmark, split_dir in MIXEVAL_SPLITS.items():
-        for problem_file in MIXEVAL_PROBLEM_FILES:
-            path = eval_dir / MIXEVAL_VERSION_DIR / split_dir / f"{problem_file}.json"
-            for index, row in json.loads(path.read_text(encoding="utf-8")).items():
+    for benchmark in MIXEVAL_SPLITS:
+        for kind, problem_file in MIXEVAL_FILES.items():
+            for index, row in read_mixeval(benchmark, kind, eval_dir).items():
                 item_id = f"{problem_file}/{index}"
                 items.append(EvalItem(benchmark, item_id, row["prompt"]))
                 if row.get("context"):
@@ -69,31 +72,25 @@ def _mixeval_items(eval_dir: Path) -> list[EvalItem]:
     return items
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
 def _mt_bench_101_items(eval_dir: Path) -> list[EvalItem]:
     return [
         EvalItem("mt_bench_101", f"{dialogue['id']}/turn{turn}", exchange["user"])
-        for dialogue in _read_jsonl(eval_dir / "mt-bench-101" / "mtbench101.jsonl")
+        for dialogue in read_mt_bench_101(eval_dir)
         for turn, exchange in enumerate(dialogue["history"], start=1)
     ]
 
 
 def _alpaca_eval_items(eval_dir: Path) -> list[EvalItem]:
-    path = eval_dir / "alpaca-eval" / "gpt4_1106_preview_outputs.json"
-    rows = json.loads(path.read_text(encoding="utf-8"))
     return [
-        EvalItem("alpaca_eval", str(index), row["instruction"]) for index, row in enumerate(rows)
+        EvalItem("alpaca_eval", str(index), row["instruction"])
+        for index, row in enumerate(read_alpaca_eval(eval_dir))
     ]
 
 
 def _mt_bench_items(eval_dir: Path) -> list[EvalItem]:
     return [
         EvalItem("mt_bench", f"{question['question_id']}/turn{turn}", text)
-        for question in _read_jsonl(eval_dir / "mt-bench" / "question.jsonl")
+        for question in read_jsonl(eval_dir / "mt-bench" / "question.jsonl")
         for turn, text in enumerate(question["turns"], start=1)
     ]
 

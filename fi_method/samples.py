@@ -8,6 +8,7 @@ import bz2
 import importlib.util
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from fi_method.ifbench import ifbench_queries
@@ -16,6 +17,9 @@ WIKIPEDIA_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shorten
 # Small enough that `make demo` runs in about a minute on two cores; `--full` takes everything.
 DEMO_QUERIES = 100
 DEMO_DOCUMENTS = 12
+# Articles after the training ones, ingested as the held-out document shard that evaluation's
+# heldout_nll reads and no recipe trains on.
+HELDOUT_DOCUMENTS = 6
 MIN_ARTICLE_CHARS = 500
 # filter_wiki keeps the '' and ''' of wiki italics and bold.
 _WIKI_EMPHASIS = re.compile(r"'{2,}")
@@ -53,18 +57,31 @@ def wikipedia_articles(limit: int | None = None) -> list[dict]:
     return articles
 
 
-def write_sample(directory: Path, full: bool = False) -> tuple[Path, Path]:
-    """Write the sample as two JSONL files in `directory`, the same format users ingest; return
-    (queries file, documents file)."""
+@dataclass(frozen=True)
+class SampleFiles:
+    """The sample as files users could have ingested themselves."""
+
+    queries: Path
+    documents: Path
+    heldout_documents: Path
+
+
+def write_sample(directory: Path, full: bool = False) -> SampleFiles:
+    """Write the sample as JSONL files in `directory`, the same format users ingest: queries,
+    training documents, and the held-out documents that follow them in the dump."""
     directory.mkdir(parents=True, exist_ok=True)
     queries = ifbench_queries(limit=None if full else DEMO_QUERIES)
-    documents = wikipedia_articles(limit=None if full else DEMO_DOCUMENTS)
+    articles = wikipedia_articles(limit=None if full else DEMO_DOCUMENTS + HELDOUT_DOCUMENTS)
     suffix = "full" if full else "sample"
-    queries_path = directory / f"wildchat_{suffix}.jsonl"
-    documents_path = directory / f"enwiki_{suffix}.jsonl"
-    _write_jsonl(queries_path, [{"query": row["query"]} for row in queries])
-    _write_jsonl(documents_path, documents)
-    return queries_path, documents_path
+    files = SampleFiles(
+        directory / f"wildchat_{suffix}.jsonl",
+        directory / f"enwiki_{suffix}.jsonl",
+        directory / f"enwiki_{suffix}_heldout.jsonl",
+    )
+    _write_jsonl(files.queries, [{"query": row["query"]} for row in queries])
+    _write_jsonl(files.documents, articles[:-HELDOUT_DOCUMENTS])
+    _write_jsonl(files.heldout_documents, articles[-HELDOUT_DOCUMENTS:])
+    return files
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

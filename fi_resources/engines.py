@@ -37,21 +37,49 @@ class TransformersEngine:
         max_new_tokens: int,
         progress: Progress | None = None,
     ) -> list[str]:
+        """Answers to chat conversations, each formatted by the model's chat template."""
+        prompts = [
+            self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            for messages in conversations
+        ]
+        # The chat template writes the BOS itself.
+        return self._complete(prompts, max_new_tokens, False, progress)
+
+    def complete(
+        self, prompts: Sequence[str], max_new_tokens: int, progress: Progress | None = None
+    ) -> list[str]:
+        """Raw continuations of text prompts (a pre-trained model without a chat template), each
+        prompt after the tokenizer's BOS."""
+        return self._complete(prompts, max_new_tokens, True, progress)
+
+    def _truncation(self, max_new_tokens: int) -> dict:
+        """Keep prompt and answer within the model's window, cutting the prompt's start: a
+        small pre-trained model's window (256 tokens for the demo's) is shorter than many
+        benchmark questions."""
+        window = getattr(self.model.config, "max_position_embeddings", None)
+        if not window or window <= max_new_tokens:
+            return {}
+        self.tokenizer.truncation_side = "left"
+        return {"truncation": True, "max_length": window - max_new_tokens}
+
+    def _complete(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        add_special_tokens: bool,
+        progress: Progress | None,
+    ) -> list[str]:
         import torch
 
         outputs: list[str] = []
-        for start in range(0, len(conversations), self.batch_size):
-            batch = conversations[start : start + self.batch_size]
-            prompts = [
-                self.tokenizer.apply_chat_template(
-                    messages, tokenize=False, add_generation_prompt=True
-                )
-                for messages in batch
-            ]
+        for start in range(0, len(prompts), self.batch_size):
             encoded = self.tokenizer(
-                prompts, return_tensors="pt", padding=True, add_special_tokens=False
-            )
-            encoded = encoded.to(self.device)
+                list(prompts[start : start + self.batch_size]),
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=add_special_tokens,
+                **self._truncation(max_new_tokens),
+            ).to(self.device)
             with torch.inference_mode():
                 generated = self.model.generate(
                     **encoded,
@@ -62,7 +90,7 @@ class TransformersEngine:
             new_tokens = generated[:, encoded["input_ids"].shape[1] :]
             outputs.extend(self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
             if progress is not None:
-                progress(len(outputs), len(conversations))
+                progress(len(outputs), len(prompts))
         return outputs
 
 
@@ -90,4 +118,16 @@ class VLLMEngine:
         results = self.llm.chat(list(conversations), params, use_tqdm=True)
         if progress is not None:
             progress(len(results), len(conversations))
+        return [result.outputs[0].text for result in results]
+
+    def complete(
+        self, prompts: Sequence[str], max_new_tokens: int, progress: Progress | None = None
+    ) -> list[str]:
+        """Raw continuations of text prompts (a pre-trained model without a chat template)."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+        results = self.llm.generate(list(prompts), params, use_tqdm=True)
+        if progress is not None:
+            progress(len(results), len(prompts))
         return [result.outputs[0].text for result in results]

@@ -13,7 +13,7 @@ from typing import ClassVar
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
-from fi_method import continuations, genericizer, instantiator, judge
+from fi_method import benchmarks, continuations, genericizer, instantiator, judge
 from fi_method.excerpts import MIN_EXCERPT_RATIO
 from fi_method.rules_genericizer import rules_genericize
 from fi_method.rules_instantiator import RULES_VERSION as RULES_INSTANTIATOR_VERSION
@@ -81,24 +81,30 @@ class RoleModel(ConfigurableResource):
     def _generate(
         self,
         prompt_version: str,
-        conversations: Sequence[list[dict]],
+        conversations: Sequence[list[dict]] | Sequence[str],
         progress: Progress | None,
         caller: Caller,
+        raw: bool = False,
+        params: dict | None = None,
     ) -> CallResult:
+        """Generate through the cache: chat conversations, or with `raw` plain text prompts.
+        `params` add to the cache key whatever else decides the output."""
         spec = CallSpec(
             self.ROLE,
             self.engine,
             self.model,
             prompt_version,
-            {"max_new_tokens": self.max_new_tokens, "decoding": "greedy"},
+            {"max_new_tokens": self.max_new_tokens, "decoding": "greedy", **(params or {})},
         )
+
+        def compute(batch: list) -> list[str]:
+            generator = self._generator()
+            if raw:
+                return generator.complete(batch, self.max_new_tokens)
+            return generator.generate(batch, self.max_new_tokens)
+
         return self.cache.call(
-            spec,
-            list(conversations),
-            lambda batch: self._generator().generate(batch, self.max_new_tokens),
-            self.batch_size,
-            progress,
-            *caller,
+            spec, list(conversations), compute, self.batch_size, progress, *caller
         )
 
     def _rules(
@@ -240,3 +246,53 @@ class Continuer(RoleModel):
             raise ValueError("the rules engine has no teacher: use each document's second half")
         conversations = [continuations.build_messages(prompt) for prompt in prompts]
         return self._generate(continuations.PROMPT_VERSION, conversations, progress, caller)
+
+
+class Candidate(RoleModel):
+    """A trained checkpoint answering benchmark prompts: raw continuations of `Instruction:
+    ...\n\nAnswer:`, with no chat template, because that is the format it was pre-trained on.
+    Built per recipe by eval_scores; `weights` (a hash of the weights file) is part of the cache
+    key, so a retrained checkpoint in the same folder is asked afresh."""
+
+    ROLE: ClassVar[str] = "candidate"
+    engine: Engine = Field("transformers", description="transformers or vllm")
+    model: str = Field(description="the checkpoint's Hugging Face export folder")
+    weights: str = Field(description="content hash of the checkpoint's weights")
+
+    def answer(
+        self, prompts: list[str], progress: Progress | None = None, caller: Caller = (None, None)
+    ) -> CallResult:
+        if self.engine == "rules":
+            raise ValueError("a trained checkpoint answers on transformers or vllm, not rules")
+        return self._generate(
+            benchmarks.MODEL_PROMPT_VERSION,
+            prompts,
+            progress,
+            caller,
+            raw=True,
+            params={"weights": self.weights},
+        )
+
+
+class BenchmarkJudge(RoleModel):
+    """The judge of stage F's benchmarks (fi_method.benchmarks builds its prompts and parses its
+    outputs). The `rules` engine judges nothing: eval_scores then scores mechanically what can be
+    checked and marks the rest as needing an LLM judge."""
+
+    ROLE: ClassVar[str] = "benchmark_judge"
+    model: str = Field("Qwen/Qwen2.5-7B-Instruct")
+    max_new_tokens: int = Field(512, ge=16)
+
+    @property
+    def is_llm(self) -> bool:
+        return self.engine != "rules"
+
+    def judge(
+        self,
+        conversations: list[list[dict]],
+        progress: Progress | None = None,
+        caller: Caller = (None, None),
+    ) -> CallResult:
+        if not self.is_llm:
+            raise ValueError("the rules engine is no LLM judge: configure transformers or vllm")
+        return self._generate(benchmarks.JUDGE_PROMPT_VERSION, conversations, progress, caller)

