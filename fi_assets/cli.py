@@ -154,12 +154,18 @@ def materialize(
     if not runs:
         typer.echo("everything is up to date")
         return
-    failed = 0
+    failed: set[int] = set()
     for number, run in enumerate(runs, start=1):
         names = ", ".join(key.to_user_string() for key in run.asset_keys)
         where = "" if run.partition_key is None else f" {run.partitions}={run.partition_key}"
         typer.echo(f"[{number}/{len(runs)}]{where}: {names}")
         typer.echo(f"    why: {'; '.join(run.reasons)}")
+        blocked = sorted(index + 1 for index in run.reads_from & failed)
+        if blocked:
+            # A failed run (or a failed blocking check) upstream: its rows must not be built on.
+            typer.echo(f"    SKIPPED: it reads from failed run(s) {', '.join(map(str, blocked))}")
+            failed.add(number - 1)
+            continue
         started = time.perf_counter()
         result = dg.materialize(
             list(defs.assets),
@@ -172,12 +178,19 @@ def materialize(
             raise_on_error=False,
         )
         status = "ok" if result.success else "FAILED"
-        failed += not result.success
+        if not result.success:
+            failed.add(number - 1)
         typer.echo(f"    {status} in {time.perf_counter() - started:.1f}s (run {result.run_id})")
-    failed += _run_checks(defs, instance, {key for run in runs for key in run.asset_keys})
-    if failed:
+        for evaluation in result.get_asset_check_evaluations():
+            if not evaluation.passed:
+                typer.echo(f"    check {evaluation.check_name} FAILED (blocking)")
+    checks_failed = _run_checks(defs, instance, {key for run in runs for key in run.asset_keys})
+    if failed or checks_failed:
         typer.secho(
-            f"{failed} run(s) failed: open the UI (fi ui) for their logs", fg="red", err=True
+            f"{len(failed)} run(s) failed or skipped, {checks_failed} check(s) failed: "
+            "open the UI (fi ui) for their logs",
+            fg="red",
+            err=True,
         )
         raise typer.Exit(1)
 

@@ -3,14 +3,19 @@ model answers every benchmark greedily in its training format; answers are score
 where they can be checked, by the configured LLM judge otherwise, and `heldout_nll` measures the
 answer-token likelihood of pairs from a document shard no recipe trained on."""
 
-import base64
 import math
 
 import dagster as dg
 import polars as pl
 
 from fi_assets.partitions import BENCHMARK, RECIPE, recipe_benchmarks
-from fi_assets.reporting import call_metadata, frame_version, log_progress, markdown_preview
+from fi_assets.reporting import (
+    call_metadata,
+    frame_version,
+    log_progress,
+    markdown_preview,
+    png_markdown,
+)
 from fi_method import benchmarks as bench
 from fi_method.eval_report import plot, render_markdown
 from fi_method.packing import load_training_tokenizer, tokenize_sample
@@ -104,7 +109,8 @@ def heldout_rows(storage: Storage, recipe: str, device: str) -> list[dict]:
 
 class _Scorer:
     """Scores one recipe's answers to one benchmark: mechanically where possible, else with the
-    judge; collects the per-item rows and the judge's call counts."""
+    judge. Each method returns the aggregate rows (metric, value, judge, n_items, note) and the
+    per-item (item, score, judge, judge output); the judge's call counts are kept."""
 
     def __init__(self, context, judge: BenchmarkJudge, seed: int):
         self.context, self.judge, self.seed = context, judge, seed
@@ -119,7 +125,7 @@ class _Scorer:
         self.judge_calls = calls
         return calls.outputs
 
-    def mixeval(self, items, responses) -> tuple[list[dict], list[tuple]]:
+    def mixeval(self, items, responses):
         scored = []  # (item, score, judge, judge_output)
         free_form = [(i, r) for i, r in zip(items, responses) if i.kind == bench.FREE_FORM]
         if self.judge.is_llm and free_form:
@@ -349,11 +355,10 @@ def eval_report(storage: Storage) -> dg.MaterializeResult:
     markdown = render_markdown(rows)
     png = plot(rows, reports / "eval_report.png")
     (reports / "eval_report.md").write_text(markdown + "\n![plot](eval_report.png)\n")
-    image = base64.b64encode(png.read_bytes()).decode()
     return dg.MaterializeResult(
         metadata={
             "report": dg.MetadataValue.md(markdown),
-            "plot": dg.MetadataValue.md(f"![eval report](data:image/png;base64,{image})"),
+            "plot": png_markdown(png.read_bytes(), "eval report"),
             "markdown_path": dg.MetadataValue.path(str(reports / "eval_report.md")),
             "png_path": dg.MetadataValue.path(str(png)),
         },

@@ -6,12 +6,14 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from fi_assets.checks import SIMILARITY_ABOVE_THRESHOLD, check_result
 from fi_assets.partitions import doc_shards, query_shards
 from fi_assets.planning import upstream_partitions_tags
-from fi_assets.reporting import each_partition, markdown_preview, write_stage
+from fi_assets.reporting import distribution_chart, each_partition, markdown_preview, write_stage
 from fi_method.chunking import chunk_document
 from fi_method.matching import match_chunks, target_distribution
 from fi_method.pooling import GAUSSIAN_POOLING_K
+from fi_method.quality import below_minimum
 from fi_resources.embedder import Embedder
 from fi_resources.storage import Storage
 from fi_resources.template_index import TemplateIndex, table_name_for
@@ -118,6 +120,7 @@ def _histogram(values: list[float], bins: int = 10) -> str:
     code_version="1",
     pool="gpu",
     backfill_policy=dg.BackfillPolicy.single_run(),
+    check_specs=[SIMILARITY_ABOVE_THRESHOLD],
     description="Templates matched to each document: every chunk vector queries the LanceDB index "
     "(one batched call); candidates above the embedder's similarity threshold are sampled, seeded by "
     "doc_id, with weight target(n_tags) / candidates(n_tags) so the chosen complexity follows the "
@@ -179,6 +182,9 @@ def _match_shard(
             ),
             "matches_per_document": round(frame.height / max(n_documents, 1), 3),
             "similarity_histogram": dg.MetadataValue.md(_histogram(similarities)),
+            "similarity_chart": distribution_chart(
+                frame["similarity"].to_list(), "similarity of chosen templates"
+            ),
             "n_tags_chosen_vs_target": dg.MetadataValue.md(
                 markdown_preview(
                     pl.DataFrame(
@@ -198,4 +204,18 @@ def _match_shard(
             ),
         },
         upstream_partitions_tags(context.instance, {"template_index": query_shards.name}),
+        checks=[
+            check_result(
+                SIMILARITY_ABOVE_THRESHOLD,
+                frame.height,
+                below_minimum(
+                    frame.with_columns(
+                        match=pl.concat_str("chunk_id", "template_id", separator=" -> ")
+                    ).to_dicts(),
+                    "match",
+                    "similarity",
+                    threshold,
+                ),
+            )
+        ],
     )

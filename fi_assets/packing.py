@@ -4,14 +4,17 @@ shard, packed token for token against the shard's documents, tokenized for the t
 import dagster as dg
 import polars as pl
 
+from fi_assets.checks import NO_EVAL_LEAK, check_result
 from fi_assets.partitions import DOC_SHARD, RECIPE, doc_shard_recipes, storage_partition
 from fi_assets.reporting import write_stage
+from fi_method.decontamination import default_index
 from fi_method.packing import (
     FINEINSTRUCTIONS,
     NON_INSTRUCTIONAL,
     load_training_tokenizer,
     pack_shard,
 )
+from fi_method.quality import leaked_eval_items
 from fi_resources.settings import get_settings
 from fi_resources.storage import Storage
 
@@ -58,6 +61,7 @@ def _candidates(storage: Storage, shard: str, recipe: str) -> dict[str, list[dic
     group_name="packing",
     kinds={"polars", "parquet"},
     code_version="1",
+    check_specs=[NO_EVAL_LEAK],
     description="Stage E: a recipe's samples of one document shard, formatted `Instruction: ...\\n\\n"
     "Answer: ...` and packed token for token: a document's budget is its own token count under "
     "the training tokenizer (FI_TRAINING_TOKENIZER, default Llama-3); samples are drawn at random "
@@ -98,6 +102,13 @@ def packed_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
             "samples_per_document": {str(k): v for k, v in stats.samples_per_document.items()},
             "documents_without_samples": stats.documents_without_samples,
         },
+        checks=[
+            check_result(
+                NO_EVAL_LEAK,
+                frame.height,
+                leaked_eval_items(frame.select("sample_id", "text").to_dicts(), default_index()),
+            )
+        ],
     )
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 from dagster._core.definitions.data_version import CODE_VERSION_TAG, DATA_VERSION_TAG
 
+from fi_assets.checks import FAILED_CHECKS_TAG
 from fi_assets.partitions import partitions_label
 from fi_method.text import content_hash
 
@@ -38,6 +39,8 @@ class PlannedRun:
     partition_key: str | None
     asset_keys: list[dg.AssetKey] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
+    # Indices of the earlier runs this one reads from: when one fails, this one must not run.
+    reads_from: set[int] = field(default_factory=set)
 
 
 def _latest(
@@ -131,19 +134,21 @@ def plan_runs(
             if reason is None:
                 continue
             group = (label, partition)
-            if group not in open_run or open_run[group] < after:
+            if group not in open_run or open_run[group] < max(after, default=-1):
                 runs.append(PlannedRun(label, partition))
                 open_run[group] = len(runs) - 1
+            run = runs[open_run[group]]
             run_of[(key, partition)] = open_run[group]
-            runs[open_run[group]].asset_keys.append(key)
-            runs[open_run[group]].reasons.append(f"{key.to_user_string()}: {reason}")
+            run.asset_keys.append(key)
+            run.reasons.append(f"{key.to_user_string()}: {reason}")
+            run.reads_from |= after - {open_run[group]}
     return runs
 
 
-def _why_run(instance, graph, key, partition, run_of) -> tuple[str | None, int]:
-    """Why this partition must run (None when it is up to date), and the index of the latest
-    planned run it must follow."""
-    after = -1
+def _why_run(instance, graph, key, partition, run_of) -> tuple[str | None, set[int]]:
+    """Why this partition must run (None when it is up to date), and the indices of the planned
+    runs it reads from (it must follow them)."""
+    after: set[int] = set()
     reason = None
     latest = _latest(instance, key, partition)
     node = graph.get(key)
@@ -151,6 +156,8 @@ def _why_run(instance, graph, key, partition, run_of) -> tuple[str | None, int]:
         reason = "missing"
     elif node.code_version is not None and latest[1].get(CODE_VERSION_TAG) != node.code_version:
         reason = f"code version {latest[1].get(CODE_VERSION_TAG)} -> {node.code_version}"
+    elif latest[1].get(FAILED_CHECKS_TAG):
+        reason = f"its blocking check(s) {latest[1][FAILED_CHECKS_TAG]} failed last time"
     for parent in node.parent_keys:
         parent_partitions = _parent_partitions(instance, graph, key, parent, partition)
         recorded = (
@@ -164,7 +171,7 @@ def _why_run(instance, graph, key, partition, run_of) -> tuple[str | None, int]:
             reason = f"partitions of upstream {parent.to_user_string()} added or removed"
         for parent_partition in parent_partitions:
             if (parent, parent_partition) in run_of:
-                after = max(after, run_of[(parent, parent_partition)])
+                after.add(run_of[(parent, parent_partition)])
                 reason = reason or f"upstream {parent.to_user_string()} is re-materialized"
                 continue
             if reason is not None or latest is None:

@@ -3,13 +3,16 @@ so that downstream partitions re-run only when their input really changed."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 
 import dagster as dg
 import polars as pl
 
+from fi_assets.checks import failed_checks_tags
 from fi_method.text import content_hash
 from fi_resources.model_calls import CallResult
 from fi_resources.storage import Storage
@@ -40,6 +43,57 @@ def markdown_preview(frame: pl.DataFrame, columns: list[str], rows: int = PREVIE
     return "\n".join(lines)
 
 
+def png_markdown(png: bytes, alt: str) -> dg.MetadataValue:
+    """A PNG as Markdown metadata: the UI shows the image inline."""
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
+def _small_figure():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a server
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(4.2, 2.6))
+
+
+def _figure_markdown(figure, title: str) -> dg.MetadataValue:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    return png_markdown(buffer.getvalue(), title)
+
+
+def distribution_chart(
+    values: Sequence[float], title: str, discrete: bool = False
+) -> dg.MetadataValue:
+    """A small histogram (or, `discrete`, a bar per value) of `values` as inline metadata."""
+    figure, axis = _small_figure()
+    if discrete:
+        counts = sorted(Counter(values).items())
+        axis.bar([str(k) for k, _ in counts], [n for _, n in counts], color="#1f77b4")
+    else:
+        axis.hist(list(values), bins=20, color="#1f77b4")
+    axis.set_title(f"{title} (n={len(values)})", fontsize=9)
+    axis.tick_params(labelsize=7)
+    return _figure_markdown(figure, title)
+
+
+def line_chart(
+    xs: Sequence[float], ys: Sequence[float], title: str, xlabel: str
+) -> dg.MetadataValue:
+    """A small line chart (a training curve) as inline metadata."""
+    figure, axis = _small_figure()
+    axis.plot(list(xs), list(ys), marker="o", markersize=3)
+    axis.set_title(title, fontsize=9)
+    axis.set_xlabel(xlabel, fontsize=8)
+    axis.tick_params(labelsize=7)
+    return _figure_markdown(figure, title)
+
+
 def write_stage(
     storage: Storage,
     table: str,
@@ -49,8 +103,10 @@ def write_stage(
     preview_columns: list[str],
     metadata: dict | None = None,
     tags: dict[str, str] | None = None,
+    checks: list[dg.AssetCheckResult] | None = None,
 ) -> dg.MaterializeResult:
-    """Write one partition of a table asset and its rejects, and report them."""
+    """Write one partition of a table asset and its rejects, and report them with the results of
+    the asset's checks on that partition."""
     path = storage.write_table(table, partition, frame)
     storage.write_rejects(
         table, partition, [{**r, "stage": table, "shard": partition} for r in rejects]
@@ -68,8 +124,36 @@ def write_stage(
             **(metadata or {}),
         },
         data_version=dg.DataVersion(frame_version(frame)),
-        tags=tags,
+        tags={**(tags or {}), **failed_checks_tags(checks or [])} or None,
+        check_results=checks,
     )
+
+
+def _combined_checks(results: dict[str, dg.MaterializeResult]) -> list[dg.AssetCheckResult]:
+    """One result per check over every partition of the step: passed when every partition
+    passed, the failures prefixed with their partition."""
+    by_name: dict[str, list[tuple[str, dg.AssetCheckResult]]] = {}
+    for key, result in results.items():
+        for check in result.check_results or []:
+            by_name.setdefault(check.check_name, []).append((key, check))
+    combined = []
+    for name, checks in by_name.items():
+        failed = [(key, c) for key, c in checks if not c.passed]
+        lines = [f"- {key}: {c.metadata['failures'].value}" for key, c in failed]
+        combined.append(
+            dg.AssetCheckResult(
+                check_name=name,
+                asset_key=checks[0][1].asset_key,
+                passed=not failed,
+                severity=checks[0][1].severity,
+                metadata={
+                    "checked_rows": sum(c.metadata["checked_rows"].value for _, c in checks),
+                    "failed_rows": sum(c.metadata["failed_rows"].value for _, c in checks),
+                    "failures": dg.MetadataValue.md("\n".join(lines) or "none"),
+                },
+            )
+        )
+    return combined
 
 
 def each_partition(
@@ -81,6 +165,7 @@ def each_partition(
     if len(results) == 1:
         return next(iter(results.values()))
     rows = {key: r.metadata.get("dagster/row_count", 0) for key, r in results.items()}
+    checks = _combined_checks(results)
     return dg.MaterializeResult(
         metadata={
             "partitions": len(results),
@@ -90,7 +175,8 @@ def each_partition(
         data_version=dg.DataVersion(
             content_hash(*(r.data_version.value for r in results.values()))
         ),
-        tags=next(iter(results.values())).tags,
+        tags={**(next(iter(results.values())).tags or {}), **failed_checks_tags(checks)} or None,
+        check_results=checks,
     )
 
 

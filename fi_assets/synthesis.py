@@ -5,9 +5,16 @@ a rerun pays only for calls it has never made."""
 import dagster as dg
 import polars as pl
 
+from fi_assets.checks import (
+    EXCERPT_RATIO_ABOVE_MINIMUM,
+    JUDGE_SCORES_VALID,
+    PAIR_IDS_UNIQUE,
+    check_result,
+)
 from fi_assets.partitions import doc_shards
 from fi_assets.reporting import (
     call_metadata,
+    distribution_chart,
     each_partition,
     log_progress,
     markdown_preview,
@@ -16,6 +23,7 @@ from fi_assets.reporting import (
 from fi_method import continuations as halving
 from fi_method.instantiator import document_window
 from fi_method.pairs import NOT_INSTANTIATED, collect_instantiations, collect_judgements, funnel
+from fi_method.quality import below_minimum, duplicate_ids, judge_score_errors
 from fi_method.text import content_hash
 from fi_resources.embedder import Embedder
 from fi_resources.roles import Continuer, Instantiator, Judge
@@ -67,6 +75,7 @@ def _caller(context: dg.AssetExecutionContext, shard: str) -> tuple[str, str]:
     code_version="1",
     pool="gpu",
     backfill_policy=dg.BackfillPolicy.single_run(),
+    check_specs=[PAIR_IDS_UNIQUE, EXCERPT_RATIO_ABOVE_MINIMUM],
     description="Stage C: the instantiator role (FI_INSTANTIATOR_ENGINE) fills each matched "
     "template from its document and answers it from the document. <excerpt> markers are expanded "
     "against the document; null outputs, unfilled slots, unresolvable excerpts and answers under "
@@ -153,8 +162,21 @@ def _instantiate_shard(
             "grounded": frame.height,
             "min_excerpt_ratio": instantiator.min_excerpt_ratio,
             "mean_excerpt_ratio": round(float(frame["excerpt_ratio"].mean() or 0.0), 4),
+            "excerpt_ratio_chart": distribution_chart(
+                frame["excerpt_ratio"].to_list(), "excerpt ratio of grounded pairs"
+            ),
             **call_metadata(calls),
         },
+        checks=[
+            check_result(PAIR_IDS_UNIQUE, frame.height, duplicate_ids(frame["pair_id"])),
+            check_result(
+                EXCERPT_RATIO_ABOVE_MINIMUM,
+                frame.height,
+                below_minimum(
+                    frame.to_dicts(), "pair_id", "excerpt_ratio", instantiator.min_excerpt_ratio
+                ),
+            ),
+        ],
     )
 
 
@@ -166,6 +188,7 @@ def _instantiate_shard(
     code_version="1",
     pool="gpu",
     backfill_policy=dg.BackfillPolicy.single_run(),
+    check_specs=[JUDGE_SCORES_VALID],
     description="Stage D: the judge role (FI_JUDGE_ENGINE; Flow Judge's prompt and 5-point rubric) "
     "scores every grounded pair; `kept` = score >= FI_MIN_JUDGE_SCORE (4). The metadata holds the "
     "funnel matched -> instantiated -> grounded -> judged -> kept.",
@@ -209,6 +232,7 @@ def _judge_shard(
             "kept": int(frame["kept"].sum()),
             "kept_share": round(float(frame["kept"].mean() or 0.0), 4),
             "score_distribution": {str(k): v for k, v in scores.iter_rows()},
+            "score_chart": distribution_chart(frame["score"].to_list(), "judge scores", True),
             "funnel": dg.MetadataValue.md(
                 markdown_preview(
                     pl.DataFrame(funnel(counts)),
@@ -219,6 +243,13 @@ def _judge_shard(
             **{f"funnel_{stage}": count for stage, count in counts.items()},
             **call_metadata(calls),
         },
+        checks=[
+            check_result(
+                JUDGE_SCORES_VALID,
+                frame.height,
+                judge_score_errors(frame.to_dicts(), judge.min_score),
+            )
+        ],
     )
 
 

@@ -5,9 +5,11 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from fi_assets.checks import TEMPLATES_VALID, check_result
 from fi_assets.partitions import query_shards
 from fi_assets.reporting import (
     call_metadata,
+    distribution_chart,
     each_partition,
     frame_version,
     log_progress,
@@ -15,6 +17,7 @@ from fi_assets.reporting import (
     write_stage,
 )
 from fi_method.instruction_templates import collect_templates
+from fi_method.quality import invalid_templates
 from fi_resources.embedder import Embedder
 from fi_resources.roles import Genericizer
 from fi_resources.storage import Storage
@@ -40,6 +43,7 @@ INDEX_COLUMNS = ["template_id", "query_id", "template", "compatible_document_des
     kinds={"polars", "parquet"},
     code_version="1",
     pool="gpu",
+    check_specs=[TEMPLATES_VALID],
     description="Instruction templates of one query shard: the genericizer role (engine `rules`, "
     "`transformers` or `vllm`, chosen by FI_GENERICIZER_ENGINE) turns each query into a template "
     "with <fi>slot</fi> tags and a compatible document description. Outputs with unbalanced, "
@@ -74,8 +78,12 @@ def instruction_templates(
             "queries": len(queries),
             "valid_share": round(frame.height / len(queries), 4) if queries else 0.0,
             "n_tags_distribution": {str(k): v for k, v in tags.iter_rows()},
+            "n_tags_chart": distribution_chart(
+                frame["n_tags"].to_list(), "tags per template", True
+            ),
             **call_metadata(calls),
         },
+        checks=[check_result(TEMPLATES_VALID, frame.height, invalid_templates(frame.to_dicts()))],
     )
 
 

@@ -2,12 +2,14 @@
 subprocess through Dagster Pipes, so its metric lines stream into the run's log and its final
 metrics become the materialization's metadata; it trains on every document shard of the recipe."""
 
+import json
 import sys
 from pathlib import Path
 
 import dagster as dg
 
 from fi_assets.partitions import RECIPE, recipes
+from fi_assets.reporting import line_chart
 from fi_method.packing import load_training_tokenizer
 from fi_resources.settings import get_settings
 from fi_resources.storage import Storage
@@ -95,6 +97,13 @@ def trained_checkpoint(
         "--answer-only-loss" if config.answer_only_loss else "--no-answer-only-loss",
     ]
     context.log.info(f"training on {len(files)} packed shard(s) of {recipe}")
-    return pipes_subprocess_client.run(
+    result = pipes_subprocess_client.run(
         command=command, context=context, cwd=str(Path(__file__).resolve().parents[1])
     ).get_materialize_result()
+    metadata = dict(result.metadata or {})
+    history_file = Path(metadata["metrics_history"].value)
+    history = [json.loads(line) for line in history_file.read_text().splitlines()]
+    metadata["loss_curve"] = line_chart(
+        [m["step"] for m in history], [m["loss"] for m in history], "training loss", "step"
+    )
+    return dg.MaterializeResult(metadata=metadata)

@@ -49,6 +49,7 @@ log = logging.getLogger("training")
 # Dense bf16 tensor-core peaks (SXM parts); MFU is reported against these.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
+METRICS_FILE = "metrics.jsonl"  # every logged step of the run, under --out
 _CHECKPOINT_NAME = re.compile(r"^step_(\d{8})$")
 
 
@@ -59,10 +60,14 @@ _pipes = None
 _last_metrics: dict = {}
 
 
-def emit_metrics(metrics: dict) -> None:
-    """The one place metrics leave the trainer: a JSON line on stdout, and the Dagster run's log
-    when Dagster Pipes launched it."""
+def emit_metrics(metrics: dict, history: Path | None = None) -> None:
+    """The one place metrics leave the trainer: a JSON line on stdout, appended to `history`
+    (the run's metrics.jsonl, for curves), and the Dagster run's log when Dagster Pipes launched
+    it."""
     print(json.dumps(metrics), flush=True)
+    if history is not None:
+        with history.open("a") as handle:
+            handle.write(json.dumps(metrics) + "\n")
     _last_metrics.update(metrics)
     if _pipes is not None:
         _pipes.log.info(json.dumps(metrics))
@@ -330,9 +335,12 @@ def train(config: TrainConfig) -> Path:
         step = train_state["step"]
         data.load_state_dict(train_state["data"])
         log.info("resumed from %s at step %d", checkpoint, step)
+    history = out / METRICS_FILE
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
+        if step == 0:  # a fresh run starts a fresh curve; a resumed one continues it
+            history.unlink(missing_ok=True)
     log.info(
         "%s: %.1fM parameters, %d rank(s) on %s",
         config.preset,
@@ -378,7 +386,8 @@ def train(config: TrainConfig) -> Path:
                         "tokens": step * tokens_per_step,
                         "tokens_per_s": tokens_per_second,
                         "mfu": None if peak is None else achieved / peak,
-                    }
+                    },
+                    history,
                 )
             log_clock, steps_since_log = time.perf_counter(), 0
         if step % config.checkpoint_every == 0 or step == last_step:
@@ -431,6 +440,7 @@ def main(argv: list[str] | None = None) -> None:
                     **{k: v for k, v in _last_metrics.items() if v is not None},
                     "checkpoint": str(checkpoint),
                     "hf_export": str(Path(config.out) / "hf"),
+                    "metrics_history": str(Path(config.out) / METRICS_FILE),
                 }
             )
     finally:
