@@ -46,28 +46,38 @@ NO_EVAL_LEAK = dg.AssetCheckSpec(
     "no_eval_items_in_training_data",
     asset="packed_corpus",
     blocking=True,
-    description="No packed sample contains an item of MixEval, MixEval-Hard, MT-Bench, "
-    "MT-Bench-101 or AlpacaEval (Tulu 3 8-gram overlap covering half the item).",
+    description="No packed sample contains a whole item of MixEval, MixEval-Hard, MT-Bench, "
+    "MT-Bench-101 or AlpacaEval (blocks); one whose 8-grams cover half an item or more is a "
+    "warning (the Tulu 3 test).",
 )
 
 
+def blocks(check: dg.AssetCheckResult) -> bool:
+    """A failed check of ERROR severity: what a blocking check stops downstream work for."""
+    return not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+
+
 def failed_checks_tags(checks: list[dg.AssetCheckResult]) -> dict[str, str]:
-    """The FAILED_CHECKS_TAG of a materialization with these check results, if any failed."""
-    failed = sorted({check.check_name for check in checks if not check.passed})
+    """The FAILED_CHECKS_TAG of a materialization with these check results, if any blocks."""
+    failed = sorted({check.check_name for check in checks if blocks(check)})
     return {FAILED_CHECKS_TAG: ",".join(failed)} if failed else {}
 
 
-def check_result(spec: dg.AssetCheckSpec, checked: int, failures: list[str]) -> dg.AssetCheckResult:
-    """The result of `spec` over `checked` rows of which `failures` describe the bad ones."""
-    shown = "\n".join(f"- {line}" for line in failures[:EXAMPLES_SHOWN])
+def check_result(
+    spec: dg.AssetCheckSpec, checked: int, failures: list[str], warnings: list[str] = ()
+) -> dg.AssetCheckResult:
+    """The result of `spec` over `checked` rows: `failures` (bad rows) fail it with ERROR
+    severity, which blocks; `warnings` alone fail it with WARN severity, which does not."""
+    lines = [f"- {line}" for line in failures] + [f"- warning: {line}" for line in warnings]
     return dg.AssetCheckResult(
         check_name=spec.name,
         asset_key=spec.asset_key,
-        passed=not failures,
-        severity=dg.AssetCheckSeverity.ERROR,
+        passed=not failures and not warnings,
+        severity=dg.AssetCheckSeverity.ERROR if failures else dg.AssetCheckSeverity.WARN,
         metadata={
             "checked_rows": checked,
             "failed_rows": len(failures),
-            "failures": dg.MetadataValue.md(shown or "none"),
+            "warned_rows": len(warnings),
+            "failures": dg.MetadataValue.md("\n".join(lines[:EXAMPLES_SHOWN]) or "none"),
         },
     )

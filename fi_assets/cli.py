@@ -19,8 +19,6 @@ app.add_typer(ingest_app, name="ingest")
 
 SOURCE_HELP = "JSONL, JSON, Parquet or CSV file, or hf:NAME[@SPLIT] for a Hugging Face dataset"
 SHARD_HELP = "shard (partition) name; default: the file name without extension"
-# Runs log at INFO on the terminal; the UI keeps every level of the same runs.
-RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def _settings():
@@ -132,17 +130,31 @@ def remove(
 @app.command()
 def materialize(
     assets: Annotated[list[str] | None, typer.Argument(help="asset names; default: all")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1, help="runs at once, in worker processes (more than 1 needs PostgreSQL)"
+        ),
+    ] = 1,
 ) -> None:
     """Materialize every missing or stale partition of ASSETS and their upstream, as runs of the
     Dagster instance under FI_HOME (they show in the UI)."""
-    import dagster as dg
-
     from fi_assets.definitions import build_definitions
+    from fi_assets.execution import execute_all
     from fi_assets.planning import plan_runs
-    from fi_resources.instance import open_instance, process_tag, release_dead_runs
+    from fi_resources.instance import on_sqlite, open_instance, release_dead_runs
 
     settings = _settings()
     instance = open_instance(settings.home)
+    if workers > 1 and on_sqlite(instance):
+        typer.secho(
+            "error: parallel runs need the Dagster instance on PostgreSQL (SQLite locks): set "
+            "FI_DAGSTER_YAML=deploy/postgres/dagster.yaml and FI_POSTGRES_URL (README, "
+            "Scaling out)",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(2)
     for run_id in release_dead_runs(instance):
         typer.echo(f"run {run_id} was interrupted (its process is gone): marked failed")
     defs = build_definitions(settings)
@@ -154,36 +166,27 @@ def materialize(
     if not runs:
         typer.echo("everything is up to date")
         return
-    failed: set[int] = set()
-    for number, run in enumerate(runs, start=1):
+
+    def announce(index, run) -> None:
         names = ", ".join(key.to_user_string() for key in run.asset_keys)
         where = "" if run.partition_key is None else f" {run.partitions}={run.partition_key}"
-        typer.echo(f"[{number}/{len(runs)}]{where}: {names}")
+        typer.echo(f"[{index + 1}/{len(runs)}]{where}: {names}")
         typer.echo(f"    why: {'; '.join(run.reasons)}")
-        blocked = sorted(index + 1 for index in run.reads_from & failed)
-        if blocked:
+
+    def report(index, run, outcome) -> None:
+        # With --workers, runs end in any order: each line then says which run it is about.
+        number = f"[{index + 1}] " if workers > 1 else ""
+        if outcome.skipped_after:
             # A failed run (or a failed blocking check) upstream: its rows must not be built on.
-            typer.echo(f"    SKIPPED: it reads from failed run(s) {', '.join(map(str, blocked))}")
-            failed.add(number - 1)
-            continue
-        started = time.perf_counter()
-        result = dg.materialize(
-            list(defs.assets),
-            selection=run.asset_keys,
-            partition_key=run.partition_key,
-            run_config=RUN_CONFIG,
-            tags=process_tag(),
-            instance=instance,
-            resources=defs.resources,
-            raise_on_error=False,
-        )
-        status = "ok" if result.success else "FAILED"
-        if not result.success:
-            failed.add(number - 1)
-        typer.echo(f"    {status} in {time.perf_counter() - started:.1f}s (run {result.run_id})")
-        for evaluation in result.get_asset_check_evaluations():
-            if not evaluation.passed:
-                typer.echo(f"    check {evaluation.check_name} FAILED (blocking)")
+            numbers = ", ".join(map(str, outcome.skipped_after))
+            typer.echo(f"    {number}SKIPPED: it reads from failed run(s) {numbers}")
+            return
+        status = "ok" if outcome.success else "FAILED"
+        typer.echo(f"    {number}{status} in {outcome.seconds:.1f}s (run {outcome.run_id})")
+        for line in outcome.checks:
+            typer.echo(f"    {number}check {line}: see the UI's Checks tab")
+
+    failed = execute_all(runs, defs, instance, workers, announce, report)
     checks_failed = _run_checks(defs, instance, {key for run in runs for key in run.asset_keys})
     if failed or checks_failed:
         typer.secho(
@@ -200,6 +203,7 @@ def _run_checks(defs, instance, materialized: set) -> int:
     after all runs); print each result and return how many failed."""
     import dagster as dg
 
+    from fi_assets.execution import RUN_CONFIG
     from fi_resources.instance import process_tag
 
     checks = [

@@ -50,8 +50,8 @@ def _engine_version(engine: str, model: str, max_new_tokens: int | None) -> str:
 
 
 def build_assets(settings: Settings) -> list:
-    """Every asset, versioned by the models `settings` choose, and automated when
-    `settings.automation` is on."""
+    """Every asset, versioned by the models `settings` choose; the data assets are automated when
+    `settings.automation` is on, training and evaluation never."""
     threshold = settings.similarity_threshold or default_similarity_threshold(
         settings.embedder_model
     )
@@ -88,6 +88,10 @@ def build_assets(settings: Settings) -> list:
         _with_model_version(
             packed_corpus, f"{settings.training_tokenizer or 'llama3'}@{settings.packing_seed}"
         ),
+    ]
+    # Training and evaluation cost GPU hours: never started by automation, only by hand (the UI,
+    # `fi materialize`) or a schedule.
+    expensive = [
         _with_model_version(trained_checkpoint, f"heldout:{settings.heldout_doc_shard}"),
         _with_model_version(
             eval_scores,
@@ -99,7 +103,7 @@ def build_assets(settings: Settings) -> list:
     ]
     if settings.automation:
         derived = [_automated(asset) for asset in derived]
-    return [ingested_queries, ingested_documents, *derived]
+    return [ingested_queries, ingested_documents, *derived, *expensive]
 
 
 def build_resources(settings: Settings) -> dict:

@@ -106,7 +106,7 @@ def packed_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
             check_result(
                 NO_EVAL_LEAK,
                 frame.height,
-                leaked_eval_items(frame.select("sample_id", "text").to_dicts(), default_index()),
+                *leaked_eval_items(frame.select("sample_id", "text").to_dicts(), default_index()),
             )
         ],
     )

@@ -6,13 +6,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
 import dagster as dg
 import polars as pl
 
-from fi_assets.checks import failed_checks_tags
+from fi_assets.checks import blocks, failed_checks_tags
 from fi_method.text import content_hash
 from fi_resources.model_calls import CallResult
 from fi_resources.storage import Storage
@@ -145,12 +146,17 @@ def _combined_checks(results: dict[str, dg.MaterializeResult]) -> list[dg.AssetC
                 check_name=name,
                 asset_key=checks[0][1].asset_key,
                 passed=not failed,
-                severity=checks[0][1].severity,
+                severity=(
+                    dg.AssetCheckSeverity.ERROR
+                    if any(blocks(c) for _, c in checks)
+                    else dg.AssetCheckSeverity.WARN
+                ),
                 metadata={
-                    "checked_rows": sum(c.metadata["checked_rows"].value for _, c in checks),
-                    "failed_rows": sum(c.metadata["failed_rows"].value for _, c in checks),
-                    "failures": dg.MetadataValue.md("\n".join(lines) or "none"),
-                },
+                    key: sum(c.metadata[key].value for _, c in checks)
+                    for key in ("checked_rows", "failed_rows", "warned_rows")
+                    if key in checks[0][1].metadata
+                }
+                | {"failures": dg.MetadataValue.md("\n".join(lines) or "none")},
             )
         )
     return combined
@@ -181,10 +187,18 @@ def each_partition(
 
 
 def log_progress(context: dg.AssetExecutionContext, verb: str):
-    """A progress callback for role calls that logs each batch to the run's log."""
+    """A progress callback for role calls that logs each batch to the run's log: done/total,
+    how many the cache answered, the rate of new calls and the time left at that rate."""
+    started = time.perf_counter()
 
     def progress(done: int, total: int, cached: int) -> None:
-        context.log.info(f"{verb} {done}/{total} ({cached} from the call cache)")
+        elapsed = time.perf_counter() - started
+        made = done - cached
+        rate = made / elapsed if made and elapsed > 0 else 0.0
+        left = f", ~{(total - done) / rate:.0f}s left" if rate else ""
+        context.log.info(
+            f"{verb} {done}/{total} ({cached} from the call cache; {rate:.2f}/s{left})"
+        )
 
     return progress
 

@@ -53,15 +53,18 @@ def judge_score_errors(rows: Iterable[dict], min_score: int) -> list[str]:
     return failures
 
 
-def leaked_eval_items(rows: Iterable[dict], index: NGramIndex) -> list[str]:
-    """Training samples (`sample_id`, `text`) that contain an evaluation item, by the Tulu 3
-    n-gram overlap that decontaminates the queries."""
-    failures = []
+def leaked_eval_items(rows: Iterable[dict], index: NGramIndex) -> tuple[list[str], list[str]]:
+    """Training samples (`sample_id`, `text`) that overlap an evaluation item by the Tulu 3
+    n-gram test that decontaminates the queries, as (verbatim, partial): a sample holding a whole
+    item is a leak; one covering only part of it (a Wikipedia definition a trivia question was
+    written from) is worth a warning, not a stop."""
+    verbatim, partial = [], []
     for row in rows:
         found = index.match(row["text"])
         if found is not None:
-            failures.append(
+            line = (
                 f"{row['sample_id']}: {found.benchmark} {found.item_id} "
                 f"({found.coverage:.0%} of its words)"
             )
-    return failures
+            (verbatim if found.coverage >= 1.0 else partial).append(line)
+    return verbatim, partial

@@ -23,11 +23,15 @@ def _rebase(value, home: Path):
 
 
 def prepare_dagster_home(home: Path) -> Path:
-    """Write `FI_HOME/dagster/dagster.yaml` from the project's dagster.yaml with its paths under
-    `home`, and return that folder (what DAGSTER_HOME must name)."""
+    """Write `FI_HOME/dagster/dagster.yaml` from the instance template (FI_DAGSTER_YAML, default
+    the project's dagster.yaml) with its paths under `home`, and return that folder (what
+    DAGSTER_HOME must name)."""
+    from fi_resources.settings import get_settings
+
+    template = get_settings().dagster_yaml or PROJECT_DAGSTER_YAML
     dagster_home = home / "dagster"
     dagster_home.mkdir(parents=True, exist_ok=True)
-    config = _rebase(yaml.safe_load(PROJECT_DAGSTER_YAML.read_text()), home)
+    config = _rebase(yaml.safe_load(Path(template).read_text()), home)
     target = dagster_home / "dagster.yaml"
     rendered = yaml.safe_dump(config, sort_keys=False)
     if not target.exists() or target.read_text() != rendered:
@@ -38,6 +42,11 @@ def prepare_dagster_home(home: Path) -> Path:
 def open_instance(home: Path) -> DagsterInstance:
     """The persistent Dagster instance whose runs the UI shows for this data root."""
     return DagsterInstance.from_config(str(prepare_dagster_home(home)))
+
+
+def on_sqlite(instance: DagsterInstance) -> bool:
+    """Whether the instance keeps its runs in SQLite, which locks under parallel runs."""
+    return type(instance.run_storage).__name__.startswith("Sqlite")
 
 
 # Runs started by `fi materialize` carry the host and process that execute them, so that a later

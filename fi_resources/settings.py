@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     device: str = Field(
         "auto", description="torch device for the transformers engine and embedder."
     )
+    dagster_yaml: Path | None = Field(
+        None,
+        description="Template of the Dagster instance's dagster.yaml (paths under fi_home/ are "
+        "rebased); default: the project's (SQLite). deploy/postgres/dagster.yaml: PostgreSQL, "
+        "for parallel runs.",
+    )
     automation: bool = Field(
         False,
         description="Materialize downstream partitions by themselves when an upstream content "

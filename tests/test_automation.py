@@ -124,3 +124,16 @@ def test_data_version_automation(fi_home, tmp_path, monkeypatch):
             defs=defs, instance=instance, cursor=result.cursor
         )
         assert requested(result) == {"matched_pairs[d1]"}
+
+
+def test_automation_never_starts_training_or_evaluation(fi_home, monkeypatch):
+    monkeypatch.setenv("FI_AUTOMATION", "true")
+    get_settings.cache_clear()
+    graph = build_definitions(get_settings()).resolve_asset_graph()
+    conditions = {
+        key.to_user_string(): graph.get(key).automation_condition
+        for key in graph.get_all_asset_keys()
+    }
+    assert conditions["judged_pairs"] is not None and conditions["packed_corpus"] is not None
+    for name in ("trained_checkpoint", "eval_scores", "eval_report"):
+        assert conditions[name] is None

@@ -37,7 +37,7 @@ def test_an_eval_question_in_a_document_blocks_what_would_train_on_it(fi_home, t
     result = runner.invoke(app, ["materialize", "trained_checkpoint"])
     assert result.exit_code == 1
     packing = _section(result.output, "leaky|standard: packed_corpus")
-    assert "check no_eval_items_in_training_data FAILED (blocking)" in packing
+    assert "check no_eval_items_in_training_data: FAILED (blocking)" in packing
     training = _section(result.output, "recipe=standard: trained_checkpoint")
     assert "SKIPPED: it reads from failed run(s)" in training
     assert not (fi_home / "checkpoints" / "standard").exists()

@@ -54,10 +54,14 @@ def test_a_training_sample_that_quotes_an_eval_item_is_found():
     )
     rows = [
         {"sample_id": "clean", "text": "The spleen filters blood and stores white blood cells."},
+        {"sample_id": "part", "text": "Splenitis is the inflammation of which part of a cell"},
         {
             "sample_id": "leak",
             "text": "Instruction: Splenitis is the inflammation of which part of the body?\n\n"
             "Answer: The spleen.",
         },
     ]
-    assert leaked_eval_items(rows, index) == ["leak: mixeval free-form/7 (100% of its words)"]
+    assert leaked_eval_items(rows, index) == (
+        ["leak: mixeval free-form/7 (100% of its words)"],
+        ["part: mixeval free-form/7 (80% of its words)"],
+    )
