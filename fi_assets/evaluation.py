@@ -11,6 +11,7 @@ import polars as pl
 from fi_assets.partitions import BENCHMARK, RECIPE, recipe_benchmarks
 from fi_assets.reporting import (
     call_metadata,
+    column_schema,
     frame_version,
     log_progress,
     markdown_preview,
@@ -302,6 +303,7 @@ def eval_scores(
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": scores.height,
+            "dagster/column_schema": column_schema(scores),
             "scores": dg.MetadataValue.md(
                 markdown_preview(scores, ["metric", "value", "judge", "n_items", "note"], rows=10)
             ),

@@ -14,7 +14,7 @@ import polars as pl
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from fi_assets.partitions import doc_shards, query_shards
-from fi_assets.reporting import frame_version, markdown_preview
+from fi_assets.reporting import column_schema, frame_version, markdown_preview
 from fi_method.ingest import HF_PREFIX, Kind, ingest_source
 from fi_resources.storage import Storage, check_partition_name
 
@@ -89,6 +89,7 @@ def ingest_shard(
         metadata={
             "source": source,
             "dagster/row_count": frame.height,
+            "dagster/column_schema": column_schema(frame),
             "rejected": len(result.rejects),
             "path": dg.MetadataValue.path(str(path)),
             "preview": dg.MetadataValue.md(markdown_preview(frame, ["line", "text"])),

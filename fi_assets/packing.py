@@ -6,7 +6,7 @@ import polars as pl
 
 from fi_assets.checks import NO_EVAL_LEAK, check_result
 from fi_assets.partitions import DOC_SHARD, RECIPE, doc_shard_recipes, storage_partition
-from fi_assets.reporting import write_stage
+from fi_assets.reporting import bar_chart, write_stage
 from fi_method.decontamination import default_index
 from fi_method.packing import (
     FINEINSTRUCTIONS,
@@ -133,8 +133,15 @@ def recipes_agree_on_tokens(
         passed &= agrees
         rows.append(f"| {shard} | {recipe} | {tokens} | {residual} | {standard.get(shard)} |")
     table = "| doc_shard | recipe | packed | residual | documents |\n|---|---|---|---|---|\n"
+    ordered = totals.sort("doc_shard", "recipe")
+    chart = bar_chart(
+        [f"{shard}\n{recipe}" for shard, recipe in ordered.select("doc_shard", "recipe").rows()],
+        ordered["packed"].to_list(),
+        "packed tokens per shard and recipe",
+    )
     return dg.AssetCheckResult(
-        passed=passed, metadata={"tokens": dg.MetadataValue.md(table + "\n".join(rows))}
+        passed=passed,
+        metadata={"tokens": dg.MetadataValue.md(table + "\n".join(rows)), "tokens_chart": chart},
     )
 
 

@@ -44,6 +44,13 @@ def markdown_preview(frame: pl.DataFrame, columns: list[str], rows: int = PREVIE
     return "\n".join(lines)
 
 
+def column_schema(frame: pl.DataFrame) -> dg.TableSchema:
+    """The table's columns and types, for the UI's column view (`dagster/column_schema`)."""
+    return dg.TableSchema(
+        columns=[dg.TableColumn(name, str(dtype)) for name, dtype in frame.schema.items()]
+    )
+
+
 def png_markdown(png: bytes, alt: str) -> dg.MetadataValue:
     """A PNG as Markdown metadata: the UI shows the image inline."""
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
@@ -83,6 +90,17 @@ def distribution_chart(
     return _figure_markdown(figure, title)
 
 
+def bar_chart(labels: Sequence[str], values: Sequence[float], title: str) -> dg.MetadataValue:
+    """A small bar chart, one labelled bar per value, as inline metadata."""
+    figure, axis = _small_figure()
+    bars = axis.bar(list(labels), list(values), color="#1f77b4")
+    axis.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=6)
+    axis.set_title(title, fontsize=9)
+    axis.tick_params(axis="x", labelsize=6, rotation=20)
+    axis.tick_params(axis="y", labelsize=7)
+    return _figure_markdown(figure, title)
+
+
 def line_chart(
     xs: Sequence[float], ys: Sequence[float], title: str, xlabel: str
 ) -> dg.MetadataValue:
@@ -118,6 +136,7 @@ def write_stage(
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": frame.height,
+            "dagster/column_schema": column_schema(frame),
             "rejected": len(rejects),
             "rejected_by_reason": reasons,
             "path": dg.MetadataValue.path(str(path)),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -89,14 +90,33 @@ class ModelCallCache:
         self.path = Path(path)
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            self._create()
         connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
-        # WAL persists in the file: switch once, since switching needs the database to itself.
+        # WAL persists in the file; only a cache written before it was used needs switching.
         if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute(_SCHEMA)
         return connection
+
+    def _create(self) -> None:
+        """Create the file already in WAL mode, under a temporary name, then link it into place:
+        processes that start at once never race to switch the journal mode (a switch needs the
+        database to itself and fails at once, busy timeout or not, while another holds it)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        connection = sqlite3.connect(temporary)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute(_SCHEMA)
+        connection.commit()
+        connection.close()
+        try:
+            os.link(temporary, self.path)
+        except FileExistsError:
+            pass  # another process created it first: use theirs
+        finally:
+            temporary.unlink(missing_ok=True)
 
     def lookup(self, keys: Sequence[str]) -> dict[str, str]:
         """The stored outputs of those `keys` that are cached."""

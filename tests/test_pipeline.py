@@ -60,6 +60,8 @@ def test_raw_queries_and_documents_called_directly(fi_home, queries_file, docume
     result = raw_queries(dg.build_asset_context(partition_key="q1"), QueryFilterConfig(), storage)
     kept = storage.read_table("raw_queries", "q1")
     assert kept.height == 4 and result.metadata["dagster/row_count"] == 4
+    columns = {c.name: c.type for c in result.metadata["dagster/column_schema"].columns}
+    assert columns == {name: str(dtype) for name, dtype in kept.schema.items()}
     reasons = dict(
         storage.connect()
         .execute("select reason, count(*) from rejects where stage = 'raw_queries' group by 1")
