@@ -117,9 +117,7 @@ def build_resources(settings: Settings) -> dict:
             model=model,
             home=str(settings.home),
             device=settings.device,
-            batch_size=(
-                settings.vllm_batch_size if engine == "vllm" else settings.generation_batch_size
-            ),
+            batch_size=settings.batch_size_for(engine),
             **tokens,
             **extra,
         )

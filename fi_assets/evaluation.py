@@ -8,7 +8,7 @@ import math
 import dagster as dg
 import polars as pl
 
-from fi_assets.partitions import BENCHMARK, RECIPE, recipe_benchmarks
+from fi_assets.partitions import BENCHMARK, RECIPE, by_recipe, recipe_benchmarks
 from fi_assets.reporting import (
     call_metadata,
     column_schema,
@@ -221,9 +221,7 @@ class _Scorer:
     partitions_def=recipe_benchmarks,
     ins={
         "trained_checkpoint": dg.AssetIn(
-            partition_mapping=dg.MultiToSingleDimensionPartitionMapping(
-                partition_dimension_name=RECIPE
-            ),
+            partition_mapping=by_recipe,
             dagster_type=dg.Nothing,
         ),
         "instantiated_pairs": dg.AssetIn(
@@ -325,11 +323,7 @@ def _answers(context, storage: Storage, recipe: str, items, config: EvalConfig):
         weights=weights_hash(folder),
         home=str(settings.home),
         device=settings.device,
-        batch_size=(
-            settings.vllm_batch_size
-            if settings.eval_engine == "vllm"
-            else settings.generation_batch_size
-        ),
+        batch_size=settings.batch_size_for(settings.eval_engine),
         max_new_tokens=config.max_new_tokens,
     )
     calls = candidate.answer(

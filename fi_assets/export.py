@@ -9,6 +9,7 @@ from pathlib import Path
 
 import polars as pl
 
+from fi_assets.packing import training_files
 from fi_method.packing import FINEINSTRUCTIONS, NON_INSTRUCTIONAL, STANDARD
 from fi_resources.embedder import default_similarity_threshold
 from fi_resources.settings import Settings
@@ -97,13 +98,7 @@ def export_recipe(storage: Storage, settings: Settings, recipe: str, out: Path) 
         raise ExportError(
             f"unknown recipe {recipe!r}; export {FINEINSTRUCTIONS} or {NON_INSTRUCTIONAL}"
         )
-    packed_dir = storage.tables_dir / "packed_corpus"
-    suffix = f".{recipe}.parquet"
-    shards = sorted(
-        path.name[: -len(suffix)]
-        for path in packed_dir.glob(f"*{suffix}")
-        if path.name[: -len(suffix)] != settings.heldout_doc_shard
-    )
+    shards = list(training_files(storage, recipe))
     if not shards:
         raise ExportError(f"no packed_corpus for {recipe}: run `fi materialize packed_corpus`")
     if out.exists() and any(out.iterdir()):

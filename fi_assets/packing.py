@@ -1,11 +1,19 @@
 """packed_corpus[doc_shard x recipe]: stage E. Each recipe's training samples of one document
 shard, packed token for token against the shard's documents, tokenized for the trainer."""
 
+from pathlib import Path
+
 import dagster as dg
 import polars as pl
 
 from fi_assets.checks import NO_EVAL_LEAK, check_result
-from fi_assets.partitions import DOC_SHARD, RECIPE, doc_shard_recipes, storage_partition
+from fi_assets.partitions import (
+    DOC_SHARD,
+    RECIPE,
+    by_doc_shard,
+    doc_shard_recipes,
+    storage_partition,
+)
 from fi_assets.reporting import bar_chart, write_stage
 from fi_method.decontamination import default_index
 from fi_method.packing import (
@@ -30,7 +38,18 @@ PACKED_SCHEMA = {
     "doc_tokens": pl.Int64,
     "budget_tokens": pl.Int64,
 }
-_BY_DOC_SHARD = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name=DOC_SHARD)
+
+
+def training_files(storage: Storage, recipe: str) -> dict[str, Path]:
+    """doc shard -> the recipe's packed file, for every shard but the held-out one (what the
+    recipe trains on, and what `fi export` writes)."""
+    suffix = f".{recipe}.parquet"
+    files = {
+        path.name[: -len(suffix)]: path
+        for path in sorted((storage.tables_dir / "packed_corpus").glob(f"*{suffix}"))
+    }
+    files.pop(get_settings().heldout_doc_shard, None)
+    return files
 
 
 def _candidates(storage: Storage, shard: str, recipe: str) -> dict[str, list[dict]]:
@@ -55,7 +74,7 @@ def _candidates(storage: Storage, shard: str, recipe: str) -> dict[str, list[dic
 @dg.asset(
     partitions_def=doc_shard_recipes,
     ins={
-        name: dg.AssetIn(partition_mapping=_BY_DOC_SHARD, dagster_type=dg.Nothing)
+        name: dg.AssetIn(partition_mapping=by_doc_shard, dagster_type=dg.Nothing)
         for name in ("documents", "judged_pairs", "instantiated_pairs", "continuations")
     },
     group_name="packing",

@@ -14,6 +14,10 @@ doc_shards = dg.DynamicPartitionsDefinition(name="doc_shards")
 recipes = dg.StaticPartitionsDefinition(list(RECIPES))
 DOC_SHARD, RECIPE = "doc_shard", "recipe"
 doc_shard_recipes = dg.MultiPartitionsDefinition({DOC_SHARD: doc_shards, RECIPE: recipes})
+# A multi-partitioned asset reading one dimension's partition of its parent (packed_corpus reads
+# documents[shard]; trained_checkpoint[recipe] reads packed_corpus[every shard|recipe]).
+by_doc_shard = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name=DOC_SHARD)
+by_recipe = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name=RECIPE)
 # Stage F: every recipe's model on every benchmark.
 benchmarks = dg.StaticPartitionsDefinition(list(BENCHMARKS))
 BENCHMARK = "benchmark"

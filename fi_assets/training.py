@@ -8,7 +8,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from fi_assets.partitions import RECIPE, recipes
+from fi_assets.packing import training_files
+from fi_assets.partitions import by_recipe, recipes
 from fi_assets.reporting import line_chart
 from fi_method.packing import load_training_tokenizer
 from fi_resources.settings import get_settings
@@ -33,9 +34,7 @@ class TrainingConfig(dg.Config):
     partitions_def=recipes,
     ins={
         "packed_corpus": dg.AssetIn(
-            partition_mapping=dg.MultiToSingleDimensionPartitionMapping(
-                partition_dimension_name=RECIPE
-            ),
+            partition_mapping=by_recipe,
             dagster_type=dg.Nothing,
         )
     },
@@ -55,12 +54,7 @@ def trained_checkpoint(
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
     recipe = context.partition_key
-    heldout = f"{get_settings().heldout_doc_shard}.{recipe}.parquet"
-    files = [
-        path
-        for path in sorted((storage.tables_dir / "packed_corpus").glob(f"*.{recipe}.parquet"))
-        if path.name != heldout
-    ]
+    files = list(training_files(storage, recipe).values())
     if not files:
         raise FileNotFoundError(
             f"no packed_corpus for recipe {recipe} outside the held-out shard: materialize it"

@@ -96,7 +96,8 @@ def plot(rows: list[dict], path: Path) -> Path:
     figure, axes = plt.subplots(1, len(BENCHMARKS), figsize=(4 * len(BENCHMARKS), 3.6))
     for axis, benchmark in zip(axes, BENCHMARKS, strict=True):
         values = [cells.get((recipe, benchmark), {}).get("value") for recipe in recipes]
-        axis.set_title(HEADLINE[benchmark][1], fontsize=8)
+        mechanical = any(cells.get((r, benchmark), {}).get("judge") == MECHANICAL for r in recipes)
+        axis.set_title(HEADLINE[benchmark][1] + (" (mechanical)" if mechanical else ""), fontsize=8)
         if all(value is None for value in values):
             judge = next(
                 (cells[(r, benchmark)]["judge"] for r in recipes if (r, benchmark) in cells),
@@ -108,8 +109,6 @@ def plot(rows: list[dict], path: Path) -> Path:
             continue
         heights = [0.0 if value is None else value for value in values]
         axis.set_ylim(0, max(max(heights) * 1.2, 1.0))
-        if any(cells.get((r, benchmark), {}).get("judge") == MECHANICAL for r in recipes):
-            axis.set_title(HEADLINE[benchmark][1] + " (mechanical)", fontsize=8)
         bars = axis.bar(recipes, heights, color=["#888888", "#1f77b4", "#ff7f0e"][: len(recipes)])
         axis.bar_label(
             bars, labels=["n/a" if v is None else f"{v:.2f}" for v in values], fontsize=7

@@ -112,22 +112,20 @@ class VLLMEngine:
         max_new_tokens: int,
         progress: Progress | None = None,
     ) -> list[str]:
-        from vllm import SamplingParams
-
-        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
-        results = self.llm.chat(list(conversations), params, use_tqdm=True)
-        if progress is not None:
-            progress(len(results), len(conversations))
-        return [result.outputs[0].text for result in results]
+        return self._greedy(self.llm.chat, conversations, max_new_tokens, progress)
 
     def complete(
         self, prompts: Sequence[str], max_new_tokens: int, progress: Progress | None = None
     ) -> list[str]:
         """Raw continuations of text prompts (a pre-trained model without a chat template)."""
+        return self._greedy(self.llm.generate, prompts, max_new_tokens, progress)
+
+    @staticmethod
+    def _greedy(method, inputs: Sequence, max_new_tokens: int, progress: Progress | None):
         from vllm import SamplingParams
 
         params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
-        results = self.llm.generate(list(prompts), params, use_tqdm=True)
+        results = method(list(inputs), params, use_tqdm=True)
         if progress is not None:
-            progress(len(results), len(prompts))
+            progress(len(results), len(inputs))
         return [result.outputs[0].text for result in results]

@@ -114,6 +114,10 @@ class Settings(BaseSettings):
         "instantiator 1024, judge 512, continuation 1024.",
     )
 
+    def batch_size_for(self, engine: str) -> int:
+        """Prompts per batch: per vLLM generate call, or per transformers batch."""
+        return self.vllm_batch_size if engine == "vllm" else self.generation_batch_size
+
     @classmethod
     def settings_customise_sources(
         cls,
