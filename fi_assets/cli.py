@@ -44,7 +44,7 @@ def _ingest(kind: str, source: str, shard: str | None) -> str:
 
     settings = _settings()
     try:
-        ingested = ingest_shard(Storage(home=str(settings.home)), kind, source, shard)
+        ingested = ingest_shard(Storage.from_settings(settings), kind, source, shard)
     except (NoGoodRowsError, StorageLayoutError, FileNotFoundError, ValueError) as error:
         typer.secho(f"error: {error}", fg="red", err=True)
         raise typer.Exit(1) from error
@@ -237,7 +237,7 @@ def sql(
 
     from fi_resources.storage import Storage
 
-    connection = Storage(home=str(_settings().home)).connect()
+    connection = Storage.from_settings(_settings()).connect()
     try:
         cursor = connection.execute(query)
     except duckdb.Error as error:
@@ -259,7 +259,7 @@ def lineage(
     from fi_resources.storage import Storage
 
     try:
-        record = find_lineage(Storage(home=str(_settings().home)), pair_id)
+        record = find_lineage(Storage.from_settings(_settings()), pair_id)
     except LineageError as error:
         typer.secho(f"error: {error}", fg="red", err=True)
         raise typer.Exit(1) from error
@@ -286,7 +286,7 @@ def demo(
     _ingest("documents", str(sample.heldout_documents), settings.heldout_doc_shard)
     materialize(None)
     fi = _command_name()
-    connection = Storage(home=str(settings.home)).connect()
+    connection = Storage.from_settings(settings).connect()
     judged, kept, continued, example = connection.execute(
         "select (select count(*) from judged_pairs), "
         "(select count(*) from judged_pairs where kept), "
@@ -326,7 +326,7 @@ def export(
 
     settings = _settings()
     try:
-        summary = export_recipe(Storage(home=str(settings.home)), settings, recipe, out)
+        summary = export_recipe(Storage.from_settings(settings), settings, recipe, out)
     except ExportError as error:
         typer.secho(f"error: {error}", fg="red", err=True)
         raise typer.Exit(2) from error

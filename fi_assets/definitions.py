@@ -108,7 +108,7 @@ def build_assets(settings: Settings) -> list:
 
 def build_resources(settings: Settings) -> dict:
     """The resources of every asset, configured from `settings`."""
-    storage = Storage(home=str(settings.home))
+    storage = Storage.from_settings(settings)
 
     def role(resource: type, engine: str, model: str, **extra):
         tokens = {"max_new_tokens": settings.max_new_tokens} if settings.max_new_tokens else {}
@@ -118,6 +118,7 @@ def build_resources(settings: Settings) -> dict:
             home=str(settings.home),
             device=settings.device,
             batch_size=settings.batch_size_for(engine),
+            model_calls_url=settings.model_calls_url,
             **tokens,
             **extra,
         )

@@ -325,6 +325,7 @@ def _answers(context, storage: Storage, recipe: str, items, config: EvalConfig):
         device=settings.device,
         batch_size=settings.batch_size_for(settings.eval_engine),
         max_new_tokens=config.max_new_tokens,
+        model_calls_url=storage.model_calls_url,
     )
     calls = candidate.answer(
         [bench.model_prompt(item.question) for item in items],

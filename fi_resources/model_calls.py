@@ -1,9 +1,12 @@
 """The model-call cache: every role call (genericizer, instantiator, judge, continuation) is stored
 under a hash of what determines its output, so no call is ever paid twice.
 
-One SQLite file, FI_HOME/model_calls.sqlite, in WAL mode: each batch of calls is committed as soon
-as it is answered, so a crash loses at most the batch in flight and a rerun resumes from the calls
-already made; concurrent partitions (processes) append to it safely, SQLite serialising writers.
+Each batch of calls is committed as soon as it is answered, so a crash loses at most the batch in
+flight and a rerun resumes from the calls already made. Two stores, one table:
+- one SQLite file, FI_HOME/model_calls.sqlite, in WAL mode (the default): concurrent partitions
+  (processes) on one machine append to it safely, SQLite serialising writers;
+- PostgreSQL (FI_MODEL_CALLS_URL), for pods on several machines sharing FI_HOME on a network
+  volume, where SQLite's WAL cannot work (it needs memory shared by all its writers' host).
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ import json
 import os
 import sqlite3
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import polars as pl
 
@@ -83,63 +88,34 @@ class CallResult:
     seconds: float
 
 
-class ModelCallCache:
-    """Cached role calls in one SQLite file."""
+def _rows(
+    spec: CallSpec,
+    keyed_outputs: Sequence[tuple[str, str]],
+    seconds: float,
+    run_id: str | None,
+    partition: str | None,
+) -> list[tuple]:
+    """The table rows of one answered batch, in VIEW_COLUMNS order."""
+    if not keyed_outputs:
+        return []
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    each = seconds / len(keyed_outputs)
+    params = json.dumps(spec.params, sort_keys=True)
+    return [
+        (key, spec.role, spec.engine, spec.model, spec.prompt_version, params, output, each)
+        + (run_id, partition, now)
+        for key, output in keyed_outputs
+    ]
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
 
-    def _connect(self) -> sqlite3.Connection:
-        if not self.path.exists():
-            self._create()
-        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
-        # WAL persists in the file; only a cache written before it was used needs switching.
-        if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
-        connection.execute(_SCHEMA)
-        return connection
+class ModelCallCache(ABC):
+    """Cached role calls: a store (`lookup`, `store`, `frame`) and the one way to use it, `call`."""
 
-    def _create(self) -> None:
-        """Create the file already in WAL mode, under a temporary name, then link it into place:
-        processes that start at once never race to switch the journal mode (a switch needs the
-        database to itself and fails at once, busy timeout or not, while another holds it)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        connection = sqlite3.connect(temporary)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute(_SCHEMA)
-        connection.commit()
-        connection.close()
-        try:
-            os.link(temporary, self.path)
-        except FileExistsError:
-            pass  # another process created it first: use theirs
-        finally:
-            temporary.unlink(missing_ok=True)
-
+    @abstractmethod
     def lookup(self, keys: Sequence[str]) -> dict[str, str]:
         """The stored outputs of those `keys` that are cached."""
-        found: dict[str, str] = {}
-        if not self.path.exists():
-            return found
-        connection = self._connect()
-        try:
-            unique = list(dict.fromkeys(keys))
-            # SQLite binds at most 32766 parameters per statement.
-            for start in range(0, len(unique), 10_000):
-                part = unique[start : start + 10_000]
-                marks = ",".join("?" * len(part))
-                found.update(
-                    connection.execute(
-                        f"SELECT cache_key, output FROM model_calls WHERE cache_key IN ({marks})",
-                        part,
-                    ).fetchall()
-                )
-        finally:
-            connection.close()
-        return found
 
+    @abstractmethod
     def store(
         self,
         spec: CallSpec,
@@ -149,35 +125,10 @@ class ModelCallCache:
         partition: str | None,
     ) -> None:
         """Commit one answered batch; `seconds` is the batch's time, shared among its calls."""
-        if not keyed_outputs:
-            return
-        now = datetime.now(UTC).isoformat(timespec="seconds")
-        each = seconds / len(keyed_outputs)
-        params = json.dumps(spec.params, sort_keys=True)
-        connection = self._connect()
-        try:
-            with connection:
-                connection.executemany(
-                    "INSERT OR IGNORE INTO model_calls VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    [
-                        (
-                            key,
-                            spec.role,
-                            spec.engine,
-                            spec.model,
-                            spec.prompt_version,
-                            params,
-                            output,
-                            each,
-                            run_id,
-                            partition,
-                            now,
-                        )
-                        for key, output in keyed_outputs
-                    ],
-                )
-        finally:
-            connection.close()
+
+    @abstractmethod
+    def frame(self) -> pl.DataFrame:
+        """Every cached call, for the `model_calls` view of `fi sql`."""
 
     def call(
         self,
@@ -223,8 +174,77 @@ class ModelCallCache:
             seconds=time.perf_counter() - started,
         )
 
+
+class SQLiteCallCache(ModelCallCache):
+    """The cache in one SQLite file, in WAL mode."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def _connect(self) -> sqlite3.Connection:
+        if not self.path.exists():
+            self._create()
+        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
+        # WAL persists in the file; only a cache written before it was used needs switching.
+        if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute(_SCHEMA)
+        return connection
+
+    def _create(self) -> None:
+        """Create the file already in WAL mode, under a temporary name, then link it into place:
+        processes that start at once never race to switch the journal mode (a switch needs the
+        database to itself and fails at once, busy timeout or not, while another holds it)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        connection = sqlite3.connect(temporary)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute(_SCHEMA)
+        connection.commit()
+        connection.close()
+        try:
+            os.link(temporary, self.path)
+        except FileExistsError:
+            pass  # another process created it first: use theirs
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    def lookup(self, keys: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        if not self.path.exists():
+            return found
+        connection = self._connect()
+        try:
+            unique = list(dict.fromkeys(keys))
+            # SQLite binds at most 32766 parameters per statement.
+            for start in range(0, len(unique), 10_000):
+                part = unique[start : start + 10_000]
+                marks = ",".join("?" * len(part))
+                found.update(
+                    connection.execute(
+                        f"SELECT cache_key, output FROM model_calls WHERE cache_key IN ({marks})",
+                        part,
+                    ).fetchall()
+                )
+        finally:
+            connection.close()
+        return found
+
+    def store(self, spec, keyed_outputs, seconds, run_id, partition) -> None:
+        rows = _rows(spec, keyed_outputs, seconds, run_id, partition)
+        if not rows:
+            return
+        connection = self._connect()
+        try:
+            with connection:
+                connection.executemany(
+                    "INSERT OR IGNORE INTO model_calls VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows
+                )
+        finally:
+            connection.close()
+
     def frame(self) -> pl.DataFrame:
-        """Every cached call, for the `model_calls` view of `fi sql`."""
         if not self.path.exists():
             return pl.DataFrame(schema=VIEW_COLUMNS)
         connection = self._connect()
@@ -235,3 +255,73 @@ class ModelCallCache:
         finally:
             connection.close()
         return pl.DataFrame(rows, schema=VIEW_COLUMNS, orient="row")
+
+
+class PostgresCallCache(ModelCallCache):
+    """The cache in a PostgreSQL table, for writers on several machines."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self._ready = False
+
+    def _connect(self):
+        import psycopg2
+
+        # SQLAlchemy-style URLs name a driver (postgresql+psycopg2://); libpq wants it without.
+        parts = urlsplit(self.url)
+        connection = psycopg2.connect(urlunsplit(parts._replace(scheme="postgresql")))
+        if not self._ready:
+            with connection, connection.cursor() as cursor:
+                # CREATE TABLE IF NOT EXISTS races between first writers; a lock serialises them.
+                cursor.execute("SELECT pg_advisory_xact_lock(hashtext('fi_model_calls'))")
+                cursor.execute(_SCHEMA.replace("REAL", "DOUBLE PRECISION"))
+            self._ready = True
+        return connection
+
+    def lookup(self, keys: Sequence[str]) -> dict[str, str]:
+        connection = self._connect()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT cache_key, output FROM model_calls WHERE cache_key = ANY(%s)",
+                    (list(dict.fromkeys(keys)),),
+                )
+                return dict(cursor.fetchall())
+        finally:
+            connection.close()
+
+    def store(self, spec, keyed_outputs, seconds, run_id, partition) -> None:
+        from psycopg2.extras import execute_values
+
+        rows = _rows(spec, keyed_outputs, seconds, run_id, partition)
+        if not rows:
+            return
+        connection = self._connect()
+        try:
+            with connection, connection.cursor() as cursor:
+                execute_values(
+                    cursor,
+                    "INSERT INTO model_calls VALUES %s ON CONFLICT (cache_key) DO NOTHING",
+                    rows,
+                )
+        finally:
+            connection.close()
+
+    def frame(self) -> pl.DataFrame:
+        connection = self._connect()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"SELECT {', '.join(VIEW_COLUMNS)} FROM model_calls ORDER BY created_at"
+                )
+                rows = cursor.fetchall()
+        finally:
+            connection.close()
+        return pl.DataFrame(rows, schema=VIEW_COLUMNS, orient="row")
+
+
+def open_model_call_cache(home: Path, url: str | None = None) -> ModelCallCache:
+    """The cache of the data root `home`: PostgreSQL when `url` is given, else its SQLite file."""
+    if url:
+        return PostgresCallCache(url)
+    return SQLiteCallCache(Path(home).expanduser().resolve() / CACHE_FILE)

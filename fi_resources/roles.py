@@ -20,7 +20,7 @@ from fi_method.rules_instantiator import RULES_VERSION as RULES_INSTANTIATOR_VER
 from fi_method.rules_instantiator import memoized, rules_instantiate
 from fi_method.templates import TemplateError
 from fi_resources.embedder import torch_device
-from fi_resources.model_calls import CACHE_FILE, CallResult, CallSpec, ModelCallCache
+from fi_resources.model_calls import CallResult, CallSpec, ModelCallCache, open_model_call_cache
 from fi_resources.settings import Engine
 
 RULES_MODEL = "rules"
@@ -47,6 +47,9 @@ class RoleModel(ConfigurableResource):
         "as soon as it is answered",
     )
     max_new_tokens: int = Field(256, ge=16)
+    model_calls_url: str | None = Field(
+        None, description="PostgreSQL URL of the model-call cache; default: SQLite in FI_HOME"
+    )
 
     _backend = PrivateAttr(default=None)
 
@@ -61,7 +64,7 @@ class RoleModel(ConfigurableResource):
 
     @property
     def cache(self) -> ModelCallCache:
-        return ModelCallCache(Path(self.home).expanduser().resolve() / CACHE_FILE)
+        return open_model_call_cache(Path(self.home), self.model_calls_url)
 
     def _generator(self):
         if self._backend is None:

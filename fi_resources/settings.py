@@ -96,6 +96,11 @@ class Settings(BaseSettings):
         "rebased); default: the project's (SQLite). deploy/postgres/dagster.yaml: PostgreSQL, "
         "for parallel runs.",
     )
+    model_calls_url: str | None = Field(
+        None,
+        description="PostgreSQL URL (postgresql://user:password@host:port/db) of the model-call "
+        "cache, for writers on several machines; default: the SQLite file in FI_HOME.",
+    )
     automation: bool = Field(
         False,
         description="Materialize downstream partitions by themselves when an upstream content "

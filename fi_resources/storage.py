@@ -23,7 +23,7 @@ import polars as pl
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from fi_resources.model_calls import CACHE_FILE, ModelCallCache
+from fi_resources.model_calls import CACHE_FILE, ModelCallCache, open_model_call_cache
 
 REJECTS = "rejects"
 
@@ -65,6 +65,18 @@ class Storage(ConfigurableResource):
     """Paths under one data root, atomic Parquet writes and DuckDB views over every table."""
 
     home: str = Field(description="the data root, FI_HOME")
+    model_calls_url: str | None = Field(
+        None, description="PostgreSQL URL of the model-call cache; default: SQLite in FI_HOME"
+    )
+
+    @classmethod
+    def from_settings(cls, settings) -> Storage:
+        """The storage `settings` (fi_resources.settings.Settings) describe."""
+        return cls(home=str(settings.home), model_calls_url=settings.model_calls_url)
+
+    @property
+    def model_calls(self) -> ModelCallCache:
+        return open_model_call_cache(self.root, self.model_calls_url)
 
     @property
     def root(self) -> Path:
@@ -77,10 +89,6 @@ class Storage(ConfigurableResource):
     @property
     def lancedb_dir(self) -> Path:
         return self.root / "lancedb"
-
-    @property
-    def model_calls_path(self) -> Path:
-        return self.root / CACHE_FILE
 
     @property
     def models_dir(self) -> Path:
@@ -154,9 +162,8 @@ class Storage(ConfigurableResource):
         partitions, with a `shard` column naming each row's partition, plus `rejects` over every stage's rejects and `model_calls` over the call
         cache."""
         connection = duckdb.connect()
-        if self.model_calls_path.exists():
-            calls = ModelCallCache(self.model_calls_path).frame().to_arrow()
-            connection.register("model_calls", calls)
+        if self.model_calls_url or (self.root / CACHE_FILE).exists():
+            connection.register("model_calls", self.model_calls.frame().to_arrow())
         for table in self.table_names():
             if table == REJECTS:
                 files = (self.tables_dir / table / "*/*.parquet").as_posix().replace("'", "''")

@@ -1,3 +1,11 @@
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
 import pytest
 
 from fi_resources.settings import get_settings
@@ -13,3 +21,55 @@ def fi_home(tmp_path, monkeypatch):
     get_settings.cache_clear()
     yield home
     get_settings.cache_clear()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL cluster on loopback for the session, as (bin folder, port, run
+    as); stopped (by its pid file) afterwards. Skips without Debian's postgresql package."""
+    initdb = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not initdb:
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    bin_dir = initdb[-1].parent
+    # PostgreSQL refuses to run as root: then the cluster belongs to the `postgres` user.
+    as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    folder = Path(tempfile.mkdtemp(prefix="fi-pg-"))
+    if as_owner:
+        shutil.chown(folder, "postgres")
+    data, port = folder / "data", _free_port()
+
+    def run(*command: str) -> None:
+        subprocess.run([*as_owner, *command], check=True, capture_output=True, timeout=120)
+
+    run(str(bin_dir / "initdb"), "-D", str(data), "-U", "fi", "--auth=trust")
+    run(
+        str(bin_dir / "pg_ctl"),
+        "-D",
+        str(data),
+        "-l",
+        str(folder / "log"),
+        "-o",
+        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1",
+        "-w",
+        "start",
+    )
+    try:
+        yield bin_dir, port, run
+    finally:
+        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A fresh, empty database on the session's PostgreSQL, as a SQLAlchemy URL."""
+    bin_dir, port, run = postgres_server
+    name = f"fi_{uuid.uuid4().hex[:12]}"
+    run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "fi", name)
+    return f"postgresql+psycopg2://fi@127.0.0.1:{port}/{name}"

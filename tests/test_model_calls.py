@@ -1,5 +1,6 @@
 """The model-call cache: keys change with everything that changes an output, answered batches
-survive a crash of the step, and parallel processes can fill one cache file."""
+survive a crash of the step, and parallel processes can fill one cache, in its SQLite file or on
+a real PostgreSQL."""
 
 import sqlite3
 import subprocess
@@ -7,7 +8,7 @@ import sys
 
 import pytest
 
-from fi_resources.model_calls import CallSpec, ModelCallCache
+from fi_resources.model_calls import CallSpec, open_model_call_cache
 
 SPEC = CallSpec("judge", "transformers", "some/model", "1", {"max_new_tokens": 8})
 
@@ -32,8 +33,14 @@ def test_the_key_changes_with_role_engine_model_prompt_and_params(other):
     assert other.key("x") != SPEC.key("x")
 
 
-def test_only_missing_calls_are_made_and_equal_inputs_once(tmp_path):
-    cache = ModelCallCache(tmp_path / "calls.sqlite")
+@pytest.fixture(params=["sqlite", "postgres"])
+def cache_url(request, tmp_path):
+    """Where a cache lives: None (its SQLite file under tmp_path) or a PostgreSQL URL."""
+    return request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+
+
+def test_only_missing_calls_are_made_and_equal_inputs_once(tmp_path, cache_url):
+    cache = open_model_call_cache(tmp_path, cache_url)
     seen_batches = []
 
     def compute(batch):
@@ -51,8 +58,8 @@ def test_only_missing_calls_are_made_and_equal_inputs_once(tmp_path):
     assert progress == [(3, 4, 2), (4, 4, 2)]
 
 
-def test_answered_batches_survive_a_step_that_fails_later(tmp_path):
-    cache = ModelCallCache(tmp_path / "calls.sqlite")
+def test_answered_batches_survive_a_step_that_fails_later(tmp_path, cache_url):
+    cache = open_model_call_cache(tmp_path, cache_url)
 
     def fails_on_the_third_batch(batch):
         if "e" in batch:
@@ -74,22 +81,28 @@ def test_answered_batches_survive_a_step_that_fails_later(tmp_path):
 # step process would; both answer 100..199, and each key must end up stored once.
 _WORKER = """
 import sys
-from fi_resources.model_calls import CallSpec, ModelCallCache
+from pathlib import Path
+from fi_resources.model_calls import CallSpec, open_model_call_cache
 spec = CallSpec("judge", "transformers", "some/model", "1", {"max_new_tokens": 8})
 offset = int(sys.argv[2])
 inputs = [str(i) for i in range(offset, offset + 200)]
-ModelCallCache(sys.argv[1]).call(spec, inputs, lambda b: [t.upper() for t in b], batch_size=5)
+cache = open_model_call_cache(Path(sys.argv[1]), sys.argv[3] or None)
+cache.call(spec, inputs, lambda b: [t.upper() for t in b], batch_size=5)
 """
 
 
-def test_parallel_processes_share_one_cache_file(tmp_path):
-    path = str(tmp_path / "calls.sqlite")
+def test_parallel_processes_share_one_cache(tmp_path, cache_url):
     workers = [
-        subprocess.Popen([sys.executable, "-c", _WORKER, path, str(offset)], stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, str(tmp_path), str(offset), cache_url or ""],
+            stderr=subprocess.PIPE,
+        )
         for offset in (0, 100)
     ]
     errors = [worker.communicate(timeout=300)[1].decode() for worker in workers]
     assert [worker.returncode for worker in workers] == [0, 0], errors
-    with sqlite3.connect(path) as connection:
-        rows = connection.execute("select count(*), count(distinct cache_key) from model_calls")
-        assert rows.fetchone() == (300, 300)
+    calls = open_model_call_cache(tmp_path, cache_url).frame()
+    assert calls.height == calls["cache_key"].n_unique() == 300
+    if cache_url is None:  # and the file is a plain SQLite database, in WAL mode
+        with sqlite3.connect(tmp_path / "model_calls.sqlite") as connection:
+            assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
