@@ -11,7 +11,7 @@ from fi_assets.packing import packed_corpus, recipes_agree_on_tokens
 from fi_assets.queries import raw_queries
 from fi_assets.synthesis import continuations, instantiated_pairs, judged_pairs
 from fi_assets.templates import instruction_templates, template_index
-from fi_assets.training import trained_checkpoint
+from fi_assets.training import trained_checkpoint_asset, trainer_step_gpus
 from fi_resources.embedder import Embedder, default_similarity_threshold
 from fi_resources.roles import BenchmarkJudge, Continuer, Genericizer, Instantiator, Judge
 from fi_resources.settings import Settings, get_settings
@@ -40,6 +40,15 @@ def _automated(asset: dg.AssetsDefinition) -> dg.AssetsDefinition:
     return asset.map_asset_specs(
         lambda spec: spec.replace_attributes(automation_condition=data_version_automation())
     )
+
+
+def _owned(asset, owners: dict[str, list[str]]):
+    """The asset (a definition, or the spec of an inbox table) owned by its group's owners."""
+
+    def own(spec: dg.AssetSpec) -> dg.AssetSpec:
+        return spec.replace_attributes(owners=owners.get(spec.group_name, []))
+
+    return own(asset) if isinstance(asset, dg.AssetSpec) else asset.map_asset_specs(own)
 
 
 def _engine_version(engine: str, model: str, max_new_tokens: int | None) -> str:
@@ -92,7 +101,10 @@ def build_assets(settings: Settings) -> list:
     # Training and evaluation cost GPU hours: never started by automation, only by hand (the UI,
     # `fi materialize`) or a schedule.
     expensive = [
-        _with_model_version(trained_checkpoint, f"heldout:{settings.heldout_doc_shard}"),
+        _with_model_version(
+            trained_checkpoint_asset(trainer_step_gpus(settings)),
+            f"heldout:{settings.heldout_doc_shard}",
+        ),
         _with_model_version(
             eval_scores,
             f"{settings.eval_engine}|"
@@ -103,7 +115,14 @@ def build_assets(settings: Settings) -> list:
     ]
     if settings.automation:
         derived = [_automated(asset) for asset in derived]
-    return [ingested_queries, ingested_documents, *derived, *expensive]
+    if settings.backfill_shards_per_run:
+        policy = dg.BackfillPolicy.multi_run(settings.backfill_shards_per_run)
+        derived = [
+            asset.with_attributes(backfill_policy=policy) if asset.backfill_policy else asset
+            for asset in derived
+        ]
+    assets = [ingested_queries, ingested_documents, *derived, *expensive]
+    return [_owned(asset, settings.owners) for asset in assets]
 
 
 def build_resources(settings: Settings) -> dict:
@@ -151,12 +170,23 @@ def build_resources(settings: Settings) -> dict:
     }
 
 
+def build_executor(settings: Settings) -> dg.ExecutorDefinition | None:
+    """The executor `settings.executor` names: None keeps Dagster's default (processes on the
+    run's machine); k8s runs each step in its own pod, with the GPU steps' requests (placement)."""
+    if settings.executor == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    return None
+
+
 def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=build_assets(settings),
         asset_checks=[recipes_agree_on_tokens],
         sensors=[inbox_sensor],
         resources=build_resources(settings),
+        executor=build_executor(settings),
     )
 
 

@@ -9,6 +9,7 @@ import dagster as dg
 import polars as pl
 
 from fi_assets.partitions import BENCHMARK, RECIPE, by_recipe, recipe_benchmarks
+from fi_assets.placement import on_gpu
 from fi_assets.reporting import (
     call_metadata,
     column_schema,
@@ -231,7 +232,7 @@ class _Scorer:
     group_name="evaluation",
     kinds={"pytorch"},
     code_version="1",
-    pool="gpu",
+    **on_gpu(),
     description="Stage F: one recipe's model on one benchmark. heldout_nll: answer-token NLL of "
     "the held-out doc shard's grounded pairs (FI_HELDOUT_DOC_SHARD). mixeval, mixeval_hard, "
     "mt_bench_101, alpaca_eval: greedy answers in the training format, scored mechanically "

@@ -8,6 +8,7 @@ import polars as pl
 
 from fi_assets.checks import SIMILARITY_ABOVE_THRESHOLD, check_result
 from fi_assets.partitions import doc_shards, query_shards
+from fi_assets.placement import on_gpu
 from fi_assets.planning import upstream_partitions_tags
 from fi_assets.reporting import distribution_chart, each_partition, markdown_preview, write_stage
 from fi_method.chunking import chunk_document
@@ -45,7 +46,7 @@ def chunk_vectors(chunks: pl.DataFrame) -> np.ndarray:
     group_name="matching",
     kinds={"polars", "parquet", "sentence_transformers"},
     code_version="1",
-    pool="gpu",
+    **on_gpu(),
     backfill_policy=dg.BackfillPolicy.single_run(),
     description="Documents split into chunks that fit the embedder (paragraph, then sentence "
     "boundaries; the embedder's own tokenizer), each embedded with Gaussian pooling into K+1 = 6 "
@@ -118,7 +119,7 @@ def _histogram(values: list[float], bins: int = 10) -> str:
     group_name="matching",
     kinds={"lancedb", "polars", "parquet"},
     code_version="1",
-    pool="gpu",
+    **on_gpu(),
     backfill_policy=dg.BackfillPolicy.single_run(),
     check_specs=[SIMILARITY_ABOVE_THRESHOLD],
     description="Templates matched to each document: every chunk vector queries the LanceDB index "

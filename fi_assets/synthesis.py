@@ -12,6 +12,7 @@ from fi_assets.checks import (
     check_result,
 )
 from fi_assets.partitions import doc_shards
+from fi_assets.placement import on_gpu
 from fi_assets.reporting import (
     call_metadata,
     distribution_chart,
@@ -73,7 +74,7 @@ def _caller(context: dg.AssetExecutionContext, shard: str) -> tuple[str, str]:
     group_name="synthesis",
     kinds={"polars", "parquet"},
     code_version="1",
-    pool="gpu",
+    **on_gpu(),
     backfill_policy=dg.BackfillPolicy.single_run(),
     check_specs=[PAIR_IDS_UNIQUE, EXCERPT_RATIO_ABOVE_MINIMUM],
     description="Stage C: the instantiator role (FI_INSTANTIATOR_ENGINE) fills each matched "
@@ -186,7 +187,7 @@ def _instantiate_shard(
     group_name="synthesis",
     kinds={"polars", "parquet"},
     code_version="1",
-    pool="gpu",
+    **on_gpu(),
     backfill_policy=dg.BackfillPolicy.single_run(),
     check_specs=[JUDGE_SCORES_VALID],
     description="Stage D: the judge role (FI_JUDGE_ENGINE; Flow Judge's prompt and 5-point rubric) "
@@ -273,7 +274,7 @@ def _funnel_counts(storage: Storage, shard: str, grounded: int, judged: pl.DataF
     group_name="synthesis",
     kinds={"polars", "parquet"},
     code_version="1",
-    pool="gpu",
+    **on_gpu(),
     backfill_policy=dg.BackfillPolicy.single_run(),
     description="Non-instructional pairs (halving and completion): each document is cut at the "
     "sentence boundary nearest its middle; the first half is the instruction, the answer is a "

@@ -7,6 +7,7 @@ import polars as pl
 
 from fi_assets.checks import TEMPLATES_VALID, check_result
 from fi_assets.partitions import query_shards
+from fi_assets.placement import on_gpu
 from fi_assets.reporting import (
     call_metadata,
     distribution_chart,
@@ -42,7 +43,7 @@ INDEX_COLUMNS = ["template_id", "query_id", "template", "compatible_document_des
     group_name="queries",
     kinds={"polars", "parquet"},
     code_version="1",
-    pool="gpu",
+    **on_gpu(),
     check_specs=[TEMPLATES_VALID],
     description="Instruction templates of one query shard: the genericizer role (engine `rules`, "
     "`transformers` or `vllm`, chosen by FI_GENERICIZER_ENGINE) turns each query into a template "
@@ -93,7 +94,7 @@ def instruction_templates(
     group_name="queries",
     kinds={"lancedb", "sentence_transformers"},
     code_version="1",
-    pool="gpu",
+    **on_gpu(),
     backfill_policy=dg.BackfillPolicy.single_run(),
     description="The compatible document descriptions of one shard's templates, embedded by the "
     "Embedder (FI_EMBEDDER_MODEL) and written to the LanceDB table of that embedder (cosine), "

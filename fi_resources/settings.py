@@ -24,6 +24,17 @@ from fi_method.judge import FLOW_JUDGE, MIN_JUDGE_SCORE
 from fi_resources.models import MINILM
 
 Engine = Literal["rules", "transformers", "vllm"]
+# Who answers for each asset group (Dagster owners: an e-mail or team:name), shown in the UI.
+DEFAULT_OWNERS = {
+    "inbox": ["team:data"],
+    "queries": ["team:data"],
+    "documents": ["team:data"],
+    "matching": ["team:data"],
+    "synthesis": ["team:data"],
+    "packing": ["team:data"],
+    "training": ["team:modeling"],
+    "evaluation": ["team:modeling"],
+}
 
 
 def _config_file() -> Path:
@@ -101,6 +112,44 @@ class Settings(BaseSettings):
         description="PostgreSQL URL (postgresql://user:password@host:port/db) of the model-call "
         "cache, for writers on several machines; default: the SQLite file in FI_HOME.",
     )
+    owners: dict[str, list[str]] = Field(
+        default_factory=lambda: dict(DEFAULT_OWNERS),
+        description="Owners per asset group (e-mails or team:name); the groups given replace "
+        'the defaults\' entries, e.g. FI_OWNERS=\'{"training": ["ada@lab.org"]}\'.',
+    )
+    executor: Literal["multiprocess", "k8s"] = Field(
+        "multiprocess",
+        description="Where a run's steps execute: in processes of the run's machine, or k8s: "
+        "one Kubernetes pod per step (dagster-k8s), GPU steps on GPU nodes.",
+    )
+    backfill_shards_per_run: int | None = Field(
+        None,
+        ge=1,
+        description="Shards per run when a backfill covers many shards of the model assets; "
+        "default: all in one run (one model load). On a cluster, 1 spreads them over GPUs.",
+    )
+    trainer_nodes: int = Field(
+        1,
+        ge=1,
+        description="Machines of one training run; more than 1 runs the trainer as a "
+        "multi-node torchrun Job on Kubernetes (FI_K8S_*).",
+    )
+    trainer_gpus_per_node: int = Field(
+        1, ge=1, description="Trainer processes (GPUs) per machine; more than 1 uses torchrun."
+    )
+    k8s_namespace: str | None = Field(
+        None, description="Namespace of the training Job; default: the step pod's own."
+    )
+    k8s_image: str | None = Field(
+        None,
+        description="Image of the training Job's pods; default: the code location's image "
+        "(DAGSTER_CURRENT_IMAGE, set by the Helm chart).",
+    )
+    k8s_fi_home_claim: str = Field(
+        "fi-home",
+        description="PersistentVolumeClaim (ReadWriteMany) holding FI_HOME, mounted by the "
+        "training Job's pods at FI_HOME.",
+    )
     automation: bool = Field(
         False,
         description="Materialize downstream partitions by themselves when an upstream content "
@@ -137,6 +186,7 @@ class Settings(BaseSettings):
 
     def model_post_init(self, _context) -> None:
         self.home = self.home.expanduser().resolve()
+        self.owners = {**DEFAULT_OWNERS, **self.owners}
 
 
 @cache
