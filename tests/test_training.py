@@ -110,6 +110,9 @@ def test_presets_count_parameters_and_flops_and_the_cli_overrides_fields():
     assert (config.data, config.seq_len, config.answer_only_loss) == (["a", "b"], 64, True)
     resolved = model_config(config.preset, 100, config.model)
     assert (resolved.dim, resolved.tie_embeddings, resolved.n_layers) == (128, True, 2)
+    # --model.vocab_size wins over the tokenizer's (as train() resolves it), and once only
+    widened = parse_config(["--data", "a", "--out", "o", "--model.vocab_size", "128256"])
+    assert model_config("tiny", 100, widened.model).vocab_size == 128_256
 
 
 def stream_of(loader: PackedSequences, sequences: int) -> tuple[list[int], list[bool]]:
@@ -187,6 +190,25 @@ def test_loss_falls_on_a_repeated_corpus(tmp_path, capsys):
     losses = [line["loss"] for line in logged(capsys)]
     assert len(losses) == 6
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_activation_checkpointing_changes_no_loss(tmp_path, capsys):
+    data = counting_corpus(tmp_path / "data")
+    train(tiny_run(data, tmp_path / "kept"))
+    kept = [line["loss"] for line in logged(capsys)]
+    train(tiny_run(data, tmp_path / "recomputed", activation_checkpointing=True))
+    recomputed = [line["loss"] for line in logged(capsys)]
+    assert len(kept) == 6 and recomputed == pytest.approx(kept, rel=1e-5)
+    # and the blocks really are recomputed: run twice per training step, once without.
+    model = build_model(model_config("tiny", 50), torch.device("cpu"), seed=0)
+    calls, forward = [], model.layers[0].forward
+    model.layers[0].forward = lambda *args: calls.append(1) or forward(*args)
+    tokens = torch.randint(0, 50, (2, 8))
+    for recompute in (False, True):
+        calls.clear()
+        model.activation_checkpointing = recompute
+        model(tokens).sum().backward()
+        assert len(calls) == (2 if recompute else 1)
 
 
 def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, capsys):

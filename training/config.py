@@ -49,6 +49,9 @@ class TrainConfig:
     grad_clip: float = _option(1.0, "maximum global gradient norm")
     seed: int = _option(0, "seed of the initialisation and the data shuffle")
     compile: bool = _option(False, "torch.compile each transformer block")
+    activation_checkpointing: bool = _option(
+        False, "recompute each block in the backward pass instead of keeping its activations"
+    )
     log_every: int = _option(10, "steps between JSON metric lines on stdout")
     checkpoint_every: int = _option(500, "steps between checkpoints (one is also kept at the end)")
     keep_checkpoints: int = _option(2, "most recent checkpoints kept; 0 keeps all")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def model_config(preset: str, vocab_size: int, overrides: dict | None = None) ->
         if types[name] is bool and isinstance(value, str):
             value = value.lower() in ("1", "true", "yes")
         cast[name] = types[name](value)
-    config = replace(PRESETS[preset], vocab_size=vocab_size, **cast)
+    config = replace(PRESETS[preset], **{"vocab_size": vocab_size, **cast})
     if config.dim % config.n_heads or config.n_heads % config.n_kv_heads:
         raise ValueError("dim must divide by n_heads, and n_heads by n_kv_heads")
     return config
@@ -184,6 +185,9 @@ class Transformer(nn.Module):
         cos, sin = rotary_tables(config, torch.device("meta"))
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        # Activation checkpointing: keep only each block's input in training and recompute the
+        # block in the backward pass (a third more FLOPs for far less activation memory).
+        self.activation_checkpointing = False
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -221,7 +225,10 @@ class Transformer(nn.Module):
         attn_mask = None if document_ids is None else document_attention_mask(document_ids)
         x = self.tok_embeddings(tokens)
         for layer in self.layers:
-            x = layer(x, cos, sin, attn_mask)
+            if self.activation_checkpointing and self.training:
+                x = checkpoint(layer, x, cos, sin, attn_mask, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, attn_mask)
         x = self.norm(x)
         if self.output is None:
             return F.linear(x, self.tok_embeddings.weight)

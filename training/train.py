@@ -313,6 +313,7 @@ def train(config: TrainConfig) -> Path:
         (lambda model: shard_with_fsdp(model, device, world_size)) if world_size > 1 else None
     )
     model = build_model(architecture, device, config.seed, parallelize)
+    model.activation_checkpointing = config.activation_checkpointing
     if config.compile:
         for layer in model.layers:
             layer.compile()

@@ -1,0 +1,131 @@
+"""What every benchmark shares: the machine it ran on, a seeded clock, a measured matmul peak to
+compare with, and one Markdown table printed (and, with --save, kept under bench/results/ with the
+machine, date and command)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every benchmark takes: device, repeats, and --save."""
+    arguments = argparse.ArgumentParser(description=description)
+    arguments.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    arguments.add_argument("--repeats", type=int, default=3, help="timed repeats (median kept)")
+    arguments.add_argument(
+        "--save", action="store_true", help="also write the output to bench/results/"
+    )
+    return arguments
+
+
+def device_of(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def machine(device: str) -> str:
+    """One line naming the hardware: the GPU when the device is one, else the CPU."""
+    import torch
+
+    cores = os.cpu_count()
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    host = f"{cpu}, {cores} cores, {memory:.0f} GiB"
+    if device.startswith("cuda"):
+        gpu = torch.cuda.get_device_properties(0)
+        return f"{gpu.name} ({gpu.total_memory / 2**30:.0f} GiB); host {host}"
+    return host
+
+
+def median_seconds(work: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """The median wall time of `work` over `repeats` runs after `warmup` untimed ones, with the
+    device synchronised so queued GPU work is counted."""
+    import torch
+
+    def synchronise():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        work()
+    synchronise()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        synchronise()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def matmul_peak(device: str, dtype_name: str = "auto", size: int = 4096) -> float:
+    """FLOP/s of a square matmul on `device`: the practical limit the MFU columns compare with
+    when no published peak is known (the CPU). bf16 on a GPU, float32 on the CPU by default."""
+    import torch
+
+    dtype = {
+        "auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
+        "bf16": torch.bfloat16,
+        "fp32": torch.float32,
+    }[dtype_name]
+    size = size if device.startswith("cuda") else min(size, 2048)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    seconds = median_seconds(lambda: a @ b, repeats=5, warmup=2)
+    return 2 * size**3 / seconds
+
+
+def table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A Markdown table; floats get three significant figures, large ones thousands separators."""
+
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def report(name: str, device: str, title: str, body: str, save: bool) -> None:
+    """Print the benchmark's output under a header (machine, date, command); with `save`, also
+    write it to bench/results/<date>_<device>_<name>.md."""
+    now = datetime.now(UTC)
+    command = "python -m bench." + name + " " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    text = (
+        f"## {title}\n\n"
+        f"- machine: {machine(device)}\n"
+        f"- date: {now.isoformat(timespec='seconds')}\n"
+        f"- command: `{command.strip()}`\n\n"
+        f"{body}\n"
+    )
+    print(text)
+    if save:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        kind = "gpu" if device.startswith("cuda") else "cpu"
+        path = RESULTS / f"{now:%Y-%m-%d}_{kind}_{name}.md"
+        path.write_text(text)
+        print(f"saved {path.relative_to(RESULTS.parent.parent)}", file=sys.stderr)

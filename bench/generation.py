@@ -1,0 +1,123 @@
+"""Generation throughput of the `transformers` engine (fi_resources/engines.py) in the
+instantiator role: output tokens/s on Llama-3.2-1B- and 3B-shaped models with random weights
+(speed does not depend on them; end-of-sequence is disabled, so every answer is exactly
+--new-tokens long), batch sizes swept. Prompts are the released instantiator's input (a template
+and a Wikipedia document as JSON), cut to --prompt-tokens Llama-3 tokens. The time includes
+tokenisation, prefill and decoding, as a role call pays them.
+
+The anchor is vLLM's published offline throughput on one H100 (FACTS.md): ~16k output tokens/s
+for a ~1B model, ~8.5k for ~4B (so at least that for 3B).
+
+    python -m bench.generation --shapes 1b --batch-sizes 1 4 --new-tokens 16     # CPU
+    python -m bench.generation --batch-sizes 1 8 32 128 --new-tokens 256          # a GPU
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from bench.common import device_of, median_seconds, parser, report, table
+from fi_method.instantiator import build_messages
+from fi_method.packing import load_training_tokenizer
+from fi_method.samples import wikipedia_articles
+from fi_resources.engines import TransformersEngine
+
+# Llama-3.2's published shapes (config.json of meta-llama/Llama-3.2-1B and -3B).
+SHAPES = {
+    "1b": {
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+    },
+    "3b": {
+        "hidden_size": 3072,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 24,
+        "num_key_value_heads": 8,
+    },
+}
+VLLM_ANCHOR = {"1b": 16_000, "3b": 8_500}
+TEMPLATE = "How does <fi>a process or mechanism</fi> work in <fi>a field</fi>?"
+
+
+def random_llama(shape: str, folder: Path) -> str:
+    """A random-weight Llama of `shape` with the Llama-3 tokenizer, saved in bf16, with no
+    end-of-sequence token in its generation config."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(load_training_tokenizer().source)
+    config = LlamaConfig(
+        **SHAPES[shape],
+        vocab_size=len(tokenizer),
+        tie_word_embeddings=True,
+        rope_theta=500_000.0,
+        max_position_embeddings=131_072,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=None,
+    )
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    model.generation_config.eos_token_id = None
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def instantiator_prompts(count: int, tokens: int, tokenizer) -> list[str]:
+    """`count` instantiator inputs of exactly `tokens` tokens, one document each."""
+    articles = wikipedia_articles(limit=count)
+    articles = (articles * (count // len(articles) + 1))[:count]
+    prompts = []
+    for article in articles:
+        (message,) = build_messages(TEMPLATE, article["text"], "bare")
+        ids = tokenizer(message["content"], add_special_tokens=False).input_ids[:tokens]
+        prompts.append(tokenizer.decode(ids))
+    return prompts
+
+
+def measure(shape: str, engine: TransformersEngine, args, device: str) -> list[list]:
+    rows = []
+    for batch in args.batch_sizes:
+        engine.batch_size = batch
+        prompts = instantiator_prompts(batch, args.prompt_tokens, engine.tokenizer)
+        seconds = median_seconds(
+            lambda prompts=prompts: engine.complete(prompts, args.new_tokens), args.repeats
+        )
+        speed = batch * args.new_tokens / seconds
+        anchor = f"{speed / VLLM_ANCHOR[shape]:.3f}" if device.startswith("cuda") else "- (CPU)"
+        rows.append([f"Llama-3.2-{shape.upper()} shape", batch, speed, seconds, anchor])
+    return rows
+
+
+def main() -> None:
+    arguments = parser(__doc__.split("\n\n")[0])
+    arguments.add_argument("--shapes", nargs="+", default=["1b"], choices=sorted(SHAPES))
+    arguments.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
+    arguments.add_argument("--prompt-tokens", type=int, default=512)
+    arguments.add_argument("--new-tokens", type=int, default=16)
+    args = arguments.parse_args()
+    device = device_of(args.device)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for shape in args.shapes:
+            folder = random_llama(shape, Path(scratch) / shape)
+            engine = TransformersEngine(folder, device, Path(scratch) / "models")
+            rows += measure(shape, engine, args, device)
+            del engine
+    columns = ["model", "batch", "output tokens/s", "s per batch", "vs vLLM anchor (H100)"]
+    body = table(columns, rows) + (
+        f"\n\n{args.prompt_tokens}-token prompts, {args.new_tokens} new tokens each, greedy."
+    )
+    report("generation", device, "Generation throughput (transformers engine)", body, args.save)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Trainer throughput: tokens/s and MFU of `python -m training.train` for the 150m and 1.8b presets
+(the paper's model), torch.compile on/off and activation checkpointing on/off, against the device's
+limit. The limit is the tokens/s at which the model's FLOPs (6N plus attention, training/model.py
+flops_per_token) would use the whole peak: the published bf16 peak on a known GPU (the trainer's
+own MFU), a measured float32 matmul on the CPU. The trainer runs in bf16 autocast on a GPU.
+
+Data: random token ids in the packed format, a Llama-3 vocabulary (128,256), so the output layer
+costs what it costs in the real runs. tokens/s is the median over the logged steps after the first
+two (compilation and warm-up).
+
+    python -m bench.training --presets tiny 150m --seq-len 256 --batch-size 2 --steps 6   # CPU
+    python -m bench.training --presets 150m 1.8b --seq-len 2048 --batch-size 8 --steps 30  # GPU
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from bench.common import device_of, matmul_peak, parser, report, table
+from training.model import flops_per_token, model_config, parameter_count
+from training.train import PEAK_BF16_FLOPS
+
+VOCAB = 128_256
+SAMPLE_TOKENS = 1000
+
+
+def random_corpus(folder: Path, tokens: int, seed: int = 0) -> Path:
+    """Packed samples of random ids, `tokens` in all."""
+    generator = np.random.default_rng(seed)
+    count = tokens // SAMPLE_TOKENS + 1
+    ids = generator.integers(3, VOCAB, (count, SAMPLE_TOKENS), dtype=np.int32)
+    folder.mkdir(parents=True, exist_ok=True)
+    pl.DataFrame(
+        {
+            "doc_id": [f"d{i}" for i in range(count)],
+            "input_ids": ids.tolist(),
+            "loss_mask": np.ones_like(ids, dtype=np.int8).tolist(),
+        },
+        schema={"doc_id": pl.String, "input_ids": pl.List(pl.Int32), "loss_mask": pl.List(pl.Int8)},
+    ).write_parquet(folder / "samples.parquet")
+    return folder
+
+
+def run_trainer(data: Path, out: Path, preset: str, args, compile_: bool, recompute: bool):
+    """The trainer's JSON metric lines for one configuration (None when it ran out of memory)."""
+    command = [
+        sys.executable,
+        "-m",
+        "training.train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--preset",
+        preset,
+        "--model.vocab_size",
+        str(VOCAB),
+        "--bos-id",
+        "1",
+        "--eos-id",
+        "2",
+        "--seq-len",
+        str(args.seq_len),
+        "--batch-size",
+        str(args.batch_size),
+        "--steps",
+        str(args.steps),
+        "--warmup-steps",
+        "1",
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        str(args.steps + 1),
+        "--stop-after",
+        str(args.steps),
+        "--compile" if compile_ else "--no-compile",
+        "--activation-checkpointing" if recompute else "--no-activation-checkpointing",
+    ]
+    done = subprocess.run(command, check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        if "out of memory" in done.stderr.lower():
+            return None
+        raise RuntimeError(f"trainer failed:\n{done.stderr[-3000:]}")
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def main() -> None:
+    arguments = parser(__doc__.split("\n\n")[0])
+    arguments.add_argument("--presets", nargs="+", default=["tiny", "150m"])
+    arguments.add_argument("--seq-len", type=int, default=256)
+    arguments.add_argument("--batch-size", type=int, default=2)
+    arguments.add_argument("--steps", type=int, default=6)
+    arguments.add_argument("--compile", choices=["off", "on", "both"], default="both")
+    arguments.add_argument("--recompute", choices=["off", "on", "both"], default="both")
+    args = arguments.parse_args()
+    device = device_of(args.device)
+    if device.startswith("cuda"):
+        import torch
+
+        name = torch.cuda.get_device_name(0)
+        peak = next((p for model, p in PEAK_BF16_FLOPS.items() if model in name), None)
+        peak_label = "published bf16 peak"
+        if peak is None:
+            peak, peak_label = matmul_peak(device), "measured bf16 matmul"
+    else:
+        peak, peak_label = matmul_peak(device), "measured fp32 matmul"
+    switch = {"off": [False], "on": [True], "both": [False, True]}
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        tokens = args.steps * args.batch_size * args.seq_len * 2
+        data = random_corpus(Path(scratch) / "data", tokens)
+        for preset, compile_, recompute in itertools.product(
+            args.presets, switch[args.compile], switch[args.recompute]
+        ):
+            architecture = model_config(preset, VOCAB, {"max_seq_len": args.seq_len})
+            per_token = flops_per_token(architecture, args.seq_len)
+            limit = peak / per_token
+            out = Path(scratch) / f"{preset}-{compile_}-{recompute}"
+            lines = run_trainer(data, out, preset, args, compile_, recompute)
+            setup = [
+                preset,
+                f"{parameter_count(architecture) / 1e6:,.0f}M",
+                "on" if compile_ else "off",
+                "on" if recompute else "off",
+            ]
+            if lines is None:
+                rows.append(setup + ["out of memory", "-", "-", f"{limit:,.0f}"])
+                continue
+            steady = [line["tokens_per_s"] for line in lines[2:]] or [lines[-1]["tokens_per_s"]]
+            speed = statistics.median(steady)
+            rows.append(setup + [speed, speed * per_token / 1e12, speed / limit, limit])
+    columns = [
+        "preset",
+        "params",
+        "compile",
+        "act. ckpt",
+        "tokens/s",
+        "TFLOP/s",
+        f"MFU ({peak_label})",
+        "limit tokens/s",
+    ]
+    body = table(columns, rows) + (
+        f"\n\nseq_len {args.seq_len}, batch {args.batch_size} per step, {args.steps} steps; "
+        f"peak {peak / 1e12:.3g} TFLOP/s ({peak_label})."
+    )
+    report("training", device, "Trainer throughput", body, args.save)
+
+
+if __name__ == "__main__":
+    main()
