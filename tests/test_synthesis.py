@@ -199,7 +199,7 @@ def test_a_recipe_trains_is_evaluated_and_exported(matched, tmp_path, monkeypatc
     # A random model's loss is ln(vocabulary) = ln(128,256) = 11.76 on the Llama-3 tokenizer.
     assert meta["step"] == 15 and meta["loss"] < 11.0
     messages = [event.message or "" for event in instance.all_logs(result.run_id)]
-    assert "training on 1 packed shard(s) of standard" in messages
+    assert "training on 1 packed shard(s) of standard, 1 node(s) x 1 process(es)" in messages
     logged = [json.loads(m) for m in messages if m.startswith('{"step"')]
     assert [line["step"] for line in logged] == [5, 10, 15]
     assert (matched / "checkpoints" / "standard" / "hf" / "config.json").exists()
