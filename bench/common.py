@@ -112,7 +112,7 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def report(name: str, device: str, title: str, body: str, save: bool) -> None:
     """Print the benchmark's output under a header (machine, date, command); with `save`, also
-    write it to bench/results/<date>_<device>_<name>.md."""
+    write it to bench/results/<date>T<time>_<cpu|gpu>_<name>.md (UTC)."""
     now = datetime.now(UTC)
     command = "python -m bench." + name + " " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     text = (
@@ -126,6 +126,6 @@ def report(name: str, device: str, title: str, body: str, save: bool) -> None:
     if save:
         RESULTS.mkdir(parents=True, exist_ok=True)
         kind = "gpu" if device.startswith("cuda") else "cpu"
-        path = RESULTS / f"{now:%Y-%m-%d}_{kind}_{name}.md"
+        path = RESULTS / f"{now:%Y-%m-%dT%H%M}_{kind}_{name}.md"
         path.write_text(text)
         print(f"saved {path.relative_to(RESULTS.parent.parent)}", file=sys.stderr)

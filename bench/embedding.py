@@ -5,7 +5,9 @@ document_chunks computes: K+1 = 6 vectors per chunk) against plain `SentenceTran
 Models: MiniLM (shipped offline) and an encoder of BGE-M3's shape (XLM-RoBERTa large: 24 layers,
 1024 wide, 16 heads, 4096 FFN, 250,002-token vocabulary) with random weights and MiniLM's
 tokenizer; speed does not depend on the weights. Chunks are real Wikipedia text (the demo's
-sample), cut to the requested tokens by the pipeline's own chunker.
+sample), cut to the requested tokens by the pipeline's own chunker. The compute limit is the time
+the encoder's matmul FLOPs (2 x its non-embedding parameters per token) take at the device's
+measured matmul speed.
 
     python -m bench.embedding                      # CPU sizes
     python -m bench.embedding --chunks 4096 --chunk-tokens 512 --batch-size 128   # a GPU
@@ -16,7 +18,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from bench.common import device_of, median_seconds, parser, report, table
+from bench.common import device_of, matmul_peak, median_seconds, parser, report, table
 from fi_method.chunking import chunk_document
 from fi_method.samples import wikipedia_articles
 from fi_resources.embedder import Embedder
@@ -56,7 +58,12 @@ def chunks_of(embedder: Embedder, count: int, tokens: int) -> list[str]:
     return chunks[:count]
 
 
-def measure(name: str, model: str, device: str, args) -> list[list]:
+def matmul_parameters(encoder) -> int:
+    """The encoder's parameters that cost FLOPs: all but the embedding lookups."""
+    return sum(p.numel() for name, p in encoder.named_parameters() if "embeddings" not in name)
+
+
+def measure(name: str, model: str, device: str, args, peak: float) -> list[list]:
     """Rows of one model: plain encode, then the Embedder, on the same chunks."""
     embedder = Embedder(model=model, device=device, batch_size=args.batch_size)
     tokens = min(args.chunk_tokens, embedder.chunk_tokens)
@@ -68,8 +75,17 @@ def measure(name: str, model: str, device: str, args) -> list[list]:
         args.repeats,
     )
     pooled = median_seconds(lambda: embedder.embed_pooled(chunks), args.repeats)
+    limit = 2 * matmul_parameters(encoder) * total_tokens / peak
     return [
-        [name, path, tokens, len(chunks) / seconds, total_tokens / seconds, seconds / plain]
+        [
+            name,
+            path,
+            tokens,
+            len(chunks) / seconds,
+            total_tokens / seconds,
+            seconds / plain,
+            limit / seconds,
+        ]
         for path, seconds in (("encode", plain), ("Embedder (Gaussian pooling)", pooled))
     ]
 
@@ -82,13 +98,23 @@ def main() -> None:
     arguments.add_argument("--batch-size", type=int, default=32)
     args = arguments.parse_args()
     device = device_of(args.device)
+    peak = matmul_peak(device)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.models:
             model = MINILM if name == "minilm" else bge_m3_sized(Path(scratch) / name)
-            rows += measure(name, model, device, args)
-    columns = ["model", "path", "max tokens/chunk", "chunks/s", "tokens/s", "time / encode's"]
-    report("embedding", device, "Embedding throughput", table(columns, rows), args.save)
+            rows += measure(name, model, device, args, peak)
+    columns = [
+        "model",
+        "path",
+        "max tokens/chunk",
+        "chunks/s",
+        "tokens/s",
+        "time / encode's",
+        "vs compute limit",
+    ]
+    body = table(columns, rows) + f"\n\nmeasured matmul {peak / 1e12:.3g} TFLOP/s."
+    report("embedding", device, "Embedding throughput", body, args.save)
 
 
 if __name__ == "__main__":

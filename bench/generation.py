@@ -5,8 +5,11 @@ instantiator role: output tokens/s on Llama-3.2-1B- and 3B-shaped models with ra
 and a Wikipedia document as JSON), cut to --prompt-tokens Llama-3 tokens. The time includes
 tokenisation, prefill and decoding, as a role call pays them.
 
-The anchor is vLLM's published offline throughput on one H100 (FACTS.md): ~16k output tokens/s
-for a ~1B model, ~8.5k for ~4B (so at least that for 3B).
+Two yardsticks: vLLM's published offline throughput on one H100 (FACTS.md: ~16k output tokens/s
+for a ~1B model, ~8.5k for ~4B, so at least that for 3B), and the compute limit, the time the
+matmul FLOPs of the batch (2 x parameters x (prompt + new tokens) each) take at the device's
+measured matmul speed. Prefill is compute-bound; decoding is bound by memory bandwidth, so on a
+GPU the anchor is the yardstick that counts.
 
     python -m bench.generation --shapes 1b --batch-sizes 1 4 --new-tokens 16     # CPU
     python -m bench.generation --batch-sizes 1 8 32 128 --new-tokens 256          # a GPU
@@ -17,7 +20,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from bench.common import device_of, median_seconds, parser, report, table
+from bench.common import device_of, matmul_peak, median_seconds, parser, report, table
 from fi_method.instantiator import build_messages
 from fi_method.packing import load_training_tokenizer
 from fi_method.samples import wikipedia_articles
@@ -83,7 +86,9 @@ def instantiator_prompts(count: int, tokens: int, tokenizer) -> list[str]:
     return prompts
 
 
-def measure(shape: str, engine: TransformersEngine, args, device: str) -> list[list]:
+def measure(shape: str, engine: TransformersEngine, args, device: str, peak: float):
+    """One row per batch size: throughput, time, and the two yardsticks."""
+    parameters = sum(p.numel() for p in engine.model.parameters())
     rows = []
     for batch in args.batch_sizes:
         engine.batch_size = batch
@@ -93,7 +98,17 @@ def measure(shape: str, engine: TransformersEngine, args, device: str) -> list[l
         )
         speed = batch * args.new_tokens / seconds
         anchor = f"{speed / VLLM_ANCHOR[shape]:.3f}" if device.startswith("cuda") else "- (CPU)"
-        rows.append([f"Llama-3.2-{shape.upper()} shape", batch, speed, seconds, anchor])
+        flops = 2 * parameters * (args.prompt_tokens + args.new_tokens) * batch
+        rows.append(
+            [
+                f"Llama-3.2-{shape.upper()} shape",
+                batch,
+                speed,
+                seconds,
+                flops / peak / seconds,
+                anchor,
+            ]
+        )
     return rows
 
 
@@ -105,16 +120,25 @@ def main() -> None:
     arguments.add_argument("--new-tokens", type=int, default=16)
     args = arguments.parse_args()
     device = device_of(args.device)
+    peak = matmul_peak(device)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for shape in args.shapes:
             folder = random_llama(shape, Path(scratch) / shape)
             engine = TransformersEngine(folder, device, Path(scratch) / "models")
-            rows += measure(shape, engine, args, device)
+            rows += measure(shape, engine, args, device, peak)
             del engine
-    columns = ["model", "batch", "output tokens/s", "s per batch", "vs vLLM anchor (H100)"]
+    columns = [
+        "model",
+        "batch",
+        "output tokens/s",
+        "s per batch",
+        "vs compute limit",
+        "vs vLLM anchor (H100)",
+    ]
     body = table(columns, rows) + (
-        f"\n\n{args.prompt_tokens}-token prompts, {args.new_tokens} new tokens each, greedy."
+        f"\n\n{args.prompt_tokens}-token prompts, {args.new_tokens} new tokens each, greedy; "
+        f"measured matmul {peak / 1e12:.3g} TFLOP/s."
     )
     report("generation", device, "Generation throughput (transformers engine)", body, args.save)
 

@@ -1,8 +1,11 @@
 """Template retrieval (stage B): queries/s and recall@10 of the LanceDB template index at 100k and
-1M templates. `flat` is what matched_pairs does today (TemplateIndex.search: exact, no index);
-`IVF_HNSW_SQ` is LanceDB's index of choice for this size (FACTS.md); `numpy` is exact search as
-one matrix product, the floor any exact search should reach. Every query batch is one call, as
-matched_pairs sends a shard's chunk vectors.
+1M templates, every query batch in one call, as matched_pairs sends a shard's chunk vectors:
+- `numpy (exact)`: one matrix product over all templates in memory, the yardstick of exact search;
+- `LanceDB flat`: LanceDB's exact search without an index, which TemplateIndex.search was;
+- `TemplateIndex.search`: what matched_pairs runs, exact, one matrix product per block of
+  templates streamed from the table (torch, on --device);
+- `IVF_HNSW_SQ`: LanceDB's approximate index (FACTS.md), built for --ann-sizes only (building it
+  takes ~10 min at 1M on 2 cores).
 
 Vectors are unit-length draws around 1,000 random centres (embeddings cluster by topic, and a
 uniform cloud would make any index look worse than it is); queries come from the same mixture.
@@ -17,7 +20,7 @@ import time
 
 import numpy as np
 
-from bench.common import parser, report, table
+from bench.common import device_of, parser, report, table
 from fi_resources.template_index import METRIC, TemplateIndex
 
 NAME = "templates__bench"
@@ -102,8 +105,35 @@ def indexed_search(folder: str, queries: np.ndarray, k: int, nprobes: int):
     return built, seconds, hits
 
 
-def measure(size: int, args, k: int) -> list[list]:
-    """The rows of one index size: numpy exact, flat TemplateIndex.search, IVF_HNSW_SQ."""
+def lancedb_flat(folder: str, queries: np.ndarray, k: int) -> list[dict]:
+    """LanceDB's own exact search, every query batch in one call."""
+    import lancedb
+
+    result = (
+        lancedb.connect(folder)
+        .open_table(NAME)
+        .search(queries)
+        .distance_type(METRIC)
+        .limit(k)
+        .select(["template_id"])
+        .to_arrow()
+    )
+    return [
+        {"query_index": q, "template_id": t}
+        for q, t in zip(
+            result["query_index"].to_pylist(), result["template_id"].to_pylist(), strict=True
+        )
+    ]
+
+
+def timed(work):
+    started = time.perf_counter()
+    result = work()
+    return time.perf_counter() - started, result
+
+
+def measure(size: int, args, k: int, device: str) -> list[list]:
+    """The rows of one index size: numpy, LanceDB flat, TemplateIndex.search, IVF_HNSW_SQ."""
     templates = clustered_unit_vectors(size, args.dim, seed=0)
     queries = clustered_unit_vectors(args.queries, args.dim, seed=1)
     started = time.perf_counter()
@@ -112,30 +142,30 @@ def measure(size: int, args, k: int) -> list[list]:
     label = f"{size:,}"
     rows = [[label, "numpy (exact)", "-", args.queries / exact, 1.0]]
     with tempfile.TemporaryDirectory() as folder:
-        index = TemplateIndex(uri=folder)
+        index = TemplateIndex(uri=folder, device=device)
         loaded = load(index, templates)
-        started = time.perf_counter()
-        found = hits_by_query(index.search(NAME, queries, k), args.queries)
-        flat = time.perf_counter() - started
-        rows.append(
-            [
-                label,
-                "flat (TemplateIndex.search)",
+        for search, setup, work in (
+            (
+                "LanceDB flat (before)",
                 f"load {loaded:.0f} s",
-                args.queries / flat,
-                recall(found, truth),
-            ]
-        )
-        built, seconds, hits = indexed_search(folder, queries, k, args.nprobes)
-        rows.append(
-            [
-                label,
-                f"IVF_HNSW_SQ, {args.nprobes} probes",
-                f"build {built:.0f} s",
-                args.queries / seconds,
-                recall(hits_by_query(hits, args.queries), truth),
-            ]
-        )
+                lambda: lancedb_flat(folder, queries, k),
+            ),
+            ("TemplateIndex.search (after)", "-", lambda: index.search(NAME, queries, k)),
+        ):
+            seconds, hits = timed(work)
+            found = hits_by_query(hits, args.queries)
+            rows.append([label, search, setup, args.queries / seconds, recall(found, truth)])
+        if size in args.ann_sizes:
+            built, seconds, hits = indexed_search(folder, queries, k, args.nprobes)
+            rows.append(
+                [
+                    label,
+                    f"IVF_HNSW_SQ, {args.nprobes} probes",
+                    f"build {built:.0f} s",
+                    args.queries / seconds,
+                    recall(hits_by_query(hits, args.queries), truth),
+                ]
+            )
     return rows
 
 
@@ -146,11 +176,13 @@ def main() -> None:
     arguments.add_argument("--queries", type=int, default=100, help="query vectors per call")
     arguments.add_argument("--nprobes", type=int, default=8)
     arguments.add_argument("--k", type=int, default=10, help="neighbours (matched_pairs asks 20)")
+    arguments.add_argument("--ann-sizes", type=int, nargs="*", default=[100_000])
     args = arguments.parse_args()
     k = args.k
-    rows = [row for size in args.sizes for row in measure(size, args, k)]
+    device = device_of(args.device)
+    rows = [row for size in args.sizes for row in measure(size, args, k, device)]
     columns = ["templates", "search", "setup", "queries/s", f"recall@{k}"]
-    report("retrieval", "cpu", "Template retrieval", table(columns, rows), args.save)
+    report("retrieval", device, "Template retrieval", table(columns, rows), args.save)
 
 
 if __name__ == "__main__":

@@ -165,7 +165,7 @@ def build_resources(settings: Settings) -> dict:
             max_chunk_tokens=settings.max_chunk_tokens,
             similarity_threshold=settings.similarity_threshold,
         ),
-        "index": TemplateIndex(uri=str(storage.lancedb_dir)),
+        "index": TemplateIndex(uri=str(storage.lancedb_dir), device=settings.device),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
     }
 

@@ -15,6 +15,8 @@ from fi_resources.storage import check_partition_name
 
 # Vectors are L2-normalised, so cosine distance ranks exactly like the paper's cosine similarity.
 METRIC = "cosine"
+# Templates scored per matrix product in a search: 64k x 384 floats is 100 MB per block.
+SEARCH_BLOCK_ROWS = 65_536
 
 
 def table_name_for(embedder_model: str) -> str:
@@ -46,6 +48,7 @@ class TemplateIndex(ConfigurableResource):
     """Writes and reads template vectors in LanceDB under FI_HOME/lancedb."""
 
     uri: str = Field(description="LanceDB folder (FI_HOME/lancedb)")
+    device: str = Field("auto", description="torch device of the search's matrix products")
 
     def _table(self, name: str, dimension: int):
         database = lancedb.connect(self.uri)
@@ -132,27 +135,65 @@ class TemplateIndex(ConfigurableResource):
         return table.count_rows(f"shard = '{check_partition_name(shard)}'" if shard else None)
 
     def search(self, name: str, vectors: np.ndarray, limit: int) -> list[dict]:
-        """The `limit` nearest templates of each query vector, in one batched call: rows of
-        `query_index`, `template_id`, `n_tags` and cosine `similarity` (1 - cosine distance)."""
+        """The `limit` nearest templates of each query vector by cosine similarity: rows of
+        `query_index`, `template_id`, `n_tags` and `similarity`, each query's best first.
+
+        Exact, like LanceDB's flat search, but every query is scored against a block of
+        templates in one matrix product (torch, on the GPU when `device` has one), streaming the
+        table block by block so memory stays bounded whatever its size; a running top-k is kept
+        across blocks. One product per block is what makes it fast: LanceDB scores each query on
+        its own (bench/retrieval.py)."""
+        import torch
+
+        from fi_resources.embedder import torch_device
+
         database = lancedb.connect(self.uri)
         if not len(vectors) or not _has_table(database, name):
             return []
-        hits = (
-            database.open_table(name)
-            .search(vectors)
-            .distance_type(METRIC)
-            .limit(limit)
-            .select(["template_id", "n_tags", "_distance"])
-            .to_arrow()
+        device = torch_device(self.device)
+        queries = torch.nn.functional.normalize(
+            torch.as_tensor(vectors, dtype=torch.float32), dim=1
         )
-        distances = hits["_distance"].to_numpy()
+        queries = queries.to(device)
+        best_scores = torch.empty((len(queries), 0), device=device)
+        best_rows = torch.empty((len(queries), 0), dtype=torch.long, device=device)
+        ids, tags, offset = [], [], 0
+        blocks = (
+            database.open_table(name)
+            .search()
+            .select(["template_id", "n_tags", "vector"])
+            .limit(None)
+            .to_batches(SEARCH_BLOCK_ROWS)
+        )
+        for block in blocks:
+            if not block.num_rows:
+                continue
+            flat = block.column("vector").flatten().to_numpy()
+            templates = torch.from_numpy(flat.reshape(block.num_rows, -1)).to(device)
+            scores = queries @ torch.nn.functional.normalize(templates, dim=1).T
+            top_scores, top_rows = scores.topk(min(limit, block.num_rows), dim=1)
+            best_scores, order = torch.cat([best_scores, top_scores], dim=1).topk(
+                min(limit, best_scores.shape[1] + top_scores.shape[1]), dim=1
+            )
+            best_rows = torch.cat([best_rows, top_rows + offset], dim=1).gather(1, order)
+            ids.append(block.column("template_id"))
+            tags.append(block.column("n_tags"))
+            offset += block.num_rows
+        if not offset:
+            return []
+        rows = best_rows.cpu().numpy()
+        template_ids = pa.concat_arrays(ids).take(pa.array(rows.ravel())).to_pylist()
+        n_tags = pa.concat_arrays(tags).take(pa.array(rows.ravel())).to_pylist()
+        similarities = best_scores.cpu().numpy().ravel()
+        per_query = rows.shape[1]
         return [
-            {"query_index": q, "template_id": t, "n_tags": n, "similarity": float(1.0 - d)}
-            for q, t, n, d in zip(
-                hits["query_index"].to_pylist(),
-                hits["template_id"].to_pylist(),
-                hits["n_tags"].to_pylist(),
-                distances,
-                strict=True,
+            {
+                "query_index": position // per_query,
+                "template_id": template_id,
+                "n_tags": n,
+                "similarity": float(similarity),
+            }
+            for position, (template_id, n, similarity) in enumerate(
+                zip(template_ids, n_tags, similarities, strict=True)
             )
         ]

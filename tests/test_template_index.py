@@ -51,3 +51,38 @@ def test_a_different_dimension_under_the_same_name_is_refused(tmp_path):
     index.replace_shard("templates__x", "a", rows("1"), unit_vectors(1, dimension=8))
     with pytest.raises(ValueError, match="8-d vectors, the embedder gives 4-d"):
         index.replace_shard("templates__x", "a", rows("1"), unit_vectors(1, dimension=4))
+
+
+def test_search_finds_what_lancedb_flat_search_finds_across_blocks(tmp_path, monkeypatch):
+    monkeypatch.setattr("fi_resources.template_index.SEARCH_BLOCK_ROWS", 64)
+    index = TemplateIndex(uri=str(tmp_path / "lancedb"), device="cpu")
+    for shard in range(3):  # 3 x 150 templates: several blocks, blocks across shards
+        ids = [f"{shard}-{i}" for i in range(150)]
+        index.replace_shard("t", f"s{shard}", rows(*ids), unit_vectors(150, seed=shard))
+    queries = unit_vectors(7, seed=99) * 3.0  # unnormalised queries score the same
+    hits = index.search("t", queries, limit=5)
+    reference = (
+        lancedb.connect(str(tmp_path / "lancedb"))
+        .open_table("t")
+        .search(queries)
+        .distance_type("cosine")
+        .limit(5)
+        .to_arrow()
+    )
+    expected = {}
+    for q, t, d in zip(
+        reference["query_index"].to_pylist(),
+        reference["template_id"].to_pylist(),
+        reference["_distance"].to_pylist(),
+        strict=True,
+    ):
+        expected.setdefault(q, []).append((t, 1.0 - d))
+    found = {}
+    for hit in hits:
+        found.setdefault(hit["query_index"], []).append((hit["template_id"], hit["similarity"]))
+    assert found.keys() == expected.keys() == set(range(7))
+    for q in range(7):
+        assert [t for t, _ in found[q]] == [t for t, _ in expected[q]]
+        assert [s for _, s in found[q]] == pytest.approx([s for _, s in expected[q]], abs=1e-5)
+    assert all(hit["n_tags"] == 1 for hit in hits)
+    assert index.search("t", queries[:0], limit=5) == [] == index.search("absent", queries, 5)
