@@ -140,9 +140,13 @@ class TemplateIndex(ConfigurableResource):
 
         Exact, like LanceDB's flat search, but every query is scored against a block of
         templates in one matrix product (torch, on the GPU when `device` has one), streaming the
-        table block by block so memory stays bounded whatever its size; a running top-k is kept
-        across blocks. One product per block is what makes it fast: LanceDB scores each query on
-        its own (bench/retrieval.py)."""
+        table block by block so memory stays bounded whatever its size. LanceDB scores each
+        query on its own, which is what made this slow (bench/retrieval.py).
+
+        Ties are common (templates with the same document description share a vector) and are
+        broken by template id, so the result depends on the templates, not on the table's row
+        order or the block size. Similarities are rounded to 1e-6 first: the same vector pair
+        can differ in its last bit between blocks of different shapes."""
         import torch
 
         from fi_resources.embedder import torch_device
@@ -151,12 +155,13 @@ class TemplateIndex(ConfigurableResource):
         if not len(vectors) or not _has_table(database, name):
             return []
         device = torch_device(self.device)
-        queries = torch.nn.functional.normalize(
-            torch.as_tensor(vectors, dtype=torch.float32), dim=1
-        )
+        queries = torch.nn.functional.normalize(torch.tensor(vectors, dtype=torch.float32), dim=1)
         queries = queries.to(device)
-        best_scores = torch.empty((len(queries), 0), device=device)
-        best_rows = torch.empty((len(queries), 0), dtype=torch.long, device=device)
+        # Per query, a lower bound of its limit-th best similarity so far: anything below it
+        # can never make the cut; anything at or above it is kept, ties included.
+        floor = torch.full((len(queries),), -float("inf"), device=device)
+        kept_queries = kept_rows = np.zeros(0, dtype=np.int64)
+        kept_scores = np.zeros(0, dtype=np.float32)
         ids, tags, offset = [], [], 0
         blocks = (
             database.open_table(name)
@@ -169,31 +174,59 @@ class TemplateIndex(ConfigurableResource):
             if not block.num_rows:
                 continue
             flat = block.column("vector").flatten().to_numpy()
-            templates = torch.from_numpy(flat.reshape(block.num_rows, -1)).to(device)
+            templates = torch.tensor(flat.reshape(block.num_rows, -1), device=device)
             scores = queries @ torch.nn.functional.normalize(templates, dim=1).T
-            top_scores, top_rows = scores.topk(min(limit, block.num_rows), dim=1)
-            best_scores, order = torch.cat([best_scores, top_scores], dim=1).topk(
-                min(limit, best_scores.shape[1] + top_scores.shape[1]), dim=1
+            scores = torch.round(scores, decimals=6)
+            block_floor = scores.topk(min(limit, block.num_rows), dim=1).values[:, -1]
+            if block.num_rows >= limit:
+                floor = torch.maximum(floor, block_floor)
+            query_index, row = (scores >= floor[:, None]).nonzero(as_tuple=True)
+            kept_queries = np.concatenate([kept_queries, query_index.cpu().numpy()])
+            kept_rows = np.concatenate([kept_rows, row.cpu().numpy() + offset])
+            kept_scores = np.concatenate([kept_scores, scores[query_index, row].cpu().numpy()])
+            # Earlier blocks' candidates that fell below the raised floor can go.
+            still = kept_scores >= floor.cpu().numpy()[kept_queries]
+            kept_queries, kept_rows, kept_scores = (
+                kept_queries[still],
+                kept_rows[still],
+                kept_scores[still],
             )
-            best_rows = torch.cat([best_rows, top_rows + offset], dim=1).gather(1, order)
             ids.append(block.column("template_id"))
             tags.append(block.column("n_tags"))
             offset += block.num_rows
         if not offset:
             return []
-        rows = best_rows.cpu().numpy()
-        template_ids = pa.concat_arrays(ids).take(pa.array(rows.ravel())).to_pylist()
-        n_tags = pa.concat_arrays(tags).take(pa.array(rows.ravel())).to_pylist()
-        similarities = best_scores.cpu().numpy().ravel()
-        per_query = rows.shape[1]
-        return [
-            {
-                "query_index": position // per_query,
-                "template_id": template_id,
-                "n_tags": n,
-                "similarity": float(similarity),
-            }
-            for position, (template_id, n, similarity) in enumerate(
-                zip(template_ids, n_tags, similarities, strict=True)
-            )
-        ]
+        return _best_per_query(
+            kept_queries,
+            kept_rows,
+            kept_scores,
+            pa.concat_arrays(ids),
+            pa.concat_arrays(tags),
+            limit,
+        )
+
+
+def _best_per_query(
+    queries: np.ndarray,
+    rows: np.ndarray,
+    scores: np.ndarray,
+    template_ids: pa.Array,
+    n_tags: pa.Array,
+    limit: int,
+) -> list[dict]:
+    """From candidate (query, row, score) triples, each query's `limit` best by similarity, then
+    template id; in query order, best first."""
+    candidate_ids = np.asarray(template_ids.take(pa.array(rows)).to_pylist())
+    order = np.lexsort((candidate_ids, -scores, queries))
+    queries, rows, scores = queries[order], rows[order], scores[order]
+    candidate_ids = candidate_ids[order]
+    # Position of each candidate within its query's run: keep the first `limit`.
+    starts = np.searchsorted(queries, queries, side="left")
+    keep = np.arange(len(queries)) - starts < limit
+    candidate_tags = n_tags.take(pa.array(rows[keep])).to_pylist()
+    return [
+        {"query_index": int(q), "template_id": str(t), "n_tags": n, "similarity": float(s)}
+        for q, t, n, s in zip(
+            queries[keep], candidate_ids[keep], candidate_tags, scores[keep], strict=True
+        )
+    ]

@@ -86,3 +86,28 @@ def test_search_finds_what_lancedb_flat_search_finds_across_blocks(tmp_path, mon
         assert [s for _, s in found[q]] == pytest.approx([s for _, s in expected[q]], abs=1e-5)
     assert all(hit["n_tags"] == 1 for hit in hits)
     assert index.search("t", queries[:0], limit=5) == [] == index.search("absent", queries, 5)
+
+
+@pytest.mark.parametrize("block_rows", [2, 3, 1000])
+def test_ties_are_broken_by_template_id_whatever_the_write_order_and_blocks(
+    tmp_path, monkeypatch, block_rows
+):
+    """Templates with one document description share a vector: which of them make the cut must
+    not depend on how the table was written or read."""
+    monkeypatch.setattr("fi_resources.template_index.SEARCH_BLOCK_ROWS", block_rows)
+    shared = unit_vectors(1, seed=5)[0]
+    others = unit_vectors(4, seed=6)
+    query = shared[None, :]
+    results = []
+    for attempt, order in enumerate([("x", "y"), ("y", "x")]):
+        index = TemplateIndex(uri=str(tmp_path / f"db{attempt}"), device="cpu")
+        shards = {
+            "x": (rows("t7", "t2", "o1", "o2"), np.stack([shared, shared, others[0], others[1]])),
+            "y": (rows("t5", "t9", "t1", "o3"), np.stack([shared, shared, shared, others[2]])),
+        }
+        for shard in order:
+            index.replace_shard("t", shard, *shards[shard])
+        results.append([(h["template_id"], h["similarity"]) for h in index.search("t", query, 3)])
+    assert results[0] == results[1]
+    assert [t for t, _ in results[0]] == ["t1", "t2", "t5"]
+    assert all(s == pytest.approx(1.0) for _, s in results[0])
