@@ -29,14 +29,6 @@ def parser(description: str) -> argparse.ArgumentParser:
     return arguments
 
 
-def device_of(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def machine(device: str) -> str:
     """One line naming the hardware: the GPU when the device is one, else the CPU."""
     import torch

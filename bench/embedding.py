@@ -18,10 +18,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from bench.common import device_of, matmul_peak, median_seconds, parser, report, table
+from bench.common import matmul_peak, median_seconds, parser, report, table
 from fi_method.chunking import chunk_document
 from fi_method.samples import wikipedia_articles
-from fi_resources.embedder import Embedder
+from fi_resources.embedder import Embedder, torch_device
 from fi_resources.models import MINILM, sentence_transformer_source
 
 BGE_M3_SHAPE = {
@@ -97,7 +97,7 @@ def main() -> None:
     arguments.add_argument("--chunk-tokens", type=int, default=256)
     arguments.add_argument("--batch-size", type=int, default=32)
     args = arguments.parse_args()
-    device = device_of(args.device)
+    device = torch_device(args.device)
     peak = matmul_peak(device)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:

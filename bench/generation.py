@@ -20,10 +20,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from bench.common import device_of, matmul_peak, median_seconds, parser, report, table
+from bench.common import matmul_peak, median_seconds, parser, report, table
 from fi_method.instantiator import build_messages
 from fi_method.packing import load_training_tokenizer
 from fi_method.samples import wikipedia_articles
+from fi_resources.embedder import torch_device
 from fi_resources.engines import TransformersEngine
 
 # Llama-3.2's published shapes (config.json of meta-llama/Llama-3.2-1B and -3B).
@@ -119,7 +120,7 @@ def main() -> None:
     arguments.add_argument("--prompt-tokens", type=int, default=512)
     arguments.add_argument("--new-tokens", type=int, default=16)
     args = arguments.parse_args()
-    device = device_of(args.device)
+    device = torch_device(args.device)
     peak = matmul_peak(device)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:

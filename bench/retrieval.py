@@ -20,7 +20,8 @@ import time
 
 import numpy as np
 
-from bench.common import device_of, parser, report, table
+from bench.common import parser, report, table
+from fi_resources.embedder import torch_device
 from fi_resources.template_index import METRIC, TemplateIndex
 
 NAME = "templates__bench"
@@ -179,7 +180,7 @@ def main() -> None:
     arguments.add_argument("--ann-sizes", type=int, nargs="*", default=[100_000])
     args = arguments.parse_args()
     k = args.k
-    device = device_of(args.device)
+    device = torch_device(args.device)
     rows = [row for size in args.sizes for row in measure(size, args, k, device)]
     columns = ["templates", "search", "setup", "queries/s", f"recall@{k}"]
     report("retrieval", device, "Template retrieval", table(columns, rows), args.save)

@@ -24,10 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import torch
 
-from bench.common import device_of, matmul_peak, parser, report, table
+from bench.common import matmul_peak, parser, report, table
+from fi_resources.embedder import torch_device
 from training.model import flops_per_token, model_config, parameter_count
-from training.train import PEAK_BF16_FLOPS
+from training.train import peak_flops
 
 VOCAB = 128_256
 SAMPLE_TOKENS = 1000
@@ -102,17 +104,11 @@ def main() -> None:
     arguments.add_argument("--compile", choices=["off", "on", "both"], default="both")
     arguments.add_argument("--recompute", choices=["off", "on", "both"], default="both")
     args = arguments.parse_args()
-    device = device_of(args.device)
-    if device.startswith("cuda"):
-        import torch
-
-        name = torch.cuda.get_device_name(0)
-        peak = next((p for model, p in PEAK_BF16_FLOPS.items() if model in name), None)
-        peak_label = "published bf16 peak"
-        if peak is None:
-            peak, peak_label = matmul_peak(device), "measured bf16 matmul"
-    else:
-        peak, peak_label = matmul_peak(device), "measured fp32 matmul"
+    device = torch_device(args.device)
+    peak, peak_label = peak_flops(torch.device(device)), "published bf16 peak"
+    if peak is None:  # the CPU, or a GPU the trainer has no published peak for
+        precision = "bf16" if device.startswith("cuda") else "fp32"
+        peak, peak_label = matmul_peak(device), f"measured {precision} matmul"
     switch = {"off": [False], "on": [True], "both": [False, True]}
     rows = []
     with tempfile.TemporaryDirectory() as scratch:

@@ -57,10 +57,11 @@ def training_job_manifests(
 ) -> tuple[dict, dict]:
     """(headless Service, Indexed Job) of a `nodes` x `gpus_per_node` training run."""
     labels = {"app.kubernetes.io/name": "fi-trainer", "app.kubernetes.io/instance": name}
+    metadata = {"name": name, "namespace": namespace, "labels": labels}
     service = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "metadata": metadata,
         "spec": {
             "clusterIP": "None",
             # Node 0 must resolve before it is Ready: the rendezvous is how it gets there.
@@ -96,7 +97,7 @@ def training_job_manifests(
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "metadata": metadata,
         "spec": {
             "completionMode": "Indexed",
             "completions": nodes,

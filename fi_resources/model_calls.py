@@ -57,6 +57,7 @@ VIEW_COLUMNS = {
     "partition": pl.String,
     "created_at": pl.String,
 }
+_SELECT_ALL = f"SELECT {', '.join(VIEW_COLUMNS)} FROM model_calls ORDER BY created_at"
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,12 @@ class ModelCallCache(ABC):
         """Commit one answered batch; `seconds` is the batch's time, shared among its calls."""
 
     @abstractmethod
+    def _all_rows(self) -> list[tuple]:
+        """Every stored row, VIEW_COLUMNS in order, oldest first."""
+
     def frame(self) -> pl.DataFrame:
         """Every cached call, for the `model_calls` view of `fi sql`."""
+        return pl.DataFrame(self._all_rows(), schema=VIEW_COLUMNS, orient="row")
 
     def call(
         self,
@@ -244,17 +249,14 @@ class SQLiteCallCache(ModelCallCache):
         finally:
             connection.close()
 
-    def frame(self) -> pl.DataFrame:
+    def _all_rows(self) -> list[tuple]:
         if not self.path.exists():
-            return pl.DataFrame(schema=VIEW_COLUMNS)
+            return []
         connection = self._connect()
         try:
-            rows = connection.execute(
-                f"SELECT {', '.join(VIEW_COLUMNS)} FROM model_calls ORDER BY created_at"
-            ).fetchall()
+            return connection.execute(_SELECT_ALL).fetchall()
         finally:
             connection.close()
-        return pl.DataFrame(rows, schema=VIEW_COLUMNS, orient="row")
 
 
 class PostgresCallCache(ModelCallCache):
@@ -307,17 +309,14 @@ class PostgresCallCache(ModelCallCache):
         finally:
             connection.close()
 
-    def frame(self) -> pl.DataFrame:
+    def _all_rows(self) -> list[tuple]:
         connection = self._connect()
         try:
             with connection.cursor() as cursor:
-                cursor.execute(
-                    f"SELECT {', '.join(VIEW_COLUMNS)} FROM model_calls ORDER BY created_at"
-                )
-                rows = cursor.fetchall()
+                cursor.execute(_SELECT_ALL)
+                return cursor.fetchall()
         finally:
             connection.close()
-        return pl.DataFrame(rows, schema=VIEW_COLUMNS, orient="row")
 
 
 def open_model_call_cache(home: Path, url: str | None = None) -> ModelCallCache:

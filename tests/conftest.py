@@ -29,6 +29,12 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on."""
+    return _free_port()
+
+
 @pytest.fixture(scope="session")
 def postgres_server():
     """A throwaway PostgreSQL cluster on loopback for the session, as (bin folder, port, run

@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,14 +35,8 @@ SERVER_START_S = 120
 RUN_TIMEOUT_S = 180
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
-def ui(fi_home, tmp_path):
+def ui(fi_home, tmp_path, free_port):
     """`fi ui` serving a data root with one ingested query shard; its whole process group is
     killed afterwards, by PID."""
     queries = tmp_path / f"{SHARD}.jsonl"
@@ -58,7 +51,7 @@ def ui(fi_home, tmp_path):
         )
     )
     assert runner.invoke(app, ["ingest", "queries", str(queries)]).exit_code == 0
-    port = _free_port()
+    port = free_port
     log = (tmp_path / "ui.log").open("w")
     server = subprocess.Popen(
         [str(Path(sys.executable).with_name("fi")), "ui", "--port", str(port)],

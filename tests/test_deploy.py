@@ -6,7 +6,6 @@ two nodes meeting on loopback."""
 
 import json
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -248,20 +247,14 @@ def test_single_machine_commands_need_no_rendezvous():
         trainer_command([], nodes=2)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def test_the_job_pods_command_trains_as_two_nodes(tmp_path):
+def test_the_job_pods_command_trains_as_two_nodes(tmp_path, free_port):
     data = counting_corpus(tmp_path / "data")
     out = tmp_path / "run"
     args = ["--data", str(data), "--out", str(out), "--bos-id", str(BOS), "--eos-id", str(EOS)]
     args += ["--seq-len", "24", "--batch-size", "1", "--steps", "3", "--log-every", "1"]
     name, (_, job) = _manifests(args)
     (container,) = job["spec"]["template"]["spec"]["containers"]
-    port = str(_free_port())
+    port = str(free_port)
     # What Kubernetes would run in pod i, on loopback: its rank, node 0's address, a free port.
     substitutes = {"python": sys.executable, f"{name}-0.{name}": "127.0.0.1", "29500": port}
     nodes = []
