@@ -18,14 +18,16 @@ GPU the anchor is the yardstick that counts.
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from bench.common import matmul_peak, median_seconds, parser, report, table
 from fi_method.instantiator import build_messages
 from fi_method.packing import load_training_tokenizer
+from fi_method.roles import Request
 from fi_method.samples import wikipedia_articles
 from fi_resources.embedder import torch_device
-from fi_resources.engines import TransformersEngine
+from fi_resources.engines import EngineConfig, TransformersEngine
 
 # Llama-3.2's published shapes (config.json of meta-llama/Llama-3.2-1B and -3B).
 SHAPES = {
@@ -89,13 +91,15 @@ def instantiator_prompts(count: int, tokens: int, tokenizer) -> list[str]:
 
 def measure(shape: str, engine: TransformersEngine, args, device: str, peak: float):
     """One row per batch size: throughput, time, and the two yardsticks."""
-    parameters = sum(p.numel() for p in engine.model.parameters())
+    parameters = sum(p.numel() for p in engine.hf_model.parameters())
     rows = []
     for batch in args.batch_sizes:
-        engine.batch_size = batch
+        engine.config = replace(engine.config, batch_size=batch)
         prompts = instantiator_prompts(batch, args.prompt_tokens, engine.tokenizer)
+        requests = [Request(prompt=prompt) for prompt in prompts]
         seconds = median_seconds(
-            lambda prompts=prompts: engine.complete(prompts, args.new_tokens), args.repeats
+            lambda requests=requests: list(engine.generate(requests, args.new_tokens, None)),
+            args.repeats,
         )
         speed = batch * args.new_tokens / seconds
         anchor = f"{speed / VLLM_ANCHOR[shape]:.3f}" if device.startswith("cuda") else "- (CPU)"
@@ -126,7 +130,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for shape in args.shapes:
             folder = random_llama(shape, Path(scratch) / shape)
-            engine = TransformersEngine(folder, device, Path(scratch) / "models")
+            engine = TransformersEngine(
+                EngineConfig(engine="transformers", model=folder, home=scratch, device=device)
+            )
+            engine.load()
             rows += measure(shape, engine, args, device, peak)
             del engine
     columns = [

@@ -13,7 +13,15 @@ from fi_assets.synthesis import continuations, instantiated_pairs, judged_pairs
 from fi_assets.templates import instruction_templates, template_index
 from fi_assets.training import trained_checkpoint_asset, trainer_step_gpus
 from fi_resources.embedder import Embedder, default_similarity_threshold
-from fi_resources.roles import BenchmarkJudge, Continuer, Genericizer, Instantiator, Judge
+from fi_resources.roles import (
+    BenchmarkJudge,
+    Continuer,
+    Genericizer,
+    Instantiator,
+    Judge,
+    role_resource,
+    role_version,
+)
 from fi_resources.settings import Settings, get_settings
 from fi_resources.storage import Storage
 from fi_resources.template_index import TemplateIndex
@@ -28,11 +36,13 @@ def _with_model_version(asset: dg.AssetsDefinition, model: str) -> dg.AssetsDefi
 
 
 def data_version_automation() -> dg.AutomationCondition:
-    """Run a partition when it is missing or when an upstream partition's content hash changed;
-    plain `eager()` would also re-run it when upstream was re-materialized with the same content."""
+    """Run a partition when it is missing, when an upstream partition's content hash changed, or
+    when its own code version changed (a new prompt, rubric, model or threshold); plain `eager()`
+    would also re-run it when upstream was re-materialized with the same content."""
     return dg.AutomationCondition.eager().replace(
         "any_deps_updated",
-        dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed()),
+        dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed())
+        | dg.AutomationCondition.code_version_changed(),
     )
 
 
@@ -51,49 +61,25 @@ def _owned(asset, owners: dict[str, list[str]]):
     return own(asset) if isinstance(asset, dg.AssetSpec) else asset.map_asset_specs(own)
 
 
-def _engine_version(engine: str, model: str, max_new_tokens: int | None) -> str:
-    """What of the engine settings changes a role's outputs: engine, model, output budget."""
-    if engine == "rules":
-        return "rules"
-    return f"{engine}:{model}" + (f":{max_new_tokens}" if max_new_tokens else "")
-
-
 def build_assets(settings: Settings) -> list:
-    """Every asset, versioned by the models `settings` choose; the data assets are automated when
-    `settings.automation` is on, training and evaluation never."""
+    """Every asset, its code version made of its own, the versions of the roles it calls and
+    the settings that change its output (so a new prompt, rubric, model or threshold makes
+    exactly what it feeds stale); the data assets are automated when `settings.automation` is
+    on, training and evaluation never."""
     threshold = settings.similarity_threshold or default_similarity_threshold(
         settings.embedder_model
     )
-    tokens = settings.max_new_tokens
-    genericizer = _engine_version(settings.genericizer_engine, settings.genericizer_model, tokens)
-    # The rules instantiator chooses slot values and passages with the embedder.
-    instantiator = (
-        f"rules:{settings.embedder_model}"
-        if settings.instantiator_engine == "rules"
-        else _engine_version(settings.instantiator_engine, settings.instantiator_model, tokens)
-    )
+    embedder = settings.embedder_model
     derived = [
         raw_queries,
         documents,
-        _with_model_version(instruction_templates, genericizer),
-        _with_model_version(template_index, settings.embedder_model),
-        _with_model_version(
-            document_chunks, f"{settings.embedder_model}:{settings.max_chunk_tokens or 'window'}"
-        ),
-        _with_model_version(
-            matched_pairs,
-            f"{settings.embedder_model}@{threshold}",
-        ),
-        _with_model_version(instantiated_pairs, f"{instantiator}@{settings.min_excerpt_ratio}"),
-        _with_model_version(
-            judged_pairs,
-            f"{_engine_version(settings.judge_engine, settings.judge_model, tokens)}"
-            f"@{settings.min_judge_score}",
-        ),
-        _with_model_version(
-            continuations,
-            _engine_version(settings.continuation_engine, settings.continuation_model, tokens),
-        ),
+        _with_model_version(instruction_templates, role_version("genericizer", settings)),
+        _with_model_version(template_index, embedder),
+        _with_model_version(document_chunks, f"{embedder}:{settings.max_chunk_tokens or 'window'}"),
+        _with_model_version(matched_pairs, f"{embedder}@{threshold}"),
+        _with_model_version(instantiated_pairs, role_version("instantiator", settings)),
+        _with_model_version(judged_pairs, role_version("judge", settings)),
+        _with_model_version(continuations, role_version("continuation", settings)),
         _with_model_version(
             packed_corpus, f"{settings.training_tokenizer or 'llama3'}@{settings.packing_seed}"
         ),
@@ -107,8 +93,7 @@ def build_assets(settings: Settings) -> list:
         ),
         _with_model_version(
             eval_scores,
-            f"{settings.eval_engine}|"
-            f"{_engine_version(settings.eval_judge_engine, settings.eval_judge_model, tokens)}"
+            f"{role_version('candidate', settings)}|{role_version('benchmark_judge', settings)}"
             f"|alpaca:{settings.alpaca_eval_baseline}|heldout:{settings.heldout_doc_shard}",
         ),
         eval_report,
@@ -128,36 +113,15 @@ def build_assets(settings: Settings) -> list:
 def build_resources(settings: Settings) -> dict:
     """The resources of every asset, configured from `settings`."""
     storage = Storage.from_settings(settings)
-
-    def role(resource: type, engine: str, model: str, **extra):
-        tokens = {"max_new_tokens": settings.max_new_tokens} if settings.max_new_tokens else {}
-        return resource(
-            engine=engine,
-            model=model,
-            home=str(settings.home),
-            device=settings.device,
-            batch_size=settings.batch_size_for(engine),
-            model_calls_url=settings.model_calls_url,
-            **tokens,
-            **extra,
-        )
-
     return {
         "storage": storage,
-        "genericizer": role(Genericizer, settings.genericizer_engine, settings.genericizer_model),
-        "instantiator": role(
-            Instantiator,
-            settings.instantiator_engine,
-            settings.instantiator_model,
-            min_excerpt_ratio=settings.min_excerpt_ratio,
+        "genericizer": role_resource(Genericizer, settings),
+        "instantiator": role_resource(
+            Instantiator, settings, min_excerpt_ratio=settings.min_excerpt_ratio
         ),
-        "judge": role(
-            Judge, settings.judge_engine, settings.judge_model, min_score=settings.min_judge_score
-        ),
-        "continuer": role(Continuer, settings.continuation_engine, settings.continuation_model),
-        "benchmark_judge": role(
-            BenchmarkJudge, settings.eval_judge_engine, settings.eval_judge_model
-        ),
+        "judge": role_resource(Judge, settings, min_score=settings.min_judge_score),
+        "continuer": role_resource(Continuer, settings),
+        "benchmark_judge": role_resource(BenchmarkJudge, settings),
         "embedder": Embedder(
             model=settings.embedder_model,
             device=settings.device,

@@ -23,7 +23,7 @@ from fi_method.eval_report import plot, render_markdown
 from fi_method.packing import load_training_tokenizer, tokenize_sample
 from fi_resources.checkpoints import answer_nll, export_folder, weights_hash
 from fi_resources.embedder import torch_device
-from fi_resources.roles import BenchmarkJudge, Candidate
+from fi_resources.roles import BenchmarkJudge, Candidate, role_resource
 from fi_resources.settings import get_settings
 from fi_resources.storage import Storage
 
@@ -119,10 +119,10 @@ class _Scorer:
         self.judge_calls = None
 
     def _ask(self, conversations: list[list[dict]]) -> list[str]:
-        calls = self.judge.judge(
-            conversations,
-            log_progress(self.context, "judged"),
-            (self.context.run_id, self.context.partition_key),
+        calls = self.judge.call(
+            [{"messages": messages} for messages in conversations],
+            progress=log_progress(self.context, "judged"),
+            caller=(self.context.run_id, self.context.partition_key),
         )
         self.judge_calls = calls
         return calls.outputs
@@ -318,20 +318,15 @@ def _answers(context, storage: Storage, recipe: str, items, config: EvalConfig):
     """A recipe's model's greedy answers to `items`, through the call cache."""
     settings = get_settings()
     folder = export_folder(storage.root, recipe)
-    candidate = Candidate(
-        engine=settings.eval_engine,
-        model=str(folder),
-        weights=weights_hash(folder),
-        home=str(settings.home),
-        device=settings.device,
-        batch_size=settings.batch_size_for(settings.eval_engine),
-        max_new_tokens=config.max_new_tokens,
-        model_calls_url=storage.model_calls_url,
+    candidate = role_resource(
+        Candidate, settings, model=str(folder), max_new_tokens=config.max_new_tokens
     )
-    calls = candidate.answer(
-        [bench.model_prompt(item.question) for item in items],
-        log_progress(context, f"{recipe} answered"),
-        (context.run_id, context.partition_key),
+    calls = candidate.call(
+        [{"question": item.question} for item in items],
+        progress=log_progress(context, f"{recipe} answered"),
+        caller=(context.run_id, context.partition_key),
+        # A retrained checkpoint in the same folder is asked afresh.
+        params={"weights": weights_hash(folder)},
     )
     return [bench.clean_response(output) for output in calls.outputs], calls
 

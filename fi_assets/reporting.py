@@ -223,10 +223,20 @@ def log_progress(context: dg.AssetExecutionContext, verb: str):
 
 
 def call_metadata(calls: CallResult) -> dict:
-    """What a step's model calls cost: made, answered by the cache, and the rate of new calls."""
+    """What a step's model calls cost: made, answered by the cache, the rate of new calls, and
+    the tokens the new calls used where the engine counts them."""
+    tokens = {
+        f"model_{kind}_tokens": count
+        for kind, count in (
+            ("prompt", calls.prompt_tokens),
+            ("completion", calls.completion_tokens),
+        )
+        if count is not None
+    }
     return {
         "model_calls_made": calls.made,
         "model_calls_cached": calls.cached,
         "model_call_seconds": round(calls.seconds, 2),
         "model_calls_per_second": round(calls.made / calls.seconds, 2) if calls.made else 0.0,
+        **tokens,
     }

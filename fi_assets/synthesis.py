@@ -25,6 +25,7 @@ from fi_method import continuations as halving
 from fi_method.instantiator import document_window
 from fi_method.pairs import NOT_INSTANTIATED, collect_instantiations, collect_judgements, funnel
 from fi_method.quality import below_minimum, duplicate_ids, judge_score_errors
+from fi_method.roles import RulesAids
 from fi_method.text import content_hash
 from fi_resources.embedder import Embedder
 from fi_resources.roles import Continuer, Instantiator, Judge
@@ -123,10 +124,9 @@ def _instantiate_shard(
         request["document"] = document_window(request["document"], request["chunk"])
     text_of = dict(docs.select("doc_id", "text").iter_rows())
     context.log.info(f"instantiating {len(requests)} matched pairs with {instantiator.label}")
-    calls = instantiator.instantiate(
+    calls = instantiator.call(
         requests,
-        embedder.embed,
-        embedder.model,
+        RulesAids(embed=embedder.embed, embedder_model=embedder.model),
         progress=log_progress(context, "instantiated"),
         caller=_caller(context, shard),
     )
@@ -205,11 +205,10 @@ def _judge_shard(
 ) -> dg.MaterializeResult:
     pairs = storage.read_table("instantiated_pairs", shard)
     docs = storage.read_table("documents", shard).select("doc_id", "source", "text")
-    rows = pairs.join(docs.select("doc_id", "source"), on="doc_id", how="left").to_dicts()
+    rows = pairs.join(docs.rename({"text": "document"}), on="doc_id", how="left").to_dicts()
     context.log.info(f"judging {len(rows)} pairs with {judge.label}")
-    calls = judge.judge(
+    calls = judge.call(
         rows,
-        dict(docs.select("doc_id", "text").iter_rows()),
         progress=log_progress(context, "judged"),
         caller=_caller(context, shard),
     )
@@ -304,8 +303,8 @@ def _continue_shard(
     else:
         variant = halving.TEACHER
         instructions = [halving.teacher_prompt(first) for _, first, _ in halves]
-        calls = continuer.continue_texts(
-            instructions,
+        calls = continuer.call(
+            [{"prompt": instruction} for instruction in instructions],
             progress=log_progress(context, "continued"),
             caller=_caller(context, shard),
         )

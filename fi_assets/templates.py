@@ -56,8 +56,8 @@ def instruction_templates(
     queries = storage.read_table("raw_queries", context.partition_key).to_dicts()
     context.log.info(f"genericizing {len(queries)} queries with {genericizer.label}")
 
-    calls = genericizer.genericize(
-        [q["query"] for q in queries],
+    calls = genericizer.call(
+        [{"query": q["query"]} for q in queries],
         progress=log_progress(context, "genericized"),
         caller=(context.run_id, context.partition_key),
     )

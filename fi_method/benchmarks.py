@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fi_method.packing import format_pair
+from fi_method.roles import Request, Role
 from fi_method.text import fold_for_matching
 
 EVAL_DIR = Path(__file__).parent / "data" / "eval"
@@ -363,3 +364,28 @@ def win_rates(
         if abs(step_a) < 1e-9 and abs(step_b) < 1e-9:
             break
     return raw, 100.0 / (1.0 + math.exp(-intercept))
+
+
+# A trained checkpoint answering benchmark prompts: raw continuations of `Instruction: ...\n\n
+# Answer:`, with no chat template, because that is the format it was pre-trained on. The model is
+# the checkpoint's export folder; eval_scores adds a hash of its weights to the cache key.
+CANDIDATE = Role(
+    name="candidate",
+    prompt_version=MODEL_PROMPT_VERSION,
+    default_model="",
+    max_new_tokens=64,
+    request=lambda item, _model: Request(prompt=model_prompt(item["question"])),
+    parse=clean_response,
+)
+
+# The judge of the generative benchmarks: each benchmark's own protocol builds the messages
+# (mixeval_judge_messages, mt_bench_101_judge_messages, alpaca_eval_judge_messages), and each
+# has its own parser. It has no rules implementation: eval_scores then scores mechanically what
+# can be checked and marks the rest as needing an LLM judge.
+BENCHMARK_JUDGE = Role(
+    name="benchmark_judge",
+    prompt_version=JUDGE_PROMPT_VERSION,
+    default_model="Qwen/Qwen2.5-7B-Instruct",
+    max_new_tokens=512,
+    request=lambda item, _model: Request(messages=item["messages"]),
+)

@@ -5,6 +5,7 @@ engine) the answer is the document's own second half: the teacher-free variant."
 
 from __future__ import annotations
 
+from fi_method.roles import Request, Role
 from fi_method.text import sentence_spans
 
 # Part of every cache key: change it whenever the prompt changes.
@@ -48,3 +49,14 @@ def teacher_prompt(first_half: str, max_chars: int = MAX_PROMPT_CHARS) -> str:
 def build_messages(prompt: str) -> list[dict]:
     """Chat messages asking an instruction-tuned teacher to continue `prompt`."""
     return [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": prompt}]
+
+
+# The teacher role. It has no rules implementation: without a teacher, the continuations asset
+# uses each document's own second half (TEACHER_FREE).
+ROLE = Role(
+    name="continuation",
+    prompt_version=PROMPT_VERSION,
+    default_model="Qwen/Qwen2.5-7B-Instruct",
+    max_new_tokens=1024,
+    request=lambda item, _model: Request(messages=build_messages(item["prompt"])),
+)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from fi_method.llm_output import PromptStyle, first_json_object, string_field
 from fi_method.llm_output import prompt_style_for as style_for
+from fi_method.roles import OutputFormat, Request, Role, Rules, RulesAids
 from fi_method.templates import FI_CLOSE, FI_OPEN
 
 RELEASED_TEMPLATIZER = "fineinstructions/query_templatizer"
@@ -95,3 +96,42 @@ def parse_output(text: str) -> GenericizedQuery:
     Raises fi_method.llm_output.OutputParseError with a `reason` otherwise; the template itself is not validated."""
     found = first_json_object(text)
     return GenericizedQuery(*(string_field(found, name) for name in _OUTPUT_FIELDS))
+
+
+# ---------------------------------------------------------------------------------------------
+# The role
+
+# A template holds at least one balanced, unnested <fi> slot; the description is a sentence.
+TEMPLATE_PATTERN = rf"^[^<>]*({FI_OPEN}[^<>]+{FI_CLOSE}[^<>]*)+$"
+OUTPUT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "template": {"type": "string", "pattern": TEMPLATE_PATTERN},
+        "compatible_document_description": {"type": "string", "minLength": 10},
+    },
+    "required": list(_OUTPUT_FIELDS),
+    "additionalProperties": False,
+}
+
+
+def _request(item: dict, model: str) -> Request:
+    return Request(messages=build_messages(item["query"], prompt_style_for(model)))
+
+
+def _rules_answer(items: list[dict], _aids: RulesAids) -> list[str]:
+    # Imported here: the rules genericizer builds on this module's GenericizedQuery.
+    from fi_method.rules_genericizer import rules_output
+
+    return [rules_output(item["query"]) for item in items]
+
+
+ROLE = Role(
+    name="genericizer",
+    prompt_version=PROMPT_VERSION,
+    default_model=RELEASED_TEMPLATIZER,
+    max_new_tokens=256,
+    request=_request,
+    parse=parse_output,
+    output_format=OutputFormat(json_schema=OUTPUT_SCHEMA),
+    rules=Rules(version="rules-1", key=lambda item: item["query"], answer=_rules_answer),
+)

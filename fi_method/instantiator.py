@@ -19,6 +19,8 @@ from fi_method.excerpts import (
 )
 from fi_method.llm_output import PromptStyle, first_json_object, string_field
 from fi_method.llm_output import prompt_style_for as style_for
+from fi_method.roles import OutputFormat, Request, Role, Rules, RulesAids
+from fi_method.rules_instantiator import RULES_VERSION, memoized, rules_instantiate
 from fi_method.templates import FI_CLOSE, FI_OPEN
 
 RELEASED_INSTANTIATOR = "fineinstructions/template_instantiator"
@@ -182,3 +184,55 @@ def ground(
             "low_excerpt_ratio", f"excerpt ratio {ratio:.2f} is below the minimum {min_ratio:.2f}"
         )
     return answer, ratio
+
+
+# ---------------------------------------------------------------------------------------------
+# The role
+
+OUTPUT_SCHEMA = {
+    "anyOf": [
+        {"type": "null"},
+        {
+            "type": "object",
+            "properties": {
+                "instruction": {"type": "string", "minLength": 1},
+                "answer": {"type": "string", "minLength": 1},
+            },
+            "required": ["instruction", "answer"],
+            "additionalProperties": False,
+        },
+    ]
+}
+
+
+def _request(item: dict, model: str) -> Request:
+    return Request(
+        messages=build_messages(item["template"], item["document"], prompt_style_for(model))
+    )
+
+
+def _rules_answer(items: list[dict], aids: RulesAids) -> list[str]:
+    embed = memoized(aids.embed)
+    return [rules_instantiate(item["template"], item["chunk"], embed) for item in items]
+
+
+ROLE = Role(
+    name="instantiator",
+    prompt_version=PROMPT_VERSION,
+    default_model=RELEASED_INSTANTIATOR,
+    max_new_tokens=1024,
+    request=_request,
+    parse=parse_output,
+    output_format=OutputFormat(json_schema=OUTPUT_SCHEMA),
+    # The released instantiator's card does not spell out its JSON keys (the parser reads either
+    # spelling): it decodes freely.
+    unconstrained_models=(RELEASED_INSTANTIATOR,),
+    rules=Rules(
+        version=RULES_VERSION,
+        # The rules fill slots from the matched chunk: the document window does not decide them.
+        key=lambda item: {"template": item["template"], "chunk": item["chunk"]},
+        answer=_rules_answer,
+        params=lambda aids: {"embedder": aids.embedder_model},
+    ),
+    settings=("min_excerpt_ratio",),
+)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from fi_method.excerpts import MIN_EXCERPT_RATIO, excerpt_ratio
 from fi_method.llm_output import OutputParseError
+from fi_method.roles import OutputFormat, Request, Role, Rules, RulesAids
 from fi_method.rules_genericizer import REQUEST_VERBS, STOPWORDS
 from fi_method.text import words
 
@@ -186,3 +187,41 @@ def rules_judge(instruction: str, answer: str, document: str) -> Judgement:
         score += 1
         notes.append(f"its length ({n_words} words) suits the query and it does not repeat itself")
     return Judgement(score, "The answer addresses the query: " + "; ".join(notes) + ".")
+
+
+# ---------------------------------------------------------------------------------------------
+# The role
+
+# Flow Judge's output format, which its card documents: feedback, then one score on the scale.
+OUTPUT_REGEX = r"<feedback>[^<]+</feedback>[ \n]*<score>[ \n]*[1-5][ \n]*</score>"
+
+
+def _request(item: dict, _model: str) -> Request:
+    return Request(messages=build_messages(item["instruction"], item["answer"]))
+
+
+def _rules_answer(items: list[dict], _aids: RulesAids) -> list[str]:
+    return [
+        format_output(rules_judge(item["instruction"], item["answer"], item["document"]))
+        for item in items
+    ]
+
+
+ROLE = Role(
+    name="judge",
+    prompt_version=PROMPT_VERSION,
+    default_model=FLOW_JUDGE,
+    max_new_tokens=512,
+    request=_request,
+    parse=parse_output,
+    output_format=OutputFormat(regex=OUTPUT_REGEX),
+    rules=Rules(
+        version=RULES_VERSION,
+        # A document is named by its id, a hash of its text.
+        key=lambda item: {k: item[k] for k in ("instruction", "answer", "doc_id")},
+        answer=_rules_answer,
+        # The rules judge scores on the prompt's rubric: a new rubric is a new rules judge.
+        follows_prompt=True,
+    ),
+    settings=("min_judge_score",),
+)

@@ -4,6 +4,7 @@ templatizer: it slots quoted phrases, numbers and dates, capitalised names and r
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -1440,3 +1441,13 @@ def rules_genericize(query: str) -> GenericizedQuery:
         cursor = slot.end
     pieces.append(query[cursor:])
     return GenericizedQuery("".join(pieces), _document_description(slots, _intent(query)))
+
+
+def rules_output(query: str) -> str:
+    """The rules genericizer's output in the model's format (JSON); a query it cannot genericize
+    comes back unchanged, without slots, and validation rejects it as `no_tags`."""
+    try:
+        found = rules_genericize(query)
+    except TemplateError:
+        found = GenericizedQuery(query, "")
+    return json.dumps(vars(found), ensure_ascii=False)

@@ -1,131 +1,527 @@
-"""Text-generation engines: chat messages in, completions out. An engine knows nothing of roles;
-a role (fi_method.genericizer, ...) builds the messages and parses what comes back, so the
-`transformers` and `vllm` engines share every prompt and parser."""
+"""Engines: any role's inputs in, its outputs out. An engine knows nothing of a particular role:
+the role (fi_method.roles.Role) says what to ask and what structure the answer must have.
+
+- `rules`: the role's offline implementation, in-process.
+- `transformers`: Hugging Face transformers on CPU or GPU, batched, with the role's output
+  structure enforced by xgrammar (grammar-constrained decoding) when `structured` is on.
+- `vllm`: vLLM in-process on a GPU, structure through vLLM's structured outputs.
+- `openai`: any OpenAI-compatible server (vllm serve, SGLang, TGI, llama.cpp, Ollama, a hosted
+  API), one URL or a fleet, with a concurrency limit, a request-rate cap, retries and token usage.
+
+Adding an engine is a class here and its name in ENGINES; nothing per role changes.
+
+Every engine yields its answers as they come, in chunks of (index, Generation), so the call cache
+commits each chunk before the next is asked for: a crash loses only what was in flight."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
-Messages = list[dict[str, str]]
-Progress = Callable[[int, int], None]
+from fi_method.roles import OutputFormat, Request, Role, RulesAids
+
+EngineName = Literal["rules", "transformers", "vllm", "openai"]
+ENGINES: tuple[str, ...] = EngineName.__args__
+RULES_MODEL = "rules"
+StructuredMode = Literal["response_format", "vllm", "off"]
 
 
-class TransformersEngine:
+@dataclass(frozen=True)
+class Generation:
+    """One answer and what it cost in tokens (None where the engine does not count)."""
+
+    text: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+Chunk = list[tuple[int, Generation]]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything an engine may need, from the settings; each engine reads its own part. The
+    API key is not here: the openai engine reads it from the environment variable named."""
+
+    engine: str
+    model: str
+    home: str
+    device: str = "auto"
+    batch_size: int = 8
+    max_new_tokens: int = 256
+    structured: bool = True
+    vllm_gpu_memory_share: float = 0.9
+    openai_base_url: str = ""
+    openai_api_key_env: str = "FI_OPENAI_API_KEY"
+    openai_max_concurrency: int = 8
+    openai_timeout_s: float = 600.0
+    openai_requests_per_minute: int | None = None
+    openai_max_retries: int = 6
+    openai_structured: StructuredMode = "response_format"
+    aids: RulesAids = field(default_factory=RulesAids)
+
+    @property
+    def models_dir(self) -> Path:
+        return Path(self.home).expanduser().resolve() / "models"
+
+
+class Engine(ABC):
+    """Turns a role's inputs into its outputs."""
+
+    name: str
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+
+    @property
+    def model(self) -> str:
+        return self.config.model
+
+    def version(self, role: Role) -> str:
+        """The role's code that decides outputs on this engine (part of the cache key)."""
+        return role.version(self.name)
+
+    def params(self, role: Role) -> dict:
+        """Besides the input and version, what decides an output (part of the cache key)."""
+        params = {"max_new_tokens": self.config.max_new_tokens, "decoding": "greedy"}
+        output_format = self.output_format(role)
+        if output_format is not None:
+            params["structured"] = output_format.describe()
+        return params
+
+    def output_format(self, role: Role) -> OutputFormat | None:
+        return role.format_for(self.model) if self.config.structured else None
+
+    def key(self, role: Role, item: dict) -> object:
+        """The part of an input that decides its output."""
+        return role.request(item, self.model).key()
+
+    def answer(self, role: Role, items: Sequence[dict]) -> Iterator[Chunk]:
+        """Chunks of (index in `items`, Generation), as they are answered."""
+        requests = [role.request(item, self.model) for item in items]
+        yield from self.generate(requests, self.config.max_new_tokens, self.output_format(role))
+
+    @abstractmethod
+    def generate(
+        self, requests: Sequence[Request], max_new_tokens: int, output_format: OutputFormat | None
+    ) -> Iterator[Chunk]:
+        """Greedy answers to requests, in chunks as they are answered."""
+
+
+class RulesEngine(Engine):
+    """The role's offline implementation (fi_method), deterministic and CPU-fast."""
+
+    name = "rules"
+
+    @property
+    def model(self) -> str:
+        return RULES_MODEL
+
+    def _rules(self, role: Role):
+        if role.rules is None:
+            raise ValueError(
+                f"the {role.name} role has no rules implementation: set its engine to "
+                "transformers, vllm or openai"
+            )
+        return role.rules
+
+    def params(self, role: Role) -> dict:
+        return self._rules(role).params(self.config.aids)
+
+    def key(self, role: Role, item: dict) -> object:
+        return self._rules(role).key(item)
+
+    def answer(self, role: Role, items: Sequence[dict]) -> Iterator[Chunk]:
+        outputs = self._rules(role).answer(list(items), self.config.aids)
+        yield [(index, Generation(text)) for index, text in enumerate(outputs)]
+
+    def generate(self, requests, max_new_tokens, output_format):
+        raise ValueError("the rules engine answers roles, not prompts")
+
+
+class TransformersEngine(Engine):
     """Greedy, batched generation with Hugging Face transformers on CPU or GPU."""
 
-    def __init__(self, model: str, device: str, models_dir: Path, batch_size: int = 8):
+    name = "transformers"
+    hf_model = None
+
+    def load(self) -> None:
+        """Tokenizer and weights, on the first generation (keys need neither)."""
+        if self.hf_model is not None:
+            return
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from fi_resources.embedder import torch_device
         from fi_resources.models import causal_lm_source
 
-        source = causal_lm_source(model, models_dir)
-        self.device = device
-        self.batch_size = batch_size
+        config = self.config
+        source = causal_lm_source(config.model, config.models_dir)
+        self.device = torch_device(config.device)
         self.tokenizer = AutoTokenizer.from_pretrained(source)
         # Decoder-only models continue from the right end of the prompt: pad on the left.
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device).eval()
+        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        self.hf_model = (
+            AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(self.device).eval()
+        )
+        self._grammars: dict[str, object] = {}
 
-    def generate(
-        self,
-        conversations: Sequence[Messages],
-        max_new_tokens: int,
-        progress: Progress | None = None,
-    ) -> list[str]:
-        """Answers to chat conversations, each formatted by the model's chat template."""
-        prompts = [
-            self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            for messages in conversations
-        ]
-        # The chat template writes the BOS itself.
-        return self._complete(prompts, max_new_tokens, False, progress)
+    def _grammar(self, output_format: OutputFormat):
+        """The output format compiled for this tokenizer by xgrammar, once per format."""
+        import json
 
-    def complete(
-        self, prompts: Sequence[str], max_new_tokens: int, progress: Progress | None = None
-    ) -> list[str]:
-        """Raw continuations of text prompts (a pre-trained model without a chat template), each
-        prompt after the tokenizer's BOS."""
-        return self._complete(prompts, max_new_tokens, True, progress)
+        import xgrammar
+
+        key = json.dumps(output_format.describe(), sort_keys=True)
+        if key not in self._grammars:
+            if not self._grammars:
+                info = xgrammar.TokenizerInfo.from_huggingface(
+                    self.tokenizer, vocab_size=self.hf_model.config.vocab_size
+                )
+                self._compiler = xgrammar.GrammarCompiler(info)
+            if output_format.json_schema is not None:
+                compiled = self._compiler.compile_json_schema(
+                    json.dumps(output_format.json_schema), any_whitespace=False
+                )
+            else:
+                compiled = self._compiler.compile_regex(output_format.regex)
+            self._grammars[key] = compiled
+        return self._grammars[key]
+
+    def _prompts(self, requests: Sequence[Request]) -> tuple[list[str], bool]:
+        """Texts to tokenize, and whether the tokenizer adds the BOS (a chat template writes it
+        itself)."""
+        if all(r.messages is not None for r in requests):
+            return [
+                self.tokenizer.apply_chat_template(
+                    r.messages, tokenize=False, add_generation_prompt=True
+                )
+                for r in requests
+            ], False
+        if all(r.prompt is not None for r in requests):
+            return [r.prompt for r in requests], True
+        raise ValueError("a batch mixes chat and raw requests")
 
     def _truncation(self, max_new_tokens: int) -> dict:
         """Keep prompt and answer within the model's window, cutting the prompt's start: a
         small pre-trained model's window (256 tokens for the demo's) is shorter than many
         benchmark questions."""
-        window = getattr(self.model.config, "max_position_embeddings", None)
+        window = getattr(self.hf_model.config, "max_position_embeddings", None)
         if not window or window <= max_new_tokens:
             return {}
         self.tokenizer.truncation_side = "left"
         return {"truncation": True, "max_length": window - max_new_tokens}
 
-    def _complete(
-        self,
-        prompts: Sequence[str],
-        max_new_tokens: int,
-        add_special_tokens: bool,
-        progress: Progress | None,
-    ) -> list[str]:
+    def generate(self, requests, max_new_tokens, output_format):
         import torch
 
-        outputs: list[str] = []
-        for start in range(0, len(prompts), self.batch_size):
+        self.load()
+        prompts, add_special_tokens = self._prompts(requests)
+        batch_size = self.config.batch_size
+        for start in range(0, len(prompts), batch_size):
             encoded = self.tokenizer(
-                list(prompts[start : start + self.batch_size]),
+                prompts[start : start + batch_size],
                 return_tensors="pt",
                 padding=True,
                 add_special_tokens=add_special_tokens,
                 **self._truncation(max_new_tokens),
             ).to(self.device)
+            extra = {}
+            if output_format is not None:
+                from xgrammar.contrib.hf import LogitsProcessor
+
+                # One processor per generate call: it keeps each row's grammar state.
+                extra["logits_processor"] = [LogitsProcessor(self._grammar(output_format))]
             with torch.inference_mode():
-                generated = self.model.generate(
+                generated = self.hf_model.generate(
                     **encoded,
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
                     pad_token_id=self.tokenizer.pad_token_id,
+                    **extra,
                 )
             new_tokens = generated[:, encoded["input_ids"].shape[1] :]
-            outputs.extend(self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-            if progress is not None:
-                progress(len(outputs), len(prompts))
-        return outputs
+            texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            prompt_tokens = encoded["attention_mask"].sum(dim=1).tolist()
+            finished = (new_tokens == self.tokenizer.pad_token_id) | (
+                new_tokens == self.tokenizer.eos_token_id
+            )
+            # Tokens up to and including the first end-of-sequence; the rest is padding.
+            first_end = torch.where(
+                finished.any(dim=1),
+                finished.int().argmax(dim=1) + 1,
+                torch.full_like(finished[:, 0], new_tokens.shape[1], dtype=torch.long),
+            ).tolist()
+            yield [
+                (start + row, Generation(text, int(prompt_tokens[row]), int(first_end[row])))
+                for row, text in enumerate(texts)
+            ]
 
 
-class VLLMEngine:
+class VLLMEngine(Engine):
     """Greedy generation with vLLM (GPU). Needs the `vllm` extra: pip install -e '.[vllm]'."""
 
-    def __init__(self, model: str, models_dir: Path):
+    name = "vllm"
+    llm = None
+
+    def load(self) -> None:
+        """The vLLM engine, on the first generation (keys need none)."""
+        if self.llm is not None:
+            return
         try:
             from vllm import LLM
         except ImportError as error:
             raise RuntimeError(
                 "the vllm engine needs vLLM on a CUDA machine: pip install -e '.[vllm]'"
             ) from error
-        self.llm = LLM(model=model, download_dir=str(models_dir))
+        self.llm = LLM(
+            model=self.config.model,
+            download_dir=str(self.config.models_dir),
+            gpu_memory_utilization=self.config.vllm_gpu_memory_share,
+        )
 
-    def generate(
-        self,
-        conversations: Sequence[Messages],
-        max_new_tokens: int,
-        progress: Progress | None = None,
-    ) -> list[str]:
-        return self._greedy(self.llm.chat, conversations, max_new_tokens, progress)
-
-    def complete(
-        self, prompts: Sequence[str], max_new_tokens: int, progress: Progress | None = None
-    ) -> list[str]:
-        """Raw continuations of text prompts (a pre-trained model without a chat template)."""
-        return self._greedy(self.llm.generate, prompts, max_new_tokens, progress)
-
-    @staticmethod
-    def _greedy(method, inputs: Sequence, max_new_tokens: int, progress: Progress | None):
+    def generate(self, requests, max_new_tokens, output_format):
+        self.load()
         from vllm import SamplingParams
 
-        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
-        results = method(list(inputs), params, use_tqdm=True)
-        if progress is not None:
-            progress(len(results), len(inputs))
-        return [result.outputs[0].text for result in results]
+        structured = {}
+        if output_format is not None:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            structured["structured_outputs"] = StructuredOutputsParams(
+                json=output_format.json_schema, regex=output_format.regex
+            )
+        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, **structured)
+        for start in range(0, len(requests), self.config.batch_size):
+            batch = requests[start : start + self.config.batch_size]
+            if batch[0].messages is not None:
+                results = self.llm.chat([r.messages for r in batch], params, use_tqdm=True)
+            else:
+                results = self.llm.generate([r.prompt for r in batch], params, use_tqdm=True)
+            yield [
+                (
+                    start + row,
+                    Generation(
+                        result.outputs[0].text,
+                        len(result.prompt_token_ids or []),
+                        len(result.outputs[0].token_ids),
+                    ),
+                )
+                for row, result in enumerate(results)
+            ]
+
+
+def parse_base_urls(value: str) -> list[str]:
+    """The URLs of a comma-separated FI_OPENAI_BASE_URL, each checked to be an http(s) URL with
+    a host. Raises ValueError naming the bad one."""
+    urls = [url.strip() for url in value.split(",") if url.strip()]
+    if not urls:
+        raise ValueError(
+            "FI_OPENAI_BASE_URL is empty: set it to the server's URL, e.g. "
+            "http://localhost:8000/v1 (several, separated by commas, spread the requests)"
+        )
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"FI_OPENAI_BASE_URL: {url!r} is not an http(s) URL with a host, e.g. "
+                "http://localhost:8000/v1"
+            )
+    return urls
+
+
+class RequestPacer:
+    """At most `per_minute` request starts a minute, spread evenly, across threads."""
+
+    def __init__(self, per_minute: int | None):
+        self.interval = 60.0 / per_minute if per_minute else 0.0
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        time.sleep(max(0.0, start - now))
+
+
+class ServerError(RuntimeError):
+    """A request the server never answered, after every retry."""
+
+
+class OpenAIEngine(Engine):
+    """Any OpenAI-compatible endpoint through the `openai` client: requests spread round-robin
+    over the URLs of FI_OPENAI_BASE_URL, at most FI_OPENAI_MAX_CONCURRENCY in flight. The client
+    retries 408, 409, 429, 5xx, connection errors and timeouts with exponential backoff and
+    jitter (honouring Retry-After), FI_OPENAI_MAX_RETRIES times."""
+
+    name = "openai"
+
+    def __init__(self, config: EngineConfig):
+        super().__init__(config)
+        import os
+
+        from openai import OpenAI
+
+        self.urls = parse_base_urls(config.openai_base_url)
+        # Local servers take any key; the client insists on one.
+        api_key = os.environ.get(config.openai_api_key_env) or "EMPTY"
+        self.clients = [
+            OpenAI(
+                base_url=url,
+                api_key=api_key,
+                timeout=config.openai_timeout_s,
+                max_retries=config.openai_max_retries,
+            )
+            for url in self.urls
+        ]
+        self.pacer = RequestPacer(config.openai_requests_per_minute)
+
+    def _structured(self, output_format: OutputFormat | None) -> dict:
+        """The request fields that constrain the answer on this kind of server."""
+        mode = self.config.openai_structured
+        if output_format is None or mode == "off":
+            return {}
+        if mode == "vllm":
+            return {"extra_body": {"structured_outputs": output_format.describe()}}
+        if output_format.json_schema is None:
+            return {}  # the OpenAI API has no regular-expression format
+        return {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": output_format.json_schema},
+            }
+        }
+
+    def _ask(self, index: int, request: Request, max_new_tokens: int, structured: dict):
+        import openai
+
+        slot = index % len(self.clients)
+        client, url = self.clients[slot], self.urls[slot]
+        self.pacer.wait()
+        try:
+            if request.messages is not None:
+                response = client.chat.completions.create(
+                    model=self.model,
+                    messages=request.messages,
+                    max_tokens=max_new_tokens,
+                    temperature=0.0,
+                    **structured,
+                )
+            else:
+                response = client.completions.create(
+                    model=self.model,
+                    prompt=request.prompt,
+                    max_tokens=max_new_tokens,
+                    temperature=0.0,
+                )
+        except openai.APIStatusError as error:
+            raise ServerError(_status_advice(url, self.model, error)) from None
+        except openai.APITimeoutError:
+            raise ServerError(
+                f"{url} did not answer within {self.config.openai_timeout_s:g} s, "
+                f"{self.config.openai_max_retries} retries included: raise FI_OPENAI_TIMEOUT_S "
+                "or lower FI_OPENAI_MAX_CONCURRENCY"
+            ) from None
+        except openai.APIConnectionError as error:
+            raise ServerError(
+                f"cannot reach {url} ({error.__cause__ or error}) after "
+                f"{self.config.openai_max_retries} retries: is the server up, and is "
+                "FI_OPENAI_BASE_URL right?"
+            ) from None
+        usage = getattr(response, "usage", None)
+        return Generation(
+            _answer_text(response),
+            getattr(usage, "prompt_tokens", None),
+            getattr(usage, "completion_tokens", None),
+        )
+
+    def generate(self, requests, max_new_tokens, output_format):
+        structured = self._structured(output_format)
+        concurrency = self.config.openai_max_concurrency
+        pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fi-openai")
+        pending = iter(enumerate(requests))
+        in_flight: dict = {}
+        failure: ServerError | None = None
+        try:
+            while True:
+                # Keep `concurrency` requests in flight until there is nothing left to send.
+                while failure is None and len(in_flight) < concurrency:
+                    nxt = next(pending, None)
+                    if nxt is None:
+                        break
+                    index, request = nxt
+                    future = pool.submit(self._ask, index, request, max_new_tokens, structured)
+                    in_flight[future] = index
+                if not in_flight:
+                    break
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                chunk = []
+                for future in done:
+                    index = in_flight.pop(future)
+                    try:
+                        chunk.append((index, future.result()))
+                    except ServerError as error:
+                        # Stop sending; what is in flight still lands in the cache.
+                        failure = failure or error
+                if chunk:
+                    yield chunk
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if failure is not None:
+            raise failure
+
+
+def _answer_text(response) -> str:
+    """The text of a completion. A server that answers 200 with something else (an empty body,
+    HTML, a proxy's page) gives that body as the text, so the role's parser rejects the row with
+    what came back, and its neighbours go on."""
+    choices = getattr(response, "choices", None)
+    if not choices:
+        return response if isinstance(response, str) else ""
+    choice = choices[0]
+    message = getattr(choice, "message", None)
+    text = message.content if message is not None else getattr(choice, "text", None)
+    return text or ""
+
+
+def _status_advice(url: str, model: str, error) -> str:
+    status = error.status_code
+    hint = {
+        401: "the server wants an API key: set FI_OPENAI_API_KEY (never written anywhere)",
+        403: "the API key may not use this model or endpoint",
+        404: f"does this server serve {model!r}? Check the role's FI_*_MODEL and the URL's /v1",
+        429: "rate limited even after the retries: lower FI_OPENAI_MAX_CONCURRENCY or set "
+        "FI_OPENAI_REQUESTS_PER_MINUTE",
+    }.get(status, "see the server's log")
+    # The body says what the server objects to; it never holds the key.
+    detail = str(getattr(error, "message", "") or "")[:300]
+    return f"{url} answered HTTP {status}: {detail} ({hint})"
+
+
+_CLASSES: dict[str, type[Engine]] = {
+    "rules": RulesEngine,
+    "transformers": TransformersEngine,
+    "vllm": VLLMEngine,
+    "openai": OpenAIEngine,
+}
+
+
+def load_engine(config: EngineConfig) -> Engine:
+    """The engine `config.engine` names, loaded (model weights, clients) now."""
+    if config.engine not in _CLASSES:
+        raise ValueError(f"unknown engine {config.engine!r}; known: {', '.join(ENGINES)}")
+    return _CLASSES[config.engine](config)

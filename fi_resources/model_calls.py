@@ -17,13 +17,15 @@ import os
 import sqlite3
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import polars as pl
+
+from fi_resources.engines import Generation
 
 CACHE_FILE = "model_calls.sqlite"
 # Writers from parallel partitions wait for each other's short transactions rather than fail.
@@ -39,6 +41,8 @@ CREATE TABLE IF NOT EXISTS model_calls (
     params TEXT NOT NULL,
     output TEXT NOT NULL,
     seconds REAL NOT NULL,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
     run_id TEXT,
     partition TEXT,
     created_at TEXT NOT NULL
@@ -53,11 +57,16 @@ VIEW_COLUMNS = {
     "params": pl.String,
     "output": pl.String,
     "seconds": pl.Float64,
+    "prompt_tokens": pl.Int64,
+    "completion_tokens": pl.Int64,
     "run_id": pl.String,
     "partition": pl.String,
     "created_at": pl.String,
 }
 _SELECT_ALL = f"SELECT {', '.join(VIEW_COLUMNS)} FROM model_calls ORDER BY created_at"
+_INSERT_COLUMNS = ", ".join(VIEW_COLUMNS)
+# Columns added since the table's first version: a cache written before gains them, empty.
+_ADDED_COLUMNS = {"prompt_tokens": "INTEGER", "completion_tokens": "INTEGER"}
 
 
 @dataclass(frozen=True)
@@ -83,30 +92,40 @@ class CallSpec:
 
 @dataclass(frozen=True)
 class CallResult:
+    """A step's calls: every output in input order, how many were made now and how many came
+    from the cache, and the tokens the new calls cost (None where the engine does not count)."""
+
     outputs: list[str]
     made: int
     cached: int
     seconds: float
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 def _rows(
     spec: CallSpec,
-    keyed_outputs: Sequence[tuple[str, str]],
+    answered: Sequence[tuple[str, Generation]],
     seconds: float,
     run_id: str | None,
     partition: str | None,
 ) -> list[tuple]:
-    """The table rows of one answered batch, in VIEW_COLUMNS order."""
-    if not keyed_outputs:
+    """The table rows of one answered chunk, in VIEW_COLUMNS order."""
+    if not answered:
         return []
     now = datetime.now(UTC).isoformat(timespec="seconds")
-    each = seconds / len(keyed_outputs)
+    each = seconds / len(answered)
     params = json.dumps(spec.params, sort_keys=True)
     return [
-        (key, spec.role, spec.engine, spec.model, spec.prompt_version, params, output, each)
-        + (run_id, partition, now)
-        for key, output in keyed_outputs
+        (key, spec.role, spec.engine, spec.model, spec.prompt_version, params, answer.text, each)
+        + (answer.prompt_tokens, answer.completion_tokens, run_id, partition, now)
+        for key, answer in answered
     ]
+
+
+def _total(values: list[int | None]) -> int | None:
+    counted = [value for value in values if value is not None]
+    return sum(counted) if counted else None
 
 
 class ModelCallCache(ABC):
@@ -120,12 +139,12 @@ class ModelCallCache(ABC):
     def store(
         self,
         spec: CallSpec,
-        keyed_outputs: Sequence[tuple[str, str]],
+        answered: Sequence[tuple[str, Generation]],
         seconds: float,
         run_id: str | None,
         partition: str | None,
     ) -> None:
-        """Commit one answered batch; `seconds` is the batch's time, shared among its calls."""
+        """Commit one answered chunk; `seconds` is the chunk's time, shared among its calls."""
 
     @abstractmethod
     def _all_rows(self) -> list[tuple]:
@@ -138,18 +157,20 @@ class ModelCallCache(ABC):
     def call(
         self,
         spec: CallSpec,
+        keys: Sequence[str],
         inputs: Sequence,
-        compute: Callable[[list], list[str]],
+        answer: Callable[[list], Iterator[list[tuple[int, Generation]]]],
         batch_size: int,
         progress: Callable[[int, int, int], None] | None = None,
         run_id: str | None = None,
         partition: str | None = None,
     ) -> CallResult:
-        """The output of every input, from the cache where it is there, else from `compute`
-        (called on batches of at most `batch_size` inputs, each batch committed as it returns).
-        Equal inputs are computed once. `progress(done, total, cached)` follows each batch."""
+        """The output of every input (`keys[i]` is the cache key of `inputs[i]`), from the cache
+        where it is there, else from `answer`, called on batches of at most `batch_size` inputs
+        and yielding chunks of (index in the batch, Generation) as they are answered; each chunk
+        is committed before the next is taken, so a crash loses only what was in flight. Equal
+        inputs are computed once. `progress(done, total, cached)` follows each chunk."""
         started = time.perf_counter()
-        keys = [spec.key(item) for item in inputs]
         outputs = self.lookup(keys)
         cached = sum(key in outputs for key in keys)
         pending: dict[str, object] = {}
@@ -158,25 +179,34 @@ class ModelCallCache(ABC):
                 pending[key] = item
         pending_keys = list(pending)
         done = len(keys) - len(pending_keys)
+        prompt_tokens: list[int | None] = []
+        completion_tokens: list[int | None] = []
         for start in range(0, len(pending_keys), batch_size):
             batch_keys = pending_keys[start : start + batch_size]
-            batch_started = time.perf_counter()
-            answers = compute([pending[key] for key in batch_keys])
-            if len(answers) != len(batch_keys):
+            answered_in_batch = 0
+            chunk_started = time.perf_counter()
+            for chunk in answer([pending[key] for key in batch_keys]):
+                answered = [(batch_keys[index], generation) for index, generation in chunk]
+                self.store(spec, answered, time.perf_counter() - chunk_started, run_id, partition)
+                chunk_started = time.perf_counter()
+                outputs.update((key, generation.text) for key, generation in answered)
+                prompt_tokens += [generation.prompt_tokens for _, generation in answered]
+                completion_tokens += [generation.completion_tokens for _, generation in answered]
+                answered_in_batch += len(answered)
+                done += len(answered)
+                if progress is not None:
+                    progress(done, len(keys), cached)
+            if answered_in_batch != len(batch_keys):
                 raise RuntimeError(
-                    f"{spec.role}: {len(answers)} outputs for {len(batch_keys)} calls"
+                    f"{spec.role}: {answered_in_batch} outputs for {len(batch_keys)} calls"
                 )
-            batch = list(zip(batch_keys, answers, strict=True))
-            self.store(spec, batch, time.perf_counter() - batch_started, run_id, partition)
-            outputs.update(batch)
-            done += len(batch)
-            if progress is not None:
-                progress(done, len(keys), cached)
         return CallResult(
             [outputs[key] for key in keys],
             made=len(pending_keys),
             cached=cached,
             seconds=time.perf_counter() - started,
+            prompt_tokens=_total(prompt_tokens),
+            completion_tokens=_total(completion_tokens),
         )
 
 
@@ -195,6 +225,10 @@ class SQLiteCallCache(ModelCallCache):
             connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute(_SCHEMA)
+        present = {row[1] for row in connection.execute("PRAGMA table_info(model_calls)")}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in present:
+                connection.execute(f"ALTER TABLE model_calls ADD COLUMN {column} {kind}")
         return connection
 
     def _create(self) -> None:
@@ -236,15 +270,17 @@ class SQLiteCallCache(ModelCallCache):
             connection.close()
         return found
 
-    def store(self, spec, keyed_outputs, seconds, run_id, partition) -> None:
-        rows = _rows(spec, keyed_outputs, seconds, run_id, partition)
+    def store(self, spec, answered, seconds, run_id, partition) -> None:
+        rows = _rows(spec, answered, seconds, run_id, partition)
         if not rows:
             return
         connection = self._connect()
         try:
             with connection:
                 connection.executemany(
-                    "INSERT OR IGNORE INTO model_calls VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows
+                    f"INSERT OR IGNORE INTO model_calls ({_INSERT_COLUMNS}) VALUES "
+                    f"({','.join('?' * len(VIEW_COLUMNS))})",
+                    rows,
                 )
         finally:
             connection.close()
@@ -277,6 +313,10 @@ class PostgresCallCache(ModelCallCache):
                 # CREATE TABLE IF NOT EXISTS races between first writers; a lock serialises them.
                 cursor.execute("SELECT pg_advisory_xact_lock(hashtext('fi_model_calls'))")
                 cursor.execute(_SCHEMA.replace("REAL", "DOUBLE PRECISION"))
+                for column, kind in _ADDED_COLUMNS.items():
+                    cursor.execute(
+                        f"ALTER TABLE model_calls ADD COLUMN IF NOT EXISTS {column} {kind}"
+                    )
             self._ready = True
         return connection
 
@@ -292,10 +332,10 @@ class PostgresCallCache(ModelCallCache):
         finally:
             connection.close()
 
-    def store(self, spec, keyed_outputs, seconds, run_id, partition) -> None:
+    def store(self, spec, answered, seconds, run_id, partition) -> None:
         from psycopg2.extras import execute_values
 
-        rows = _rows(spec, keyed_outputs, seconds, run_id, partition)
+        rows = _rows(spec, answered, seconds, run_id, partition)
         if not rows:
             return
         connection = self._connect()
@@ -303,7 +343,8 @@ class PostgresCallCache(ModelCallCache):
             with connection, connection.cursor() as cursor:
                 execute_values(
                     cursor,
-                    "INSERT INTO model_calls VALUES %s ON CONFLICT (cache_key) DO NOTHING",
+                    f"INSERT INTO model_calls ({_INSERT_COLUMNS}) VALUES %s "
+                    "ON CONFLICT (cache_key) DO NOTHING",
                     rows,
                 )
         finally:

@@ -9,7 +9,7 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,9 +21,19 @@ from fi_method.excerpts import MIN_EXCERPT_RATIO
 from fi_method.genericizer import RELEASED_TEMPLATIZER
 from fi_method.instantiator import RELEASED_INSTANTIATOR
 from fi_method.judge import FLOW_JUDGE, MIN_JUDGE_SCORE
+from fi_resources.engines import EngineName, StructuredMode, parse_base_urls
 from fi_resources.models import MINILM
 
-Engine = Literal["rules", "transformers", "vllm"]
+Engine = EngineName
+# The settings naming each role's engine and model.
+ROLE_SETTINGS = {
+    "genericizer": ("genericizer_engine", "genericizer_model"),
+    "instantiator": ("instantiator_engine", "instantiator_model"),
+    "judge": ("judge_engine", "judge_model"),
+    "continuation": ("continuation_engine", "continuation_model"),
+    "candidate": ("eval_engine", None),
+    "benchmark_judge": ("eval_judge_engine", "eval_judge_model"),
+}
 # Who answers for each asset group (Dagster owners: an e-mail or team:name), shown in the UI.
 DEFAULT_OWNERS = {
     "inbox": ["team:data"],
@@ -78,14 +88,55 @@ class Settings(BaseSettings):
         "heldout",
         description="Document shard no recipe trains on; eval's heldout_nll reads its pairs.",
     )
-    eval_engine: Literal["transformers", "vllm"] = Field(
-        "transformers", description="Engine that runs the trained checkpoints on the benchmarks."
+    eval_engine: Literal["transformers", "vllm", "openai"] = Field(
+        "transformers",
+        description="Engine that runs the trained checkpoints on the benchmarks (openai: a "
+        "server serving the export folder under its path as model name).",
     )
     eval_judge_engine: Engine = Field(
         "rules",
         description="Judge of the benchmarks; rules: only mechanical scores (MixEval).",
     )
     eval_judge_model: str = Field("Qwen/Qwen2.5-7B-Instruct")
+    eval_judge_base_url: str | None = Field(
+        None,
+        description="URL(s) of the benchmark judge's server when it differs from the others' "
+        "(a hosted API judge); its key: FI_EVAL_JUDGE_API_KEY. Default: FI_OPENAI_BASE_URL.",
+    )
+    openai_base_url: str = Field(
+        "",
+        description="OpenAI-compatible endpoint(s) of the openai engine, e.g. "
+        "http://localhost:8000/v1; several, separated by commas, share the requests. The key "
+        "is read from FI_OPENAI_API_KEY (never written to config, logs or the cache).",
+    )
+    openai_max_concurrency: int = Field(8, ge=1, description="openai requests in flight at once.")
+    openai_timeout_s: float = Field(600.0, gt=0, description="Seconds per openai request.")
+    openai_requests_per_minute: int | None = Field(
+        None, ge=1, description="Cap on openai request starts per minute; default: none."
+    )
+    openai_max_retries: int = Field(
+        6,
+        ge=0,
+        description="Retries of an openai request on 408/409/429/5xx, connection errors and "
+        "timeouts, with exponential backoff and jitter.",
+    )
+    openai_structured: StructuredMode = Field(
+        "response_format",
+        description="How the openai engine asks for structured output: response_format (JSON "
+        "schema; OpenAI, vLLM, SGLang), vllm (vLLM's structured_outputs, regexes too) or off.",
+    )
+    structured_outputs: bool = Field(
+        True,
+        description="Constrain decoding to each role's output structure (JSON schema or "
+        "regex) on the engines that can: transformers (xgrammar), vllm, openai.",
+    )
+    vllm_gpu_memory_share: float = Field(
+        0.9,
+        gt=0.0,
+        le=1.0,
+        description="Share of GPU memory a vLLM engine takes; eval gives the candidate and the "
+        "judge half each when both are vLLM.",
+    )
     alpaca_eval_baseline: str = Field(
         "reference",
         description="AlpacaEval's opponent: reference (the shipped GPT-4 outputs) or a recipe.",
@@ -167,6 +218,16 @@ class Settings(BaseSettings):
         description="Output tokens per model call, every role; default per role: genericizer 256, "
         "instantiator 1024, judge 512, continuation 1024.",
     )
+
+    @model_validator(mode="after")
+    def _check_openai_urls(self) -> Settings:
+        """A malformed or missing URL is an error before any work starts."""
+        engines = {getattr(self, engine) for engine, _ in ROLE_SETTINGS.values()}
+        if "openai" in engines:
+            parse_base_urls(self.openai_base_url)
+        if self.eval_judge_base_url:
+            parse_base_urls(self.eval_judge_base_url)
+        return self
 
     def batch_size_for(self, engine: str) -> int:
         """Prompts per batch: per vLLM generate call, or per transformers batch."""

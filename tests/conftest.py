@@ -79,3 +79,61 @@ def postgres_url(postgres_server):
     name = f"fi_{uuid.uuid4().hex[:12]}"
     run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "fi", name)
     return f"postgresql+psycopg2://fi@127.0.0.1:{port}/{name}"
+
+
+@pytest.fixture(scope="session")
+def smollm2_home(tmp_path_factory) -> Path:
+    """A data root holding SmolLM2-135M-Instruct converted once from its offline GGUF, shared
+    by the tests that serve it."""
+    from fi_resources.model_server import served_model
+    from fi_resources.models import SMOLLM2
+
+    home = tmp_path_factory.mktemp("smollm2_home")
+    served_model(SMOLLM2, home)
+    return home
+
+
+class ModelServer:
+    """A real `transformers serve` process serving SmolLM2 on loopback; restartable on its
+    port."""
+
+    def __init__(self, home: Path, log: Path):
+        from fi_resources.model_server import served_model
+        from fi_resources.models import SMOLLM2
+
+        self.home, self.log, self.port = home, log, _free_port()
+        self.model = served_model(SMOLLM2, home)
+        self.process = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> None:
+        from fi_resources import model_server
+        from fi_resources.models import SMOLLM2
+
+        self.process = model_server.start(SMOLLM2, self.home, self.port, self.log)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def model_server(smollm2_home, tmp_path_factory):
+    """SmolLM2 behind a real OpenAI-compatible server for the session."""
+    server = ModelServer(smollm2_home, tmp_path_factory.mktemp("server") / "serve.log")
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def own_model_server(smollm2_home, tmp_path):
+    """A server of the test's own, which the test may kill and restart."""
+    server = ModelServer(smollm2_home, tmp_path / "serve.log")
+    server.start()
+    yield server
+    server.kill()

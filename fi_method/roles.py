@@ -1,0 +1,108 @@
+"""What a model role is: everything that decides its outputs, declared once, with no engine in it.
+
+Each role module (genericizer, instantiator, judge, continuations, benchmarks) declares its `Role`:
+its name and prompt version, how it asks a model (for the released fine-tune and for any other
+chat model), how its output is read, the structure its output must have (used for constrained
+decoding where the engine can), its offline `rules` implementation where it has one, and the
+settings that change what its step keeps. Engines (fi_resources.engines) take any role; nothing
+in them is written per role."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fi_method.llm_output import prompt_style_for
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a model is asked for one input: chat `messages`, or a raw text `prompt` (a
+    pre-trained model without a chat template continues it)."""
+
+    messages: Messages | None = None
+    prompt: str | None = None
+
+    def key(self) -> object:
+        """The part of the request that enters the call cache's key."""
+        return self.messages if self.messages is not None else self.prompt
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """The structure a role's output must have: a JSON schema, or a regular expression for
+    formats that are not JSON (Flow Judge's `<feedback>...<score>N</score>`). Engines that can
+    constrain decoding use it; others generate freely and the parser judges."""
+
+    json_schema: dict | None = None
+    regex: str | None = None
+
+    def describe(self) -> dict:
+        """The format as plain data, for the cache key."""
+        return {"json_schema": self.json_schema} if self.json_schema else {"regex": self.regex}
+
+
+@dataclass(frozen=True)
+class RulesAids:
+    """What a rules implementation may use besides its inputs: the embedder (unit vectors of
+    texts) and its name, which decides the vectors."""
+
+    embed: Callable[[list[str]], Any] | None = None
+    embedder_model: str = ""
+
+
+@dataclass(frozen=True)
+class Rules:
+    """A role's offline implementation: deterministic outputs, in the model's own output format,
+    so they pass through the same parser and checks. `key` is the part of an input that decides
+    the output; `answer` maps a batch of inputs to outputs. With `follows_prompt` the rules
+    implement the prompt's rubric, so a prompt change is a rules change too."""
+
+    version: str
+    key: Callable[[dict], object]
+    answer: Callable[[list[dict], RulesAids], list[str]]
+    params: Callable[[RulesAids], dict] = lambda aids: {}
+    follows_prompt: bool = False
+
+
+@dataclass(frozen=True)
+class Role:
+    """One model role. `request` builds what a model is asked from one input and the model's
+    name (the released fine-tunes get their bare training prompt, other models instructions);
+    `parse` reads one output; `output_format` is the structure constrained decoding enforces;
+    `settings` name the Settings fields that change what the role's step keeps."""
+
+    name: str
+    prompt_version: str
+    default_model: str
+    max_new_tokens: int
+    request: Callable[[dict, str], Request]
+    parse: Callable[[str], Any] | None = None
+    output_format: OutputFormat | None = None
+    rules: Rules | None = None
+    settings: tuple[str, ...] = field(default=())
+    # A released fine-tune whose exact output keys are not documented is left unconstrained:
+    # forcing other keys on it would move it off what it was trained to write.
+    unconstrained_models: tuple[str, ...] = field(default=())
+
+    def format_for(self, model: str) -> OutputFormat | None:
+        """The structure constrained decoding enforces for `model`, if any."""
+        if any(prompt_style_for(model, name) == "bare" for name in self.unconstrained_models):
+            return None
+        return self.output_format
+
+    def version(self, engine: str) -> str:
+        """What of the role's code decides its outputs on `engine`: the rules' version for the
+        rules engine, the prompt's otherwise."""
+        if engine != "rules":
+            return f"prompt-{self.prompt_version}"
+        if self.rules is None:
+            raise ValueError(
+                f"the {self.name} role has no rules implementation: pick a model engine"
+            )
+        if self.rules.follows_prompt:
+            return f"{self.rules.version}+prompt-{self.prompt_version}"
+        return self.rules.version

@@ -1,0 +1,176 @@
+"""The engines: one registry of names, settings checked before any work, grammar-constrained
+decoding on the transformers engine (a random model must still write the structure), and what a
+server's odd answers become."""
+
+import json
+import re
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from fi_method import genericizer, instantiator, judge
+from fi_method.instruction_templates import collect_templates
+from fi_method.packing import load_training_tokenizer
+from fi_method.roles import OutputFormat, Request
+from fi_resources import engines
+from fi_resources.engines import (
+    ENGINES,
+    EngineConfig,
+    RequestPacer,
+    TransformersEngine,
+    _answer_text,
+    parse_base_urls,
+)
+from fi_resources.roles import declared_roles, role_version
+from fi_resources.settings import Settings
+
+
+def test_every_engine_name_has_one_class_and_every_role_one_declaration():
+    assert set(engines._CLASSES) == set(ENGINES) == {"rules", "transformers", "vllm", "openai"}
+    assert set(declared_roles()) == {
+        "genericizer",
+        "instantiator",
+        "judge",
+        "continuation",
+        "candidate",
+        "benchmark_judge",
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("", "is empty"),
+        ("localhost:8000", "'localhost:8000' is not an http"),
+        ("http://a:1/v1, ftp://b/v1", "'ftp://b/v1' is not an http"),
+    ],
+)
+def test_a_malformed_base_url_is_refused_before_any_work(value, message, monkeypatch):
+    with pytest.raises(ValueError, match=message):
+        parse_base_urls(value)
+    monkeypatch.setenv("FI_JUDGE_ENGINE", "openai")
+    monkeypatch.setenv("FI_OPENAI_BASE_URL", value)
+    with pytest.raises(ValueError, match="FI_OPENAI_BASE_URL"):
+        Settings()
+
+
+def test_a_fleet_is_every_url_in_order():
+    assert parse_base_urls(" http://a:8000/v1,https://b.example/v1 ") == [
+        "http://a:8000/v1",
+        "https://b.example/v1",
+    ]
+
+
+def test_the_pacer_spreads_request_starts_over_the_minute():
+    pacer = RequestPacer(per_minute=600)  # one start every 0.1 s
+    started = time.monotonic()
+    for _ in range(4):
+        pacer.wait()
+    assert time.monotonic() - started >= 0.3
+    unpaced = RequestPacer(None)
+    started = time.monotonic()
+    for _ in range(100):
+        unpaced.wait()
+    assert time.monotonic() - started < 0.3
+
+
+def test_role_versions_follow_prompt_engine_model_and_thresholds(monkeypatch):
+    base = role_version("judge", Settings())
+    assert base == "judge:rules-1+prompt-1|min_judge_score=4"
+    monkeypatch.setenv("FI_MIN_JUDGE_SCORE", "5")
+    assert role_version("judge", Settings()) != base
+    monkeypatch.setenv("FI_JUDGE_ENGINE", "openai")
+    monkeypatch.setenv("FI_OPENAI_BASE_URL", "http://127.0.0.1:8000/v1")
+    served = role_version("judge", Settings())
+    assert "openai:flowaicom/Flow-Judge-v0.1:512:structured-response_format" in served
+    # The genericizer's rules do not read the prompt: a prompt change leaves them be.
+    assert role_version("genericizer", Settings()) == "genericizer:rules-1"
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tmp_path_factory):
+    """A random two-layer Llama with the real Llama-3 tokenizer: what it writes is noise, so
+    any structure in its output comes from the grammar."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny")
+    tokenizer = AutoTokenizer.from_pretrained(load_training_tokenizer().source)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return TransformersEngine(
+        EngineConfig(engine="transformers", model=str(folder), home=str(folder), device="cpu")
+    )
+
+
+def answers(engine, prompts, max_new_tokens, output_format):
+    chunks = engine.generate([Request(prompt=p) for p in prompts], max_new_tokens, output_format)
+    found = dict(pair for chunk in chunks for pair in chunk)
+    return [found[i] for i in range(len(prompts))]
+
+
+def test_xgrammar_holds_a_random_model_to_a_regex_and_a_json_schema(tiny_engine):
+    prompts = ["Rate this answer:", "A longer prompt, so the batch is left-padded, then rate:"]
+    free = answers(tiny_engine, prompts, 8, None)
+    assert not any(re.fullmatch(r"<score>[1-5]</score>", g.text) for g in free)
+
+    scored = answers(tiny_engine, prompts, 16, OutputFormat(regex=r"<score>[1-5]</score>"))
+    assert all(re.fullmatch(r"<score>[1-5]</score>", g.text) for g in scored), scored
+    schema = {
+        "type": "object",
+        "properties": {"score": {"type": "integer", "minimum": 1, "maximum": 5}},
+        "required": ["score"],
+        "additionalProperties": False,
+    }
+    for generation in answers(tiny_engine, prompts, 24, OutputFormat(json_schema=schema)):
+        assert 1 <= json.loads(generation.text)["score"] <= 5
+        assert generation.prompt_tokens > 3 and 0 < generation.completion_tokens <= 24
+
+
+def test_the_role_formats_compile_for_a_real_tokenizer(tiny_engine):
+    for role in (genericizer.ROLE, instantiator.ROLE, judge.ROLE):
+        assert tiny_engine._grammar(role.output_format) is not None
+    # The released instantiator does not say its keys: it decodes freely.
+    assert instantiator.ROLE.format_for(instantiator.RELEASED_INSTANTIATOR) is None
+    assert judge.ROLE.format_for(judge.FLOW_JUDGE) is not None
+
+
+def test_a_servers_odd_answers_become_rejects_with_reasons_and_neighbours_stay():
+    chat = SimpleNamespace(
+        choices=[SimpleNamespace(message=SimpleNamespace(content='{"template": "How'))]
+    )
+    empty = SimpleNamespace(choices=[SimpleNamespace(message=SimpleNamespace(content=None))])
+    good = json.dumps(
+        {
+            "template": "What did <fi>a person</fi> invent?",
+            "compatible_document_description": "A biography of an inventor.",
+        }
+    )
+    outputs = [
+        _answer_text(chat),
+        _answer_text(empty),
+        _answer_text("<html>502 Bad Gateway</html>"),
+        good,
+    ]
+    queries = [
+        {"query_id": str(i), "query": f"What did Tesla invent {i}?", "source": "s", "line": i}
+        for i in range(4)
+    ]
+    kept, rejects = collect_templates(queries, outputs, "openai", "m")
+    assert [row["query_id"] for row in kept] == ["3"]
+    assert [r["reason"] for r in rejects] == ["invalid_json", "no_json", "no_json"]
+    assert "502 Bad Gateway" in rejects[2]["detail"]

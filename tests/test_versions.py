@@ -1,0 +1,120 @@
+"""Code versions follow the method: a new judge rubric (its prompt version) or a new minimum
+judge score makes judged_pairs and what it feeds stale, and nothing upstream, both for
+`fi materialize`'s plan and for declarative automation."""
+
+import dataclasses
+import json
+
+import dagster as dg
+import pytest
+from typer.testing import CliRunner
+
+from fi_assets.cli import app
+from fi_assets.definitions import build_definitions
+from fi_method import judge
+from fi_method.samples import wikipedia_articles
+from fi_resources.instance import open_instance
+from fi_resources.settings import get_settings
+
+runner = CliRunner()
+PACKING = [
+    f"doc_shard x recipe=wiki|{recipe}: packed_corpus"
+    for recipe in ("standard", "fineinstructions", "non_instructional")
+]
+
+
+@pytest.fixture
+def materialized(fi_home, tmp_path):
+    """One query shard and one document shard, materialized up to packed_corpus."""
+    queries = tmp_path / "chat.jsonl"
+    queries.write_text(
+        "".join(
+            json.dumps({"query": q}) + "\n"
+            for q in (
+                "What did Nikola Tesla invent in 1891?",
+                "How does photosynthesis work in C4 plants like maize?",
+                "Why did the Roman Empire fall in the 5th century?",
+            )
+        )
+    )
+    docs = tmp_path / "wiki.jsonl"
+    docs.write_text("".join(json.dumps(a) + "\n" for a in wikipedia_articles(limit=2)))
+    assert runner.invoke(app, ["ingest", "queries", str(queries)]).exit_code == 0
+    assert runner.invoke(app, ["ingest", "documents", str(docs)]).exit_code == 0
+    result = runner.invoke(app, ["materialize", "packed_corpus"])
+    assert result.exit_code == 0, result.output
+    return fi_home
+
+
+def planned_steps() -> list[str]:
+    result = runner.invoke(app, ["materialize", "packed_corpus"])
+    assert result.exit_code == 0, result.output
+    return [line.split("] ")[1] for line in result.output.splitlines() if line.startswith("[")]
+
+
+def new_rubric(monkeypatch) -> None:
+    monkeypatch.setattr(judge, "ROLE", dataclasses.replace(judge.ROLE, prompt_version="2"))
+
+
+def test_a_new_rubric_or_minimum_score_reruns_judging_and_downstream_only(
+    materialized, monkeypatch
+):
+    new_rubric(monkeypatch)
+    assert planned_steps() == ["doc_shards=wiki: judged_pairs", *PACKING]
+    assert planned_steps() == []
+
+    monkeypatch.setenv("FI_MIN_JUDGE_SCORE", "1")
+    get_settings.cache_clear()
+    assert planned_steps() == ["doc_shards=wiki: judged_pairs", *PACKING]
+
+
+def requested(result) -> set[str]:
+    return {
+        f"{r.key.to_user_string()}[{partition}]"
+        for r in result.results
+        for partition in result.get_requested_partitions(r.key)
+    }
+
+
+def test_automation_reruns_judging_on_a_new_rubric_and_then_what_changed(materialized, monkeypatch):
+    monkeypatch.setenv("FI_AUTOMATION", "true")
+    get_settings.cache_clear()
+    instance = open_instance(materialized)
+    result = dg.evaluate_automation_conditions(
+        defs=build_definitions(get_settings()), instance=instance
+    )
+    assert requested(result) == set()
+
+    new_rubric(monkeypatch)
+    defs = build_definitions(get_settings())
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+    assert requested(result) == {"judged_pairs[wiki]"}
+    # As the daemon would: run the request. The rules judge's scores did not change, so nothing
+    # downstream has new input.
+    run_judging(defs, instance)
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+    assert requested(result) == set()
+
+    # A lower minimum keeps more pairs: judging re-runs, then packing, as its input changed.
+    monkeypatch.setenv("FI_MIN_JUDGE_SCORE", "1")
+    get_settings.cache_clear()
+    defs = build_definitions(get_settings())
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+    assert requested(result) == {"judged_pairs[wiki]"}
+    run_judging(defs, instance)
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+    assert requested(result) == {
+        f"packed_corpus[wiki|{recipe}]"
+        for recipe in ("standard", "fineinstructions", "non_instructional")
+    }
+
+
+def run_judging(defs, instance) -> None:
+    run = dg.materialize(
+        list(defs.assets),
+        selection=["judged_pairs"],
+        partition_key="wiki",
+        instance=instance,
+        resources=defs.resources,
+    )
+    assert run.success
