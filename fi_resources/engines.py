@@ -378,11 +378,11 @@ class OpenAIEngine(Engine):
 
         self.urls = parse_base_urls(config.openai_base_url)
         # Local servers take any key; the client insists on one.
-        api_key = os.environ.get(config.openai_api_key_env) or "EMPTY"
+        self._api_key = os.environ.get(config.openai_api_key_env) or "EMPTY"
         self.clients = [
             OpenAI(
                 base_url=url,
-                api_key=api_key,
+                api_key=self._api_key,
                 timeout=config.openai_timeout_s,
                 max_retries=config.openai_max_retries,
             )
@@ -429,7 +429,7 @@ class OpenAIEngine(Engine):
                     temperature=0.0,
                 )
         except openai.APIStatusError as error:
-            raise ServerError(_status_advice(url, self.model, error)) from None
+            raise ServerError(_status_advice(url, self.model, error, self._api_key)) from None
         except openai.APITimeoutError:
             raise ServerError(
                 f"{url} did not answer within {self.config.openai_timeout_s:g} s, "
@@ -498,7 +498,7 @@ def _answer_text(response) -> str:
     return text or ""
 
 
-def _status_advice(url: str, model: str, error) -> str:
+def _status_advice(url: str, model: str, error, api_key: str) -> str:
     status = error.status_code
     hint = {
         401: "the server wants an API key: set FI_OPENAI_API_KEY (never written anywhere)",
@@ -507,9 +507,11 @@ def _status_advice(url: str, model: str, error) -> str:
         429: "rate limited even after the retries: lower FI_OPENAI_MAX_CONCURRENCY or set "
         "FI_OPENAI_REQUESTS_PER_MINUTE",
     }.get(status, "see the server's log")
-    # The body says what the server objects to; it never holds the key.
-    detail = str(getattr(error, "message", "") or "")[:300]
-    return f"{url} answered HTTP {status}: {detail} ({hint})"
+    # The body says what the server objects to; on an authentication error it may quote part of
+    # the key, so it is left out there, and the key is cut out of any other.
+    detail = "" if status in (401, 403) else str(getattr(error, "message", "") or "")[:300]
+    detail = detail.replace(api_key, "***") if api_key != "EMPTY" else detail
+    return f"{url} answered HTTP {status}{': ' + detail if detail else ''} ({hint})"
 
 
 _CLASSES: dict[str, type[Engine]] = {

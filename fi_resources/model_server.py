@@ -2,15 +2,17 @@
 (by default SmolLM2-135M-Instruct, shipped offline). It is what the openai engine talks to in the
 tests and the benchmarks, and a quick way to try the engine without a GPU:
 
-    python -m fi_resources.model_server --port 8000
+    python -m fi_resources.model_server --port 8000 &
     FI_GENERICIZER_ENGINE=openai FI_OPENAI_BASE_URL=http://127.0.0.1:8000/v1 \\
-        FI_GENERICIZER_MODEL=$(python -m fi_resources.model_server --print-model) fi demo
+        FI_GENERICIZER_MODEL=$(python -m fi_resources.model_server --print-model) \\
+        fi materialize instruction_templates
 
 For real work, serve with vLLM or SGLang (README, "Model servers")."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -63,7 +65,9 @@ def start(model: str, home: Path, port: int, log: Path | None = None) -> subproc
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=SMOLLM2)
-    parser.add_argument("--home", default="fi_home", type=Path)
+    parser.add_argument(
+        "--home", default=os.environ.get("FI_HOME", "fi_home"), type=Path, help="FI_HOME"
+    )
     parser.add_argument("--port", default=8000, type=int)
     parser.add_argument("--print-model", action="store_true", help="print the model name, exit")
     args = parser.parse_args()

@@ -216,7 +216,7 @@ def role_resource(resource: type[RoleModel], settings: Settings, **extra) -> Rol
         "structured": settings.structured_outputs,
         "model_calls_url": settings.model_calls_url,
         "vllm_gpu_memory_share": settings.vllm_gpu_memory_share,
-        "openai_base_url": settings.openai_base_url,
+        "openai_base_url": settings.base_url_for(resource.ROLE_NAME),
         "openai_max_concurrency": settings.openai_max_concurrency,
         "openai_timeout_s": settings.openai_timeout_s,
         "openai_requests_per_minute": settings.openai_requests_per_minute,
@@ -226,7 +226,6 @@ def role_resource(resource: type[RoleModel], settings: Settings, **extra) -> Rol
     if model_setting is not None:
         fields["model"] = getattr(settings, model_setting)
     if resource is BenchmarkJudge and settings.eval_judge_base_url:
-        fields["openai_base_url"] = settings.eval_judge_base_url
         fields["openai_api_key_env"] = "FI_EVAL_JUDGE_API_KEY"
     both_vllm = settings.eval_engine == settings.eval_judge_engine == "vllm"
     if both_vllm and resource in (Candidate, BenchmarkJudge):

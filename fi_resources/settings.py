@@ -222,12 +222,18 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_openai_urls(self) -> Settings:
         """A malformed or missing URL is an error before any work starts."""
-        engines = {getattr(self, engine) for engine, _ in ROLE_SETTINGS.values()}
-        if "openai" in engines:
-            parse_base_urls(self.openai_base_url)
+        for role, (engine, _) in ROLE_SETTINGS.items():
+            if getattr(self, engine) == "openai":
+                parse_base_urls(self.base_url_for(role))
         if self.eval_judge_base_url:
             parse_base_urls(self.eval_judge_base_url)
         return self
+
+    def base_url_for(self, role: str) -> str:
+        """The URL(s) a role on the openai engine sends its requests to."""
+        if role == "benchmark_judge" and self.eval_judge_base_url:
+            return self.eval_judge_base_url
+        return self.openai_base_url
 
     def batch_size_for(self, engine: str) -> int:
         """Prompts per batch: per vLLM generate call, or per transformers batch."""

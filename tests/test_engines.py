@@ -22,7 +22,14 @@ from fi_resources.engines import (
     _answer_text,
     parse_base_urls,
 )
-from fi_resources.roles import declared_roles, role_version
+from fi_resources.roles import (
+    BenchmarkJudge,
+    Candidate,
+    Judge,
+    declared_roles,
+    role_resource,
+    role_version,
+)
 from fi_resources.settings import Settings
 
 
@@ -174,3 +181,28 @@ def test_a_servers_odd_answers_become_rejects_with_reasons_and_neighbours_stay()
     assert [row["query_id"] for row in kept] == ["3"]
     assert [r["reason"] for r in rejects] == ["invalid_json", "no_json", "no_json"]
     assert "502 Bad Gateway" in rejects[2]["detail"]
+
+
+def test_a_hosted_benchmark_judge_has_its_own_url_and_key(monkeypatch, tmp_path):
+    monkeypatch.setenv("FI_HOME", str(tmp_path))
+    monkeypatch.setenv("FI_EVAL_JUDGE_ENGINE", "openai")
+    monkeypatch.setenv("FI_EVAL_JUDGE_MODEL", "gpt-5-mini")
+    monkeypatch.setenv("FI_EVAL_JUDGE_BASE_URL", "https://api.openai.com/v1")
+    settings = Settings()  # no FI_OPENAI_BASE_URL needed: no other role is on openai
+    judge_resource = role_resource(BenchmarkJudge, settings)
+    assert judge_resource.openai_base_url == "https://api.openai.com/v1"
+    assert judge_resource.openai_api_key_env == "FI_EVAL_JUDGE_API_KEY"
+    assert role_resource(Judge, settings).openai_api_key_env == "FI_OPENAI_API_KEY"
+
+
+def test_a_vllm_candidate_and_judge_share_the_gpu(monkeypatch, tmp_path):
+    monkeypatch.setenv("FI_HOME", str(tmp_path))
+    monkeypatch.setenv("FI_EVAL_ENGINE", "vllm")
+    monkeypatch.setenv("FI_EVAL_JUDGE_ENGINE", "vllm")
+    settings = Settings()
+    shares = [
+        role_resource(BenchmarkJudge, settings).vllm_gpu_memory_share,
+        role_resource(Candidate, settings, model="ckpt").vllm_gpu_memory_share,
+    ]
+    assert shares == [0.45, 0.45]
+    assert role_resource(Judge, settings).vllm_gpu_memory_share == 0.9

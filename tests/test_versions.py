@@ -56,18 +56,6 @@ def new_rubric(monkeypatch) -> None:
     monkeypatch.setattr(judge, "ROLE", dataclasses.replace(judge.ROLE, prompt_version="2"))
 
 
-def test_a_new_rubric_or_minimum_score_reruns_judging_and_downstream_only(
-    materialized, monkeypatch
-):
-    new_rubric(monkeypatch)
-    assert planned_steps() == ["doc_shards=wiki: judged_pairs", *PACKING]
-    assert planned_steps() == []
-
-    monkeypatch.setenv("FI_MIN_JUDGE_SCORE", "1")
-    get_settings.cache_clear()
-    assert planned_steps() == ["doc_shards=wiki: judged_pairs", *PACKING]
-
-
 def requested(result) -> set[str]:
     return {
         f"{r.key.to_user_string()}[{partition}]"
@@ -76,7 +64,10 @@ def requested(result) -> set[str]:
     }
 
 
-def test_automation_reruns_judging_on_a_new_rubric_and_then_what_changed(materialized, monkeypatch):
+def test_a_new_rubric_or_minimum_score_makes_judging_and_downstream_stale_only(
+    materialized, monkeypatch
+):
+    """For automation (what the daemon would request) and for `fi materialize`'s plan."""
     monkeypatch.setenv("FI_AUTOMATION", "true")
     get_settings.cache_clear()
     instance = open_instance(materialized)
@@ -89,9 +80,10 @@ def test_automation_reruns_judging_on_a_new_rubric_and_then_what_changed(materia
     defs = build_definitions(get_settings())
     result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
     assert requested(result) == {"judged_pairs[wiki]"}
-    # As the daemon would: run the request. The rules judge's scores did not change, so nothing
-    # downstream has new input.
-    run_judging(defs, instance)
+    # fi materialize plans the same, with what reads judged_pairs, and runs it. The rules
+    # judge's scores did not change, so automation finds nothing new downstream.
+    assert planned_steps() == ["doc_shards=wiki: judged_pairs", *PACKING]
+    assert planned_steps() == []
     result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
     assert requested(result) == set()
 
@@ -107,6 +99,7 @@ def test_automation_reruns_judging_on_a_new_rubric_and_then_what_changed(materia
         f"packed_corpus[wiki|{recipe}]"
         for recipe in ("standard", "fineinstructions", "non_instructional")
     }
+    assert planned_steps() == [*PACKING]
 
 
 def run_judging(defs, instance) -> None:
