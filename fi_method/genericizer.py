@@ -101,17 +101,37 @@ def parse_output(text: str) -> GenericizedQuery:
 # ---------------------------------------------------------------------------------------------
 # The role
 
-# A template holds at least one balanced, unnested <fi> slot; the description is a sentence.
-TEMPLATE_PATTERN = rf"^[^<>]*({FI_OPEN}[^<>]+{FI_CLOSE}[^<>]*)+$"
-OUTPUT_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "template": {"type": "string", "pattern": TEMPLATE_PATTERN},
-        "compatible_document_description": {"type": "string", "minLength": 10},
-    },
-    "required": list(_OUTPUT_FIELDS),
-    "additionalProperties": False,
-}
+# Bounds of the output structure: slots per template (the paper's "complex" starts at 10), the
+# characters of a slot description, and of a document description.
+MAX_TEMPLATE_SLOTS = 10
+MAX_SLOT_CHARS = 80
+MAX_DESCRIPTION_CHARS = 400
+
+
+def template_pattern(query: str) -> str:
+    """A template of `query`: at least one balanced, unnested <fi> slot, and between slots no
+    more text than the query holds (a template is the query with spans replaced), so a model
+    cannot run on inside the template until its output budget is spent."""
+    text = rf"[^<>]{{0,{len(query)}}}"
+    slot = rf"{FI_OPEN}[^<>]{{1,{MAX_SLOT_CHARS}}}{FI_CLOSE}"
+    return rf"^{text}({slot}{text}){{1,{MAX_TEMPLATE_SLOTS}}}$"
+
+
+def output_schema(query: str) -> dict:
+    """The JSON schema of the genericizer's output for `query`."""
+    return {
+        "type": "object",
+        "properties": {
+            "template": {"type": "string", "pattern": template_pattern(query)},
+            "compatible_document_description": {
+                "type": "string",
+                "minLength": 10,
+                "maxLength": MAX_DESCRIPTION_CHARS,
+            },
+        },
+        "required": list(_OUTPUT_FIELDS),
+        "additionalProperties": False,
+    }
 
 
 def _request(item: dict, model: str) -> Request:
@@ -132,6 +152,6 @@ ROLE = Role(
     max_new_tokens=256,
     request=_request,
     parse=parse_output,
-    output_format=OutputFormat(json_schema=OUTPUT_SCHEMA),
+    output_format=lambda item: OutputFormat(json_schema=output_schema(item["query"])),
     rules=Rules(version="rules-1", key=lambda item: item["query"], answer=_rules_answer),
 )

@@ -223,7 +223,7 @@ ROLE = Role(
     max_new_tokens=1024,
     request=_request,
     parse=parse_output,
-    output_format=OutputFormat(json_schema=OUTPUT_SCHEMA),
+    output_format=lambda _item: OutputFormat(json_schema=OUTPUT_SCHEMA),
     # The released instantiator's card does not spell out its JSON keys (the parser reads either
     # spelling): it decodes freely.
     unconstrained_models=(RELEASED_INSTANTIATOR,),

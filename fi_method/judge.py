@@ -214,7 +214,7 @@ ROLE = Role(
     max_new_tokens=512,
     request=_request,
     parse=parse_output,
-    output_format=OutputFormat(regex=OUTPUT_REGEX),
+    output_format=lambda _item: OutputFormat(regex=OUTPUT_REGEX),
     rules=Rules(
         version=RULES_VERSION,
         # A document is named by its id, a hash of its text.

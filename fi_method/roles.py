@@ -19,19 +19,6 @@ Messages = list[dict[str, str]]
 
 
 @dataclass(frozen=True)
-class Request:
-    """What a model is asked for one input: chat `messages`, or a raw text `prompt` (a
-    pre-trained model without a chat template continues it)."""
-
-    messages: Messages | None = None
-    prompt: str | None = None
-
-    def key(self) -> object:
-        """The part of the request that enters the call cache's key."""
-        return self.messages if self.messages is not None else self.prompt
-
-
-@dataclass(frozen=True)
 class OutputFormat:
     """The structure a role's output must have: a JSON schema, or a regular expression for
     formats that are not JSON (Flow Judge's `<feedback>...<score>N</score>`). Engines that can
@@ -43,6 +30,22 @@ class OutputFormat:
     def describe(self) -> dict:
         """The format as plain data, for the cache key."""
         return {"json_schema": self.json_schema} if self.json_schema else {"regex": self.regex}
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a model is asked for one input: chat `messages`, or a raw text `prompt` (a
+    pre-trained model without a chat template continues it), and the structure its answer must
+    have when decoding is constrained."""
+
+    messages: Messages | None = None
+    prompt: str | None = None
+    output_format: OutputFormat | None = None
+
+    def key(self) -> object:
+        """The part of the request that enters the call cache's key."""
+        asked = self.messages if self.messages is not None else self.prompt
+        return asked if self.output_format is None else [asked, self.output_format.describe()]
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,8 @@ class Rules:
 class Role:
     """One model role. `request` builds what a model is asked from one input and the model's
     name (the released fine-tunes get their bare training prompt, other models instructions);
-    `parse` reads one output; `output_format` is the structure constrained decoding enforces;
+    `parse` reads one output; `output_format` gives, for one input, the structure constrained
+    decoding enforces (it may depend on the input: a template is no longer than its query);
     `settings` name the Settings fields that change what the role's step keeps."""
 
     name: str
@@ -81,18 +85,18 @@ class Role:
     max_new_tokens: int
     request: Callable[[dict, str], Request]
     parse: Callable[[str], Any] | None = None
-    output_format: OutputFormat | None = None
+    output_format: Callable[[dict], OutputFormat] | None = None
     rules: Rules | None = None
     settings: tuple[str, ...] = field(default=())
     # A released fine-tune whose exact output keys are not documented is left unconstrained:
     # forcing other keys on it would move it off what it was trained to write.
     unconstrained_models: tuple[str, ...] = field(default=())
 
-    def format_for(self, model: str) -> OutputFormat | None:
-        """The structure constrained decoding enforces for `model`, if any."""
+    def constrained(self, model: str) -> bool:
+        """Whether `model`'s decoding is held to the role's output structure."""
         if any(prompt_style_for(model, name) == "bare" for name in self.unconstrained_models):
-            return None
-        return self.output_format
+            return False
+        return self.output_format is not None
 
     def version(self, engine: str) -> str:
         """What of the role's code decides its outputs on `engine`: the rules' version for the

@@ -20,7 +20,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -89,29 +89,28 @@ class Engine(ABC):
         return role.version(self.name)
 
     def params(self, role: Role) -> dict:
-        """Besides the input and version, what decides an output (part of the cache key)."""
-        params = {"max_new_tokens": self.config.max_new_tokens, "decoding": "greedy"}
-        output_format = self.output_format(role)
-        if output_format is not None:
-            params["structured"] = output_format.describe()
-        return params
+        """Besides the request and version, what decides an output (part of the cache key)."""
+        return {"max_new_tokens": self.config.max_new_tokens, "decoding": "greedy"}
 
-    def output_format(self, role: Role) -> OutputFormat | None:
-        return role.format_for(self.model) if self.config.structured else None
+    def request(self, role: Role, item: dict) -> Request:
+        """What the model is asked for `item`, with the role's output structure when decoding is
+        constrained."""
+        request = role.request(item, self.model)
+        if self.config.structured and role.constrained(self.model):
+            return replace(request, output_format=role.output_format(item))
+        return request
 
     def key(self, role: Role, item: dict) -> object:
         """The part of an input that decides its output."""
-        return role.request(item, self.model).key()
+        return self.request(role, item).key()
 
     def answer(self, role: Role, items: Sequence[dict]) -> Iterator[Chunk]:
         """Chunks of (index in `items`, Generation), as they are answered."""
-        requests = [role.request(item, self.model) for item in items]
-        yield from self.generate(requests, self.config.max_new_tokens, self.output_format(role))
+        requests = [self.request(role, item) for item in items]
+        yield from self.generate(requests, self.config.max_new_tokens)
 
     @abstractmethod
-    def generate(
-        self, requests: Sequence[Request], max_new_tokens: int, output_format: OutputFormat | None
-    ) -> Iterator[Chunk]:
+    def generate(self, requests: Sequence[Request], max_new_tokens: int) -> Iterator[Chunk]:
         """Greedy answers to requests, in chunks as they are answered."""
 
 
@@ -142,7 +141,7 @@ class RulesEngine(Engine):
         outputs = self._rules(role).answer(list(items), self.config.aids)
         yield [(index, Generation(text)) for index, text in enumerate(outputs)]
 
-    def generate(self, requests, max_new_tokens, output_format):
+    def generate(self, requests, max_new_tokens):
         raise ValueError("the rules engine answers roles, not prompts")
 
 
@@ -222,7 +221,7 @@ class TransformersEngine(Engine):
         self.tokenizer.truncation_side = "left"
         return {"truncation": True, "max_length": window - max_new_tokens}
 
-    def generate(self, requests, max_new_tokens, output_format):
+    def generate(self, requests, max_new_tokens):
         import torch
 
         self.load()
@@ -236,12 +235,14 @@ class TransformersEngine(Engine):
                 add_special_tokens=add_special_tokens,
                 **self._truncation(max_new_tokens),
             ).to(self.device)
+            batch = requests[start : start + batch_size]
             extra = {}
-            if output_format is not None:
+            if any(r.output_format is not None for r in batch):
                 from xgrammar.contrib.hf import LogitsProcessor
 
-                # One processor per generate call: it keeps each row's grammar state.
-                extra["logits_processor"] = [LogitsProcessor(self._grammar(output_format))]
+                # One processor per generate call, one grammar per row: it keeps their states.
+                grammars = [self._grammar(r.output_format) for r in batch]
+                extra["logits_processor"] = [LogitsProcessor(grammars)]
             with torch.inference_mode():
                 generated = self.hf_model.generate(
                     **encoded,
@@ -290,20 +291,24 @@ class VLLMEngine(Engine):
             gpu_memory_utilization=self.config.vllm_gpu_memory_share,
         )
 
-    def generate(self, requests, max_new_tokens, output_format):
-        self.load()
+    @staticmethod
+    def _sampling(request: Request, max_new_tokens: int):
         from vllm import SamplingParams
 
         structured = {}
-        if output_format is not None:
+        if request.output_format is not None:
             from vllm.sampling_params import StructuredOutputsParams
 
             structured["structured_outputs"] = StructuredOutputsParams(
-                json=output_format.json_schema, regex=output_format.regex
+                json=request.output_format.json_schema, regex=request.output_format.regex
             )
-        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, **structured)
+        return SamplingParams(temperature=0.0, max_tokens=max_new_tokens, **structured)
+
+    def generate(self, requests, max_new_tokens):
+        self.load()
         for start in range(0, len(requests), self.config.batch_size):
             batch = requests[start : start + self.config.batch_size]
+            params = [self._sampling(r, max_new_tokens) for r in batch]
             if batch[0].messages is not None:
                 results = self.llm.chat([r.messages for r in batch], params, use_tqdm=True)
             else:
@@ -390,6 +395,12 @@ class OpenAIEngine(Engine):
         ]
         self.pacer = RequestPacer(config.openai_requests_per_minute)
 
+    def params(self, role: Role) -> dict:
+        params = super().params(role)
+        if self.config.structured and role.constrained(self.model):
+            params["structured_via"] = self.config.openai_structured
+        return params
+
     def _structured(self, output_format: OutputFormat | None) -> dict:
         """The request fields that constrain the answer on this kind of server."""
         mode = self.config.openai_structured
@@ -406,9 +417,10 @@ class OpenAIEngine(Engine):
             }
         }
 
-    def _ask(self, index: int, request: Request, max_new_tokens: int, structured: dict):
+    def _ask(self, index: int, request: Request, max_new_tokens: int):
         import openai
 
+        structured = self._structured(request.output_format)
         slot = index % len(self.clients)
         client, url = self.clients[slot], self.urls[slot]
         self.pacer.wait()
@@ -449,8 +461,7 @@ class OpenAIEngine(Engine):
             getattr(usage, "completion_tokens", None),
         )
 
-    def generate(self, requests, max_new_tokens, output_format):
-        structured = self._structured(output_format)
+    def generate(self, requests, max_new_tokens):
         concurrency = self.config.openai_max_concurrency
         pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fi-openai")
         pending = iter(enumerate(requests))
@@ -464,7 +475,7 @@ class OpenAIEngine(Engine):
                     if nxt is None:
                         break
                     index, request = nxt
-                    future = pool.submit(self._ask, index, request, max_new_tokens, structured)
+                    future = pool.submit(self._ask, index, request, max_new_tokens)
                     in_flight[future] = index
                 if not in_flight:
                     break

@@ -252,7 +252,7 @@ def role_version(name: str, settings: Settings) -> str:
         # The candidate's model is a trained checkpoint, versioned by its own asset.
         model = getattr(settings, model_setting) if model_setting else "checkpoint"
         tokens = settings.max_new_tokens or role.max_new_tokens
-        structured = settings.structured_outputs and role.format_for(model) is not None
+        structured = settings.structured_outputs and role.constrained(model)
         decoding = "structured" if structured else "free"
         if structured and engine == "openai":
             decoding += f"-{settings.openai_structured}"

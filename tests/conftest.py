@@ -121,9 +121,10 @@ class ModelServer:
             self.process.wait(timeout=30)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def model_server(smollm2_home, tmp_path_factory):
-    """SmolLM2 behind a real OpenAI-compatible server for the session."""
+    """SmolLM2 behind a real OpenAI-compatible server for the tests of one module (an idle
+    server still takes CPU from the tests after it)."""
     server = ModelServer(smollm2_home, tmp_path_factory.mktemp("server") / "serve.log")
     server.start()
     yield server

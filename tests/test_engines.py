@@ -125,7 +125,8 @@ def tiny_engine(tmp_path_factory):
 
 
 def answers(engine, prompts, max_new_tokens, output_format):
-    chunks = engine.generate([Request(prompt=p) for p in prompts], max_new_tokens, output_format)
+    requests = [Request(prompt=p, output_format=output_format) for p in prompts]
+    chunks = engine.generate(requests, max_new_tokens)
     found = dict(pair for chunk in chunks for pair in chunk)
     return [found[i] for i in range(len(prompts))]
 
@@ -149,11 +150,23 @@ def test_xgrammar_holds_a_random_model_to_a_regex_and_a_json_schema(tiny_engine)
 
 
 def test_the_role_formats_compile_for_a_real_tokenizer(tiny_engine):
+    item = {"query": "What did Nikola Tesla invent in 1891?"}
     for role in (genericizer.ROLE, instantiator.ROLE, judge.ROLE):
-        assert tiny_engine._grammar(role.output_format) is not None
+        assert tiny_engine._grammar(role.output_format(item)) is not None
     # The released instantiator does not say its keys: it decodes freely.
-    assert instantiator.ROLE.format_for(instantiator.RELEASED_INSTANTIATOR) is None
-    assert judge.ROLE.format_for(judge.FLOW_JUDGE) is not None
+    assert not instantiator.ROLE.constrained(instantiator.RELEASED_INSTANTIATOR)
+    assert judge.ROLE.constrained(judge.FLOW_JUDGE)
+
+
+def test_a_template_is_held_to_its_query_and_still_gets_a_slot(tiny_engine):
+    """A random model never ends a template by itself: the query's length bounds the text
+    between slots, so the grammar makes it write a slot and close the JSON."""
+    query = "Who painted the Sistine Chapel?"
+    output = answers(
+        tiny_engine, ["Template:"], 160, genericizer.ROLE.output_format({"query": query})
+    )
+    found = genericizer.parse_output(output[0].text)
+    assert "<fi>" in found.template and "</fi>" in found.template
 
 
 def test_a_servers_odd_answers_become_rejects_with_reasons_and_neighbours_stay():
