@@ -101,31 +101,32 @@ def parse_output(text: str) -> GenericizedQuery:
 # ---------------------------------------------------------------------------------------------
 # The role
 
-# Bounds of the output structure: slots per template (the paper's "complex" starts at 10), the
-# characters of a slot description, and of a document description.
-MAX_TEMPLATE_SLOTS = 10
-MAX_SLOT_CHARS = 80
+# Room a template has beyond its query: each slot's description may be longer than the span it
+# replaces. The bound is rounded up to a power of two so that few grammars are compiled.
+TEMPLATE_ROOM_CHARS = 200
+MIN_DESCRIPTION_CHARS = 10
 MAX_DESCRIPTION_CHARS = 400
 
 
-def template_pattern(query: str) -> str:
-    """A template of `query`: at least one balanced, unnested <fi> slot, and between slots no
-    more text than the query holds (a template is the query with spans replaced), so a model
-    cannot run on inside the template until its output budget is spent."""
-    text = rf"[^<>]{{0,{len(query)}}}"
-    slot = rf"{FI_OPEN}[^<>]{{1,{MAX_SLOT_CHARS}}}{FI_CLOSE}"
-    return rf"^{text}({slot}{text}){{1,{MAX_TEMPLATE_SLOTS}}}$"
+def max_template_chars(query: str) -> int:
+    """The longest template `query` can have: the query with spans replaced by descriptions."""
+    return 1 << (len(query) + TEMPLATE_ROOM_CHARS - 1).bit_length()
 
 
 def output_schema(query: str) -> dict:
-    """The JSON schema of the genericizer's output for `query`."""
+    """The JSON schema of the genericizer's output for `query`. The lengths are bounded, so a
+    model that runs on inside a string is made to close it and the JSON within its budget.
+    Slots are not forced by a pattern: a grammar that cannot end a template without a slot keeps
+    a model that will not write one inside the string until its budget is spent (measured with
+    SmolLM2), and xgrammar ignores maxLength beside a pattern. Validation rejects a template
+    without slots (`no_tags`)."""
     return {
         "type": "object",
         "properties": {
-            "template": {"type": "string", "pattern": template_pattern(query)},
+            "template": {"type": "string", "minLength": 1, "maxLength": max_template_chars(query)},
             "compatible_document_description": {
                 "type": "string",
-                "minLength": 10,
+                "minLength": MIN_DESCRIPTION_CHARS,
                 "maxLength": MAX_DESCRIPTION_CHARS,
             },
         },
