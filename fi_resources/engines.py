@@ -89,8 +89,12 @@ class Engine(ABC):
         return role.version(self.name)
 
     def params(self, role: Role) -> dict:
-        """Besides the request and version, what decides an output (part of the cache key)."""
-        return {"max_new_tokens": self.config.max_new_tokens, "decoding": "greedy"}
+        """Besides the request and version, what decides an output (part of the cache key, and
+        shown in `model_calls`; each request's own structure is in its key)."""
+        params = {"max_new_tokens": self.config.max_new_tokens, "decoding": "greedy"}
+        if self.config.structured and role.constrained(self.model):
+            params["structured"] = self.name
+        return params
 
     def request(self, role: Role, item: dict) -> Request:
         """What the model is asked for `item`, with the role's output structure when decoding is
@@ -397,8 +401,8 @@ class OpenAIEngine(Engine):
 
     def params(self, role: Role) -> dict:
         params = super().params(role)
-        if self.config.structured and role.constrained(self.model):
-            params["structured_via"] = self.config.openai_structured
+        if "structured" in params:
+            params["structured"] = f"openai:{self.config.openai_structured}"
         return params
 
     def _structured(self, output_format: OutputFormat | None) -> dict:
