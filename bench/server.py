@@ -31,21 +31,26 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def on_server(model: str, url: str, cache_home: str, args, concurrency: int, **extra):
+    """The genericizer role on the openai engine, its call cache under `cache_home`."""
+    return Genericizer(
+        engine="openai",
+        model=model,
+        home=cache_home,
+        max_new_tokens=args.max_new_tokens,
+        openai_base_url=url,
+        openai_max_concurrency=concurrency,
+        **extra,
+    )
+
+
 def kill_and_resume(args, items, port: int, first_server, concurrency: int) -> str:
     """Kill the local server once `args.kill_after` answers are cached, restart it, rerun: the
     calls made before the kill, by the failed step, and by the rerun."""
     model = model_server.served_model(SMOLLM2, args.home)
     url = f"http://127.0.0.1:{port}/v1"
     with tempfile.TemporaryDirectory() as cache_home:
-        genericizer = Genericizer(
-            engine="openai",
-            model=model,
-            home=cache_home,
-            max_new_tokens=args.max_new_tokens,
-            openai_base_url=url,
-            openai_max_concurrency=concurrency,
-            openai_max_retries=1,
-        )
+        genericizer = on_server(model, url, cache_home, args, concurrency, openai_max_retries=1)
         cache = open_model_call_cache(cache_home)
 
         def killer():
@@ -105,15 +110,7 @@ def main() -> None:
     try:
         for concurrency in args.concurrency:
             with tempfile.TemporaryDirectory() as cache_home:
-                genericizer = Genericizer(
-                    engine="openai",
-                    model=model,
-                    home=cache_home,
-                    max_new_tokens=args.max_new_tokens,
-                    openai_base_url=url,
-                    openai_max_concurrency=concurrency,
-                )
-                calls = genericizer.call(items)
+                calls = on_server(model, url, cache_home, args, concurrency).call(items)
             rows.append(
                 [
                     concurrency,

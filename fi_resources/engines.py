@@ -88,30 +88,52 @@ class Engine(ABC):
         """The role's code that decides outputs on this engine (part of the cache key)."""
         return role.version(self.name)
 
+    @abstractmethod
     def params(self, role: Role) -> dict:
-        """Besides the request and version, what decides an output (part of the cache key, and
-        shown in `model_calls`; each request's own structure is in its key)."""
+        """Besides the input and version, what decides an output (part of the cache key, and
+        shown in `model_calls`)."""
+
+    @abstractmethod
+    def prepare(self, role: Role, items: Sequence[dict]) -> list:
+        """What this engine works from for each of the role's inputs, built once per call."""
+
+    @abstractmethod
+    def key(self, role: Role, prepared) -> object:
+        """The part of one prepared input that decides its output."""
+
+    @abstractmethod
+    def answer(self, role: Role, prepared: Sequence) -> Iterator[Chunk]:
+        """Chunks of (index in `prepared`, Generation), as they are answered."""
+
+
+class ModelEngine(Engine):
+    """An engine that asks a model: the role's inputs become Requests, with the role's output
+    structure when decoding is constrained."""
+
+    def _constrained(self, role: Role) -> bool:
+        return self.config.structured and role.constrained(self.model)
+
+    def params(self, role: Role) -> dict:
         params = {"max_new_tokens": self.config.max_new_tokens, "decoding": "greedy"}
-        if self.config.structured and role.constrained(self.model):
+        if self._constrained(role):
             params["structured"] = self.name
         return params
 
-    def request(self, role: Role, item: dict) -> Request:
-        """What the model is asked for `item`, with the role's output structure when decoding is
-        constrained."""
-        request = role.request(item, self.model)
-        if self.config.structured and role.constrained(self.model):
-            return replace(request, output_format=role.output_format(item))
-        return request
+    def prepare(self, role: Role, items: Sequence[dict]) -> list[Request]:
+        constrained = self._constrained(role)
+        return [
+            replace(role.request(item, self.model), output_format=role.output_format(item))
+            if constrained
+            else role.request(item, self.model)
+            for item in items
+        ]
 
-    def key(self, role: Role, item: dict) -> object:
-        """The part of an input that decides its output."""
-        return self.request(role, item).key()
+    def key(self, role: Role, prepared: Request) -> object:
+        # A request's own structure is in its key.
+        return prepared.key()
 
-    def answer(self, role: Role, items: Sequence[dict]) -> Iterator[Chunk]:
-        """Chunks of (index in `items`, Generation), as they are answered."""
-        requests = [self.request(role, item) for item in items]
-        yield from self.generate(requests, self.config.max_new_tokens)
+    def answer(self, role: Role, prepared: Sequence[Request]) -> Iterator[Chunk]:
+        yield from self.generate(prepared, self.config.max_new_tokens)
 
     @abstractmethod
     def generate(self, requests: Sequence[Request], max_new_tokens: int) -> Iterator[Chunk]:
@@ -138,18 +160,19 @@ class RulesEngine(Engine):
     def params(self, role: Role) -> dict:
         return self._rules(role).params(self.config.aids)
 
-    def key(self, role: Role, item: dict) -> object:
-        return self._rules(role).key(item)
+    def prepare(self, role: Role, items: Sequence[dict]) -> list[dict]:
+        self._rules(role)
+        return list(items)
 
-    def answer(self, role: Role, items: Sequence[dict]) -> Iterator[Chunk]:
-        outputs = self._rules(role).answer(list(items), self.config.aids)
+    def key(self, role: Role, prepared: dict) -> object:
+        return self._rules(role).key(prepared)
+
+    def answer(self, role: Role, prepared: Sequence[dict]) -> Iterator[Chunk]:
+        outputs = self._rules(role).answer(list(prepared), self.config.aids)
         yield [(index, Generation(text)) for index, text in enumerate(outputs)]
 
-    def generate(self, requests, max_new_tokens):
-        raise ValueError("the rules engine answers roles, not prompts")
 
-
-class TransformersEngine(Engine):
+class TransformersEngine(ModelEngine):
     """Greedy, batched generation with Hugging Face transformers on CPU or GPU."""
 
     name = "transformers"
@@ -273,7 +296,7 @@ class TransformersEngine(Engine):
             ]
 
 
-class VLLMEngine(Engine):
+class VLLMEngine(ModelEngine):
     """Greedy generation with vLLM (GPU). Needs the `vllm` extra: pip install -e '.[vllm]'."""
 
     name = "vllm"
@@ -371,7 +394,7 @@ class ServerError(RuntimeError):
     """A request the server never answered, after every retry."""
 
 
-class OpenAIEngine(Engine):
+class OpenAIEngine(ModelEngine):
     """Any OpenAI-compatible endpoint through the `openai` client: requests spread round-robin
     over the URLs of FI_OPENAI_BASE_URL, at most FI_OPENAI_MAX_CONCURRENCY in flight. The client
     retries 408, 409, 429, 5xx, connection errors and timeouts with exponential backoff and

@@ -147,11 +147,12 @@ class RoleModel(ConfigurableResource):
             engine.version(role),
             {**engine.params(role), **(params or {})},
         )
-        keys = [spec.key(engine.key(role, item)) for item in items]
+        prepared = engine.prepare(role, items)
+        keys = [spec.key(engine.key(role, one)) for one in prepared]
         return self.cache.call(
             spec,
             keys,
-            items,
+            prepared,
             lambda batch: engine.answer(role, batch),
             config.batch_size,
             progress,
