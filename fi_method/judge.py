@@ -5,19 +5,22 @@ and length/repetition on the same scale and writes the same format."""
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
+
+from wordfreq import zipf_frequency
 
 from fi_method.excerpts import MIN_EXCERPT_RATIO, excerpt_ratio
 from fi_method.llm_output import OutputParseError
 from fi_method.roles import OutputFormat, Request, Role, Rules, RulesAids
 from fi_method.rules_genericizer import REQUEST_VERBS, STOPWORDS
-from fi_method.text import words
+from fi_method.text import sentence_spans, words
 
 FLOW_JUDGE = "flowaicom/Flow-Judge-v0.1"
 # Part of every cache key: change it whenever the prompt changes.
 PROMPT_VERSION = "1"
-RULES_VERSION = "rules-1"
+RULES_VERSION = "rules-2"
 MIN_JUDGE_SCORE = 4
 
 CRITERIA = (
@@ -119,74 +122,464 @@ def format_output(judgement: Judgement) -> str:
 # ---------------------------------------------------------------------------------------------
 # The rules judge
 
-# Thresholds of the rules judge, each named after the rubric level it separates.
-OFF_TOPIC_COVERAGE = 0.15  # below: the answer shares almost no content word with the query (1)
-TOUCHES_TOPIC_COVERAGE = 0.3  # below: it touches the topic without addressing the query (2)
-ADDRESSED_COVERAGE = 0.5  # below: it addresses the query in part (3); at or above: 3 to 5
-MIN_ANSWER_WORDS = 20  # below: too thin to address a query
-MAX_ANSWER_WORDS = 400  # above: extraneous content
-MAX_REPEATED_TRIGRAMS = 0.2  # above this share of repeated word trigrams: repetitive
+# The rules judge's thresholds were set on the tuning half of fi_method.judge_calibration's
+# labelled set (real pairs against swapped answers, truncated answers, repeated sentences and
+# instructions whose specific values the answer does not mention); bench/judge.py reports them on
+# the held-out half.
+#
+# Words weigh by how rare they are in English: 1 at this Zipf frequency and above ("the", "time"),
+# one more per tenfold rarer, so "sarcoidosis" (about 1.9) weighs 5 and a word wordfreq never saw
+# 7, as much as a name, a number or a quoted term (each names one particular thing).
+COMMON_ZIPF = 6.0
+MAX_WORD_WEIGHT = 7.0
+# A lower-case word of the query is specific below this Zipf frequency (about once in 30,000 words
+# of English): commoner words ("water", "plan") say little about which answer fits.
+SPECIFIC_ZIPF = 4.5
+# Weighted coverage of the query below which the answer is off-topic (1), touches the topic
+# without addressing it (2), or addresses it in part (3).
+OFF_TOPIC_COVERAGE = 0.2
+TOUCHES_TOPIC_COVERAGE = 0.35
+ADDRESSED_COVERAGE = 0.55
+# Above this share of the specifics' weight carried by missing names, numbers and quoted terms,
+# the answer is about something else than what the query names (2); above MAX_MISSING_SPECIFIC
+# carried by any missing specifics, it leaves out part of the query (3). Neither is zero: a long
+# query quotes more specifics (an example, a pasted text) than a good answer repeats, and a good
+# answer may say "anxiety" where the query said "anxious".
+MAX_MISSING_NAMED = 0.2
+MAX_MISSING_SPECIFIC = 0.4
+# An answer that ends without final punctuation is cut off when its last line is prose of at
+# least MIN_PROSE_WORDS words (shorter ones are titles, names, signatures, hashtags), or a list
+# item of at least MIN_PROSE_LIST_ITEM_WORDS (shorter ones are often fragments), or when at
+# least MIN_LINES_FOR_STYLE of its other lines of MIN_LINE_WORDS words or more mostly
+# (PUNCTUATED_LINES) end with punctuation: a list whose items are sentences does not end on a
+# fragment.
+MIN_PROSE_WORDS = 6
+MIN_PROSE_LIST_ITEM_WORDS = 12
+MIN_LINE_WORDS = 3
+MIN_LINES_FOR_STYLE = 2
+PUNCTUATED_LINES = 0.5
+# Points off for an answer cut off mid-sentence: it does not finish what it says, so at best it
+# touches the query (2), and a pair that teaches a model to stop mid-sentence must not be kept.
+TRUNCATED_POINTS = 3
+# Above this share of repeated word trigrams, or of sentences said before: repetitive, two points
+# off (the rubric's 3). Code, proofs and lists repeat some trigrams ("x is a"); a third is far
+# past what they do.
+MAX_REPEATED_SHARE = 0.3
+REPETITIVE_POINTS = 2
+MIN_ANSWER_WORDS = 20  # below: too thin to address a query fully (a point off)
+MAX_ANSWER_WORDS = 400  # above: extraneous content (a point off)
 
 _NOT_CONTENT = STOPWORDS | REQUEST_VERBS
+_DIGIT = re.compile(r"\d")
+# Words as written, capitals kept: a capital inside a sentence marks a name.
+_TOKEN = re.compile(r"\w+(?:['’]\w+)*")
+_SENTENCE_OPENING = re.compile(r"(?:^|[.!?:;\n\"“(\[*#>-]|\d[.)])\s*$")
+_FINAL_PUNCTUATION = re.compile(r"[.!?:;)\]\"'”’`*|>}…]$|[^\w\s,;(\[{-]$")
+# A quoted or emphasised term gives a name ("its Latin name is *Ursus arctos*").
+_QUOTE_OPENING = re.compile(r"[\"“‘*]\w")
+_QUOTED = re.compile(r"[\"“]([^\"“”\n]{2,60})[\"”]")
+_LIST_ITEM = re.compile(r"^\s*(?:[-*•+>#|]|\d+[.)]|[A-Za-z][.)]\s)")
+# What a question asks for, read from how it opens, and what in an answer gives it.
+_ASKS = (
+    (
+        "a name",
+        re.compile(
+            r"\b(?:what(?:'s| is| are| was| were)? (?:the |their |its |his |her )?"
+            r"(?:\w+ )?names?|what (?:is|are|was|were) \w+(?: \w+)? called)\b",
+            re.IGNORECASE,
+        ),
+    ),
+    (
+        "a person",
+        re.compile(
+            r"(?:^|[.?!]\s+|\b(?:and|tell me|know) )who (?!(?:is|was|are|were)"
+            r" (?-i:[A-Z]))(?!(?:am|is|are) (?:you|i|we)\b)",
+            re.IGNORECASE,
+        ),
+    ),
+    (
+        "a time",
+        re.compile(
+            r"(?:^|[.?!]\s+|\b(?:and|tell me|know) )(?:when (?:is|was|were|did|"
+            r"does|do|will|are)|what (?:year|date|day|month|century|time))\b",
+            re.IGNORECASE,
+        ),
+    ),
+    (
+        "a number",
+        re.compile(
+            r"\bhow (?:many|much|long|far|old|tall|big|high)\b|\bwhat "
+            r"(?:percentage|proportion|share|number|amount)\b",
+            re.IGNORECASE,
+        ),
+    ),
+)
+# Object pronouns and particles are stopwords that can end a sentence ("... to help them").
+_CAN_END_SENTENCE = frozenset(
+    {"it", "them", "me", "you", "us", "him", "her", "too", "so", "on", "out", "up", "in"}
+)
+# Words that date or time an answer, and words that count: what "when" and "how many" ask for.
+_TIME_WORDS = frozenset(
+    [
+        "january",
+        "february",
+        "march",
+        "april",
+        "may",
+        "june",
+        "july",
+        "august",
+        "september",
+        "october",
+        "november",
+        "december",
+        "monday",
+        "tuesday",
+        "wednesday",
+        "thursday",
+        "friday",
+        "saturday",
+        "sunday",
+        "spring",
+        "summer",
+        "autumn",
+        "fall",
+        "winter",
+        "century",
+        "centuries",
+        "decade",
+        "decades",
+        "year",
+        "years",
+        "month",
+        "months",
+        "week",
+        "weeks",
+        "day",
+        "days",
+        "hour",
+        "hours",
+        "minute",
+        "minutes",
+        "ago",
+        "era",
+        "age",
+        "morning",
+        "evening",
+        "night",
+        "noon",
+        "midnight",
+        "today",
+        "yesterday",
+        "tomorrow",
+        "bc",
+        "bce",
+        "ad",
+        "ce",
+    ]
+)
+_NUMBER_WORDS = frozenset(
+    [
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+        "thirteen",
+        "fourteen",
+        "fifteen",
+        "sixteen",
+        "seventeen",
+        "eighteen",
+        "nineteen",
+        "twenty",
+        "thirty",
+        "forty",
+        "fifty",
+        "sixty",
+        "seventy",
+        "eighty",
+        "ninety",
+        "hundred",
+        "hundreds",
+        "thousand",
+        "thousands",
+        "million",
+        "millions",
+        "billion",
+        "billions",
+        "trillion",
+        "dozen",
+        "dozens",
+        "half",
+        "quarter",
+        "third",
+        "twice",
+        "double",
+        "triple",
+        "several",
+        "few",
+        "no",
+        "none",
+    ]
+)
 
 
-def _content_words(text: str) -> set[str]:
-    return {w for w in words(text) if len(w) > 2 and w not in _NOT_CONTENT and not w.isdigit()}
+@dataclass(frozen=True)
+class _Term:
+    text: str  # as written
+    # What matches across inflections: a number whole, a word's first five letters; a name of
+    # several words ("Grass Valley") or a quoted phrase has one key per word.
+    keys: tuple[str, ...]
+    weight: float
+    named: bool  # a number, a capitalised name inside a sentence or a quoted term
+    specific: bool  # named, or rare
+
+    def found_in(self, keys: set[str]) -> bool:
+        """Whether an answer with these keys mentions the term: more than half of its words."""
+        return 2 * sum(key in keys for key in self.keys) > len(self.keys)
+
+
+def _key(word: str) -> str:
+    return word if _DIGIT.search(word) else word[:5]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _zipf(word: str) -> float:
+    # wordfreq tokenises every lookup; queries repeat their words across many pairs.
+    return zipf_frequency(word, "en")
+
+
+def _weight(word: str) -> float:
+    return min(MAX_WORD_WEIGHT, 1.0 + max(0.0, COMMON_ZIPF - _zipf(word)))
+
+
+def _inside_sentence(text: str, start: int) -> bool:
+    # Only the few characters before a word tell whether it opens a sentence or a list item.
+    return not _SENTENCE_OPENING.search(text[max(0, start - 8) : start])
+
+
+def _query_terms(instruction: str) -> list[_Term]:
+    """The instruction's content words (stopwords, request verbs and short lower-case words
+    aside), each once, weighed by rarity. Its specifics are what it names, each weighing as much
+    as the rarest word: numbers, names (runs of capitalised words inside a sentence) and quoted
+    terms, which count as one term however many words they have; and its rare words."""
+    quoted = [m.span(1) for m in _QUOTED.finditer(instruction)]
+    terms: dict[tuple[str, ...], _Term] = {}
+    run: list[tuple[str, str]] = []  # the name or quoted term being read: (text, key) per word
+    run_end, run_quote = -1, None
+
+    def close_run() -> None:
+        if run:
+            text = " ".join(t for t, _ in run)
+            keys = tuple(dict.fromkeys(k for _, k in run))
+            terms.setdefault(keys, _Term(text, keys, MAX_WORD_WEIGHT, True, True))
+            run.clear()
+
+    for match in _TOKEN.finditer(instruction):
+        text, lower = match.group(), match.group().lower()
+        if lower in _NOT_CONTENT or (len(lower) < 3 and not text.isupper() and not lower.isdigit()):
+            continue
+        quote = next((span for span in quoted if span[0] <= match.start() < span[1]), None)
+        number = bool(_DIGIT.search(lower))
+        name = text[0].isupper() and _inside_sentence(instruction, match.start())
+        if (quote or name) and not number:
+            joined = instruction[run_end : match.start()].strip() == "" or (
+                quote is not None and quote == run_quote
+            )
+            if not (run and joined):
+                close_run()
+            run.append((text, _key(lower)))
+            run_end, run_quote = match.end(), quote
+            continue
+        close_run()
+        key = (_key(lower),)
+        if number:
+            terms.setdefault(key, _Term(text, key, MAX_WORD_WEIGHT, True, True))
+            continue
+        term = _Term(text, key, _weight(lower), False, _zipf(lower) < SPECIFIC_ZIPF)
+        if key not in terms or term.weight > terms[key].weight:
+            terms[key] = term
+    close_run()
+    return list(terms.values())
+
+
+def _answer_keys(answer: str) -> set[str]:
+    return {_key(w) for w in words(answer)}
 
 
 def coverage(instruction: str, answer: str) -> float:
-    """Share of the instruction's content words (stopwords, request verbs, digits and short
-    words aside) that
-    the answer uses, matched on their first five letters so that inflections count."""
-    wanted = {w[:5] for w in _content_words(instruction)}
-    if not wanted:
+    """Share of the instruction's content (stopwords, request verbs and short lower-case words
+    aside) that the answer mentions, each term weighed by how rare it is in English (wordfreq), so
+    that the words that say what the query is about count more than common ones; names, numbers
+    and quoted terms weigh most. Words match on their first five letters, so that inflections
+    count; numbers match whole."""
+    return _coverage(_query_terms(instruction), _answer_keys(answer))
+
+
+def _coverage(terms: list[_Term], present: set[str]) -> float:
+    if not terms:
         return 1.0
-    present = {w[:5] for w in _content_words(answer)}
-    return len(wanted & present) / len(wanted)
+    return sum(t.weight for t in terms if t.found_in(present)) / sum(t.weight for t in terms)
+
+
+def missing_specifics(instruction: str, answer: str) -> tuple[list[_Term], float, float]:
+    """The instruction's specific terms (names, numbers, quoted terms, rare words) that the answer
+    does not mention, the share of the specifics' weight they carry, and the share that the
+    missing names, numbers and quoted terms alone carry (both 0 when there are no specifics)."""
+    return _missing_specifics(_query_terms(instruction), _answer_keys(answer))
+
+
+def _missing_specifics(terms: list[_Term], present: set[str]) -> tuple[list[_Term], float, float]:
+    specifics = [t for t in terms if t.specific]
+    if not specifics:
+        return [], 0.0, 0.0
+    missing = [t for t in specifics if not t.found_in(present)]
+    total = sum(t.weight for t in specifics)
+    return (
+        missing,
+        sum(t.weight for t in missing) / total,
+        sum(t.weight for t in missing if t.named) / total,
+    )
+
+
+def _names(text: str) -> set[str]:
+    """The lower-cased words of the names in a text: capitalised words inside a sentence, and at a
+    sentence's start those that a capitalised word follows ("Gustave Eiffel built ...")."""
+    tokens = list(_TOKEN.finditer(text))
+    found = set()
+    for i, match in enumerate(tokens):
+        if not match.group()[0].isupper():
+            continue
+        follows = i + 1 < len(tokens) and tokens[i + 1].group()[0].isupper()
+        if _inside_sentence(text, match.start()) or (
+            follows and match.group().lower() not in _NOT_CONTENT
+        ):
+            found.add(match.group().lower())
+    return found
+
+
+def unanswered_asks(instruction: str, answer: str) -> list[str]:
+    """What the instruction's questions ask for (a person, a name, a time, a number) that the
+    answer does not give: no name beyond the instruction's own, no date or time word, no number."""
+    tokens = words(answer)
+    new_names = _names(answer) - {w.lower() for w in _TOKEN.findall(instruction)}
+    gives = {
+        "a name": bool(new_names) or bool(_QUOTE_OPENING.search(answer)),
+        "a person": bool(new_names),
+        "a time": any(t in _TIME_WORDS or t.isdigit() for t in tokens),
+        "a number": any(t in _NUMBER_WORDS or _DIGIT.search(t) for t in tokens),
+    }
+    return [what for what, pattern in _ASKS if pattern.search(instruction) and not gives[what]]
+
+
+def truncated(answer: str) -> bool:
+    """Whether the answer stops mid-sentence: it ends without final punctuation, and on a word
+    that cannot end a sentence (an article, a preposition, a conjunction), or on a line of prose
+    (not a list item, title or signature), or on a line unlike the rest of its lines, which end
+    with punctuation."""
+    lines = [line.strip() for line in answer.strip().splitlines() if line.strip()]
+    if not lines or _FINAL_PUNCTUATION.search(lines[-1]):
+        return False
+    last = words(lines[-1])
+    if last and last[-1] in STOPWORDS and last[-1] not in _CAN_END_SENTENCE:
+        return True
+    # A list item without a full stop is common ("- Time: 5 pm"); a long one is prose.
+    prose_words = MIN_PROSE_LIST_ITEM_WORDS if _LIST_ITEM.match(lines[-1]) else MIN_PROSE_WORDS
+    if len(last) >= prose_words:
+        return True
+    if len(last) < MIN_LINE_WORDS:  # a name under a letter, a heading, a list's last item
+        return False
+    earlier = [line for line in lines[:-1] if len(line.split()) >= MIN_LINE_WORDS]
+    punctuated = sum(bool(_FINAL_PUNCTUATION.search(line)) for line in earlier)
+    return len(earlier) >= MIN_LINES_FOR_STYLE and punctuated > PUNCTUATED_LINES * len(earlier)
 
 
 def repetition(answer: str) -> float:
-    """Share of the answer's word trigrams that repeat an earlier one."""
+    """How much of the answer says again what it said before: the larger of the share of its word
+    trigrams that repeat an earlier one and the share of its sentences (of four words or more)
+    that repeat an earlier one."""
     tokens = words(answer)
     trigrams = [tuple(tokens[i : i + 3]) for i in range(len(tokens) - 2)]
-    return 1 - len(set(trigrams)) / len(trigrams) if trigrams else 0.0
+    repeated_trigrams = 1 - len(set(trigrams)) / len(trigrams) if trigrams else 0.0
+    sentences = [" ".join(words(answer[a:b])) for a, b in sentence_spans(answer)]
+    sentences = [s for s in sentences if s.count(" ") >= 3]
+    repeated_sentences = 1 - len(set(sentences)) / len(sentences) if sentences else 0.0
+    return max(repeated_trigrams, repeated_sentences)
 
 
 def rules_judge(instruction: str, answer: str, document: str) -> Judgement:
-    """Score a pair on the rubric's scale from three measurable properties. Coverage of the
-    instruction sets the level: off-topic 1, touching the topic 2, partly addressed 3. An answer
-    that addresses the query (covers at least half its content words) starts at 3 and gains a
-    point for being grounded in the document (excerpt ratio) and one for a length without
-    extraneous or repeated content, reaching 5."""
-    covered = coverage(instruction, answer)
-    notes = [f"it covers {covered:.0%} of the query's content words"]
+    """Score a pair on the rubric's scale from what can be measured in it, with feedback that
+    names each finding. An answer that shares (weighted by rarity) almost nothing with the query is
+    off-topic: 1. Otherwise what it says sets a level: 2 when it leaves out a name, number or
+    quoted term of the query, does not give what the query's question asks for (a person, a name,
+    a time, a number) or covers little of the query (it touches the topic without addressing it);
+    3 when it leaves out the query's rare words or covers only part of it; else 5. How it says it
+    takes points off that level: three for an answer cut off mid-sentence, two for a repetitive
+    one (so that each is a partial answer at best, and with a content fault falls lower still),
+    one for an answer not grounded in the document, one for one too thin or too long."""
+    terms, present = _query_terms(instruction), _answer_keys(answer)
+    covered = _coverage(terms, present)
+    coverage_note = f"it covers {covered:.0%} of the query's content (rare words weigh more)"
     if covered < OFF_TOPIC_COVERAGE:
-        return Judgement(1, f"The answer is off-topic: {notes[0]}.")
-    if covered < TOUCHES_TOPIC_COVERAGE:
-        return Judgement(
-            2, f"The answer touches the topic but does not address the query: {notes[0]}."
-        )
+        return Judgement(1, f"The answer is off-topic: {coverage_note}.")
+    level, faults = 5, []
+    missing, missing_share, missing_named = _missing_specifics(terms, present)
+    if missing_named > MAX_MISSING_NAMED or missing_share > MAX_MISSING_SPECIFIC:
+        level = 2 if missing_named > MAX_MISSING_NAMED else 3
+        faults.append(f"it never mentions {_listing([t.text for t in missing])}")
+    unanswered = unanswered_asks(instruction, answer)
+    if unanswered:
+        level = 2
+        faults.append(f"it does not give what the query asks for ({', '.join(unanswered)})")
     if covered < ADDRESSED_COVERAGE:
-        return Judgement(3, f"The answer addresses the query only in part: {notes[0]}.")
-    score = 3
-    grounded = excerpt_ratio(answer, document)
-    if grounded >= MIN_EXCERPT_RATIO:
-        score += 1
-        notes.append(f"{grounded:.0%} of it is taken from the document")
-    else:
-        notes.append(f"only {grounded:.0%} of it is taken from the document")
-    n_words = len(answer.split())
+        level = min(level, 2 if covered < TOUCHES_TOPIC_COVERAGE else 3)
+    score = level
+    if truncated(answer):
+        score -= TRUNCATED_POINTS
+        faults.append(f'it stops mid-sentence ("...{" ".join(answer.split()[-5:])}")')
     repeated = repetition(answer)
+    if repeated > MAX_REPEATED_SHARE:
+        score -= REPETITIVE_POINTS
+        faults.append(f"{repeated:.0%} of it repeats what it already said")
+    grounded = excerpt_ratio(answer, document)
+    if grounded < MIN_EXCERPT_RATIO:
+        score -= 1
+        faults.append(f"only {grounded:.0%} of it is taken from the document")
+    n_words = len(answer.split())
     if n_words < MIN_ANSWER_WORDS:
-        notes.append(f"at {n_words} words it is too thin")
+        score -= 1
+        faults.append(f"at {n_words} words it is too thin")
     elif n_words > MAX_ANSWER_WORDS:
-        notes.append(f"at {n_words} words it carries extraneous content")
-    elif repeated > MAX_REPEATED_TRIGRAMS:
-        notes.append(f"{repeated:.0%} of its word trigrams repeat, which is repetitive")
-    else:
-        score += 1
-        notes.append(f"its length ({n_words} words) suits the query and it does not repeat itself")
-    return Judgement(score, "The answer addresses the query: " + "; ".join(notes) + ".")
+        score -= 1
+        faults.append(f"at {n_words} words it carries extraneous content")
+    # Faults of form lower an answer that touches the topic no further than 2: 1 is off-topic.
+    score = max(2, score)
+    verdict = {
+        5: "The answer addresses the query without extraneous, vague or repetitive content",
+        4: "The answer addresses the query, with a minor fault",
+        3: "The answer addresses the query only in part",
+        2: "The answer touches the topic but does not address what the query asks",
+    }[score]
+    if not faults:
+        faults.append(
+            f"{grounded:.0%} of it is taken from the document, it does not repeat "
+            f"itself and its length ({n_words} words) suits the query"
+        )
+    return Judgement(score, f"{verdict}: {coverage_note}; " + "; ".join(faults) + ".")
+
+
+def _listing(items: list[str]) -> str:
+    shown = [f'"{item}"' for item in items[:4]]
+    return ", ".join(shown) + (f" and {len(items) - 4} more" if len(items) > 4 else "")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,18 +1,36 @@
 """Stage D, the judge: Flow Judge's prompt, the parser on noisy judge outputs, the `rules` judge's
-spread over good, weak and off-topic pairs, and the collection of judgements into rows, rejects
+spread over good, weak and off-topic pairs and the pipeline's nonsense pairs, its figures on the
+held-out half of the labelled calibration set, and the collection of judgements into rows, rejects
 and the funnel."""
 
 import pytest
 
 from fi_method.judge import (
+    MIN_JUDGE_SCORE,
     RUBRIC,
     Judgement,
     build_messages,
     coverage,
     format_output,
+    missing_specifics,
     parse_output,
     repetition,
     rules_judge,
+    truncated,
+    unanswered_asks,
+)
+from fi_method.judge_calibration import (
+    ENTITY_SWAP,
+    KINDS,
+    NEGATIVE_KINDS,
+    POSITIVE,
+    REPEATED,
+    SWAPPED,
+    TRUNCATED,
+    calibration_set,
+    kept_shares,
+    roc_auc,
+    split,
 )
 from fi_method.llm_output import OutputParseError
 from fi_method.pairs import FUNNEL_STAGES, collect_judgements, funnel
@@ -153,7 +171,7 @@ def test_an_answer_that_only_touches_the_topic_scores_two():
 
 
 def test_rules_judgements_parse_back_through_the_judge_parser():
-    for answer in [GOOD, OFF_TOPIC, *WEAK.values()]:
+    for answer in [GOOD, OFF_TOPIC, *WEAK.values(), *(a for _, a, _ in PIPELINE_NONSENSE)]:
         judgement = rules_judge(INSTRUCTION, answer, DOCUMENT)
         assert parse_output(format_output(judgement)) == judgement
 
@@ -165,15 +183,26 @@ def test_rules_judgements_parse_back_through_the_judge_parser():
         # Content words match on their first five letters: inflections count.
         ("How are bridges constructed?", "A bridge is built by construction crews.", 1.0),
         ("Who built the Eiffel Tower?", "Sourdough needs flour and water.", 0.0),
-        ("Who built the Eiffel Tower?", "The Eiffel family lived in Dijon.", 1 / 3),
-        # Nothing but stopwords, request verbs, digits and short words: nothing to cover.
-        ("Explain what it is in 2024.", "Anything at all.", 1.0),
+        # A name of several words is one term, found when most of its words are: "Eiffel" alone
+        # is not "Eiffel Tower", and a name weighs as much as the rarest word.
+        ("Who built the Eiffel Tower?", "Eiffel himself built a house in Dijon.", 0.22),
+        # Numbers are terms, matched whole.
+        ("Why did it rain in 2024?", "It rained in 2023.", 0.0),
+        # Nothing but stopwords, request verbs and short words: nothing to cover.
+        ("Explain what it is to me.", "Anything at all.", 1.0),
     ],
 )
-def test_coverage_is_the_share_of_query_content_words_the_answer_uses(
+def test_coverage_is_the_weighted_share_of_the_query_the_answer_mentions(
     instruction, answer, expected
 ):
-    assert coverage(instruction, answer) == pytest.approx(expected)
+    assert coverage(instruction, answer) == pytest.approx(expected, abs=0.05)
+
+
+def test_a_rare_word_of_the_query_weighs_more_than_a_common_one():
+    instruction = "What treatment helps sarcoidosis?"
+    rare = "Sarcoidosis often clears by itself."
+    common = "Good treatment helps most patients."
+    assert coverage(instruction, rare) > 0.5 > coverage(instruction, common)
 
 
 @pytest.mark.parametrize(
@@ -184,10 +213,162 @@ def test_coverage_is_the_share_of_query_content_words_the_answer_uses(
         ("go go go go go", 2 / 3),
         ("too short", 0.0),
         ("", 0.0),
+        # Whole sentences said again count where fewer of the trigrams repeat (3 of 12).
+        ("The tower is tall. It was built in Paris. It was built in Paris.", 1 / 3),
     ],
 )
-def test_repetition_is_the_share_of_repeated_word_trigrams(answer, expected):
+def test_repetition_is_the_share_of_repeated_trigrams_or_sentences(answer, expected):
     assert repetition(answer) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("answer", "cut"),
+    [
+        ("The bridge was opened in 1894 by the Prince of Wales.", False),
+        ("The bridge was opened in 1894 by the", True),
+        ("The bridge was opened in 1894 and it carried traffic across the", True),
+        # Prose without its full stop.
+        ("The bridge was opened in 1894 and carried traffic", True),
+        # List items, signatures and hashtags end without punctuation.
+        ("Three steps:\n- Mix the flour\n- Add the eggs\n- Bake for an hour", False),
+        ("Thank you for your time.\n\nWarm regards,\nMark", False),
+        ("Big news today! #NewJob #CareerGrowth", False),
+        # A list whose items are sentences does not end on a fragment.
+        ("Tips:\n1. Sleep well every night.\n2. Eat fresh food daily.\n3. Walk every", True),
+        ("print('done')\n```", False),
+    ],
+)
+def test_truncated_finds_an_answer_cut_off_mid_sentence(answer, cut):
+    assert truncated(answer) is cut
+
+
+# Pairs from the pipeline that the first rules judge kept with 5: a template slot filled with a
+# span of the document, and the document's passage as the answer, which does not answer.
+PIPELINE_NONSENSE = [
+    (
+        "who were the cubs playing in Adventure World",
+        (
+            "Canyoning guides in the park lead groups through the gorges below Adventure World, where "
+            "visitors abseil down waterfalls, swim through narrow slot canyons and jump into deep rock "
+            "pools carved by the river."
+        ),
+        "a person",
+    ),
+    (
+        "what is the scientific name for HIV",
+        (
+            "According to scientific surveys, the HIV infection rate among adults aged 15 to 49 in the "
+            "province rose to 12.4 percent in 2019, up from 9.8 percent in 2010, the highest of any "
+            "region."
+        ),
+        "a name",
+    ),
+]
+SENSIBLE = [
+    (
+        "who were the Cubs playing in the 1908 World Series",
+        (
+            "The Chicago Cubs played the Detroit Tigers in the 1908 World Series, winning four games "
+            "to one to take their second consecutive championship, a title they would not win again "
+            "until 2016."
+        ),
+    ),
+    (
+        "what is the scientific name for HIV",
+        (
+            "HIV is the human immunodeficiency virus, a lentivirus of the retrovirus family; its two "
+            "species are named HIV-1 and HIV-2, and untreated infection leads to AIDS over time."
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(("instruction", "answer", "asked"), PIPELINE_NONSENSE)
+def test_pipeline_nonsense_is_not_kept_and_the_feedback_says_what_is_missing(
+    instruction, answer, asked
+):
+    judgement = rules_judge(instruction, answer, document=answer)
+    assert judgement.score < MIN_JUDGE_SCORE
+    assert unanswered_asks(instruction, answer) == [asked]
+    assert f"does not give what the query asks for ({asked})" in judgement.feedback
+
+
+@pytest.mark.parametrize(("instruction", "answer"), SENSIBLE)
+def test_a_sensible_pipeline_pair_is_kept(instruction, answer):
+    assert rules_judge(instruction, answer, document=answer).score >= MIN_JUDGE_SCORE
+
+
+ANSWER = (
+    "Christopher Nolan directed Inception, a 2010 science fiction film about a thief who steals "
+    "secrets by entering the dreams of his targets; it won four Academy Awards."
+)
+
+
+def test_each_negative_kind_scores_below_the_kept_pair():
+    """One realistic example of each kind of the calibration set, the answer as the document."""
+    question = "Who directed the movie Inception?"
+    pairs = {
+        POSITIVE: (question, ANSWER),
+        SWAPPED: (question, OFF_TOPIC),
+        TRUNCATED: (question, "Christopher Nolan directed Inception, a 2010 science fiction film"),
+        REPEATED: (question, " ".join(["Christopher Nolan directed Inception in 2010."] * 4)),
+        ENTITY_SWAP: ("Who directed the movie Jurassic Park?", ANSWER),
+    }
+    scores = {kind: rules_judge(q, a, a).score for kind, (q, a) in pairs.items()}
+    assert scores[POSITIVE] >= MIN_JUDGE_SCORE
+    assert all(scores[kind] < MIN_JUDGE_SCORE for kind in NEGATIVE_KINDS), scores
+
+
+def test_missing_names_weigh_more_than_missing_rare_words():
+    missing, share, named_share = missing_specifics("Who directed Jurassic Park?", ANSWER)
+    assert [term.text for term in missing] == ["Jurassic Park"]
+    assert share == named_share == 1.0
+    missing, share, named_share = missing_specifics("Who directed the sequel to Inception?", ANSWER)
+    assert [term.text for term in missing] == ["sequel"]
+    assert named_share == 0.0 < share < 1.0
+
+
+# --- calibration on labelled real pairs -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    return calibration_set()
+
+
+def test_the_calibration_set_is_seeded_and_holds_every_kind(calibration):
+    assert calibration == calibration_set()
+    counts = {kind: sum(p.kind == kind for p in calibration) for kind in KINDS}
+    assert all(count >= 300 for count in counts.values()), counts
+    assert all(p.document == p.answer for p in calibration)
+    tuning, heldout = split(calibration)
+    assert not {p.item for p in tuning} & {p.item for p in heldout}
+    assert abs(len(tuning) - len(heldout)) < len(calibration) / 10
+
+
+def test_the_rules_judge_separates_real_pairs_from_nonsense_on_the_held_out_half(calibration):
+    """The regression guard: on pairs its thresholds were not set on, the judge ranks real pairs
+    above made-up bad ones (AUC) and keeps few of the bad ones while it keeps most real ones."""
+    _, heldout = split(calibration)
+    scores = [rules_judge(p.instruction, p.answer, p.document).score for p in heldout]
+    assert roc_auc(scores, [p.positive for p in heldout]) >= 0.9
+    kept = kept_shares(heldout, scores, MIN_JUDGE_SCORE)
+    assert kept["negatives"] < 0.1
+    assert kept[POSITIVE] >= 0.7
+    assert all(kept[kind] < 0.2 for kind in NEGATIVE_KINDS), kept
+
+
+@pytest.mark.parametrize(
+    ("scores", "positive", "auc"),
+    [
+        ([1, 2, 3, 4], [False, False, True, True], 1.0),
+        ([4, 3, 2, 1], [False, False, True, True], 0.0),
+        ([3, 3, 3, 3], [False, True, False, True], 0.5),
+        ([1, 3, 3, 5], [False, False, True, True], 0.875),
+    ],
+)
+def test_roc_auc_counts_ties_as_half(scores, positive, auc):
+    assert roc_auc(scores, positive) == pytest.approx(auc)
 
 
 # --- collecting judgements ------------------------------------------------------------------
