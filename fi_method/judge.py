@@ -335,6 +335,8 @@ _NUMBER_WORDS = frozenset(
 
 @dataclass(frozen=True)
 class _Term:
+    """One content term of a query: a word, or a name or quoted term of several words."""
+
     text: str  # as written
     # What matches across inflections: a number whole, a word's first five letters; a name of
     # several words ("Grass Valley") or a quoted phrase has one key per word.
