@@ -7,7 +7,7 @@ from fi_assets.documents import documents
 from fi_assets.evaluation import eval_report, eval_scores
 from fi_assets.ingestion import inbox_sensor, ingested_documents, ingested_queries
 from fi_assets.matching import document_chunks, matched_pairs
-from fi_assets.packing import packed_corpus, recipes_agree_on_tokens
+from fi_assets.packing import packed_corpus
 from fi_assets.queries import raw_queries
 from fi_assets.synthesis import continuations, instantiated_pairs, judged_pairs
 from fi_assets.templates import instruction_templates, template_index
@@ -75,13 +75,18 @@ def build_assets(settings: Settings) -> list:
         documents,
         _with_model_version(instruction_templates, role_version("genericizer", settings)),
         _with_model_version(template_index, embedder),
-        _with_model_version(document_chunks, f"{embedder}:{settings.max_chunk_tokens or 'window'}"),
+        _with_model_version(
+            document_chunks,
+            f"{embedder}:{settings.max_chunk_tokens or 'window'}|k={settings.pooling_k}",
+        ),
         _with_model_version(matched_pairs, f"{embedder}@{threshold}"),
         _with_model_version(instantiated_pairs, role_version("instantiator", settings)),
         _with_model_version(judged_pairs, role_version("judge", settings)),
         _with_model_version(continuations, role_version("continuation", settings)),
         _with_model_version(
-            packed_corpus, f"{settings.training_tokenizer or 'llama3'}@{settings.packing_seed}"
+            packed_corpus,
+            f"{settings.training_tokenizer or 'llama3'}@{settings.packing_seed}"
+            f"|parity={settings.token_parity}",
         ),
     ]
     # Training and evaluation cost GPU hours: never started by automation, only by hand (the UI,
@@ -89,7 +94,7 @@ def build_assets(settings: Settings) -> list:
     expensive = [
         _with_model_version(
             trained_checkpoint_asset(trainer_step_gpus(settings)),
-            f"heldout:{settings.heldout_doc_shard}",
+            f"heldout:{settings.heldout_doc_shard}|tokens:{settings.training_tokens or 'standard'}",
         ),
         _with_model_version(
             eval_scores,
@@ -128,6 +133,7 @@ def build_resources(settings: Settings) -> dict:
             batch_size=settings.embedding_batch_size,
             max_chunk_tokens=settings.max_chunk_tokens,
             similarity_threshold=settings.similarity_threshold,
+            pooling_k=settings.pooling_k,
         ),
         "index": TemplateIndex(uri=str(storage.lancedb_dir), device=settings.device),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
@@ -147,7 +153,6 @@ def build_executor(settings: Settings) -> dg.ExecutorDefinition | None:
 def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=build_assets(settings),
-        asset_checks=[recipes_agree_on_tokens],
         sensors=[inbox_sensor],
         resources=build_resources(settings),
         executor=build_executor(settings),

@@ -3,11 +3,13 @@ model answers every benchmark greedily in its training format; answers are score
 where they can be checked, by the configured LLM judge otherwise, and `heldout_nll` measures the
 answer-token likelihood of pairs from a document shard no recipe trained on."""
 
+import json
 import math
 
 import dagster as dg
 import polars as pl
 
+from fi_assets.packing import training_files
 from fi_assets.partitions import BENCHMARK, RECIPE, by_recipe, recipe_benchmarks
 from fi_assets.placement import on_gpu
 from fi_assets.reporting import (
@@ -20,7 +22,10 @@ from fi_assets.reporting import (
 )
 from fi_method import benchmarks as bench
 from fi_method.eval_report import plot, render_markdown
-from fi_method.packing import load_training_tokenizer, tokenize_sample
+from fi_method.fidelity import Figure, packing_figures, synthesis_figures
+from fi_method.fidelity import render_markdown as render_fidelity
+from fi_method.packing import RECIPES, load_training_tokenizer, tokenize_sample
+from fi_method.pairs import NULL_OUTPUT
 from fi_resources.checkpoints import answer_nll, export_folder, weights_hash
 from fi_resources.embedder import torch_device
 from fi_resources.roles import BenchmarkJudge, Candidate, role_resource
@@ -345,15 +350,62 @@ def eval_report(storage: Storage) -> dg.MaterializeResult:
         raise FileNotFoundError("no eval_scores yet: materialize eval_scores first")
     rows = frame.to_dicts()
     reports = storage.root / "reports"
-    markdown = render_markdown(rows)
+    fidelity = render_fidelity(fidelity_figures(storage))
+    markdown = render_markdown(rows) + "\n\n## Fidelity to the method\n\n" + fidelity
     png = plot(rows, reports / "eval_report.png")
     (reports / "eval_report.md").write_text(markdown + "\n![plot](eval_report.png)\n")
     return dg.MaterializeResult(
         metadata={
             "report": dg.MetadataValue.md(markdown),
+            "fidelity": dg.MetadataValue.md(fidelity),
             "plot": png_markdown(png.read_bytes(), "eval report"),
             "markdown_path": dg.MetadataValue.path(str(reports / "eval_report.md")),
             "png_path": dg.MetadataValue.path(str(png)),
         },
         data_version=dg.DataVersion(frame_version(frame.sort(["recipe", "benchmark", "metric"]))),
     )
+
+
+def fidelity_figures(storage: Storage) -> list[Figure]:
+    """The fidelity report over the training shards: synthesis figures, tokens per recipe and
+    what each recipe's model trained on."""
+    packed = {recipe: list(training_files(storage, recipe).values()) for recipe in RECIPES}
+    shards = sorted(training_files(storage, RECIPES[0]))
+    tokens, samples = {}, {}
+    for recipe, files in packed.items():
+        if files:
+            counts = pl.scan_parquet(files).select(pl.len(), pl.col("n_tokens").sum()).collect()
+            samples[recipe], tokens[recipe] = (int(value) for value in counts.row(0))
+    n_documents = matched = nulls = judged = 0
+    kept_templates, kept_ratios = [], []
+    for shard in shards:
+        n_documents += storage.read_table("documents", shard).height
+        if not storage.table_path("judged_pairs", shard).exists():
+            continue
+        matched += storage.read_table("matched_pairs", shard).height
+        reasons = storage.read_rejects("instantiated_pairs", shard)["reason"]
+        nulls += int((reasons == NULL_OUTPUT).sum())
+        verdicts = storage.read_table("judged_pairs", shard)
+        judged += verdicts.height
+        kept = verdicts.filter(pl.col("kept")).select("pair_id")
+        kept = kept.join(storage.read_table("instantiated_pairs", shard), on="pair_id")
+        kept_templates += kept["template_id"].to_list()
+        kept_ratios += kept["excerpt_ratio"].to_list()
+    trained = [
+        Figure(f"{recipe}: tokens trained on", _trained_tokens(storage, recipe))
+        for recipe in RECIPES
+    ]
+    return [
+        *synthesis_figures(n_documents, matched, nulls, judged, kept_templates, kept_ratios),
+        *packing_figures(tokens, samples, n_documents),
+        *trained,
+    ]
+
+
+def _trained_tokens(storage: Storage, recipe: str) -> int | None:
+    """Tokens the recipe's model saw, from the last line of its training metrics."""
+    history = storage.root / "checkpoints" / recipe / "metrics.jsonl"
+    if not history.exists():
+        return None
+    lines = history.read_text().splitlines()
+    return json.loads(lines[-1]).get("tokens") if lines else None

@@ -6,20 +6,22 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from fi_assets.checks import SIMILARITY_ABOVE_THRESHOLD, check_result
+from fi_assets.checks import DOCUMENTS_MATCHED, check_result
 from fi_assets.partitions import doc_shards, query_shards
 from fi_assets.placement import on_gpu
 from fi_assets.planning import upstream_partitions_tags
 from fi_assets.reporting import distribution_chart, each_partition, markdown_preview, write_stage
 from fi_method.chunking import chunk_document
 from fi_method.matching import match_chunks, target_distribution
-from fi_method.pooling import GAUSSIAN_POOLING_K
-from fi_method.quality import below_minimum
+from fi_method.quality import (
+    MAX_UNMATCHED_DOCUMENT_SHARE,
+    MIN_DOCUMENTS_FOR_A_SHARE,
+    share_outside,
+)
 from fi_resources.embedder import Embedder
 from fi_resources.storage import Storage
 from fi_resources.template_index import TemplateIndex, table_name_for
 
-VECTORS_PER_CHUNK = GAUSSIAN_POOLING_K + 1
 # Nearest templates fetched per query vector before the threshold; enough that sampling by
 # complexity has a choice, few enough that retrieval stays one cheap batched call.
 CANDIDATES_PER_VECTOR = 20
@@ -35,7 +37,8 @@ MATCHED_PAIRS_SCHEMA = {
 
 
 def chunk_vectors(chunks: pl.DataFrame) -> np.ndarray:
-    """All query vectors of `document_chunks` rows, chunk by chunk, each chunk's K+1 in order."""
+    """All query vectors of `document_chunks` rows, chunk by chunk, each chunk's K+1 in order
+    (K as the chunks were pooled with: FI_POOLING_K)."""
     dimension = chunks["vectors"].dtype.shape[-1]
     return np.asarray(chunks["vectors"].to_numpy(), dtype=np.float32).reshape(-1, dimension)
 
@@ -49,8 +52,9 @@ def chunk_vectors(chunks: pl.DataFrame) -> np.ndarray:
     **on_gpu(),
     backfill_policy=dg.BackfillPolicy.single_run(),
     description="Documents split into chunks that fit the embedder (paragraph, then sentence "
-    "boundaries; the embedder's own tokenizer), each embedded with Gaussian pooling into K+1 = 6 "
-    "unit vectors (global mean, then 5 local vectors centred along the chunk).",
+    "boundaries; the embedder's own tokenizer), each embedded with Gaussian pooling into K+1 "
+    "unit vectors (global mean, then K local vectors centred along the chunk; FI_POOLING_K, "
+    "default 5).",
 )
 def document_chunks(
     context: dg.AssetExecutionContext, storage: Storage, embedder: Embedder
@@ -118,14 +122,15 @@ def _histogram(values: list[float], bins: int = 10) -> str:
     ],
     group_name="matching",
     kinds={"lancedb", "polars", "parquet"},
-    code_version="1",
+    code_version="2",
     **on_gpu(),
     backfill_policy=dg.BackfillPolicy.single_run(),
-    check_specs=[SIMILARITY_ABOVE_THRESHOLD],
-    description="Templates matched to each document: every chunk vector queries the LanceDB index "
-    "(one batched call); candidates above the embedder's similarity threshold are sampled, seeded by "
-    "doc_id, with weight target(n_tags) / candidates(n_tags) so the chosen complexity follows the "
-    "real-chat templates; at most one template per vector and 6 per document.",
+    check_specs=[DOCUMENTS_MATCHED],
+    description="Templates matched to each passage (chunk) of a document: every chunk vector "
+    "queries the LanceDB index (one batched call); candidates above the embedder's similarity "
+    "threshold are sampled, seeded by chunk_id, with weight target(n_tags) / candidates(n_tags) so "
+    "the chosen complexity follows the real-chat templates; at most one template per vector, K+1 "
+    "per passage, so a long document gets templates in proportion to its length.",
 )
 def matched_pairs(
     context: dg.AssetExecutionContext, storage: Storage, embedder: Embedder, index: TemplateIndex
@@ -153,13 +158,12 @@ def _match_shard(
     hits = index.search(
         table_name_for(embedder.model), chunk_vectors(chunks), CANDIDATES_PER_VECTOR
     )
-
     pairs, similarities = match_chunks(
         chunks.select("doc_id", "chunk_id", "position").rows(),
         hits,
         threshold,
         target,
-        VECTORS_PER_CHUNK,
+        vectors_per_chunk=chunks["vectors"].dtype.shape[0],
     )
     frame = pl.DataFrame(pairs, schema=MATCHED_PAIRS_SCHEMA).sort(
         "doc_id", "vector_index", "chunk_id"
@@ -207,15 +211,17 @@ def _match_shard(
         upstream_partitions_tags(context.instance, {"template_index": query_shards.name}),
         checks=[
             check_result(
-                SIMILARITY_ABOVE_THRESHOLD,
-                frame.height,
-                below_minimum(
-                    frame.with_columns(
-                        match=pl.concat_str("chunk_id", "template_id", separator=" -> ")
-                    ).to_dicts(),
-                    "match",
-                    "similarity",
-                    threshold,
+                DOCUMENTS_MATCHED,
+                n_documents,
+                share_outside(
+                    "documents without a template above the threshold",
+                    n_documents - frame["doc_id"].n_unique(),
+                    n_documents,
+                    0.0,
+                    MAX_UNMATCHED_DOCUMENT_SHARE,
+                    f"is FI_SIMILARITY_THRESHOLD ({threshold}) right for {embedder.model}? "
+                    "`fi calibrate` proposes one",
+                    MIN_DOCUMENTS_FOR_A_SHARE,
                 ),
             )
         ],

@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from fi_assets.checks import NO_EVAL_LEAK, check_result
+from fi_assets.checks import NO_EVAL_LEAK, TOKEN_PARITY, check_result
 from fi_assets.partitions import (
     DOC_SHARD,
     RECIPE,
@@ -14,7 +14,7 @@ from fi_assets.partitions import (
     doc_shard_recipes,
     storage_partition,
 )
-from fi_assets.reporting import bar_chart, write_stage
+from fi_assets.reporting import write_stage
 from fi_method.decontamination import default_index
 from fi_method.packing import (
     FINEINSTRUCTIONS,
@@ -22,7 +22,7 @@ from fi_method.packing import (
     load_training_tokenizer,
     pack_shard,
 )
-from fi_method.quality import leaked_eval_items
+from fi_method.quality import PAPER_PAIRS_PER_DOCUMENT, leaked_eval_items, token_parity_failures
 from fi_resources.settings import get_settings
 from fi_resources.storage import Storage
 
@@ -79,13 +79,15 @@ def _candidates(storage: Storage, shard: str, recipe: str) -> dict[str, list[dic
     },
     group_name="packing",
     kinds={"polars", "parquet"},
-    code_version="1",
-    check_specs=[NO_EVAL_LEAK],
+    code_version="2",
+    check_specs=[TOKEN_PARITY, NO_EVAL_LEAK],
     description="Stage E: a recipe's samples of one document shard, formatted `Instruction: ...\\n\\n"
     "Answer: ...` and packed token for token: a document's budget is its own token count under "
     "the training tokenizer (FI_TRAINING_TOKENIZER, default Llama-3); samples are drawn at random "
     "(seeded by doc_id) while they fit and the leftover rolls over to the next document. "
-    "`standard` is the documents themselves. Rows carry input_ids and a per-token answer mask.",
+    "`standard` is the documents themselves. Rows carry input_ids and a per-token answer mask. "
+    "The check recipes_agree_on_tokens fails a recipe that packs less than its documents' tokens "
+    "by more than FI_TOKEN_PARITY (2 %).",
 )
 def packed_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.MaterializeResult:
     keys = context.partition_key.keys_by_dimension
@@ -114,62 +116,35 @@ def packed_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
             "tokenizer": tokenizer.name,
             "document_tokens": stats.document_tokens,
             "packed_tokens": stats.packed_tokens,
+            "token_ratio_to_standard": round(stats.token_ratio, 4),
             "residual_tokens": stats.residual_tokens,
             "samples": stats.n_samples,
             "candidates": stats.n_candidates,
             "samples_per_document_mean": round(stats.samples_per_document_mean, 3),
+            "samples_per_document_paper": PAPER_PAIRS_PER_DOCUMENT,
             "samples_per_document": {str(k): v for k, v in stats.samples_per_document.items()},
             "documents_without_samples": stats.documents_without_samples,
+            "samples_cut_to_budget": stats.samples_cut_to_budget,
         },
         checks=[
+            check_result(
+                TOKEN_PARITY,
+                stats.n_documents,
+                # The held-out shard is never trained on: no comparison rests on its tokens.
+                []
+                if shard == settings.heldout_doc_shard
+                else token_parity_failures(
+                    recipe,
+                    shard,
+                    stats.packed_tokens,
+                    stats.document_tokens,
+                    settings.token_parity,
+                ),
+            ),
             check_result(
                 NO_EVAL_LEAK,
                 frame.height,
                 *leaked_eval_items(frame.select("sample_id", "text").to_dicts(), default_index()),
-            )
+            ),
         ],
     )
-
-
-@dg.asset_check(
-    asset=packed_corpus,
-    description="For every document shard, each recipe's packed tokens plus the rollover residual "
-    "its materialization recorded equal the `standard` recipe's tokens (the documents' own): the "
-    "recipes agree token for token up to that residual, and none has more tokens.",
-)
-def recipes_agree_on_tokens(
-    context: dg.AssetCheckExecutionContext, storage: Storage
-) -> dg.AssetCheckResult:
-    packed = storage.read_all("packed_corpus")
-    if packed is None:
-        return dg.AssetCheckResult(passed=True, description="nothing packed yet")
-    totals = packed.group_by("doc_shard", "recipe").agg(pl.col("n_tokens").sum().alias("packed"))
-    standard = dict(totals.filter(recipe="standard").select("doc_shard", "packed").iter_rows())
-    rows, passed = [], True
-    for shard, recipe, tokens in totals.sort("doc_shard", "recipe").iter_rows():
-        residual = _recorded_residual(context.instance, f"{shard}|{recipe}")
-        agrees = shard in standard and tokens + residual == standard[shard]
-        passed &= agrees
-        rows.append(f"| {shard} | {recipe} | {tokens} | {residual} | {standard.get(shard)} |")
-    table = "| doc_shard | recipe | packed | residual | documents |\n|---|---|---|---|---|\n"
-    ordered = totals.sort("doc_shard", "recipe")
-    chart = bar_chart(
-        [f"{shard}\n{recipe}" for shard, recipe in ordered.select("doc_shard", "recipe").rows()],
-        ordered["packed"].to_list(),
-        "packed tokens per shard and recipe",
-    )
-    return dg.AssetCheckResult(
-        passed=passed,
-        metadata={"tokens": dg.MetadataValue.md(table + "\n".join(rows)), "tokens_chart": chart},
-    )
-
-
-def _recorded_residual(instance: dg.DagsterInstance, partition_key: str) -> int:
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=packed_corpus.key, asset_partitions=[partition_key]),
-        limit=1,
-    ).records
-    if not records:
-        return 0
-    value = records[0].asset_materialization.metadata.get("residual_tokens")
-    return int(value.value) if value is not None else 0

@@ -6,9 +6,9 @@ import dagster as dg
 import polars as pl
 
 from fi_assets.checks import (
-    EXCERPT_RATIO_ABOVE_MINIMUM,
-    JUDGE_SCORES_VALID,
-    PAIR_IDS_UNIQUE,
+    INSTANTIATOR_NULL_RATE,
+    JUDGE_PASS_RATE,
+    NO_DOMINANT_TEMPLATE,
     check_result,
 )
 from fi_assets.partitions import doc_shards
@@ -22,9 +22,24 @@ from fi_assets.reporting import (
     write_stage,
 )
 from fi_method import continuations as halving
+from fi_method.fidelity import render_markdown, synthesis_figures
 from fi_method.instantiator import document_window
-from fi_method.pairs import NOT_INSTANTIATED, collect_instantiations, collect_judgements, funnel
-from fi_method.quality import below_minimum, duplicate_ids, judge_score_errors
+from fi_method.pairs import (
+    FUNNEL_STAGES,
+    NOT_INSTANTIATED,
+    NULL_OUTPUT,
+    collect_instantiations,
+    collect_judgements,
+    funnel,
+)
+from fi_method.quality import (
+    JUDGE_PASS_RATE_BAND,
+    MAX_NULL_RATE,
+    PAPER_JUDGE_PASS_RATE,
+    PAPER_NULL_RATE,
+    dominant_templates,
+    share_outside,
+)
 from fi_method.roles import RulesAids
 from fi_method.text import content_hash
 from fi_resources.embedder import Embedder
@@ -77,7 +92,7 @@ def _caller(context: dg.AssetExecutionContext, shard: str) -> tuple[str, str]:
     code_version="1",
     **on_gpu(),
     backfill_policy=dg.BackfillPolicy.single_run(),
-    check_specs=[PAIR_IDS_UNIQUE, EXCERPT_RATIO_ABOVE_MINIMUM],
+    check_specs=[INSTANTIATOR_NULL_RATE],
     description="Stage C: the instantiator role (FI_INSTANTIATOR_ENGINE) fills each matched "
     "template from its document and answers it from the document. <excerpt> markers are expanded "
     "against the document; null outputs, unfilled slots, unresolvable excerpts and answers under "
@@ -122,6 +137,8 @@ def _instantiate_shard(
     requests = [r for r in requests if r["template"] is not None]
     for request in requests:
         request["document"] = document_window(request["document"], request["chunk"])
+        # Where in its passage the template matched: local vector k is centred at k/(K+1).
+        request["anchor"] = request["vector_index"] / (embedder.pooling_k + 1)
     text_of = dict(docs.select("doc_id", "text").iter_rows())
     context.log.info(f"instantiating {len(requests)} matched pairs with {instantiator.label}")
     calls = instantiator.call(
@@ -138,6 +155,7 @@ def _instantiate_shard(
         instantiator.engine,
         instantiator.model_name,
     )
+    nulls = sum(reject["reason"] == NULL_OUTPUT for reject in rejects)
     rejects += [
         {
             "source": r["source"],
@@ -160,6 +178,9 @@ def _instantiate_shard(
             "model": instantiator.model_name,
             "matched": matched.height,
             "instantiated": instantiated,
+            "null_outputs": nulls,
+            "null_rate": round(nulls / len(requests), 4) if requests else 0.0,
+            "null_rate_paper": PAPER_NULL_RATE,
             "grounded": frame.height,
             "min_excerpt_ratio": instantiator.min_excerpt_ratio,
             "mean_excerpt_ratio": round(float(frame["excerpt_ratio"].mean() or 0.0), 4),
@@ -169,14 +190,19 @@ def _instantiate_shard(
             **call_metadata(calls),
         },
         checks=[
-            check_result(PAIR_IDS_UNIQUE, frame.height, duplicate_ids(frame["pair_id"])),
             check_result(
-                EXCERPT_RATIO_ABOVE_MINIMUM,
-                frame.height,
-                below_minimum(
-                    frame.to_dicts(), "pair_id", "excerpt_ratio", instantiator.min_excerpt_ratio
+                INSTANTIATOR_NULL_RATE,
+                len(requests),
+                share_outside(
+                    "matches the instantiator answered null",
+                    nulls,
+                    len(requests),
+                    0.0,
+                    MAX_NULL_RATE,
+                    f"the paper's is ~{PAPER_NULL_RATE:.0%}: do the templates fit the documents, "
+                    "and does the model get its prompt format?",
                 ),
-            ),
+            )
         ],
     )
 
@@ -189,7 +215,7 @@ def _instantiate_shard(
     code_version="1",
     **on_gpu(),
     backfill_policy=dg.BackfillPolicy.single_run(),
-    check_specs=[JUDGE_SCORES_VALID],
+    check_specs=[JUDGE_PASS_RATE, NO_DOMINANT_TEMPLATE],
     description="Stage D: the judge role (FI_JUDGE_ENGINE; Flow Judge's prompt and 5-point rubric) "
     "scores every grounded pair; `kept` = score >= FI_MIN_JUDGE_SCORE (4). The metadata holds the "
     "funnel matched -> instantiated -> grounded -> judged -> kept.",
@@ -218,6 +244,16 @@ def _judge_shard(
     frame = pl.DataFrame(judged, schema=JUDGED_SCHEMA)
     scores = frame.group_by("score").len().sort("score")
     counts = _funnel_counts(storage, shard, pairs.height, frame)
+    kept_pairs = frame.filter(pl.col("kept")).select("pair_id").join(pairs, on="pair_id")
+    kept, kept_templates = kept_pairs.height, kept_pairs["template_id"].to_list()
+    fidelity = synthesis_figures(
+        docs.height,
+        counts["matched"],
+        counts["null"],
+        frame.height,
+        kept_templates,
+        kept_pairs["excerpt_ratio"].to_list(),
+    )
     return write_stage(
         storage,
         "judged_pairs",
@@ -229,26 +265,38 @@ def _judge_shard(
             "engine": judge.engine,
             "model": judge.model_name,
             "min_score": judge.min_score,
-            "kept": int(frame["kept"].sum()),
+            "kept": kept,
             "kept_share": round(float(frame["kept"].mean() or 0.0), 4),
+            "fidelity": dg.MetadataValue.md(render_markdown(fidelity)),
             "score_distribution": {str(k): v for k, v in scores.iter_rows()},
             "score_chart": distribution_chart(frame["score"].to_list(), "judge scores", True),
             "funnel": dg.MetadataValue.md(
                 markdown_preview(
                     pl.DataFrame(funnel(counts)),
                     ["stage", "pairs", "of_matched", "of_previous"],
-                    rows=len(counts),
+                    rows=len(FUNNEL_STAGES),
                 )
             ),
-            **{f"funnel_{stage}": count for stage, count in counts.items()},
+            **{f"funnel_{stage}": counts[stage] for stage in FUNNEL_STAGES},
             **call_metadata(calls),
         },
         checks=[
             check_result(
-                JUDGE_SCORES_VALID,
+                JUDGE_PASS_RATE,
                 frame.height,
-                judge_score_errors(frame.to_dicts(), judge.min_score),
-            )
+                share_outside(
+                    "pairs kept by the judge",
+                    kept,
+                    frame.height,
+                    *JUDGE_PASS_RATE_BAND,
+                    f"the paper keeps ~{PAPER_JUDGE_PASS_RATE:.0%}",
+                ),
+            ),
+            check_result(
+                NO_DOMINANT_TEMPLATE,
+                kept,
+                dominant_templates(kept_templates),
+            ),
         ],
     )
 
@@ -264,6 +312,7 @@ def _funnel_counts(storage: Storage, shard: str, grounded: int, judged: pl.DataF
         "grounded": grounded,
         "judged": judged.height,
         "kept": int(judged["kept"].sum()),
+        "null": never.filter(pl.col("reason") == NULL_OUTPUT).height,
     }
 
 

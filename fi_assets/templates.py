@@ -5,7 +5,6 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from fi_assets.checks import TEMPLATES_VALID, check_result
 from fi_assets.partitions import query_shards
 from fi_assets.placement import on_gpu
 from fi_assets.reporting import (
@@ -18,7 +17,6 @@ from fi_assets.reporting import (
     write_stage,
 )
 from fi_method.instruction_templates import collect_templates
-from fi_method.quality import invalid_templates
 from fi_resources.embedder import Embedder
 from fi_resources.roles import Genericizer
 from fi_resources.storage import Storage
@@ -44,7 +42,6 @@ INDEX_COLUMNS = ["template_id", "query_id", "template", "compatible_document_des
     kinds={"polars", "parquet"},
     code_version="1",
     **on_gpu(),
-    check_specs=[TEMPLATES_VALID],
     description="Instruction templates of one query shard: the genericizer role (engine `rules`, "
     "`transformers` or `vllm`, chosen by FI_GENERICIZER_ENGINE) turns each query into a template "
     "with <fi>slot</fi> tags and a compatible document description. Outputs with unbalanced, "
@@ -84,7 +81,6 @@ def instruction_templates(
             ),
             **call_metadata(calls),
         },
-        checks=[check_result(TEMPLATES_VALID, frame.height, invalid_templates(frame.to_dicts()))],
     )
 
 

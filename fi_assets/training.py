@@ -6,10 +6,12 @@ FI_TRAINER_NODES > 1, as a multi-node torchrun Job on Kubernetes whose rank 0 re
 file on the shared FI_HOME."""
 
 import json
+import math
 import os
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 
 from fi_assets.packing import training_files
 from fi_assets.partitions import by_recipe, recipes
@@ -23,10 +25,11 @@ from fi_resources.storage import Storage
 
 class TrainingConfig(dg.Config):
     """The trainer's main knobs; every other one keeps the trainer's default (python -m
-    training.train --help). The defaults train the `tiny` preset briefly, for a CPU demo."""
+    training.train --help). How long it trains is not one of them: every recipe trains on
+    FI_TRAINING_TOKENS tokens, by default the standard corpus's. The defaults train the `tiny`
+    preset, for a CPU demo."""
 
     preset: str = "tiny"
-    steps: int = 20
     seq_len: int = 256
     batch_size: int = 4
     lr: float = 3e-3
@@ -70,9 +73,13 @@ def trained_checkpoint_asset(step_gpus: int) -> dg.AssetsDefinition:
                 f"no packed_corpus for recipe {recipe} outside the held-out shard: materialize it"
             )
         settings = get_settings()
-        args = _train_args(config, files, storage.root / "checkpoints" / recipe, settings)
+        shards = list(training_files(storage, recipe))
+        tokens = settings.training_tokens or _document_tokens(context.instance, shards, recipe)
+        steps = training_steps(tokens, config, settings)
+        args = _train_args(config, steps, files, storage.root / "checkpoints" / recipe, settings)
         context.log.info(
-            f"training on {len(files)} packed shard(s) of {recipe}, "
+            f"training on {len(files)} packed shard(s) of {recipe} for {steps} steps "
+            f"({tokens:,} tokens{'' if settings.training_tokens else ', the standard corpus'}), "
             f"{settings.trainer_nodes} node(s) x {settings.trainer_gpus_per_node} process(es)"
         )
         if settings.trainer_nodes == 1:
@@ -83,7 +90,10 @@ def trained_checkpoint_asset(step_gpus: int) -> dg.AssetsDefinition:
             ).get_materialize_result()
         else:
             result = _train_on_kubernetes(context, settings, args, storage)
-        metadata = dict(result.metadata or {})
+        metadata = dict(result.metadata or {}) | {
+            "training_tokens": steps * _step_tokens(config, settings),
+            "recipe_tokens": _packed_tokens(files),
+        }
         history_file = Path(metadata["metrics_history"].value)
         history = [json.loads(line) for line in history_file.read_text().splitlines()]
         metadata["loss_curve"] = line_chart(
@@ -94,7 +104,46 @@ def trained_checkpoint_asset(step_gpus: int) -> dg.AssetsDefinition:
     return trained_checkpoint
 
 
-def _train_args(config: TrainingConfig, files: list[Path], out: Path, settings: Settings):
+def _step_tokens(config: TrainingConfig, settings: Settings) -> int:
+    return (
+        config.batch_size * config.seq_len * settings.trainer_nodes * settings.trainer_gpus_per_node
+    )
+
+
+def training_steps(tokens: int, config: TrainingConfig, settings: Settings) -> int:
+    """Optimizer steps that see `tokens` tokens over every training process (at least one)."""
+    return max(1, math.ceil(tokens / _step_tokens(config, settings)))
+
+
+def _packed_tokens(files: list[Path]) -> int:
+    return int(pl.scan_parquet(files).select(pl.col("n_tokens").sum()).collect().item())
+
+
+def _document_tokens(instance: dg.DagsterInstance, shards: list[str], recipe: str) -> int:
+    """The training documents' own token count (what `standard` packs), as packing recorded it
+    for each of the recipe's shards."""
+    total = 0
+    for shard in shards:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=dg.AssetKey("packed_corpus"), asset_partitions=[f"{shard}|{recipe}"]
+            ),
+            limit=1,
+        ).records
+        value = (
+            records[0].asset_materialization.metadata.get("document_tokens") if records else None
+        )
+        if value is None:
+            raise FileNotFoundError(
+                f"packed_corpus {shard}|{recipe} has no document_tokens: materialize it again"
+            )
+        total += int(value.value)
+    return total
+
+
+def _train_args(
+    config: TrainingConfig, steps: int, files: list[Path], out: Path, settings: Settings
+):
     """The trainer's command-line arguments for one recipe."""
     return [
         "--data",
@@ -106,7 +155,7 @@ def _train_args(config: TrainingConfig, files: list[Path], out: Path, settings: 
         "--preset",
         config.preset,
         "--steps",
-        str(config.steps),
+        str(steps),
         "--seq-len",
         str(config.seq_len),
         "--batch-size",
@@ -120,7 +169,7 @@ def _train_args(config: TrainingConfig, files: list[Path], out: Path, settings: 
         "--log-every",
         "5",
         "--checkpoint-every",
-        str(config.steps),
+        str(steps),
         "--answer-only-loss" if config.answer_only_loss else "--no-answer-only-loss",
     ]
 

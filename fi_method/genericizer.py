@@ -154,5 +154,5 @@ ROLE = Role(
     request=_request,
     parse=parse_output,
     output_format=lambda item: OutputFormat(json_schema=output_schema(item["query"])),
-    rules=Rules(version="rules-1", key=lambda item: item["query"], answer=_rules_answer),
+    rules=Rules(version="rules-2", key=lambda item: item["query"], answer=_rules_answer),
 )

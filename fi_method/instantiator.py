@@ -20,7 +20,7 @@ from fi_method.excerpts import (
 from fi_method.llm_output import PromptStyle, first_json_object, string_field
 from fi_method.llm_output import prompt_style_for as style_for
 from fi_method.roles import OutputFormat, Request, Role, Rules, RulesAids
-from fi_method.rules_instantiator import RULES_VERSION, memoized, rules_instantiate
+from fi_method.rules_instantiator import RULES_VERSION, rules_instantiate_all
 from fi_method.templates import FI_CLOSE, FI_OPEN
 
 RELEASED_INSTANTIATOR = "fineinstructions/template_instantiator"
@@ -212,8 +212,10 @@ def _request(item: dict, model: str) -> Request:
 
 
 def _rules_answer(items: list[dict], aids: RulesAids) -> list[str]:
-    embed = memoized(aids.embed)
-    return [rules_instantiate(item["template"], item["chunk"], embed) for item in items]
+    return rules_instantiate_all(
+        [(item["template"], item["chunk"], item["anchor"], item["document"]) for item in items],
+        aids.embed,
+    )
 
 
 ROLE = Role(
@@ -229,8 +231,9 @@ ROLE = Role(
     unconstrained_models=(RELEASED_INSTANTIATOR,),
     rules=Rules(
         version=RULES_VERSION,
-        # The rules fill slots from the matched chunk: the document window does not decide them.
-        key=lambda item: {"template": item["template"], "chunk": item["chunk"]},
+        # The rules answer from where the template matched the chunk, reading on into the
+        # document around it; a document is named by its id, a hash of its text.
+        key=lambda item: {k: item[k] for k in ("template", "chunk", "anchor", "doc_id")},
         answer=_rules_answer,
         params=lambda aids: {"embedder": aids.embedder_model},
     ),

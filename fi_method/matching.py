@@ -1,21 +1,31 @@
 """Template matching, the retrieval rule of FineInstructions stage B: which instruction templates a
 pre-training document is paired with.
 
-Each document is embedded as K + 1 = 6 query vectors: index 0 is the global vector (the whole
-document), 1..K are local ones (chunks of it). For each vector, the candidate templates are those
-whose cosine similarity to it exceeds a threshold. Among a vector's candidates one template is
-drawn at random, weighted so that the complexity (number of `<fi>` slots, `n_tags`) of the chosen
-templates follows a target distribution, by default the complexity of templates genericized from
-real user queries. Without the weighting, simple templates, which match far more documents,
-would crowd out complex ones.
+The unit of matching is a passage: a chunk of the document that fits the embedder's window
+(fi_method.chunking). The paper embeds whole web pages, about the length its embedder reads at
+once, and gives each up to K + 1 = 6 templates; a 4,500-token article matched as one unit would get
+6 short pairs and could never fill its own token budget. Matching per passage gives a document
+templates in proportion to its length, and keeps lineage to the document through the doc_id.
+
+Each passage is embedded as K + 1 query vectors: index 0 is the global vector (the whole
+passage), 1..K are local ones (Gaussian-pooled around evenly spaced points of it). For each vector,
+the candidate templates are those whose cosine similarity to it exceeds a threshold. Among a
+vector's candidates one template is drawn at random, weighted so that the complexity (number of
+`<fi>` slots, `n_tags`) of the chosen templates follows a target distribution, by default the
+complexity of templates genericized from real user queries. Without the weighting, simple
+templates, which match far more passages, would crowd out complex ones.
 
 The rule as implemented here:
-1. Vectors are visited in order of their index, 0..K.
+1. A passage's vectors are visited in order of their index, 0..K.
 2. A vector draws one of its candidates not already chosen for an earlier vector of the same
-   document, so a document gets at most one template per vector and never one template twice.
+   passage, so a passage gets at most one template per vector and never one template twice.
    A vector with no such candidate chooses nothing.
 3. The draw is weighted by `complexity_weights`; the random generator is seeded from a stable
-   hash of the document's seed, so a rerun pairs every document with the same templates.
+   hash of the passage's id, so a rerun pairs every passage with the same templates.
+
+K defaults to the paper's text, 5. The released retriever's code uses `coverage_chunks=10` on
+whole documents of up to 8k tokens; on passages of at most the embedder's window, six vectors
+already sit closer together than ten do on a long document (FI_POOLING_K changes it).
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-TEMPLATES_PER_DOCUMENT = 6
+GAUSSIAN_POOLING_K = 5
 # The paper's threshold for its fine-tuned BGE-M3 embedder; cosine similarities are not
 # comparable across embedders, so another embedder needs its own threshold.
 PAPER_SIMILARITY_THRESHOLD = 0.865
@@ -84,14 +94,14 @@ def choose_templates(
     candidates: list[Candidate],
     target: dict[int, float],
     seed: int | str,
-    per_document: int = TEMPLATES_PER_DOCUMENT,
+    per_passage: int = GAUSSIAN_POOLING_K + 1,
 ) -> list[Candidate]:
-    """The templates chosen for one document from its candidates (all vectors together), at most
-    one per vector index and at most `per_document` in all, in order of vector index.
+    """The templates chosen for one passage from its candidates (all vectors together), at most
+    one per vector index and at most `per_passage` in all, in order of vector index.
 
     Each vector draws among its candidates not yet chosen, with probability proportional to
     `complexity_weights`; when all of those weights are 0 it draws uniformly instead, so a
-    document is never left without a template merely because its candidates are off-target.
+    passage is never left without a template merely because its candidates are off-target.
     The same candidates, target and seed always give the same choice.
     """
     if not candidates:
@@ -105,7 +115,7 @@ def choose_templates(
     chosen: list[Candidate] = []
     chosen_template_ids: set[str] = set()
     for vector_index in sorted(weighted_by_vector):
-        if len(chosen) >= per_document:
+        if len(chosen) >= per_passage:
             break
         available = [
             (candidate, weight)
@@ -124,7 +134,7 @@ def choose_templates(
 
 
 # Calibration: the paper reports ~3 kept pairs per document out of up to 6, so a threshold is
-# calibrated to give half of all document vectors at least one candidate template.
+# calibrated to give half of all passage vectors at least one candidate template.
 CALIBRATION_VECTOR_SHARE = 0.5
 
 
@@ -153,33 +163,30 @@ def match_chunks(
     """Matched pairs of a shard from one batched retrieval. `chunks` are (doc_id, chunk_id,
     position) in the order their `vectors_per_chunk` vectors were sent; `hits` are rows of
     `query_index`, `template_id`, `n_tags`, `similarity`. Candidates above `threshold` are
-    sampled per document (seeded by doc_id) across all its chunks' vectors. Returns the pair rows
+    sampled per passage (seeded by chunk_id), up to one per vector. Returns the pair rows
     (`doc_id`, `chunk_id`, `template_id`, `similarity`, `vector_index` 0..K, `n_tags`) and the
     similarities of every candidate, for reporting."""
-    candidates_by_doc: dict[str, list[Candidate]] = {}
+    candidates_by_chunk: dict[int, list[Candidate]] = {}
     for hit in hits:
         if hit["similarity"] <= threshold:
             continue
-        doc_id, _, position = chunks[hit["query_index"] // vectors_per_chunk]
-        # A vector's index within its document: unique across the document's chunks.
-        vector = position * vectors_per_chunk + hit["query_index"] % vectors_per_chunk
-        candidates_by_doc.setdefault(doc_id, []).append(
+        chunk, vector = divmod(hit["query_index"], vectors_per_chunk)
+        candidates_by_chunk.setdefault(chunk, []).append(
             Candidate(hit["template_id"], hit["n_tags"], hit["similarity"], vector)
         )
-    chunk_at = {(doc_id, position): chunk_id for doc_id, chunk_id, position in chunks}
     pairs = []
-    for doc_id, candidates in candidates_by_doc.items():
-        for chosen in choose_templates(candidates, target, seed=doc_id):
-            position, vector_index = divmod(chosen.vector_index, vectors_per_chunk)
+    for chunk in sorted(candidates_by_chunk):
+        doc_id, chunk_id, _ = chunks[chunk]
+        for chosen in choose_templates(candidates_by_chunk[chunk], target, seed=chunk_id):
             pairs.append(
                 {
                     "doc_id": doc_id,
-                    "chunk_id": chunk_at[(doc_id, position)],
+                    "chunk_id": chunk_id,
                     "template_id": chosen.template_id,
                     "similarity": chosen.similarity,
-                    "vector_index": vector_index,
+                    "vector_index": chosen.vector_index,
                     "n_tags": chosen.n_tags,
                 }
             )
-    similarities = [c.similarity for cs in candidates_by_doc.values() for c in cs]
+    similarities = [c.similarity for cs in candidates_by_chunk.values() for c in cs]
     return pairs, similarities

@@ -13,6 +13,10 @@ The rule as implemented here, for one shard (an ordered list of documents):
    too long does not lose its tokens, and the shard as a whole packs
    `document tokens - final residual` tokens, the residual being less than any pair left out.
 4. `standard` (plain pre-training) keeps every document whole as one sample: budget == used.
+5. A `non_instructional` sample is its document cut in two plus the format's tokens, so it is a
+   few tokens longer than its own budget. One that does not fit is cut at the end of its answer
+   to what is left (a continuation stops a few tokens early), unless that would drop more than
+   half of the answer; then it is skipped like any other.
 
 A sample is `PAIR_FORMAT` filled with the pair, tokenized without special tokens (the trainer adds
 BOS/EOS per sample); the formatting tokens count against the budget like any other token.
@@ -34,6 +38,10 @@ STANDARD = "standard"
 FINEINSTRUCTIONS = "fineinstructions"
 NON_INSTRUCTIONAL = "non_instructional"
 RECIPES = (STANDARD, FINEINSTRUCTIONS, NON_INSTRUCTIONAL)
+# The control of the comparison: a recipe packs as many tokens as the documents, up to this share.
+# The rollover leaves a residual smaller than the last pair left out (a few hundred tokens of a
+# shard), so 2 % is met by a recipe with enough candidates and missed by one without.
+TOKEN_PARITY = 0.02
 # The paper's training format; METHOD.md stage E (and the eval prompt of stage F).
 PAIR_FORMAT = "Instruction: {instruction}\n\nAnswer: {answer}"
 # The paper packs with the Llama-3 tokenizer; this pip package ships its files, so the default
@@ -191,6 +199,13 @@ class PackingStats:
     # number of samples kept -> number of documents that kept that many
     samples_per_document: dict[int, int] = field(default_factory=dict)
     documents_without_samples: int = 0
+    # non_instructional samples cut at the end of their answer to fit the budget
+    samples_cut_to_budget: int = 0
+
+    @property
+    def token_ratio(self) -> float:
+        """Packed tokens over the documents' own (the `standard` recipe's) tokens."""
+        return self.packed_tokens / self.document_tokens if self.document_tokens else 0.0
 
 
 def pack_shard(
@@ -214,7 +229,7 @@ def pack_shard(
     encode = as_encoder(tokenizer)
     rows: list[dict] = []
     kept_per_document: list[int] = []
-    document_tokens = packed_tokens = carried = n_candidates = 0
+    document_tokens = packed_tokens = carried = n_candidates = n_cut = 0
     for doc_id, text in documents:
         doc_tokens = count_tokens(encode, text)
         budget = doc_tokens + carried
@@ -241,16 +256,25 @@ def pack_shard(
         kept = 0
         for sample in _draw_order(candidates.get(doc_id, []), seed, doc_id):
             n_candidates += 1
+            text = format_pair(sample["instruction"], sample["answer"])
             ids, mask = tokenize_sample(encode, sample["instruction"], sample["answer"])
             if len(ids) > remaining:
-                continue  # does not fit; a smaller candidate drawn later still may
+                cut = (
+                    _cut_answer(encode, text, mask, remaining)
+                    if recipe == NON_INSTRUCTIONAL
+                    else None
+                )
+                if cut is None:
+                    continue  # does not fit; a smaller candidate drawn later still may
+                text, ids, mask = cut
+                n_cut += 1
             remaining -= len(ids)
             kept += 1
             rows.append(
                 {
                     **base,
                     "sample_id": sample["sample_id"],
-                    "text": format_pair(sample["instruction"], sample["answer"]),
+                    "text": text,
                     "input_ids": ids,
                     "loss_mask": mask,
                     "n_tokens": len(ids),
@@ -276,8 +300,26 @@ def pack_shard(
         ),
         samples_per_document=dict(sorted(distribution.items())),
         documents_without_samples=distribution.get(0, 0),
+        samples_cut_to_budget=n_cut,
     )
     return rows, stats
+
+
+# A continuation cut to fit keeps at least this share of its answer's tokens, or is not packed.
+MIN_ANSWER_SHARE_KEPT = 0.5
+
+
+def _cut_answer(
+    encode: Encoder, text: str, mask: list[int], budget: int
+) -> tuple[str, list[int], list[int]] | None:
+    """`text` (a formatted sample whose answer tokens are 1 in `mask`) cut to its first `budget`
+    tokens, as (text, input_ids, loss_mask), when that keeps MIN_ANSWER_SHARE_KEPT of the answer;
+    else None."""
+    answer_tokens = sum(mask)
+    if budget <= 0 or sum(mask[:budget]) < MIN_ANSWER_SHARE_KEPT * answer_tokens:
+        return None
+    ids, offsets = encode(text)
+    return text[: offsets[budget - 1][1]], ids[:budget], mask[:budget]
 
 
 def _draw_order(samples: list[dict], seed: int | str, doc_id: str) -> list[dict]:

@@ -7,9 +7,11 @@ from fi_method import judge
 from fi_method.instantiator import ground, parse_output
 from fi_method.text import content_hash
 
+# The instantiator's `null`: the template does not fit the document.
+NULL_OUTPUT = "template_does_not_fit"
 # Reasons an instantiator output never became a pair at all (before grounding).
 NOT_INSTANTIATED = (
-    "template_does_not_fit",
+    NULL_OUTPUT,
     "no_json",
     "invalid_json",
     "missing_field",
@@ -46,7 +48,7 @@ def collect_instantiations(
             found = parse_output(text)
             if found is None:
                 rejects.append(
-                    {**origin, "reason": "template_does_not_fit", "detail": "the output is null"}
+                    {**origin, "reason": NULL_OUTPUT, "detail": "the output is null"}
                 )
                 continue
             instantiated += 1

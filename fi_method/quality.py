@@ -1,6 +1,7 @@
-"""What would silently ruin an experiment, as plain functions: each takes a stage's rows and
-returns one line per offending row (empty when all is well). The assets run them as blocking
-asset checks, so a failure stops what would be built on top."""
+"""What would silently ruin an experiment, as plain functions on a partition's distribution: each
+returns one line per problem (empty when all is well). The assets run them as blocking asset
+checks, so a failure stops what would be built on top. None re-tests a filter the stage has just
+applied: each can fail on data the stage wrote."""
 
 from __future__ import annotations
 
@@ -8,49 +9,86 @@ from collections import Counter
 from collections.abc import Iterable
 
 from fi_method.decontamination import NGramIndex
-from fi_method.templates import TemplateError, count_tags, slot_descriptions
 
-JUDGE_SCALE = range(1, 6)  # the rubric's 1..5
+# The paper's figures a run is measured against (METHOD.md, stages C-E).
+PAPER_PAIRS_PER_DOCUMENT = 3.0
+PAPER_JUDGE_PASS_RATE = 0.58
+PAPER_NULL_RATE = 0.05
+PAPER_MAX_TEMPLATE_SHARE = 0.0009
+
+# A share measured on fewer items than this says nothing yet: the distribution checks pass it.
+MIN_ITEMS_FOR_A_SHARE = 20
+# The paper's 0.09 % is over 4.3M templates; a run with a few hundred templates cannot meet it.
+# What goes wrong in practice is one template (a degenerate "<fi>a topic</fi>", or one that
+# matches every passage) crowding out the rest, so a template may hold at most this many times a
+# uniform share of the shard's distinct templates (and at least the paper's 0.09 %).
+TEMPLATE_SHARE_SLACK = 10
+# A judge that keeps almost everything is not judging (the pairs it scored 5 were nonsense); one
+# that keeps almost nothing points at a broken instantiator or judge. The paper keeps ~58 %.
+JUDGE_PASS_RATE_BAND = (0.10, 0.95)
+# The released instantiator answers `null` for ~5 % of its inputs; half or more means the
+# templates do not fit the documents or the model's prompt is wrong.
+MAX_NULL_RATE = 0.5
+# The similarity threshold is calibrated so half of all vectors keep a candidate: a document of
+# several vectors almost always gets one. More documents without any point at a wrong threshold
+# or an index of another embedder. Documents are few per shard, so a share of 5 already tells.
+MAX_UNMATCHED_DOCUMENT_SHARE = 0.5
+MIN_DOCUMENTS_FOR_A_SHARE = 5
 
 
-def invalid_templates(rows: Iterable[dict]) -> list[str]:
-    """Templates whose `<fi>` tags do not parse, that have none, or whose `n_tags` disagrees."""
-    failures = []
-    for row in rows:
-        try:
-            slot_descriptions(row["template"])
-            tags = count_tags(row["template"])
-        except TemplateError as error:
-            failures.append(f"{row['template_id']}: {error}")
-            continue
-        if tags < 1 or tags != row["n_tags"]:
-            failures.append(f"{row['template_id']}: {tags} tags, n_tags says {row['n_tags']}")
-    return failures
+def token_parity_failures(
+    recipe: str, shard: str, packed_tokens: int, document_tokens: int, parity: float
+) -> list[str]:
+    """The recipe's shard packs fewer than (1 - parity) of its documents' tokens (what `standard`
+    packs), or none at all: one line saying by how much, else none."""
+    if document_tokens == 0:
+        return []
+    short = document_tokens - packed_tokens
+    if packed_tokens == 0 or short > parity * document_tokens:
+        line = (
+            f"{recipe} packs {packed_tokens:,} of the {document_tokens:,} tokens of shard "
+            f"{shard}'s documents: {short:,} ({short / document_tokens:.1%}) short, more than "
+            f"FI_TOKEN_PARITY ({parity:.0%}); it has too few candidate samples to fill its budget"
+        )
+        return [line]
+    return []
 
 
-def below_minimum(rows: Iterable[dict], id_column: str, column: str, minimum: float) -> list[str]:
-    """Rows whose `column` is below `minimum` (or missing)."""
+def template_share_limit(n_templates: int) -> float:
+    """The largest share of a shard's pairs one template may hold (see TEMPLATE_SHARE_SLACK)."""
+    return max(PAPER_MAX_TEMPLATE_SHARE, TEMPLATE_SHARE_SLACK / max(n_templates, 1))
+
+
+def dominant_templates(template_ids: list[str]) -> list[str]:
+    """Templates holding more than `template_share_limit` of the pairs."""
+    if len(template_ids) < MIN_ITEMS_FOR_A_SHARE:
+        return []
+    counts = Counter(template_ids)
+    limit = template_share_limit(len(counts))
     return [
-        f"{row[id_column]}: {column} {row[column]} < {minimum}"
-        for row in rows
-        if row[column] is None or row[column] < minimum
+        f"template {template}: {n} of {len(template_ids)} pairs ({n / len(template_ids):.1%}), "
+        f"above {limit:.1%} (10x a uniform share of {len(counts)} templates)"
+        for template, n in counts.most_common()
+        if n / len(template_ids) > limit
     ]
 
 
-def duplicate_ids(ids: Iterable[str]) -> list[str]:
-    """Ids that occur more than once, with their count."""
-    return [f"{key}: {n} times" for key, n in Counter(ids).items() if n > 1]
-
-
-def judge_score_errors(rows: Iterable[dict], min_score: int) -> list[str]:
-    """Scores outside the rubric's 1..5, or a `kept` flag that disagrees with `min_score`."""
-    failures = []
-    for row in rows:
-        if row["score"] not in JUDGE_SCALE:
-            failures.append(f"{row['pair_id']}: score {row['score']} outside 1..5")
-        elif row["kept"] != (row["score"] >= min_score):
-            failures.append(f"{row['pair_id']}: kept={row['kept']} with score {row['score']}")
-    return failures
+def share_outside(
+    what: str,
+    count: int,
+    total: int,
+    low: float,
+    high: float,
+    reference: str,
+    min_items: int = MIN_ITEMS_FOR_A_SHARE,
+) -> list[str]:
+    """One line when count / total falls outside [low, high], over at least `min_items`."""
+    if total < min_items:
+        return []
+    share = count / total
+    if low <= share <= high:
+        return []
+    return [f"{what}: {count} of {total} ({share:.1%}), outside {low:.0%}-{high:.0%}; {reference}"]
 
 
 def leaked_eval_items(rows: Iterable[dict], index: NGramIndex) -> tuple[list[str], list[str]]:

@@ -1,14 +1,30 @@
-"""The instantiator role without a language model (the `rules` engine): each `<fi>` slot is filled
-with the span of the matched chunk whose kind and text are most similar to the slot description,
-and the answer is the run of the chunk's sentences most similar to the filled instruction. It
-writes the released instantiator's output format (JSON, long copies as `<excerpt>` markers, or
-`null`), so every pair goes through the same parser and grounding checks as a model's."""
+"""The instantiator role without a language model (the `rules` engine), shaped like the released
+instantiator's output: a long verbatim excerpt of the matched passage answers the template, and
+the template's slots are filled with spans of that same excerpt, so the instruction is about its
+answer. It writes the released instantiator's format (JSON, long copies as `<excerpt>` markers, or
+`null`), so every pair goes through the same parser and grounding checks as a model's.
+
+The rule, for one template and one passage (a chunk of a document, fi_method.chunking):
+1. The answer is anchored where the template matched: the passage vector that retrieved it is
+   Gaussian-pooled around k/(K+1) of the passage (the global vector, k = 0, at its start), and the
+   paper finds the answer excerpt where that vector points (Pearson 0.99 between the two).
+2. The answer is the run of consecutive sentences from the anchor's, grown forward then back
+   through the document until it holds ANSWER_TARGET_WORDS words: an excerpt of a few
+   paragraphs, as the released instantiator copies.
+3. Each distinct slot description gets the filler of that excerpt (fi_method.rules_genericizer's
+   spans: names, dates, noun phrases, typed in the vocabulary slots are described in) whose kind
+   is most similar to the description.
+4. When that excerpt offers fewer fillers than the template has distinct slots, the whole passage
+   is tried; failing that the template does not fit and the output is `null`, as the released
+   instantiator answers when a template does not fit.
+"""
 
 from __future__ import annotations
 
 import json
 import re
 from collections.abc import Callable
+from functools import lru_cache
 
 import numpy as np
 
@@ -18,18 +34,17 @@ from fi_method.templates import fill_slots, slot_descriptions
 from fi_method.text import sentence_spans, words
 
 # Part of every cache key: change it whenever the rules below change.
-RULES_VERSION = "rules-1"
-MAX_ANSWER_SENTENCES = 4
-# An answer is at least a few full sentences' worth of words, and no essay.
+RULES_VERSION = "rules-2"
+# The released instantiator's answers are mostly long copies of the document, several paragraphs
+# of it; this is longer than a MiniLM passage (~190 words), so an excerpt may run on into the
+# document around its passage, as the released model, which reads the whole document, copies.
+ANSWER_TARGET_WORDS = 250
+# Below this an excerpt is a sentence or two: too thin to answer, so the template does not fit.
 MIN_ANSWER_WORDS = 25
-MAX_ANSWER_WORDS = 180
 # Copies longer than this are written as <excerpt>head<...>tail</excerpt>, as the released
 # instantiator does; the marker's head and tail are this many words each.
 EXCERPT_MARKER_MIN_WORDS = 30
 EXCERPT_MARKER_EDGE_WORDS = 6
-# A window that mentions the instruction's filled values is preferred by this much per value
-# share, on top of its cosine similarity to the instruction.
-VALUE_MENTION_BONUS = 0.1
 _QUESTION_OPENERS = frozenset(
     {
         "what",
@@ -58,23 +73,34 @@ REQUEST_LEAD = "Here is what the source says:"
 Embed = Callable[[list[str]], np.ndarray]
 
 
-def memoized(embed: Embed) -> Embed:
-    """`embed` that computes each distinct text once: the templates matched to one chunk share
-    its fillers and passages."""
-    vectors: dict[str, np.ndarray] = {}
+class MemoizedEmbed:
+    """`embed` that computes each distinct text once: the templates matched to one passage share
+    its sentences and fillers. `prefetch` embeds many texts in one batched call."""
 
-    def cached(texts: list[str]) -> np.ndarray:
-        missing = [text for text in dict.fromkeys(texts) if text not in vectors]
+    def __init__(self, embed: Embed):
+        self._embed = embed
+        self._vectors: dict[str, np.ndarray] = {}
+
+    def prefetch(self, texts: list[str]) -> None:
+        missing = [text for text in dict.fromkeys(texts) if text not in self._vectors]
         if missing:
-            vectors.update(zip(missing, embed(missing), strict=True))
-        return np.stack([vectors[text] for text in texts])
+            self._vectors.update(zip(missing, self._embed(missing), strict=True))
 
-    return cached
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        self.prefetch(texts)
+        return np.stack([self._vectors[text] for text in texts])
+
+
+def _filler_texts(fillers: list[tuple[str, str]]) -> list[str]:
+    """What a filler is compared with a slot description by: its kind ("a year", "a person"),
+    the vocabulary the rules genericizer describes slots in. Kinds are few, so their vectors are
+    shared across a whole batch; ties go to the filler that comes first in the excerpt."""
+    return [kind for _, kind in fillers]
 
 
 def _assign(descriptions: list[str], fillers: list[tuple[str, str]], embed: Embed) -> dict:
     """One distinct filler per distinct description, best similarity first (greedy)."""
-    vectors = embed(descriptions + [f"{surface} ({kind})" for surface, kind in fillers])
+    vectors = embed(descriptions + _filler_texts(fillers))
     similarity = vectors[: len(descriptions)] @ vectors[len(descriptions) :].T
     value_of: dict[str, str] = {}
     used: set[int] = set()
@@ -89,17 +115,19 @@ def _assign(descriptions: list[str], fillers: list[tuple[str, str]], embed: Embe
     return value_of
 
 
-def _windows(chunk: str) -> list[tuple[int, int]]:
-    spans = sentence_spans(chunk)
-    windows = []
-    for first in range(len(spans)):
-        for last in range(first, min(first + MAX_ANSWER_SENTENCES, len(spans))):
-            n_words = len(chunk[spans[first][0] : spans[last][1]].split())
-            if n_words > MAX_ANSWER_WORDS:
-                break
-            if n_words >= MIN_ANSWER_WORDS:
-                windows.append((spans[first][0], spans[last][1]))
-    return windows
+def _excerpt_around(passage: str, spans: list[tuple[int, int]], anchor: int) -> str:
+    """The excerpt grown from sentence `anchor`: forward while under ANSWER_TARGET_WORDS (what
+    follows a sentence usually explains it), then back, never past the text."""
+    counts = [len(passage[start:end].split()) for start, end in spans]
+    first = last = anchor
+    total = counts[anchor]
+    while total < ANSWER_TARGET_WORDS and last + 1 < len(spans):
+        last += 1
+        total += counts[last]
+    while total < ANSWER_TARGET_WORDS and first > 0:
+        first -= 1
+        total += counts[first]
+    return passage[spans[first][0] : spans[last][1]]
 
 
 def _as_excerpt(passage: str) -> str:
@@ -112,28 +140,60 @@ def _as_excerpt(passage: str) -> str:
     return f"{EXCERPT_OPEN}{head}{EXCERPT_ELLIPSIS}{tail}{EXCERPT_CLOSE}"
 
 
-def rules_instantiate(template: str, chunk: str, embed: Embed) -> str:
-    """The instantiator output for `template` and the matched `chunk` of a document: JSON
-    `{"instruction", "answer"}`, or `null` when the template has no slot, the chunk offers fewer
-    fillers than the template has distinct slots, or no passage long enough to answer. `embed` maps texts to unit vectors.
-    Deterministic."""
+@lru_cache(maxsize=64)
+def _sentences(text: str) -> tuple[tuple[int, int], ...]:
+    """Sentence spans of a text, computed once: the templates of a document share its window."""
+    return tuple(sentence_spans(text))
+
+
+def _excerpts(document: str, chunk: str, anchor: float) -> list[str]:
+    """Candidate answers: the excerpt grown from the sentence at `anchor` (a fraction of the
+    passage `chunk`) through the `document` around it, then the passage alone when that differs
+    (its own fillers may fit where the excerpt's do not)."""
+    if len(chunk.split()) < MIN_ANSWER_WORDS or not sentence_spans(chunk):
+        return []
+    start = document.find(chunk)
+    text, offset = (document, start) if start >= 0 else (chunk, 0)
+    spans = _sentences(text)
+    at = offset + anchor * len(chunk)
+    sentence = next((i for i, (_, end) in enumerate(spans) if end > at), len(spans) - 1)
+    around = _excerpt_around(text, list(spans), sentence)
+    return [around] if around == chunk.strip() else [around, chunk.strip()]
+
+
+def rules_instantiate(
+    template: str, chunk: str, embed: Embed, anchor: float = 0.0, document: str | None = None
+) -> str:
+    """The instantiator output for `template` and the matched passage `chunk` of `document` (by
+    default the passage is all there is; see the module docstring): JSON `{"instruction",
+    "answer"}`, or `null` when the template has no slot, the passage is too short to answer, or
+    no excerpt offers a filler for every slot. `anchor` is where in the passage (0..1) the
+    template matched, `embed` maps texts to unit vectors. Deterministic."""
     descriptions = list(dict.fromkeys(slot_descriptions(template)))
-    fillers = slot_fillers(chunk)
-    windows = _windows(chunk)
-    if not descriptions or len(fillers) < len(descriptions) or not windows:
+    if not descriptions:
         return "null"
-    value_of = _assign(descriptions, fillers, embed)
-    instruction = fill_slots(template, value_of)
-    passages = [chunk[start:end] for start, end in windows]
-    vectors = embed([instruction, *passages])
-    scores = vectors[1:] @ vectors[0]
-    values = [value.lower() for value in value_of.values()]
-    for index, passage in enumerate(passages):
-        mentioned = sum(value in passage.lower() for value in values) / len(values)
-        scores[index] += VALUE_MENTION_BONUS * mentioned
-    answer = _as_excerpt(passages[int(np.argmax(scores))])
-    opener = words(instruction)[:1]
-    if not opener or opener[0] not in _QUESTION_OPENERS:
-        # A request ("Write ...", "List ...") is answered by the passage, introduced as such.
-        answer = f"{REQUEST_LEAD}\n\n{answer}"
-    return json.dumps({"instruction": instruction, "answer": answer}, ensure_ascii=False)
+    for excerpt in _excerpts(document or chunk, chunk, anchor):
+        fillers = slot_fillers(excerpt)
+        if len(excerpt.split()) < MIN_ANSWER_WORDS or len(fillers) < len(descriptions):
+            continue
+        instruction = fill_slots(template, _assign(descriptions, fillers, embed))
+        answer = _as_excerpt(excerpt)
+        opener = words(instruction)[:1]
+        if not opener or opener[0] not in _QUESTION_OPENERS:
+            # A request ("Write ...", "List ...") is answered by the passage, introduced as such.
+            answer = f"{REQUEST_LEAD}\n\n{answer}"
+        return json.dumps({"instruction": instruction, "answer": answer}, ensure_ascii=False)
+    return "null"
+
+
+def rules_instantiate_all(items: list[tuple[str, str, float, str]], embed: Embed) -> list[str]:
+    """`rules_instantiate` of many (template, chunk, anchor, document) items, with every slot
+    description and filler kind embedded in one batched call rather than one small call each."""
+    cached = MemoizedEmbed(embed)
+    texts = []
+    for template, chunk, anchor, document in items:
+        texts += slot_descriptions(template)
+        for excerpt in _excerpts(document, chunk, anchor):
+            texts += [kind for _, kind in slot_fillers(excerpt)]
+    cached.prefetch(texts)
+    return [rules_instantiate(template, chunk, cached, *rest) for template, chunk, *rest in items]

@@ -6,7 +6,8 @@ import numpy as np
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
-from fi_method.pooling import GAUSSIAN_POOLING_K, gaussian_pooling
+from fi_method.matching import GAUSSIAN_POOLING_K
+from fi_method.pooling import gaussian_pooling
 from fi_resources.models import MINILM, sentence_transformer_source
 
 # Similarity thresholds per embedder. The paper's 0.865 belongs to its fine-tuned BGE-M3
@@ -54,6 +55,7 @@ class Embedder(ConfigurableResource):
     max_chunk_tokens: int | None = Field(
         None, description="tokens per document chunk; default: the model's window less 2 specials"
     )
+    pooling_k: int = Field(GAUSSIAN_POOLING_K, ge=1, description="local vectors per chunk")
 
     _encoder = PrivateAttr(default=None)
 
@@ -106,7 +108,7 @@ class Embedder(ConfigurableResource):
 
     def embed_pooled(self, texts: list[str]) -> np.ndarray:
         """Gaussian pooling (fi_method.pooling) over each text's token embeddings: float32 array
-        of shape (len(texts), K+1, dimension), global mean first, every vector of unit length."""
+        of shape (len(texts), pooling_k + 1, dimension), global mean first, every vector of unit length."""
         import torch
 
         rows = []
@@ -123,7 +125,9 @@ class Embedder(ConfigurableResource):
                 [t.float() for t in token_embeddings], batch_first=True
             )
             mask = torch.arange(padded.shape[1])[None, :] < torch.tensor(lengths)[:, None]
-            rows.append(gaussian_pooling(padded, mask.to(padded.device)).cpu().numpy())
+            rows.append(
+                gaussian_pooling(padded, mask.to(padded.device), k=self.pooling_k).cpu().numpy()
+            )
         if not rows:
-            return np.zeros((0, GAUSSIAN_POOLING_K + 1, self.dimension), dtype=np.float32)
+            return np.zeros((0, self.pooling_k + 1, self.dimension), dtype=np.float32)
         return np.concatenate(rows).astype(np.float32, copy=False)

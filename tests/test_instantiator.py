@@ -21,7 +21,7 @@ from fi_method.instantiator import (
 )
 from fi_method.llm_output import OutputParseError
 from fi_method.pairs import collect_instantiations
-from fi_method.rules_instantiator import REQUEST_LEAD, memoized, rules_instantiate
+from fi_method.rules_instantiator import REQUEST_LEAD, MemoizedEmbed, rules_instantiate
 from fi_method.templates import FI_CLOSE, FI_OPEN, slot_descriptions
 from fi_method.text import content_hash
 from fi_resources.models import MINILM, sentence_transformer_source
@@ -314,7 +314,18 @@ def test_rules_answer_is_grounded_in_the_chunk(rules_output, template):
     answer, ratio = ground(parse_output(rules_output[template]), CHUNK)
     assert ratio >= 0.8
     assert "<excerpt>" not in answer
-    assert 25 <= len(answer.split()) <= 180
+    # A long excerpt, as the released instantiator copies: here most of the passage.
+    assert len(answer.split()) >= 0.6 * len(CHUNK.split())
+
+
+@pytest.mark.parametrize("template", RULES_TEMPLATES)
+def test_rules_instruction_is_about_its_answer(rules_output, template):
+    """Every slot value is a span of the excerpt that answers it, not of elsewhere in the
+    passage: an instruction about one thing is never answered with text about another."""
+    parsed = parse_output(rules_output[template])
+    answer, _ = ground(parsed, CHUNK)
+    for value in filled_values(template, parsed.instruction):
+        assert value in answer
 
 
 def test_a_repeated_slot_description_gets_one_value(rules_output):
@@ -334,6 +345,44 @@ def test_a_request_is_answered_with_a_lead_and_a_question_without(rules_output):
     question = parse_output(rules_output["When was <fi>a building</fi> built?"])
     assert request.answer.startswith(REQUEST_LEAD)
     assert not question.answer.startswith(REQUEST_LEAD)
+
+
+def test_the_answer_starts_where_the_template_matched_and_reads_on_into_the_document(embed):
+    """The local vector that retrieved a template points at its answer (the paper's Pearson
+    0.99): an anchor late in the passage starts the excerpt late; a passage shorter than an
+    answer runs on into the document around it."""
+    before = (
+        "The Champ de Mars is a large public green space in Paris, between the tower and the "
+        "Ecole Militaire. It was named after the Campus Martius in Rome."
+    )
+    after = (
+        "Today the tower receives about seven million visitors a year, more than any other paid "
+        "monument in the world. Its three levels hold restaurants, shops and an observation deck. "
+        "Visitors climb the stairs to the first and second levels or take one of the lifts, and "
+        "only lifts reach the top. The tower is repainted every seven years, with about sixty "
+        "tonnes of paint, to protect the iron from rust. At night it is lit by twenty thousand "
+        "bulbs that sparkle for five minutes every hour. Radio and television antennas on its top "
+        "have made it taller than it was at its opening, and it now reaches 330 metres. In 1957 "
+        "an antenna was added, and in 2022 another one raised it by six metres. "
+        "The tower has inspired many copies, among them a half-scale one in Las Vegas and "
+        "another in Tokyo that is painted white and orange for air safety. Engineers still "
+        "study its design, which resists wind by its shape rather than its weight: at the top it "
+        "sways no more than a few centimetres in a storm. Its iron expands in the summer sun, "
+        "and the top moves away from the sun by up to eighteen centimetres. The original "
+        "lifts of 1889 still run in the east and west pillars, restored and fitted with new "
+        "machinery. Every year the tower hosts exhibitions, concerts and a New Year fireworks "
+        "show seen by crowds on the Champ de Mars and along the banks of the Seine."
+    )
+    document = f"{before}\n\n{CHUNK}\n\n{after}"
+    template = "What is <fi>a landmark</fi> known for?"
+    early = parse_output(rules_instantiate(template, CHUNK, embed, 0.0, document))
+    late = parse_output(rules_instantiate(template, CHUNK, embed, 5 / 6, document))
+    early_answer, early_ratio = ground(early, document)
+    late_answer, _ = ground(late, document)
+    assert early_answer.startswith("The Eiffel Tower is a wrought-iron lattice tower")
+    assert "wrought-iron lattice" not in late_answer
+    assert late_answer in document and "seven million visitors" in late_answer
+    assert len(early_answer.split()) > len(CHUNK.split()) and early_ratio >= 0.8
 
 
 @pytest.mark.parametrize(
@@ -424,7 +473,7 @@ def test_memoized_embed_computes_each_text_once_and_keeps_the_order(embed):
         asked.append(list(texts))
         return embed(texts)
 
-    cached = memoized(counting)
+    cached = MemoizedEmbed(counting)
     first = cached(["a tower", "a bridge", "a tower"])
     second = cached(["a bridge", "a river"])
     assert asked == [["a tower", "a bridge"], ["a river"]]

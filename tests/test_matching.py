@@ -1,7 +1,7 @@
 import pytest
 
 from fi_method.matching import (
-    TEMPLATES_PER_DOCUMENT,
+    GAUSSIAN_POOLING_K,
     Candidate,
     choose_templates,
     complexity_weights,
@@ -85,10 +85,10 @@ def test_vectors_without_candidates_choose_nothing():
     assert choose_templates([], EVEN_TARGET, seed=1) == []
 
 
-def test_per_document_caps_the_choice():
-    chosen = choose_templates(skewed_document(0), EVEN_TARGET, seed=1, per_document=2)
+def test_per_passage_caps_the_choice():
+    chosen = choose_templates(skewed_document(0), EVEN_TARGET, seed=1, per_passage=2)
     assert [candidate.vector_index for candidate in chosen] == [0, 1]
-    assert len(choose_templates(skewed_document(0), EVEN_TARGET, 1)) == TEMPLATES_PER_DOCUMENT
+    assert len(choose_templates(skewed_document(0), EVEN_TARGET, 1)) == GAUSSIAN_POOLING_K + 1
 
 
 def test_chosen_complexity_follows_the_target():
@@ -130,3 +130,29 @@ def test_match_chunks_maps_hits_back_to_chunks_and_applies_the_threshold():
         ("doc-b", "b0", "t1", 5),
     ]
     assert sorted(similarities) == [0.7, 0.8, 0.9]
+
+
+def test_a_long_document_gets_templates_in_proportion_to_its_passages():
+    from fi_method.matching import match_chunks
+
+    passages = 5
+    chunks = [("doc-long", f"c{p}", p) for p in range(passages)] + [("doc-short", "s0", 0)]
+    hits = [
+        {
+            "query_index": chunk * 6 + vector,
+            "template_id": f"t{vector}",
+            "n_tags": 1,
+            "similarity": 0.9,
+        }
+        for chunk in range(len(chunks))
+        for vector in range(6)
+    ]
+    pairs, _ = match_chunks(chunks, hits, 0.5, {1: 1.0}, vectors_per_chunk=6)
+    per_document = {
+        doc: sum(p["doc_id"] == doc for p in pairs) for doc in ("doc-long", "doc-short")
+    }
+    # Six per passage: the same template may serve two passages of one document, never one twice.
+    assert per_document == {"doc-long": 6 * passages, "doc-short": 6}
+    for chunk_id in {p["chunk_id"] for p in pairs}:
+        chosen = [p["template_id"] for p in pairs if p["chunk_id"] == chunk_id]
+        assert len(chosen) == len(set(chosen))

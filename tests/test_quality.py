@@ -1,47 +1,137 @@
-"""The checks that guard an experiment, on tiny literal rows: each finds exactly the bad rows."""
+"""The checks that guard an experiment, on the distributions of realistic partitions: each passes
+what a healthy run writes and fails what a broken one does."""
+
+import pytest
 
 from fi_method.decontamination import EvalItem, NGramIndex
+from fi_method.fidelity import Figure, packing_figures, render_markdown, synthesis_figures
+from fi_method.packing import load_training_tokenizer, pack_shard
 from fi_method.quality import (
-    below_minimum,
-    duplicate_ids,
-    invalid_templates,
-    judge_score_errors,
+    JUDGE_PASS_RATE_BAND,
+    MAX_NULL_RATE,
+    MAX_UNMATCHED_DOCUMENT_SHARE,
+    dominant_templates,
     leaked_eval_items,
+    share_outside,
+    template_share_limit,
+    token_parity_failures,
 )
+from fi_method.samples import wikipedia_articles
 
 
-def test_invalid_templates_are_found_and_valid_ones_pass():
-    rows = [
-        {"template_id": "ok", "template": "Is <fi>a city</fi> safe?", "n_tags": 1},
-        {"template_id": "untagged", "template": "Is Paris safe?", "n_tags": 0},
-        {"template_id": "nested", "template": "Is <fi>a <fi>x</fi></fi> safe?", "n_tags": 1},
-        {"template_id": "miscounted", "template": "<fi>a</fi> or <fi>b</fi>?", "n_tags": 1},
+@pytest.fixture(scope="module")
+def articles():
+    return [(a["id"], a["text"]) for a in wikipedia_articles(limit=4)]
+
+
+def pairs_for(doc_id: str, text: str, n: int) -> list[dict]:
+    """`n` grounded-looking pairs of a document: its paragraphs, asked about."""
+    paragraphs = [p for p in text.split("\n\n") if len(p.split()) > 20] or [text]
+    return [
+        {
+            "sample_id": f"{doc_id}-{i}",
+            "instruction": f"What does the article say in part {i}?",
+            "answer": paragraphs[i % len(paragraphs)],
+        }
+        for i in range(n)
     ]
-    failures = invalid_templates(rows)
-    assert [line.split(":")[0] for line in failures] == ["untagged", "nested", "miscounted"]
 
 
-def test_values_below_a_minimum_are_found():
-    rows = [{"id": "a", "x": 0.9}, {"id": "b", "x": 0.79}, {"id": "c", "x": None}]
-    assert below_minimum(rows, "id", "x", 0.8) == ["b: x 0.79 < 0.8", "c: x None < 0.8"]
+def test_a_recipe_with_pairs_for_every_document_packs_within_parity(articles):
+    tokenizer = load_training_tokenizer()
+    candidates = {doc_id: pairs_for(doc_id, text, 60) for doc_id, text in articles}
+    _, stats = pack_shard(articles, candidates, "fineinstructions", tokenizer, seed=0)
+    assert (
+        token_parity_failures(
+            "fineinstructions", "wiki", stats.packed_tokens, stats.document_tokens, 0.02
+        )
+        == []
+    )
 
 
-def test_duplicate_ids_are_counted():
-    assert duplicate_ids(["p1", "p2", "p1", "p3", "p1"]) == ["p1: 3 times"]
-    assert duplicate_ids(["p1", "p2"]) == []
+def test_a_recipe_whose_pairs_cover_one_document_of_four_is_short(articles):
+    """Documents without any matching template roll their budget over, but nothing fills it."""
+    tokenizer = load_training_tokenizer()
+    doc_id, text = articles[0]
+    _, stats = pack_shard(
+        articles, {doc_id: pairs_for(doc_id, text, 60)}, "fineinstructions", tokenizer, seed=0
+    )
+    [line] = token_parity_failures(
+        "fineinstructions", "wiki", stats.packed_tokens, stats.document_tokens, 0.02
+    )
+    assert line.startswith("fineinstructions packs ") and "short" in line
+    assert f"{stats.document_tokens - stats.packed_tokens:,}" in line
 
 
-def test_judge_scores_outside_the_rubric_or_a_wrong_kept_flag_are_found():
-    rows = [
-        {"pair_id": "good", "score": 4, "kept": True},
-        {"pair_id": "low", "score": 2, "kept": False},
-        {"pair_id": "six", "score": 6, "kept": True},
-        {"pair_id": "flag", "score": 3, "kept": True},
-    ]
-    assert judge_score_errors(rows, min_score=4) == [
-        "six: score 6 outside 1..5",
-        "flag: kept=True with score 3",
-    ]
+def test_a_recipe_that_packed_nothing_fails_however_loose_the_parity():
+    [line] = token_parity_failures("fineinstructions", "wiki", 0, 52_000, 0.99)
+    assert "packs 0 of the 52,000 tokens" in line
+
+
+def test_non_instructional_halves_fit_their_budget(articles):
+    """A document cut in two plus the format's tokens is longer than the document: the answer
+    is cut to fit, so the very first document is not dropped."""
+    from fi_method.continuations import halve
+
+    tokenizer = load_training_tokenizer()
+    candidates = {}
+    for doc_id, text in articles:
+        first, second = halve(text)
+        candidates[doc_id] = [{"sample_id": doc_id, "instruction": first, "answer": second}]
+    rows, stats = pack_shard(articles, candidates, "non_instructional", tokenizer, seed=0)
+    assert [row["doc_id"] for row in rows] == [doc_id for doc_id, _ in articles]
+    assert all(row["n_tokens"] <= row["budget_tokens"] for row in rows)
+    assert stats.samples_cut_to_budget >= 1
+    assert (
+        token_parity_failures(
+            "non_instructional", "wiki", stats.packed_tokens, stats.document_tokens, 0.02
+        )
+        == []
+    )
+
+
+def test_one_template_crowding_out_the_rest_is_found():
+    healthy = [f"t{i % 40}" for i in range(400)]
+    assert dominant_templates(healthy) == []
+    # "Tell me about <fi>a topic</fi>" matched every passage: half of all kept pairs.
+    crowded = ["t-generic"] * 200 + [f"t{i % 40}" for i in range(200)]
+    [line] = dominant_templates(crowded)
+    assert line.startswith("template t-generic: 200 of 400 pairs (50.0%)")
+
+
+def test_the_template_share_limit_fits_small_runs_and_the_papers_scale():
+    assert template_share_limit(40) == pytest.approx(0.25)
+    assert template_share_limit(4_300_000) == pytest.approx(0.0009)
+
+
+@pytest.mark.parametrize(("kept", "passes"), [(58, True), (100, False), (2, False)])
+def test_a_judge_keeping_all_or_nothing_fails(kept, passes):
+    lines = share_outside("pairs kept", kept, 100, *JUDGE_PASS_RATE_BAND, "paper ~58%")
+    assert (lines == []) is passes
+
+
+def test_an_instantiator_answering_null_to_most_matches_fails():
+    # A model given the wrong prompt format answers null to 180 of 200 matches.
+    assert share_outside("null", 180, 200, 0.0, MAX_NULL_RATE, "paper ~5%")
+    assert share_outside("null", 12, 200, 0.0, MAX_NULL_RATE, "paper ~5%") == []
+
+
+def test_too_few_items_say_nothing_yet():
+    assert share_outside("pairs kept", 5, 5, *JUDGE_PASS_RATE_BAND, "paper ~58%") == []
+    assert share_outside("unmatched", 12, 12, 0.0, MAX_UNMATCHED_DOCUMENT_SHARE, "", 5)
+
+
+def test_the_fidelity_report_puts_each_figure_beside_the_papers():
+    figures = synthesis_figures(12, 300, 15, 240, ["t1"] * 10 + ["t2"] * 130, [0.9] * 140)
+    figures += packing_figures(
+        {"standard": 1000, "fineinstructions": 990}, {"fineinstructions": 36}, 12
+    )
+    table = render_markdown(figures)
+    assert "| judge pass rate | 58.3% | 58.0% |" in table
+    assert "| instantiator null rate | 5.0% | 5.0% |" in table
+    assert "| fineinstructions: tokens / standard's | 0.99 | 1 |" in table
+    assert "| fineinstructions: samples per document | 3 | 3 |" in table
+    assert Figure("x", None).cells() == ("-", "-")
 
 
 def test_a_training_sample_that_quotes_an_eval_item_is_found():

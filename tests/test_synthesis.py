@@ -53,10 +53,23 @@ def latest_metadata(fi_home, asset: str) -> dict:
     return {key: value.value for key, value in event.asset_materialization.metadata.items()}
 
 
-def test_pairs_are_judged_traced_and_never_paid_twice(matched):
+def test_pairs_are_judged_traced_and_never_paid_twice(matched, monkeypatch):
+    # 38 templates cannot fill three long articles with kept pairs: the recipe is short, the
+    # check says so, and nothing would train on it.
+    monkeypatch.delenv("FI_TOKEN_PARITY")
+    get_settings.cache_clear()
+    result = runner.invoke(app, ["materialize", "packed_corpus"])
+    assert result.exit_code == 1, result.output
+    assert "wiki|fineinstructions: packed_corpus" in result.output
+    assert "check recipes_agree_on_tokens: FAILED (blocking)" in result.output
+    packed = Storage(home=str(matched)).read_all("packed_corpus")
+    tokens = dict(packed.group_by("recipe").agg(pl.col("n_tokens").sum()).iter_rows())
+    assert 0 < tokens["fineinstructions"] < 0.98 * tokens["standard"]
+    # The rest of this test is about synthesis: a looser parity lets packing through.
+    monkeypatch.setenv("FI_TOKEN_PARITY", "0.9")
+    get_settings.cache_clear()
     result = runner.invoke(app, ["materialize", "packed_corpus"])
     assert result.exit_code == 0, result.output
-    assert "check recipes_agree_on_tokens: passed" in result.output
     storage = Storage(home=str(matched))
     pairs = storage.read_table("instantiated_pairs", "wiki")
     judged = storage.read_table("judged_pairs", "wiki")
@@ -143,7 +156,7 @@ def test_a_step_killed_mid_partition_resumes_from_the_calls_it_made(matched):
     matched_count = Storage(home=str(matched)).read_table("matched_pairs", "wiki").height
     table = matched / "tables" / "instantiated_pairs" / "wiki.parquet"
     # One call per batch: every answered call is committed before the next starts.
-    environment = {**os.environ, "FI_HOME": str(matched), "FI_GENERATION_BATCH_SIZE": "1"}
+    environment = {**os.environ, "FI_HOME": str(matched), "FI_RULES_BATCH_SIZE": "1"}
     step = subprocess.Popen(
         [sys.executable, "-m", "fi_assets.cli", "materialize", "instantiated_pairs"],
         env=environment,
@@ -189,17 +202,24 @@ def test_a_recipe_trains_is_evaluated_and_exported(matched, tmp_path, monkeypatc
     held_out.write_text("".join(json.dumps(a) + "\n" for a in articles))
     assert runner.invoke(app, ["ingest", "documents", str(held_out)]).exit_code == 0
     assert runner.invoke(app, ["materialize", "packed_corpus"]).exit_code == 0
+    # 15 steps of 4 x 256 tokens; by default a recipe trains on the standard corpus's tokens.
+    monkeypatch.setenv("FI_TRAINING_TOKENS", str(15 * 4 * 256))
+    get_settings.cache_clear()
     defs = build_definitions(get_settings())
     instance = open_instance(matched)
 
     # Training: through Pipes, on the wiki shard only (the held-out shard is packed, not trained).
-    result = _materialize(defs, instance, "trained_checkpoint", "standard", {"steps": 15})
+    result = _materialize(defs, instance, "trained_checkpoint", "standard")
     assert result.success
     meta = latest_metadata(matched, "trained_checkpoint")
     # A random model's loss is ln(vocabulary) = ln(128,256) = 11.76 on the Llama-3 tokenizer.
     assert meta["step"] == 15 and meta["loss"] < 11.0
+    assert meta["training_tokens"] == 15 * 4 * 256
     messages = [event.message or "" for event in instance.all_logs(result.run_id)]
-    assert "training on 1 packed shard(s) of standard, 1 node(s) x 1 process(es)" in messages
+    assert (
+        "training on 1 packed shard(s) of standard for 15 steps (15,360 tokens), "
+        "1 node(s) x 1 process(es)" in messages
+    )
     logged = [json.loads(m) for m in messages if m.startswith('{"step"')]
     assert [line["step"] for line in logged] == [5, 10, 15]
     assert (matched / "checkpoints" / "standard" / "hf" / "config.json").exists()
