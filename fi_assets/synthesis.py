@@ -23,7 +23,6 @@ from fi_assets.reporting import (
 )
 from fi_method import continuations as halving
 from fi_method.fidelity import render_markdown, synthesis_figures
-from fi_method.instantiator import document_window
 from fi_method.pairs import (
     FUNNEL_STAGES,
     NOT_INSTANTIATED,
@@ -136,7 +135,6 @@ def _instantiate_shard(
     stale = [r for r in requests if r["template"] is None]
     requests = [r for r in requests if r["template"] is not None]
     for request in requests:
-        request["document"] = document_window(request["document"], request["chunk"])
         # Where in its passage the template matched: local vector k is centred at k/(K+1).
         request["anchor"] = request["vector_index"] / (embedder.pooling_k + 1)
     text_of = dict(docs.select("doc_id", "text").iter_rows())

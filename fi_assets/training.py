@@ -74,7 +74,7 @@ def trained_checkpoint_asset(step_gpus: int) -> dg.AssetsDefinition:
             )
         settings = get_settings()
         shards = list(training_files(storage, recipe))
-        tokens = settings.training_tokens or _document_tokens(context.instance, shards, recipe)
+        tokens = settings.training_tokens or document_tokens(context.instance, shards, recipe)
         steps = training_steps(tokens, config, settings)
         args = _train_args(config, steps, files, storage.root / "checkpoints" / recipe, settings)
         context.log.info(
@@ -119,7 +119,7 @@ def _packed_tokens(files: list[Path]) -> int:
     return int(pl.scan_parquet(files).select(pl.col("n_tokens").sum()).collect().item())
 
 
-def _document_tokens(instance: dg.DagsterInstance, shards: list[str], recipe: str) -> int:
+def document_tokens(instance: dg.DagsterInstance, shards: list[str], recipe: str) -> int:
     """The training documents' own token count (what `standard` packs), as packing recorded it
     for each of the recipe's shards."""
     total = 0

@@ -39,7 +39,9 @@ def _format(value: float | str | None, percent: bool) -> str:
         return "-"
     if isinstance(value, str):
         return value
-    return f"{value:.1%}" if percent else f"{value:,.2f}".rstrip("0").rstrip(".")
+    if percent:
+        return f"{value:.2%}" if 0 < value < 0.01 else f"{value:.1%}"
+    return f"{value:,.2f}".rstrip("0").rstrip(".")
 
 
 def synthesis_figures(
@@ -77,7 +79,9 @@ def packing_figures(
     for recipe, tokens in tokens_by_recipe.items():
         figures.append(Figure(f"{recipe}: packed tokens", tokens))
         if standard and recipe != "standard":
-            figures.append(Figure(f"{recipe}: tokens / standard's", tokens / standard, 1.0))
+            figures.append(
+                Figure(f"{recipe}: tokens / standard's", tokens / standard, 1.0, percent=True)
+            )
             figures.append(
                 Figure(
                     f"{recipe}: samples per document",

@@ -206,9 +206,9 @@ OUTPUT_SCHEMA = {
 
 
 def _request(item: dict, model: str) -> Request:
-    return Request(
-        messages=build_messages(item["template"], item["document"], prompt_style_for(model))
-    )
+    # A model reads the document around the matched chunk, up to MAX_DOCUMENT_CHARS.
+    document = document_window(item["document"], item["chunk"])
+    return Request(messages=build_messages(item["template"], document, prompt_style_for(model)))
 
 
 def _rules_answer(items: list[dict], aids: RulesAids) -> list[str]:

@@ -41,8 +41,8 @@ MAX_DESCRIBED_TOPICS = 3
 # Sentences this capitalised are title case or shouting, where capitals say nothing of names.
 TITLE_CASE_SHARE = 0.7
 TITLE_CASE_MIN_WORDS = 4
-# Parses kept for reuse: the rules instantiator asks for one chunk's fillers once per template
-# matched to it.
+# Parses (of queries) and filler spans (of documents) kept for reuse: the rules instantiator asks
+# for the fillers of many excerpts of one document, in document order.
 PARSE_CACHE_SIZE = 256
 
 QUOTED_DESCRIPTION = "a title or quoted phrase"
@@ -539,23 +539,27 @@ def _candidate_spans(doc: Doc) -> list[_Span]:
 
 
 @lru_cache(maxsize=PARSE_CACHE_SIZE)
-def _fillers(text: str) -> tuple[tuple[str, str], ...]:
+def _filler_spans(text: str) -> tuple[_Span, ...]:
     chosen: list[_Span] = []
-    for span in _candidate_spans(_parse(text)):
+    # Parsed without the query cache: a whole document's parse is large, its spans are not.
+    for span in _candidate_spans(_nlp()(text)):
         if not _overlaps(span, chosen):
             chosen.append(span)
+    return tuple(sorted(chosen, key=lambda span: span.start))
+
+
+def slot_fillers(text: str, start: int = 0, end: int | None = None) -> list[tuple[str, str]]:
+    """The (surface text, kind) pairs `text[start:end]` offers to fill `<fi>` slots with, the
+    same spans the genericizer turns into slots, in order of first appearance, each surface once.
+    The kind is a slot description such as "a date", "a person" or "a kind of bread". The whole
+    `text` is parsed once (the last PARSE_CACHE_SIZE texts are remembered), so the excerpts of one
+    document share a parse."""
+    end = len(text) if end is None else end
     fillers: dict[str, str] = {}
-    for span in sorted(chosen, key=lambda span: span.start):
-        fillers.setdefault(text[span.start : span.end], span.description)
-    return tuple(fillers.items())
-
-
-def slot_fillers(text: str) -> list[tuple[str, str]]:
-    """The (surface text, kind) pairs a text offers to fill `<fi>` slots with, the same spans the
-    genericizer turns into slots, in order of first appearance, each surface once. The kind is a
-    slot description such as "a date", "a person" or "a kind of bread". One parse per distinct
-    text (the last PARSE_CACHE_SIZE are remembered)."""
-    return list(_fillers(text))
+    for span in _filler_spans(text):
+        if start <= span.start and span.end <= end:
+            fillers.setdefault(text[span.start : span.end], span.description)
+    return list(fillers.items())
 
 
 def _choose_slots(query: str, doc: Doc) -> list[_Slot]:

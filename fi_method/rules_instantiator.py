@@ -115,10 +115,10 @@ def _assign(descriptions: list[str], fillers: list[tuple[str, str]], embed: Embe
     return value_of
 
 
-def _excerpt_around(passage: str, spans: list[tuple[int, int]], anchor: int) -> str:
-    """The excerpt grown from sentence `anchor`: forward while under ANSWER_TARGET_WORDS (what
-    follows a sentence usually explains it), then back, never past the text."""
-    counts = [len(passage[start:end].split()) for start, end in spans]
+def _excerpt_around(spans: tuple[tuple[int, int], ...], anchor: int, text: str) -> tuple[int, int]:
+    """The character span of the excerpt of `text` grown from sentence `anchor`: forward while
+    under ANSWER_TARGET_WORDS (what follows a sentence usually explains it), then back."""
+    counts = [len(text[start:end].split()) for start, end in spans]
     first = last = anchor
     total = counts[anchor]
     while total < ANSWER_TARGET_WORDS and last + 1 < len(spans):
@@ -127,7 +127,7 @@ def _excerpt_around(passage: str, spans: list[tuple[int, int]], anchor: int) -> 
     while total < ANSWER_TARGET_WORDS and first > 0:
         first -= 1
         total += counts[first]
-    return passage[spans[first][0] : spans[last][1]]
+    return spans[first][0], spans[last][1]
 
 
 def _as_excerpt(passage: str) -> str:
@@ -142,23 +142,28 @@ def _as_excerpt(passage: str) -> str:
 
 @lru_cache(maxsize=64)
 def _sentences(text: str) -> tuple[tuple[int, int], ...]:
-    """Sentence spans of a text, computed once: the templates of a document share its window."""
+    """Sentence spans of a text, computed once: the templates matched to a document share them."""
     return tuple(sentence_spans(text))
 
 
-def _excerpts(document: str, chunk: str, anchor: float) -> list[str]:
+Excerpt = tuple[str, int, int]  # a text and the character span of the excerpt in it
+
+
+def _excerpts(document: str, chunk: str, anchor: float) -> list[Excerpt]:
     """Candidate answers: the excerpt grown from the sentence at `anchor` (a fraction of the
     passage `chunk`) through the `document` around it, then the passage alone when that differs
     (its own fillers may fit where the excerpt's do not)."""
     if len(chunk.split()) < MIN_ANSWER_WORDS or not sentence_spans(chunk):
         return []
-    start = document.find(chunk)
-    text, offset = (document, start) if start >= 0 else (chunk, 0)
+    offset = document.find(chunk)
+    text, offset = (document, offset) if offset >= 0 else (chunk, 0)
     spans = _sentences(text)
     at = offset + anchor * len(chunk)
     sentence = next((i for i, (_, end) in enumerate(spans) if end > at), len(spans) - 1)
-    around = _excerpt_around(text, list(spans), sentence)
-    return [around] if around == chunk.strip() else [around, chunk.strip()]
+    around = (text, *_excerpt_around(spans, sentence, text))
+    passage_start = offset + len(chunk) - len(chunk.lstrip())
+    passage = (text, passage_start, offset + len(chunk.rstrip()))
+    return [around] if around[1:] == passage[1:] else [around, passage]
 
 
 def rules_instantiate(
@@ -172,8 +177,9 @@ def rules_instantiate(
     descriptions = list(dict.fromkeys(slot_descriptions(template)))
     if not descriptions:
         return "null"
-    for excerpt in _excerpts(document or chunk, chunk, anchor):
-        fillers = slot_fillers(excerpt)
+    for text, start, end in _excerpts(document or chunk, chunk, anchor):
+        excerpt = text[start:end]
+        fillers = slot_fillers(text, start, end)
         if len(excerpt.split()) < MIN_ANSWER_WORDS or len(fillers) < len(descriptions):
             continue
         instruction = fill_slots(template, _assign(descriptions, fillers, embed))
@@ -194,6 +200,6 @@ def rules_instantiate_all(items: list[tuple[str, str, float, str]], embed: Embed
     for template, chunk, anchor, document in items:
         texts += slot_descriptions(template)
         for excerpt in _excerpts(document, chunk, anchor):
-            texts += [kind for _, kind in slot_fillers(excerpt)]
+            texts += [kind for _, kind in slot_fillers(*excerpt)]
     cached.prefetch(texts)
     return [rules_instantiate(template, chunk, cached, *rest) for template, chunk, *rest in items]

@@ -129,7 +129,8 @@ def test_the_fidelity_report_puts_each_figure_beside_the_papers():
     table = render_markdown(figures)
     assert "| judge pass rate | 58.3% | 58.0% |" in table
     assert "| instantiator null rate | 5.0% | 5.0% |" in table
-    assert "| fineinstructions: tokens / standard's | 0.99 | 1 |" in table
+    assert "| fineinstructions: tokens / standard's | 99.0% | 100.0% |" in table
+    assert "| largest template share of kept pairs | 92.9% | 0.09% |" in table
     assert "| fineinstructions: samples per document | 3 | 3 |" in table
     assert Figure("x", None).cells() == ("-", "-")
 

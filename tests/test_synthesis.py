@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from fi_assets.cli import app
 from fi_assets.definitions import build_definitions
+from fi_assets.training import document_tokens
 from fi_method.samples import wikipedia_articles, write_sample
 from fi_resources.instance import open_instance
 from fi_resources.models import SMOLLM2
@@ -202,7 +203,12 @@ def test_a_recipe_trains_is_evaluated_and_exported(matched, tmp_path, monkeypatc
     held_out.write_text("".join(json.dumps(a) + "\n" for a in articles))
     assert runner.invoke(app, ["ingest", "documents", str(held_out)]).exit_code == 0
     assert runner.invoke(app, ["materialize", "packed_corpus"]).exit_code == 0
-    # 15 steps of 4 x 256 tokens; by default a recipe trains on the standard corpus's tokens.
+    # By default every recipe trains on the standard corpus's tokens, as packing recorded them.
+    instance = open_instance(matched)
+    standard = Storage(home=str(matched)).read_table("packed_corpus", "wiki.standard")
+    for recipe in ("standard", "fineinstructions"):
+        assert document_tokens(instance, ["wiki"], recipe) == standard["n_tokens"].sum()
+    # Here 15 steps of 4 x 256 tokens.
     monkeypatch.setenv("FI_TRAINING_TOKENS", str(15 * 4 * 256))
     get_settings.cache_clear()
     defs = build_definitions(get_settings())
