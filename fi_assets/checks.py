@@ -28,8 +28,9 @@ JUDGE_PASS_RATE = dg.AssetCheckSpec(
     "judge_pass_rate_plausible",
     asset="judged_pairs",
     blocking=True,
-    description="The judge keeps between 10 % and 95 % of the shard's pairs (the paper: ~58 %): "
-    "one that keeps all is not judging, one that keeps none is broken.",
+    description="The judge keeps at most 95 % of the shard's pairs (the paper: ~58 %): one that "
+    "keeps all is not judging. One that keeps none leaves its recipe short of tokens, which "
+    "recipes_agree_on_tokens fails.",
 )
 NO_DOMINANT_TEMPLATE = dg.AssetCheckSpec(
     "no_dominant_template",

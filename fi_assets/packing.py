@@ -79,7 +79,7 @@ def _candidates(storage: Storage, shard: str, recipe: str) -> dict[str, list[dic
     },
     group_name="packing",
     kinds={"polars", "parquet"},
-    code_version="2",
+    code_version="3",
     check_specs=[TOKEN_PARITY, NO_EVAL_LEAK],
     description="Stage E: a recipe's samples of one document shard, formatted `Instruction: ...\\n\\n"
     "Answer: ...` and packed token for token: a document's budget is its own token count under "

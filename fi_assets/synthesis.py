@@ -32,7 +32,7 @@ from fi_method.pairs import (
     funnel,
 )
 from fi_method.quality import (
-    JUDGE_PASS_RATE_BAND,
+    MAX_JUDGE_PASS_RATE,
     MAX_NULL_RATE,
     PAPER_JUDGE_PASS_RATE,
     PAPER_NULL_RATE,
@@ -286,7 +286,8 @@ def _judge_shard(
                     "pairs kept by the judge",
                     kept,
                     frame.height,
-                    *JUDGE_PASS_RATE_BAND,
+                    0.0,
+                    MAX_JUDGE_PASS_RATE,
                     f"the paper keeps ~{PAPER_JUDGE_PASS_RATE:.0%}",
                 ),
             ),

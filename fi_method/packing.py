@@ -10,8 +10,9 @@ The rule as implemented here, for one shard (an ordered list of documents):
    and each is kept while its token count fits in what is left of the budget. One that does not
    fit is skipped; a later, smaller one may still fit.
 3. What is left of the budget rolls over to the next document, so a document whose pairs are all
-   too long does not lose its tokens, and the shard as a whole packs
-   `document tokens - final residual` tokens, the residual being less than any pair left out.
+   too long does not lose its tokens. After the shard's last document, what is left wraps around
+   to the samples left out earlier (in shard order), so the shard as a whole packs
+   `document tokens - final residual` tokens, the residual being less than any sample left out.
 4. `standard` (plain pre-training) keeps every document whole as one sample: budget == used.
 5. A `non_instructional` sample is its document cut in two plus the format's tokens, so it is a
    few tokens longer than its own budget. One that does not fit is cut at the end of its answer
@@ -221,6 +222,7 @@ def pack_shard(
     `candidates` maps doc_id to that document's candidate samples (dicts with `sample_id`,
     `instruction`, `answer`), ignored for `standard`; a document missing from it has none.
     Returns the rows, in document order and within a document in the order they were drawn
+    (then those the wrap-around packed)
     (`recipe`, `doc_id`, `sample_id`, `text`, `input_ids`, `loss_mask`, `n_tokens`,
     `doc_tokens`, `budget_tokens`), and the shard's `PackingStats`.
     """
@@ -230,6 +232,7 @@ def pack_shard(
     rows: list[dict] = []
     kept_per_document: list[int] = []
     document_tokens = packed_tokens = carried = n_candidates = n_cut = 0
+    unpacked: list[tuple] = []  # (document index, base, sample, text, ids, mask)
     for doc_id, text in documents:
         doc_tokens = count_tokens(encode, text)
         budget = doc_tokens + carried
@@ -265,7 +268,9 @@ def pack_shard(
                     else None
                 )
                 if cut is None:
-                    continue  # does not fit; a smaller candidate drawn later still may
+                    # Does not fit; a smaller candidate drawn later still may, or the wrap-around.
+                    unpacked.append((len(kept_per_document), base, sample, text, ids, mask))
+                    continue
                 text, ids, mask = cut
                 n_cut += 1
             remaining -= len(ids)
@@ -284,6 +289,16 @@ def pack_shard(
         kept_per_document.append(kept)
         packed_tokens += budget - remaining
         carried = remaining
+    # The shard's last leftover wraps around to the samples that did not fit earlier, in shard
+    # order: a shard whose last documents have few pairs still packs its documents' tokens.
+    for index, base, sample, text, ids, mask in unpacked:
+        if len(ids) > carried:
+            continue
+        row = {**base, "sample_id": sample["sample_id"], "text": text, "input_ids": ids}
+        rows.append({**row, "loss_mask": mask, "n_tokens": len(ids), "budget_tokens": carried})
+        kept_per_document[index] += 1
+        packed_tokens += len(ids)
+        carried -= len(ids)
     if recipe == STANDARD:
         n_candidates = len(kept_per_document)
     distribution = Counter(kept_per_document)

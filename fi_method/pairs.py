@@ -47,9 +47,7 @@ def collect_instantiations(
         try:
             found = parse_output(text)
             if found is None:
-                rejects.append(
-                    {**origin, "reason": NULL_OUTPUT, "detail": "the output is null"}
-                )
+                rejects.append({**origin, "reason": NULL_OUTPUT, "detail": "the output is null"})
                 continue
             instantiated += 1
             answer, ratio = ground(found, documents[request["doc_id"]], min_excerpt_ratio)

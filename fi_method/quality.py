@@ -23,9 +23,12 @@ MIN_ITEMS_FOR_A_SHARE = 20
 # matches every passage) crowding out the rest, so a template may hold at most this many times a
 # uniform share of the shard's distinct templates (and at least the paper's 0.09 %).
 TEMPLATE_SHARE_SLACK = 10
-# A judge that keeps almost everything is not judging (the pairs it scored 5 were nonsense); one
-# that keeps almost nothing points at a broken instantiator or judge. The paper keeps ~58 %.
-JUDGE_PASS_RATE_BAND = (0.10, 0.95)
+# A judge that keeps almost everything is not judging (the pairs it scored 5 were nonsense). The
+# paper keeps ~58 %; the honest rules judge keeps ~24 % of the rules baseline's pairs on the
+# sample, and next to none on a shard of an article or two whose templates fit badly, which is
+# data, not a fault: there is no floor. A judge that keeps nothing leaves its recipe short of
+# tokens, and recipes_agree_on_tokens fails that.
+MAX_JUDGE_PASS_RATE = 0.95
 # The released instantiator answers `null` for ~5 % of its inputs; half or more means the
 # templates do not fit the documents or the model's prompt is wrong.
 MAX_NULL_RATE = 0.5

@@ -34,7 +34,7 @@ from fi_method.templates import fill_slots, slot_descriptions
 from fi_method.text import sentence_spans, words
 
 # Part of every cache key: change it whenever the rules below change.
-RULES_VERSION = "rules-2"
+RULES_VERSION = "rules-3"
 # The released instantiator's answers are mostly long copies of the document, several paragraphs
 # of it; this is longer than a MiniLM passage (~190 words), so an excerpt may run on into the
 # document around its passage, as the released model, which reads the whole document, copies.
@@ -69,6 +69,9 @@ _QUESTION_OPENERS = frozenset(
     }
 )
 REQUEST_LEAD = "Here is what the source says:"
+# Longer spans are clauses, not the entity or concept a slot stands for.
+MAX_FILLER_WORDS = 6
+_MARKUP = re.compile(r"==|\||\[\[|\]\]|\{\{|^File:|\.(?:jpe?g|png|svg|gif)$", re.IGNORECASE)
 
 Embed = Callable[[list[str]], np.ndarray]
 
@@ -96,6 +99,16 @@ def _filler_texts(fillers: list[tuple[str, str]]) -> list[str]:
     the vocabulary the rules genericizer describes slots in. Kinds are few, so their vectors are
     shared across a whole batch; ties go to the filler that comes first in the excerpt."""
     return [kind for _, kind in fillers]
+
+
+def _usable(surface: str) -> bool:
+    """A filler that reads as a value in an instruction: one line of a few words, not markup
+    (section headings, list runs and file names are spans of a parse, not values)."""
+    return (
+        "\n" not in surface
+        and len(surface.split()) <= MAX_FILLER_WORDS
+        and not _MARKUP.search(surface)
+    )
 
 
 def _assign(descriptions: list[str], fillers: list[tuple[str, str]], embed: Embed) -> dict:
@@ -179,7 +192,7 @@ def rules_instantiate(
         return "null"
     for text, start, end in _excerpts(document or chunk, chunk, anchor):
         excerpt = text[start:end]
-        fillers = slot_fillers(text, start, end)
+        fillers = [filler for filler in slot_fillers(text, start, end) if _usable(filler[0])]
         if len(excerpt.split()) < MIN_ANSWER_WORDS or len(fillers) < len(descriptions):
             continue
         instruction = fill_slots(template, _assign(descriptions, fillers, embed))
@@ -200,6 +213,6 @@ def rules_instantiate_all(items: list[tuple[str, str, float, str]], embed: Embed
     for template, chunk, anchor, document in items:
         texts += slot_descriptions(template)
         for excerpt in _excerpts(document, chunk, anchor):
-            texts += [kind for _, kind in slot_fillers(*excerpt)]
+            texts += [kind for surface, kind in slot_fillers(*excerpt) if _usable(surface)]
     cached.prefetch(texts)
     return [rules_instantiate(template, chunk, cached, *rest) for template, chunk, *rest in items]

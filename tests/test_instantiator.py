@@ -479,3 +479,20 @@ def test_memoized_embed_computes_each_text_once_and_keeps_the_order(embed):
     assert asked == [["a tower", "a bridge"], ["a river"]]
     assert first.shape == (3, 384) and (first[0] == first[2]).all()
     assert (second[0] == first[1]).all()
+
+
+def test_markup_and_list_runs_never_fill_a_slot(embed):
+    """Wikipedia text holds headings, list runs and file names that a parser reads as names:
+    they are not values an instruction can be about."""
+    chunk = (
+        "== Art direction ==\n\nThe film won the award for art direction.\n\nSchindler's List\n\n"
+        "Allan Starski\n\nEwa Braun\n\nFile:Margarita Philosophica.png\n\nThe award went to the "
+        "designers Allan Starski and Ewa Braun, whose sets rebuilt the Krakow ghetto in 1993 on "
+        "a field outside the city, with streets, courtyards and a wall copied from photographs."
+    )
+    output = parse_output(
+        rules_instantiate("Who designed the sets of <fi>a film</fi>?", chunk, embed)
+    )
+    assert output is not None
+    assert "\n" not in output.instruction and "File:" not in output.instruction
+    assert "==" not in output.instruction

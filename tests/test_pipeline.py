@@ -145,8 +145,8 @@ def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeyp
             "sql",
             (
                 "select count(*) n, count(distinct doc_id) docs, min(similarity) low, "
-                "max(vector_index) top, max(per_doc) most from matched_pairs, "
-                "(select count(*) per_doc from matched_pairs group by doc_id)"
+                "max(vector_index) top, max(per_passage) most from matched_pairs, "
+                "(select count(*) per_passage from matched_pairs group by chunk_id)"
             ),
         ],
     )

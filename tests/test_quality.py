@@ -7,7 +7,7 @@ from fi_method.decontamination import EvalItem, NGramIndex
 from fi_method.fidelity import Figure, packing_figures, render_markdown, synthesis_figures
 from fi_method.packing import load_training_tokenizer, pack_shard
 from fi_method.quality import (
-    JUDGE_PASS_RATE_BAND,
+    MAX_JUDGE_PASS_RATE,
     MAX_NULL_RATE,
     MAX_UNMATCHED_DOCUMENT_SHARE,
     dominant_templates,
@@ -104,9 +104,10 @@ def test_the_template_share_limit_fits_small_runs_and_the_papers_scale():
     assert template_share_limit(4_300_000) == pytest.approx(0.0009)
 
 
-@pytest.mark.parametrize(("kept", "passes"), [(58, True), (100, False), (2, False)])
-def test_a_judge_keeping_all_or_nothing_fails(kept, passes):
-    lines = share_outside("pairs kept", kept, 100, *JUDGE_PASS_RATE_BAND, "paper ~58%")
+@pytest.mark.parametrize(("kept", "passes"), [(58, True), (3, True), (100, False), (97, False)])
+def test_a_judge_keeping_everything_fails(kept, passes):
+    """The rules judge scored nonsense 5: a judge that keeps all is not judging."""
+    lines = share_outside("pairs kept", kept, 100, 0.0, MAX_JUDGE_PASS_RATE, "paper ~58%")
     assert (lines == []) is passes
 
 
@@ -117,7 +118,7 @@ def test_an_instantiator_answering_null_to_most_matches_fails():
 
 
 def test_too_few_items_say_nothing_yet():
-    assert share_outside("pairs kept", 5, 5, *JUDGE_PASS_RATE_BAND, "paper ~58%") == []
+    assert share_outside("pairs kept", 5, 5, 0.0, MAX_JUDGE_PASS_RATE, "paper ~58%") == []
     assert share_outside("unmatched", 12, 12, 0.0, MAX_UNMATCHED_DOCUMENT_SHARE, "", 5)
 
 
@@ -156,3 +157,45 @@ def test_a_training_sample_that_quotes_an_eval_item_is_found():
         ["leak: mixeval free-form/7 (100% of its words)"],
         ["part: mixeval free-form/7 (80% of its words)"],
     )
+
+
+def test_the_papers_threshold_on_another_embedder_leaves_documents_unmatched():
+    """0.865 belongs to the paper's fine-tuned BGE-M3: with MiniLM no real article reaches it,
+    and the documents check says so; MiniLM's calibrated threshold matches most of them."""
+    from sentence_transformers import SentenceTransformer
+
+    from fi_method.ifbench import ifbench_queries
+    from fi_method.matching import PAPER_SIMILARITY_THRESHOLD, match_chunks
+    from fi_method.rules_genericizer import rules_genericize
+    from fi_method.templates import TemplateError
+    from fi_resources.embedder import default_similarity_threshold
+    from fi_resources.models import MINILM, sentence_transformer_source
+
+    descriptions = []
+    for row in ifbench_queries(limit=40):
+        try:
+            descriptions.append(rules_genericize(row["query"]).compatible_document_description)
+        except TemplateError:
+            continue
+    articles = [a["text"][:1500] for a in wikipedia_articles(limit=6)]
+    model = SentenceTransformer(sentence_transformer_source(MINILM))
+    similarity = (
+        model.encode(articles, normalize_embeddings=True)
+        @ model.encode(descriptions, normalize_embeddings=True).T
+    )
+    chunks = [(f"doc-{i}", f"chunk-{i}", 0) for i in range(len(articles))]
+    hits = [
+        {"query_index": i, "template_id": f"t{j}", "n_tags": 1, "similarity": float(value)}
+        for i, row in enumerate(similarity)
+        for j, value in enumerate(row)
+    ]
+
+    def unmatched(threshold: float) -> list[str]:
+        pairs, _ = match_chunks(chunks, hits, threshold, {1: 1.0}, vectors_per_chunk=1)
+        missing = len(articles) - len({p["doc_id"] for p in pairs})
+        return share_outside(
+            "unmatched", missing, len(articles), 0.0, MAX_UNMATCHED_DOCUMENT_SHARE, "", 5
+        )
+
+    assert unmatched(PAPER_SIMILARITY_THRESHOLD)
+    assert unmatched(default_similarity_threshold(MINILM)) == []
