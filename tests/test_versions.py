@@ -89,7 +89,7 @@ def test_a_new_rubric_or_minimum_score_makes_judging_and_downstream_stale_only(
 
     # A lower minimum keeps more pairs: judging re-runs, then packing, as its input changed.
     # (A minimum of 1 would keep every pair, which judge_pass_rate_plausible fails.)
-    monkeypatch.setenv("FI_MIN_JUDGE_SCORE", "3")
+    monkeypatch.setenv("FI_MIN_JUDGE_SCORE", "2")
     get_settings.cache_clear()
     defs = build_definitions(get_settings())
     result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
