@@ -128,10 +128,12 @@ def _assign(descriptions: list[str], fillers: list[tuple[str, str]], embed: Embe
     return value_of
 
 
-def _excerpt_around(spans: tuple[tuple[int, int], ...], anchor: int, text: str) -> tuple[int, int]:
-    """The character span of the excerpt of `text` grown from sentence `anchor`: forward while
-    under ANSWER_TARGET_WORDS (what follows a sentence usually explains it), then back."""
-    counts = [len(text[start:end].split()) for start, end in spans]
+def _excerpt_around(
+    spans: tuple[tuple[int, int], ...], counts: tuple[int, ...], anchor: int
+) -> tuple[int, int]:
+    """The character span of the excerpt grown from sentence `anchor` (`counts`: words per
+    sentence): forward while under ANSWER_TARGET_WORDS (what follows a sentence usually explains
+    it), then back."""
     first = last = anchor
     total = counts[anchor]
     while total < ANSWER_TARGET_WORDS and last + 1 < len(spans):
@@ -154,9 +156,11 @@ def _as_excerpt(passage: str) -> str:
 
 
 @lru_cache(maxsize=64)
-def _sentences(text: str) -> tuple[tuple[int, int], ...]:
-    """Sentence spans of a text, computed once: the templates matched to a document share them."""
-    return tuple(sentence_spans(text))
+def _sentences(text: str) -> tuple[tuple[tuple[int, int], ...], tuple[int, ...]]:
+    """Sentence spans of a text and their word counts, computed once: the templates matched to a
+    document share them."""
+    spans = tuple(sentence_spans(text))
+    return spans, tuple(len(text[start:end].split()) for start, end in spans)
 
 
 Excerpt = tuple[str, int, int]  # a text and the character span of the excerpt in it
@@ -170,10 +174,10 @@ def _excerpts(document: str, chunk: str, anchor: float) -> list[Excerpt]:
         return []
     offset = document.find(chunk)
     text, offset = (document, offset) if offset >= 0 else (chunk, 0)
-    spans = _sentences(text)
+    spans, counts = _sentences(text)
     at = offset + anchor * len(chunk)
     sentence = next((i for i, (_, end) in enumerate(spans) if end > at), len(spans) - 1)
-    around = (text, *_excerpt_around(spans, sentence, text))
+    around = (text, *_excerpt_around(spans, counts, sentence))
     passage_start = offset + len(chunk) - len(chunk.lstrip())
     passage = (text, passage_start, offset + len(chunk.rstrip()))
     return [around] if around[1:] == passage[1:] else [around, passage]
