@@ -15,6 +15,7 @@ CPU only, pure Python: no device to choose.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import subprocess
 import sys
 import tempfile
@@ -37,9 +38,9 @@ from fi_method.judge_calibration import (
 )
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-# The last commit with the first rules judge (rules-1), which scored by coverage, grounding and
-# length alone.
-BEFORE = "767bca8"
+# The last commits with the first rules judge (rules-1), which scored by coverage, grounding and
+# length alone, and with rules-2, which did not read the pair's template.
+BEFORE = ("767bca8", "816d1d2")
 EXAMPLE_CHARS = 150
 
 
@@ -64,13 +65,20 @@ def judge_at(revision: str) -> types.ModuleType:
     return module
 
 
+def judgement(rules_judge, pair):
+    """A rules judge's judgement of a labelled pair, with its template where the judge reads one."""
+    if "template" in inspect.signature(rules_judge).parameters:
+        return rules_judge(pair.instruction, pair.answer, pair.document, pair.template)
+    return rules_judge(pair.instruction, pair.answer, pair.document)
+
+
 def figures(name: str, rules_judge, halves: dict[str, list]) -> tuple[list[list], dict]:
     """One table row per half: AUC, kept shares, pairs judged per second; and the held-out
     scores."""
     rows, scores = [], {}
     for half, pairs in halves.items():
         started = time.perf_counter()
-        scored = [rules_judge(p.instruction, p.answer, p.document).score for p in pairs]
+        scored = [judgement(rules_judge, p).score for p in pairs]
         seconds = time.perf_counter() - started
         kept = kept_shares(pairs, scored, judge.MIN_JUDGE_SCORE)
         rows.append(
@@ -100,7 +108,7 @@ def examples(pairs: list, scores: list[int], kept: bool) -> list[str]:
     for kind in KINDS:
         for pair, score in zip(pairs, scores, strict=True):
             if pair.kind == kind and (score >= judge.MIN_JUDGE_SCORE) == kept:
-                feedback = judge.rules_judge(pair.instruction, pair.answer, pair.document)
+                feedback = judgement(judge.rules_judge, pair)
                 lines.append(
                     f"- **{kind}**, score {score}: instruction `{_short(pair.instruction)}`; "
                     f"answer `{_short(pair.answer)}`; feedback: {_short(feedback.feedback)}"
@@ -113,13 +121,19 @@ def main() -> None:
     arguments = parser(__doc__.split("\n\n")[0])
     arguments.add_argument("--per-kind", type=int, default=PAIRS_PER_KIND)
     arguments.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    arguments.add_argument("--before", default=BEFORE, help="git revision of the 'before' judge")
+    arguments.add_argument(
+        "--before", nargs="*", default=BEFORE, help="git revisions of the judges to compare"
+    )
     args = arguments.parse_args()
     pairs = calibration_set(args.seed, args.per_kind)
     tuning, heldout = split(pairs, args.seed)
     halves = {"tuning": tuning, "held-out": heldout}
-    before = judge_at(args.before)
-    rows_before, _ = figures(f"before ({before.RULES_VERSION})", before.rules_judge, halves)
+    rows_before = []
+    for revision in args.before:
+        before = judge_at(revision)
+        rows_before += figures(f"{revision} ({before.RULES_VERSION})", before.rules_judge, halves)[
+            0
+        ]
     rows_now, scores = figures(f"now ({judge.RULES_VERSION})", judge.rules_judge, halves)
     columns = [
         "judge",

@@ -108,6 +108,17 @@ def instantiated_pairs(
     )
 
 
+def _templates(storage: Storage) -> pl.DataFrame:
+    """template_id, query_id and template of every template. Two query shards can yield the same
+    template: the first query (by id) stands for it."""
+    return (
+        storage.read_all("instruction_templates")
+        .select("template_id", "query_id", "template")
+        .sort("template_id", "query_id")
+        .unique("template_id", keep="first", maintain_order=True)
+    )
+
+
 def _instantiate_shard(
     context: dg.AssetExecutionContext,
     shard: str,
@@ -118,15 +129,8 @@ def _instantiate_shard(
     matched = storage.read_table("matched_pairs", shard)
     docs = storage.read_table("documents", shard).select("doc_id", "source", "text")
     chunks = storage.read_table("document_chunks", shard).select("chunk_id", "text")
-    # Two query shards can yield the same template: the first query (by id) stands for it.
-    templates = (
-        storage.read_all("instruction_templates")
-        .select("template_id", "query_id", "template")
-        .sort("template_id", "query_id")
-        .unique("template_id", keep="first", maintain_order=True)
-    )
     requests = (
-        matched.join(templates, on="template_id", how="left")
+        matched.join(_templates(storage), on="template_id", how="left")
         .join(chunks.rename({"text": "chunk"}), on="chunk_id", how="left")
         .join(docs.rename({"text": "document"}), on="doc_id", how="left")
         .to_dicts()
@@ -210,7 +214,7 @@ def _instantiate_shard(
     deps=["instantiated_pairs", "documents"],
     group_name="synthesis",
     kinds={"polars", "parquet"},
-    code_version="1",
+    code_version="2",
     **on_gpu(),
     backfill_policy=dg.BackfillPolicy.single_run(),
     check_specs=[JUDGE_PASS_RATE, NO_DOMINANT_TEMPLATE],
@@ -229,7 +233,12 @@ def _judge_shard(
 ) -> dg.MaterializeResult:
     pairs = storage.read_table("instantiated_pairs", shard)
     docs = storage.read_table("documents", shard).select("doc_id", "source", "text")
-    rows = pairs.join(docs.rename({"text": "document"}), on="doc_id", how="left").to_dicts()
+    # The rules judge reads which words of an instruction its template says (fi_method.judge).
+    rows = (
+        pairs.join(docs.rename({"text": "document"}), on="doc_id", how="left")
+        .join(_templates(storage).select("template_id", "template"), on="template_id", how="left")
+        .to_dicts()
+    )
     context.log.info(f"judging {len(rows)} pairs with {judge.label}")
     calls = judge.call(
         rows,

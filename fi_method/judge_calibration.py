@@ -12,7 +12,15 @@ turns with the assistant's answer. The negatives, each from one real pair:
   name, a number, else its rarest word) replaced by one from another instruction that the answer
   does not mention, so that the instruction asks about X while the answer is about Y. This is the
   pipeline's own failure mode: a template's slot filled with a span of the document that the
-  answer is not about.
+  answer is not about;
+- mismatched: the instruction's rules template (fi_method.rules_genericizer) filled with spans of
+  another item's answer, answered by that answer: what the rules instantiator makes of a
+  template matched to a passage it does not fit, every slot value in the answer and nothing the
+  template asks answered.
+
+Every pair carries the template its instruction is filled from: the rules template of its own
+instruction, or the instruction itself when nothing in it becomes a slot (a template without
+slots), as the pipeline's judge sees each pair's template.
 
 The judge's third argument is the source document. Here every pair's document is its answer, so
 grounding is always satisfied and a judge must tell a good pair from a bad one by the instruction
@@ -22,6 +30,7 @@ Everything is seeded: the same seed gives the same pairs, split and figures."""
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections.abc import Sequence
@@ -31,12 +40,21 @@ from pathlib import Path
 from wordfreq import zipf_frequency
 
 from fi_method.benchmarks import ALPACA_EVAL, EVAL_DIR, MT_BENCH_101, load_benchmark
-from fi_method.rules_genericizer import REQUEST_VERBS, STOPWORDS
+from fi_method.rules_genericizer import (
+    ORDINAL_VARIANTS,
+    REQUEST_VERBS,
+    STOPWORDS,
+    rules_genericize,
+    slot_fillers,
+)
+from fi_method.rules_instantiator import usable_filler
+from fi_method.templates import TemplateError, fill_slots, slot_descriptions
 from fi_method.text import sentence_spans, words
 
 POSITIVE = "real"
 SWAPPED, TRUNCATED, REPEATED, ENTITY_SWAP = "swapped", "truncated", "repeated", "entity_swap"
-NEGATIVE_KINDS = (SWAPPED, TRUNCATED, REPEATED, ENTITY_SWAP)
+MISMATCHED = "mismatched"
+NEGATIVE_KINDS = (SWAPPED, TRUNCATED, REPEATED, ENTITY_SWAP, MISMATCHED)
 KINDS = (POSITIVE, *NEGATIVE_KINDS)
 
 # MT-Bench-101 tasks whose first assistant turn is by design not an answer to the first user
@@ -55,6 +73,9 @@ MIN_TRUNCATED_WORDS = 6
 # The rarest word of an instruction counts as its specific value only below this Zipf frequency
 # (about once per 30,000 words): commoner words ("water", "plan") name no particular thing.
 SPECIFIC_ZIPF = 4.5
+
+# Characters of an answer whose spans may fill a mismatched template.
+FILLER_SOURCE_CHARS = 800
 
 # Instructions drawn as donors of a replacement value before an entity swap gives up.
 DONORS_TRIED = 50
@@ -79,6 +100,7 @@ class LabelledPair:
     instruction: str
     answer: str
     document: str
+    template: str
 
     @property
     def positive(self) -> bool:
@@ -174,6 +196,44 @@ def swap_entity(
     return None
 
 
+@functools.lru_cache(maxsize=4096)
+def template_of(instruction: str) -> str:
+    """The rules template of an instruction, or the instruction itself when nothing in it is
+    specific enough to become a slot."""
+    try:
+        return rules_genericize(instruction).template
+    except TemplateError:
+        return instruction
+
+
+def _kind(description: str) -> str:
+    """The kind a slot description names, without the ordinal of "another person"."""
+    for ordinal in ORDINAL_VARIANTS:
+        if description.startswith(f"{ordinal} "):
+            return "a " + description[len(ordinal) + 1 :]
+    return description
+
+
+def fill_from(template: str, answer: str) -> str | None:
+    """The template with each slot filled by a span of `answer` (fi_method.rules_genericizer's
+    fillers, of the slot's kind where one is left, else the next in the answer), as the rules
+    instantiator fills it from its passage; None when the template has no slot or the answer
+    offers too few spans."""
+    descriptions = list(dict.fromkeys(slot_descriptions(template)))
+    # The answer's opening offers spans enough for a template's few slots, and parsing whole
+    # answers would make the set several times slower to build.
+    opening = answer[:FILLER_SOURCE_CHARS]
+    fillers = [(surface, kind) for surface, kind in slot_fillers(opening) if usable_filler(surface)]
+    if not descriptions or len(fillers) < len(descriptions):
+        return None
+    value_of: dict[str, str] = {}
+    for description in descriptions:
+        left = [f for f in fillers if f[0] not in value_of.values()]
+        fitting = [f for f in left if f[1] == _kind(description)]
+        value_of[description] = (fitting or left)[0][0]
+    return fill_slots(template, value_of)
+
+
 def _shape(value: str, text: str) -> str:
     if f"“{value}" in text or f'"{value}' in text:
         return "quoted"
@@ -193,21 +253,25 @@ def calibration_set(
     rng.shuffle(real)
     instructions = [q for _, q, _ in real]
 
-    def make(kind: str, index: int) -> tuple[str, str] | None:
+    def make(kind: str, index: int) -> tuple[str, str, str] | None:
         _, instruction, answer = real[index]
         if kind == POSITIVE:
-            return instruction, answer
-        if kind == SWAPPED:
+            return instruction, answer, template_of(instruction)
+        if kind in (SWAPPED, MISMATCHED):
             other = real[(index + rng.randrange(1, len(real))) % len(real)][2]
-            return instruction, other
+            if kind == SWAPPED:
+                return instruction, other, template_of(instruction)
+            template = template_of(instruction)
+            filled = fill_from(template, other)
+            return (filled, other, template) if filled is not None else None
         if kind == TRUNCATED:
             made = truncate(answer, rng)
         elif kind == REPEATED:
             made = repeat_sentence(answer, rng)
         else:
             swapped = swap_entity(instruction, answer, instructions, rng)
-            return (swapped, answer) if swapped is not None else None
-        return (instruction, made) if made is not None else None
+            return (swapped, answer, template_of(swapped)) if swapped is not None else None
+        return (instruction, made, template_of(instruction)) if made is not None else None
 
     pairs: list[LabelledPair] = []
     for kind in KINDS:
@@ -217,7 +281,10 @@ def calibration_set(
                 break
             made = make(kind, index)
             if made is not None:
-                pairs.append(LabelledPair(kind, real[index][0], made[0], made[1], made[1]))
+                instruction, answer, template = made
+                pairs.append(
+                    LabelledPair(kind, real[index][0], instruction, answer, answer, template)
+                )
                 made_here += 1
     return pairs
 

@@ -511,7 +511,7 @@ def _shared_conjunct_kinds(found: list[tuple[_Span, Token]]) -> list[_Span]:
 
 # -- from spans to a template -----------------------------------------------------------------
 
-_ORDINAL_VARIANTS = ("another", "a third", "a fourth", "a fifth", "a sixth")
+ORDINAL_VARIANTS = ("another", "a third", "a fourth", "a fifth", "a sixth")
 
 
 def _overlaps(span: _Span, taken: list[_Span]) -> bool:
@@ -603,7 +603,7 @@ def _choose_slots(query: str, doc: Doc) -> list[_Slot]:
         # Every description starts with "a" or "an", which the ordinal replaces.
         noun_phrase = kind.split(" ", 1)[1]
         description_of[variable] = (
-            f"{_ORDINAL_VARIANTS[earlier - 1]} {noun_phrase}" if earlier else kind
+            f"{ORDINAL_VARIANTS[earlier - 1]} {noun_phrase}" if earlier else kind
         )
     slots = []
     for span in chosen:

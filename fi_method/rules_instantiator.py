@@ -101,7 +101,7 @@ def _filler_texts(fillers: list[tuple[str, str]]) -> list[str]:
     return [kind for _, kind in fillers]
 
 
-def _usable(surface: str) -> bool:
+def usable_filler(surface: str) -> bool:
     """A filler that reads as a value in an instruction: one line of a few words, not markup
     (section headings, list runs and file names are spans of a parse, not values)."""
     return (
@@ -196,7 +196,7 @@ def rules_instantiate(
         return "null"
     for text, start, end in _excerpts(document or chunk, chunk, anchor):
         excerpt = text[start:end]
-        fillers = [filler for filler in slot_fillers(text, start, end) if _usable(filler[0])]
+        fillers = [filler for filler in slot_fillers(text, start, end) if usable_filler(filler[0])]
         if len(excerpt.split()) < MIN_ANSWER_WORDS or len(fillers) < len(descriptions):
             continue
         instruction = fill_slots(template, _assign(descriptions, fillers, embed))
@@ -217,6 +217,6 @@ def rules_instantiate_all(items: list[tuple[str, str, float, str]], embed: Embed
     for template, chunk, anchor, document in items:
         texts += slot_descriptions(template)
         for excerpt in _excerpts(document, chunk, anchor):
-            texts += [kind for surface, kind in slot_fillers(*excerpt) if _usable(surface)]
+            texts += [kind for surface, kind in slot_fillers(*excerpt) if usable_filler(surface)]
     cached.prefetch(texts)
     return [rules_instantiate(template, chunk, cached, *rest) for template, chunk, *rest in items]

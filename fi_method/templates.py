@@ -64,6 +64,11 @@ def fill_slots(template: str, value_of: dict[str, str]) -> str:
     return "".join(pieces)
 
 
+def fixed_text(template: str) -> str:
+    """What the template says itself: its text with every slot replaced by a space."""
+    return fill_slots(template, {description: " " for description in slot_descriptions(template)})
+
+
 def count_tags(template: str) -> int:
     """Number of `<fi>` slots, the template's complexity (repeated variables count each time)."""
     return len(_slots(template))

@@ -16,18 +16,21 @@ from fi_method.judge import (
     parse_output,
     repetition,
     rules_judge,
+    template_words_mentioned,
     truncated,
     unanswered_asks,
 )
 from fi_method.judge_calibration import (
     ENTITY_SWAP,
     KINDS,
+    MISMATCHED,
     NEGATIVE_KINDS,
     POSITIVE,
     REPEATED,
     SWAPPED,
     TRUNCATED,
     calibration_set,
+    fill_from,
     kept_shares,
     roc_auc,
     split,
@@ -298,6 +301,57 @@ def test_a_sensible_pipeline_pair_is_kept(instruction, answer):
     assert rules_judge(instruction, answer, document=answer).score >= MIN_JUDGE_SCORE
 
 
+# A rules template matched to a passage it does not fit: the instantiator filled its slot with a
+# span of the passage, so every slot value is in the answer, and nothing the template asks is.
+# The rules-2 judge, which did not read templates, kept this pair from a run on Wikipedia with 5.
+ACCESSIBILITY = (
+    "This allows greater computer accessibility for a wide range of visual abilities. Screen "
+    "readers announce the text under the cursor, magnifiers enlarge it, and assistive technology "
+    "such as refreshable braille displays lets blind users read what the screen shows."
+)
+
+
+def test_a_template_answered_only_by_its_slot_values_is_not_kept():
+    template = "how does trade impact on <fi>a kind of power</fi>"
+    instruction = "how does trade impact on assistive technology"
+    assert rules_judge(instruction, ACCESSIBILITY, ACCESSIBILITY).score >= MIN_JUDGE_SCORE
+    judgement = rules_judge(instruction, ACCESSIBILITY, ACCESSIBILITY, template)
+    assert judgement.score < MIN_JUDGE_SCORE
+    assert '"trade"' in judgement.feedback and '"impact"' in judgement.feedback
+
+
+def test_a_template_its_answer_answers_is_kept():
+    template = (
+        "who played <fi>a character in a TV series or film</fi> in <fi>a TV series or film</fi>"
+    )
+    instruction = "who played the Joker in The Dark Knight"
+    answer = (
+        "Heath Ledger played the Joker in The Dark Knight, the 2008 film directed by Christopher "
+        "Nolan; he died before its release and won a posthumous Academy Award for the role."
+    )
+    assert rules_judge(instruction, answer, answer, template).score >= MIN_JUDGE_SCORE
+
+
+@pytest.mark.parametrize(
+    ("template", "share", "missing"),
+    [
+        ("how does trade impact on <fi>a kind of power</fi>", 0.0, ["trade", "impact"]),
+        ("which screen readers help <fi>a group of people</fi>", 1.0, []),
+        (
+            "what do magnifiers and braille printers cost for <fi>a group</fi>",
+            0.5,
+            ["printers", "cost"],
+        ),
+        # A template without slots is all its own words; one of only stopwords asks nothing.
+        ("<fi>a question</fi>", 1.0, []),
+    ],
+)
+def test_template_words_mentioned_counts_the_template_words_the_answer_mentions(
+    template, share, missing
+):
+    assert template_words_mentioned(template, ACCESSIBILITY) == (share, missing)
+
+
 ANSWER = (
     "Christopher Nolan directed Inception, a 2010 science fiction film about a thief who steals "
     "secrets by entering the dreams of his targets; it won four Academy Awards."
@@ -313,8 +367,10 @@ def test_each_negative_kind_scores_below_the_kept_pair():
         TRUNCATED: (question, "Christopher Nolan directed Inception, a 2010 science fiction film"),
         REPEATED: (question, " ".join(["Christopher Nolan directed Inception in 2010."] * 4)),
         ENTITY_SWAP: ("Who directed the movie Jurassic Park?", ANSWER),
+        MISMATCHED: ("Who directed the movie Assistive Technology?", ACCESSIBILITY),
     }
-    scores = {kind: rules_judge(q, a, a).score for kind, (q, a) in pairs.items()}
+    template = "Who directed the movie <fi>a film</fi>?"
+    scores = {kind: rules_judge(q, a, a, template).score for kind, (q, a) in pairs.items()}
     assert scores[POSITIVE] >= MIN_JUDGE_SCORE
     assert all(scores[kind] < MIN_JUDGE_SCORE for kind in NEGATIVE_KINDS), scores
 
@@ -337,7 +393,7 @@ def calibration():
 
 
 def test_the_calibration_set_is_seeded_and_holds_every_kind(calibration):
-    assert calibration == calibration_set()
+    assert calibration_set(per_kind=40) == calibration_set(per_kind=40)
     counts = {kind: sum(p.kind == kind for p in calibration) for kind in KINDS}
     assert all(count >= 300 for count in counts.values()), counts
     assert all(p.document == p.answer for p in calibration)
@@ -346,12 +402,22 @@ def test_the_calibration_set_is_seeded_and_holds_every_kind(calibration):
     assert abs(len(tuning) - len(heldout)) < len(calibration) / 10
 
 
+def test_a_mismatched_pair_fills_its_template_with_spans_of_the_answer():
+    template = "Who directed the movie <fi>a film</fi>?"
+    instruction = fill_from(template, ANSWER)
+    assert instruction.startswith("Who directed the movie ") and instruction.endswith("?")
+    value = instruction.removeprefix("Who directed the movie ").removesuffix("?")
+    assert value in ANSWER
+    assert fill_from("Who directed the movie Inception?", ANSWER) is None
+
+
 def test_the_rules_judge_separates_real_pairs_from_nonsense_on_the_held_out_half(calibration):
     """The regression guard: on pairs its thresholds were not set on, the judge ranks real pairs
     above made-up bad ones (AUC) and keeps few of the bad ones while it keeps most real ones."""
     _, heldout = split(calibration)
-    scores = [rules_judge(p.instruction, p.answer, p.document).score for p in heldout]
-    assert roc_auc(scores, [p.positive for p in heldout]) >= 0.9
+    scores = [rules_judge(p.instruction, p.answer, p.document, p.template).score for p in heldout]
+    # 0.896 with this set; the rules-2 judge, which did not read templates, had 0.872.
+    assert roc_auc(scores, [p.positive for p in heldout]) >= 0.885
     kept = kept_shares(heldout, scores, MIN_JUDGE_SCORE)
     assert kept["negatives"] < 0.1
     assert kept[POSITIVE] >= 0.7
