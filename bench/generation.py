@@ -1,9 +1,13 @@
 """Generation throughput of the `transformers` engine (fi_resources/engines.py) in the
 instantiator role: output tokens/s on Llama-3.2-1B- and 3B-shaped models with random weights
 (speed does not depend on them; end-of-sequence is disabled, so every answer is exactly
---new-tokens long), batch sizes swept. Prompts are the released instantiator's input (a template
-and a Wikipedia document as JSON), cut to --prompt-tokens Llama-3 tokens. The time includes
-tokenisation, prefill and decoding, as a role call pays them.
+--new-tokens long), batch sizes swept (`auto`: the engine's own choice from free memory). Prompts
+are the released instantiator's input (a template and a Wikipedia document as JSON), cut to
+--prompt-tokens Llama-3 tokens. The time includes tokenisation, prefill and decoding, as a role
+call pays them. The models are built on the device they run on (a random 1B Llama takes about a
+minute to build on a CPU, seconds on a GPU). --decoding compares the engine's KV caches: dynamic
+(eager decoding, the engine's default on a CPU) and static (on a GPU, generate compiles the
+decoding step into CUDA graphs; the untimed warm-up run pays the compile).
 
 Two yardsticks: vLLM's published offline throughput on one H100 (FACTS.md: ~16k output tokens/s
 for a ~1B model, ~8.5k for ~4B, so at least that for 3B), and the compute limit, the time the
@@ -11,13 +15,20 @@ matmul FLOPs of the batch (2 x parameters x (prompt + new tokens) each) take at 
 measured matmul speed. Prefill is compute-bound; decoding is bound by memory bandwidth, so on a
 GPU the anchor is the yardstick that counts.
 
-    python -m bench.generation --shapes 1b --batch-sizes 1 4 --new-tokens 16     # CPU
-    python -m bench.generation --batch-sizes 1 8 32 128 --new-tokens 256          # a GPU
+    python -m bench.generation --shapes 1b --batch-sizes 1 4 --new-tokens 16 --repeats 1   # CPU
+    python -m bench.generation --shapes 1b 3b --batch-sizes 1 32 256 auto --new-tokens 256 \
+        --repeats 1                                                        # a GPU, < 5 min
+    python -m bench.generation --shapes 1b --batch-sizes 1 256 --new-tokens 256 \
+        --decoding dynamic static                  # the goal: 1B, batch 256, >= 0.3 of vLLM
+
+The weights go to a temporary folder (2.5 GB for 1B, 6.4 GB for 3B, one at a time): where the
+temporary folder is small, point TMPDIR at a larger disk.
 """
 
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -47,12 +58,13 @@ SHAPES = {
     },
 }
 VLLM_ANCHOR = {"1b": 16_000, "3b": 8_500}
+DECODING = {"auto": None, "dynamic": False, "static": True}
 TEMPLATE = "How does <fi>a process or mechanism</fi> work in <fi>a field</fi>?"
 
 
-def random_llama(shape: str, folder: Path) -> str:
-    """A random-weight Llama of `shape` with the Llama-3 tokenizer, saved in bf16, with no
-    end-of-sequence token in its generation config."""
+def random_llama(shape: str, folder: Path, device: str) -> str:
+    """A random-weight Llama of `shape` with the Llama-3 tokenizer, built on `device` and saved
+    in bf16, with no end-of-sequence token in its generation config."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -68,7 +80,9 @@ def random_llama(shape: str, folder: Path) -> str:
     )
     torch.set_default_dtype(torch.bfloat16)
     try:
-        model = LlamaForCausalLM(config)
+        # Initialising a billion weights takes the CPU about a minute and a GPU seconds.
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
     finally:
         torch.set_default_dtype(torch.float32)
     model.generation_config.eos_token_id = None
@@ -89,55 +103,93 @@ def instantiator_prompts(count: int, tokens: int, tokenizer) -> list[str]:
     return prompts
 
 
+def batch_size(text: str) -> int | None:
+    """A --batch-sizes value: a number of prompts, or `auto` (None), the engine's choice."""
+    return None if text == "auto" else int(text)
+
+
+def decoding_label(engine: TransformersEngine) -> str:
+    """How the engine decodes now: its KV cache, and whether generate compiles the step."""
+    if not engine.static_cache:
+        return "dynamic cache, eager"
+    return "static cache, compiled" if engine.device.startswith("cuda") else "static cache, eager"
+
+
 def measure(shape: str, engine: TransformersEngine, args, device: str, peak: float):
-    """One row per batch size: throughput, time, and the two yardsticks."""
+    """One row per decoding mode and batch size: throughput, time, and the two yardsticks."""
     parameters = sum(p.numel() for p in engine.hf_model.parameters())
     rows = []
-    for batch in args.batch_sizes:
-        engine.config = replace(engine.config, batch_size=batch)
-        prompts = instantiator_prompts(batch, args.prompt_tokens, engine.tokenizer)
-        requests = [Request(prompt=prompt) for prompt in prompts]
-        seconds = median_seconds(
-            lambda requests=requests: list(engine.generate(requests, args.new_tokens, None)),
-            args.repeats,
-        )
-        speed = batch * args.new_tokens / seconds
-        anchor = f"{speed / VLLM_ANCHOR[shape]:.3f}" if device.startswith("cuda") else "- (CPU)"
-        flops = 2 * parameters * (args.prompt_tokens + args.new_tokens) * batch
-        rows.append(
-            [
-                f"Llama-3.2-{shape.upper()} shape",
-                batch,
-                speed,
-                seconds,
-                flops / peak / seconds,
-                anchor,
-            ]
-        )
+    for decoding in args.decoding:
+        for batch in args.batch_sizes:
+            engine.config = replace(
+                engine.config, batch_size=batch, static_cache=DECODING[decoding]
+            )
+            # The engine sizes an auto batch by its longest prompt: the tokens asked and the BOS.
+            count = batch or engine.auto_batch_size(args.prompt_tokens + 1, args.new_tokens)
+            prompts = instantiator_prompts(count, args.prompt_tokens, engine.tokenizer)
+            requests = [Request(prompt=prompt) for prompt in prompts]
+            seconds = median_seconds(
+                lambda requests=requests: list(engine.generate(requests, args.new_tokens)),
+                args.repeats,
+            )
+            speed = count * args.new_tokens / seconds
+            anchor = f"{speed / VLLM_ANCHOR[shape]:.3f}" if device.startswith("cuda") else "- (CPU)"
+            flops = 2 * parameters * (args.prompt_tokens + args.new_tokens) * count
+            rows.append(
+                [
+                    f"Llama-3.2-{shape.upper()} shape",
+                    decoding_label(engine),
+                    count if batch else f"auto ({count})",
+                    speed,
+                    seconds,
+                    flops / peak / seconds,
+                    anchor,
+                ]
+            )
     return rows
 
 
 def main() -> None:
+    import torch
+
     arguments = parser(__doc__.split("\n\n")[0])
     arguments.add_argument("--shapes", nargs="+", default=["1b"], choices=sorted(SHAPES))
-    arguments.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
+    arguments.add_argument("--batch-sizes", type=batch_size, nargs="+", default=[1, 4])
     arguments.add_argument("--prompt-tokens", type=int, default=512)
     arguments.add_argument("--new-tokens", type=int, default=16)
+    arguments.add_argument(
+        "--decoding",
+        nargs="+",
+        default=["auto"],
+        choices=sorted(DECODING),
+        help="the engine's KV cache: dynamic (eager decoding), static (on a GPU, generate "
+        "compiles the decoding step into CUDA graphs), or auto, the engine's default: static on "
+        "a GPU only",
+    )
     args = arguments.parse_args()
     device = torch_device(args.device)
     peak = matmul_peak(device)
     rows = []
-    with tempfile.TemporaryDirectory() as scratch:
-        for shape in args.shapes:
-            folder = random_llama(shape, Path(scratch) / shape)
+    built = []
+    for shape in args.shapes:
+        # One model on disk at a time: the temporary folder of a GPU machine may be small.
+        with tempfile.TemporaryDirectory() as scratch:
+            started = time.perf_counter()
+            folder = random_llama(shape, Path(scratch) / shape, device)
+            built.append(f"{shape} {time.perf_counter() - started:.0f} s")
             engine = TransformersEngine(
                 EngineConfig(engine="transformers", model=folder, home=scratch, device=device)
             )
             engine.load()
             rows += measure(shape, engine, args, device, peak)
             del engine
+        # The next shape's model gets this one's memory, and compiles of its own.
+        torch.compiler.reset()
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
     columns = [
         "model",
+        "decoding",
         "batch",
         "output tokens/s",
         "s per batch",
@@ -146,7 +198,8 @@ def main() -> None:
     ]
     body = table(columns, rows) + (
         f"\n\n{args.prompt_tokens}-token prompts, {args.new_tokens} new tokens each, greedy; "
-        f"measured matmul {peak / 1e12:.3g} TFLOP/s."
+        f"measured matmul {peak / 1e12:.3g} TFLOP/s; random models built and saved in "
+        f"{', '.join(built)}."
     )
     report("generation", device, "Generation throughput (transformers engine)", body, args.save)
 

@@ -54,7 +54,13 @@ class EngineConfig:
     model: str
     home: str
     device: str = "auto"
-    batch_size: int = 8
+    # None: the transformers engine sizes its batches from the free GPU memory (8 on a CPU); the
+    # vllm engine needs a number.
+    batch_size: int | None = 8
+    # The transformers engine decodes over a static KV cache, which generate compiles into CUDA
+    # graphs on a GPU. None: on a GPU only, where launching each step's kernels one by one is
+    # what bounds decoding (on a CPU generate does not compile).
+    static_cache: bool | None = None
     max_new_tokens: int = 256
     structured: bool = True
     vllm_gpu_memory_share: float = 0.9
@@ -172,8 +178,51 @@ class RulesEngine(Engine):
         yield [(index, Generation(text)) for index, text in enumerate(outputs)]
 
 
+# Rows per batch on a CPU when the batch size is left to the engine: a CPU gains little from
+# wider batches, and each batch is one commit of the call cache.
+CPU_BATCH_SIZE = 8
+# Past this many rows a decoding step is bound by reading the KV cache, so wider batches add
+# little throughput and only delay each commit to the call cache.
+MAX_BATCH_SIZE = 1024
+# Of the free GPU memory, what the batch may fill: the estimate below leaves out the allocator's
+# fragmentation and the CUDA graphs' memory pool.
+GPU_MEMORY_SHARE = 0.8
+
+
+def left_padded(rows: Sequence[Sequence[int]], pad_token_id: int):
+    """`input_ids` and `attention_mask` tensors of token id lists padded on the left, as the
+    tokenizer pads them for a decoder-only model."""
+    import torch
+
+    width = max(len(ids) for ids in rows)
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, ids in enumerate(rows):
+        if ids:
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids) :] = 1
+    return input_ids, attention_mask
+
+
+def rows_that_fit(free_bytes: int, row_bytes: int) -> int:
+    """Rows of `row_bytes` each that GPU_MEMORY_SHARE of `free_bytes` holds, rounded down to a
+    power of two (calls with a little more or less memory then share compiled shapes), at least
+    1 and at most MAX_BATCH_SIZE."""
+    rows = int(free_bytes * GPU_MEMORY_SHARE) // row_bytes
+    return min(MAX_BATCH_SIZE, 1 << (max(rows, 1).bit_length() - 1))
+
+
+def longest_first(lengths: Sequence[int]) -> list[int]:
+    """Indices ordered by length, longest first, ties in their original order. Batches cut from
+    this order pad each prompt only to its neighbours' length, and the first batch is the
+    largest, so running out of memory shows at once and a static KV cache sized for it serves
+    every later batch."""
+    return sorted(range(len(lengths)), key=lambda index: -lengths[index])
+
+
 class TransformersEngine(ModelEngine):
-    """Greedy, batched generation with Hugging Face transformers on CPU or GPU."""
+    """Greedy, batched generation with Hugging Face transformers on CPU or GPU. Prompts are
+    batched by length; on a GPU the decoding step runs compiled over a static KV cache."""
 
     name = "transformers"
     hf_model = None
@@ -197,10 +246,22 @@ class TransformersEngine(ModelEngine):
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        self.hf_model = (
-            AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(self.device).eval()
-        )
+        # Straight onto the device: no copy of the weights staged in host memory first.
+        self.hf_model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, device_map=self.device
+        ).eval()
         self._grammars: dict[str, object] = {}
+        # generate keeps its static KV cache as long as the longest call's so far, so that a
+        # shorter call reuses the compiled step; the batch size estimate has to count it too.
+        self._cache_tokens = 0
+
+    @property
+    def static_cache(self) -> bool:
+        """Whether decoding runs over a static KV cache (after `load`); on a GPU, generate
+        then compiles the decoding step."""
+        if self.config.static_cache is None:
+            return self.device.startswith("cuda")
+        return self.config.static_cache
 
     def _grammar(self, output_format: OutputFormat):
         """The output format compiled for this tokenizer by xgrammar, once per format."""
@@ -248,42 +309,96 @@ class TransformersEngine(ModelEngine):
         self.tokenizer.truncation_side = "left"
         return {"truncation": True, "max_length": window - max_new_tokens}
 
+    def row_bytes(self, prompt_tokens: int, cache_tokens: int) -> int:
+        """GPU memory one row of a batch takes: its KV cache (layers x keys and values x KV
+        heads x head size per token), one layer's activations while its prompt is read, the
+        padding mask, and its logits at each step (the model's dtype, then float32 twice)."""
+        config = self.hf_model.config.get_text_config()
+        heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        element = self.hf_model.dtype.itemsize
+        # Attention with a padding mask repeats one layer's keys and values to every head.
+        per_cache_token = (config.num_hidden_layers * 2 * kv_heads + 2 * heads) * head_dim
+        # The residual stream and its float32 norm, the MLP's gate, up and product, the queries.
+        per_prompt_token = 4 * config.hidden_size + 3 * config.intermediate_size + heads * head_dim
+        logits = config.vocab_size * (element + 8)
+        return (
+            (per_cache_token * cache_tokens + per_prompt_token * prompt_tokens) * element
+            + prompt_tokens**2
+            + logits
+        )
+
+    def auto_batch_size(self, prompt_tokens: int, max_new_tokens: int) -> int:
+        """Rows per batch when the config leaves it to the engine: on a GPU as many as the free
+        memory holds for prompts of `prompt_tokens` and answers of `max_new_tokens`, rounded
+        down to a power of two, at most MAX_BATCH_SIZE; CPU_BATCH_SIZE on a CPU."""
+        if not self.device.startswith("cuda"):
+            return CPU_BATCH_SIZE
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(self.device)
+        # What torch holds from earlier batches is free to the next one too.
+        free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        cache_tokens = prompt_tokens + max_new_tokens
+        if self.static_cache:
+            cache_tokens = max(cache_tokens, self._cache_tokens)
+        return rows_that_fit(free, self.row_bytes(prompt_tokens, cache_tokens))
+
+    def _decoding(self, batch_tokens: int, max_new_tokens: int) -> dict:
+        """generate's arguments for the decoding step. Over a dynamic cache, decoding launches
+        every operation of every layer from Python at each step (about 700 for a 16-layer
+        Llama) and the step ends in a host sync, so on a GPU a small batch waits on the host,
+        not on the device. Over a static cache generate compiles the step (torch.compile,
+        CUDA graphs): one graph replay a step."""
+        if not self.static_cache:
+            return {}
+        self._cache_tokens = max(self._cache_tokens, batch_tokens + max_new_tokens)
+        return {"cache_implementation": "static"}
+
     def generate(self, requests, max_new_tokens):
         import torch
 
+        if not requests:
+            return
         self.load()
         prompts, add_special_tokens = self._prompts(requests)
-        batch_size = self.config.batch_size
-        for start in range(0, len(prompts), batch_size):
-            encoded = self.tokenizer(
-                prompts[start : start + batch_size],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=add_special_tokens,
-                **self._truncation(max_new_tokens),
-            ).to(self.device)
-            batch = requests[start : start + batch_size]
-            extra = {}
-            if any(r.output_format is not None for r in batch):
+        token_ids = self.tokenizer(
+            prompts,
+            add_special_tokens=add_special_tokens,
+            **self._truncation(max_new_tokens),
+        )["input_ids"]
+        order = longest_first([len(ids) for ids in token_ids])
+        batch_size = self.config.batch_size or self.auto_batch_size(
+            len(token_ids[order[0]]), max_new_tokens
+        )
+        pad_token_id = self.tokenizer.pad_token_id
+        # Compiling under inference mode is slow or fails with changing shapes
+        # (pytorch/pytorch#114119, #103132); no_grad is what transformers compiles under.
+        context = torch.no_grad if self.static_cache else torch.inference_mode
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            input_ids, attention_mask = left_padded([token_ids[i] for i in rows], pad_token_id)
+            input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+            extra = self._decoding(input_ids.shape[1], max_new_tokens)
+            if any(requests[i].output_format is not None for i in rows):
                 from xgrammar.contrib.hf import LogitsProcessor
 
                 # One processor per generate call, one grammar per row: it keeps their states.
-                grammars = [self._grammar(r.output_format) for r in batch]
+                grammars = [self._grammar(requests[i].output_format) for i in rows]
                 extra["logits_processor"] = [LogitsProcessor(grammars)]
-            with torch.inference_mode():
+            with context():
                 generated = self.hf_model.generate(
-                    **encoded,
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
-                    pad_token_id=self.tokenizer.pad_token_id,
+                    pad_token_id=pad_token_id,
                     **extra,
                 )
-            new_tokens = generated[:, encoded["input_ids"].shape[1] :]
+            new_tokens = generated[:, input_ids.shape[1] :]
             texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            prompt_tokens = encoded["attention_mask"].sum(dim=1).tolist()
-            finished = (new_tokens == self.tokenizer.pad_token_id) | (
-                new_tokens == self.tokenizer.eos_token_id
-            )
+            finished = (new_tokens == pad_token_id) | (new_tokens == self.tokenizer.eos_token_id)
             # Tokens up to and including the first end-of-sequence; the rest is padding.
             first_end = torch.where(
                 finished.any(dim=1),
@@ -291,8 +406,8 @@ class TransformersEngine(ModelEngine):
                 torch.full_like(finished[:, 0], new_tokens.shape[1], dtype=torch.long),
             ).tolist()
             yield [
-                (start + row, Generation(text, int(prompt_tokens[row]), int(first_end[row])))
-                for row, text in enumerate(texts)
+                (index, Generation(text, len(token_ids[index]), int(first_end[row])))
+                for row, (index, text) in enumerate(zip(rows, texts, strict=True))
             ]
 
 
