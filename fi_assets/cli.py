@@ -208,9 +208,20 @@ def sql(
 
     from fi_resources.storage import Storage
 
-    connection = Storage.from_settings(_settings()).connect()
+    settings = _settings()
+    storage = Storage.from_settings(settings)
+    connection = storage.connect()
     try:
         cursor = connection.execute(query)
+    except duckdb.CatalogException as error:
+        tables = ", ".join(storage.table_names()) or "none yet (run `fi demo` or `fi materialize`)"
+        typer.secho(
+            f"error: {str(error).splitlines()[0]}\ntables under {settings.home.resolve()}: {tables}"
+            "\n(FI_HOME, default ./fi_home, is relative to the working directory)",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(1) from error
     except duckdb.Error as error:
         typer.secho(f"error: {error}", fg="red", err=True)
         raise typer.Exit(1) from error

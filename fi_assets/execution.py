@@ -17,6 +17,8 @@ import dagster as dg
 from fi_assets.planning import PlannedRun
 from fi_resources.instance import open_instance, process_tag
 
+ASSETS_TAG = "fi/assets"
+
 # Runs log at INFO on the terminal; the UI keeps every level of the same runs.
 RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
@@ -28,7 +30,7 @@ class RunOutcome:
     success: bool
     run_id: str | None = None
     seconds: float = 0.0
-    # "name: FAILED (blocking)" or "name: WARNING (not blocking)" per check that did not pass.
+    # "name: FAILED (blocking)" per check that did not pass.
     checks: list[str] = field(default_factory=list)
     # 1-based numbers of the failed runs it would have read from (then it did not run).
     skipped_after: list[int] = field(default_factory=list)
@@ -42,18 +44,17 @@ def execute_run(defs: dg.Definitions, instance, run: PlannedRun) -> RunOutcome:
         selection=run.asset_keys,
         partition_key=run.partition_key,
         run_config=RUN_CONFIG,
-        tags=process_tag(),
+        # The Runs page names every run of dg.materialize alike: the tag says what it ran.
+        tags={
+            **process_tag(),
+            ASSETS_TAG: ", ".join(key.to_user_string() for key in run.asset_keys),
+        },
         instance=instance,
         resources=defs.resources,
         raise_on_error=False,
     )
     checks = [
-        f"{e.check_name}: "
-        + (
-            "FAILED (blocking)"
-            if e.severity == dg.AssetCheckSeverity.ERROR
-            else "WARNING (not blocking)"
-        )
+        f"{e.check_name}: FAILED (blocking)"
         for e in result.get_asset_check_evaluations()
         if not e.passed
     ]

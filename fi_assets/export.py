@@ -93,7 +93,10 @@ def export_recipe(storage: Storage, settings: Settings, recipe: str, out: Path) 
     """Write `out/data/train-XXXXX-of-NNNNN.parquet` (one file per document shard) and
     `out/README.md`; refuse to write into a folder that already has files."""
     if recipe == STANDARD:
-        raise ExportError("the standard recipe is the documents themselves: nothing synthetic")
+        raise ExportError(
+            "the standard recipe is the documents themselves, nothing synthetic: export "
+            f"{FINEINSTRUCTIONS} or {NON_INSTRUCTIONAL}"
+        )
     if recipe not in (FINEINSTRUCTIONS, NON_INSTRUCTIONAL):
         raise ExportError(
             f"unknown recipe {recipe!r}; export {FINEINSTRUCTIONS} or {NON_INSTRUCTIONAL}"

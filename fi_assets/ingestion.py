@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,8 +77,12 @@ def ingest_shard(
         [{**r, "stage": f"ingest_{kind}", "shard": shard} for r in result.rejects],
     )
     if not result.rows:
+        reasons = Counter(str(r.get("detail") or r.get("reason")) for r in result.rejects)
+        common = "; ".join(
+            f"{detail} ({n} row{'s' if n > 1 else ''})" for detail, n in reasons.most_common(2)
+        )
         raise NoGoodRowsError(
-            f"{source}: no row could be ingested ({len(result.rejects)} rejected; "
+            f"{source}: no row could be ingested ({len(result.rejects)} rejected: {common}; "
             f"see: fi sql \"select * from rejects where shard = '{shard}'\")"
         )
     frame = pl.DataFrame(result.rows, infer_schema_length=None)

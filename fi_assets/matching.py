@@ -2,6 +2,8 @@
 and stored with their vectors, so a change in the template index re-runs retrieval only, never
 the embedding of unchanged documents."""
 
+import time
+
 import dagster as dg
 import numpy as np
 import polars as pl
@@ -25,6 +27,8 @@ from fi_resources.template_index import TemplateIndex, table_name_for
 # Nearest templates fetched per query vector before the threshold; enough that sampling by
 # complexity has a choice, few enough that retrieval stays one cheap batched call.
 CANDIDATES_PER_VECTOR = 20
+# About half a minute of MiniLM on two CPU cores per progress line; a GPU's batches stay large.
+CHUNKS_PER_PROGRESS_LINE = 512
 
 MATCHED_PAIRS_SCHEMA = {
     "doc_id": pl.String,
@@ -62,6 +66,25 @@ def document_chunks(
     return each_partition(context, lambda shard: _chunk_shard(context, shard, storage, embedder))
 
 
+def _embed_with_progress(
+    context: dg.AssetExecutionContext, embedder: Embedder, texts: list[str], n_documents: int
+) -> np.ndarray:
+    """Gaussian-pooled vectors of `texts`, a block at a time, logging how far it got: embedding
+    a shard takes minutes on a CPU."""
+    context.log.info(f"embedding {len(texts)} chunks of {n_documents} documents")
+    started = time.perf_counter()
+    blocks = [embedder.embed_pooled(texts[:0])]
+    for start in range(0, len(texts), CHUNKS_PER_PROGRESS_LINE):
+        blocks.append(embedder.embed_pooled(texts[start : start + CHUNKS_PER_PROGRESS_LINE]))
+        done = min(start + CHUNKS_PER_PROGRESS_LINE, len(texts))
+        elapsed = time.perf_counter() - started
+        context.log.info(
+            f"embedded {done}/{len(texts)} chunks ({done / elapsed:.1f}/s, "
+            f"~{(len(texts) - done) * elapsed / done:.0f}s left)"
+        )
+    return np.concatenate(blocks)
+
+
 def _chunk_shard(
     context: dg.AssetExecutionContext, shard: str, storage: Storage, embedder: Embedder
 ) -> dg.MaterializeResult:
@@ -71,8 +94,7 @@ def _chunk_shard(
         for doc_id, text in docs.select("doc_id", "text").iter_rows()
         for chunk in chunk_document(doc_id, text, embedder.count_tokens, embedder.chunk_tokens)
     ]
-    context.log.info(f"embedding {len(chunks)} chunks of {docs.height} documents")
-    vectors = embedder.embed_pooled([c["text"] for c in chunks])
+    vectors = _embed_with_progress(context, embedder, [c["text"] for c in chunks], docs.height)
     frame = pl.DataFrame(
         chunks,
         schema={

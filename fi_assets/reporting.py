@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import dagster as dg
 import polars as pl
 
-from fi_assets.checks import blocks, failed_checks_tags
+from fi_assets.checks import failed_checks_tags
 from fi_method.text import content_hash
 from fi_resources.model_calls import CallResult
 from fi_resources.storage import Storage
@@ -165,15 +165,10 @@ def _combined_checks(results: dict[str, dg.MaterializeResult]) -> list[dg.AssetC
                 check_name=name,
                 asset_key=checks[0][1].asset_key,
                 passed=not failed,
-                severity=(
-                    dg.AssetCheckSeverity.ERROR
-                    if any(blocks(c) for _, c in checks)
-                    else dg.AssetCheckSeverity.WARN
-                ),
+                severity=dg.AssetCheckSeverity.ERROR,
                 metadata={
                     key: sum(c.metadata[key].value for _, c in checks)
-                    for key in ("checked_rows", "failed_rows", "warned_rows")
-                    if key in checks[0][1].metadata
+                    for key in ("checked_rows", "failed_rows", "noted_rows")
                 }
                 | {"failures": dg.MetadataValue.md("\n".join(lines) or "none")},
             )

@@ -125,6 +125,8 @@ def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeyp
     bad.write_text('{"nope": 1}\nnot json\n')
     result = runner.invoke(app, ["ingest", "queries", str(bad)])
     assert result.exit_code == 1 and "no row could be ingested" in result.output
+    # The reason is in the error itself, not only in the rejects table.
+    assert "no 'query' or 'text' field (1 row)" in result.output
 
     result = runner.invoke(app, ["ingest", "queries", str(queries_file), "--shard", "chat"])
     assert result.exit_code == 0, result.output
@@ -220,6 +222,9 @@ def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeyp
 
     result = runner.invoke(app, ["sql", "select count(*) from nowhere"])
     assert result.exit_code == 1 and "nowhere" in result.output
+    assert "judged_pairs" in result.output and str(fi_home.resolve()) in result.output
+    result = runner.invoke(app, ["export", "standard", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "export fineinstructions or non_instructional" in result.output
     result = runner.invoke(app, ["materialize", "no_such_asset"])
     assert result.exit_code == 2 and "unknown asset" in result.output
 
