@@ -134,7 +134,7 @@ def main() -> None:
         rows_before += figures(f"{revision} ({before.RULES_VERSION})", before.rules_judge, halves)[
             0
         ]
-    rows_now, scores = figures(f"now ({judge.RULES_VERSION})", judge.rules_judge, halves)
+    rows_now, scores = figures("now, reading each pair's template", judge.rules_judge, halves)
     columns = [
         "judge",
         "half",

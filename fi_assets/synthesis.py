@@ -214,7 +214,7 @@ def _instantiate_shard(
     deps=["instantiated_pairs", "documents"],
     group_name="synthesis",
     kinds={"polars", "parquet"},
-    code_version="2",
+    code_version="1",
     **on_gpu(),
     backfill_policy=dg.BackfillPolicy.single_run(),
     check_specs=[JUDGE_PASS_RATE, NO_DOMINANT_TEMPLATE],
@@ -233,12 +233,7 @@ def _judge_shard(
 ) -> dg.MaterializeResult:
     pairs = storage.read_table("instantiated_pairs", shard)
     docs = storage.read_table("documents", shard).select("doc_id", "source", "text")
-    # The rules judge reads which words of an instruction its template says (fi_method.judge).
-    rows = (
-        pairs.join(docs.rename({"text": "document"}), on="doc_id", how="left")
-        .join(_templates(storage).select("template_id", "template"), on="template_id", how="left")
-        .to_dicts()
-    )
+    rows = pairs.join(docs.rename({"text": "document"}), on="doc_id", how="left").to_dicts()
     context.log.info(f"judging {len(rows)} pairs with {judge.label}")
     calls = judge.call(
         rows,
@@ -269,6 +264,15 @@ def _judge_shard(
         rejects,
         ["pair_id", "score", "kept", "feedback"],
         {
+            # What a reader wants to see first: kept pairs, best first, with what they say.
+            "preview": dg.MetadataValue.md(
+                markdown_preview(
+                    frame.join(pairs.select("pair_id", "instruction", "answer"), on="pair_id").sort(
+                        ["kept", "score", "pair_id"], descending=[True, True, False]
+                    ),
+                    ["score", "instruction", "answer", "feedback"],
+                )
+            ),
             "engine": judge.engine,
             "model": judge.model_name,
             "min_score": judge.min_score,
