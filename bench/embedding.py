@@ -1,27 +1,41 @@
 """Embedding throughput of stage B: the Embedder's Gaussian-pooled chunk vectors (what
-document_chunks computes: K+1 = 6 vectors per chunk) against plain `SentenceTransformer.encode`
-(one mean-pooled vector) on the same chunks, so the ratio is the cost of our pooling.
+document_chunks computes: K+1 = 6 vectors per chunk) and its sentence vectors (what template_index
+computes) against plain `SentenceTransformer.encode` (one mean-pooled vector) of the same encoder,
+loaded once in the Embedder's dtype (bf16 on a GPU, fp32 on the CPU), on the same chunks, so the
+ratio is the cost of our batching and pooling.
 
 Models: MiniLM (shipped offline) and an encoder of BGE-M3's shape (XLM-RoBERTa large: 24 layers,
-1024 wide, 16 heads, 4096 FFN, 250,002-token vocabulary) with random weights and MiniLM's
-tokenizer; speed does not depend on the weights. Chunks are real Wikipedia text (the demo's
-sample), cut to the requested tokens by the pipeline's own chunker. The compute limit is the time
-the encoder's matmul FLOPs (2 x its non-embedding parameters per token) take at the device's
-measured matmul speed.
+1024 wide, 16 heads, 4096 FFN, 250,002-token vocabulary) with random weights, built on the target
+device, and MiniLM's tokenizer; speed does not depend on the weights. Chunks are real Wikipedia
+text (the demo's sample), cut to the requested tokens by the pipeline's own chunker. The compute
+limit is the time the encoder's matmul FLOPs (2 x its non-embedding parameters per token) take at
+the device's measured matmul speed in the encoder's dtype. The paths take turns in each repeat,
+so that a shared machine's changing load falls on all of them alike.
 
-    python -m bench.embedding                      # CPU sizes
-    python -m bench.embedding --chunks 4096 --chunk-tokens 512 --batch-size 128   # a GPU
+--baseline names a copy of an earlier fi_resources/embedder.py (816d1d2 holds the one that pooled
+the unpadded per-text tensors of encode(output_value="token_embeddings")); its embed_pooled runs
+on the same loaded encoder, so only the pooling path differs.
+
+    python -m bench.embedding --chunks 32 --repeats 1                    # CPU sizes
+    git show 816d1d2:fi_resources/embedder.py > /tmp/old_embedder.py
+    python -m bench.embedding --device cuda --chunks 4096 --chunk-tokens 256 --batch-size 128 \\
+        --baseline /tmp/old_embedder.py                                  # a GPU, ~4 min
 """
 
 from __future__ import annotations
 
+import importlib.util
+import statistics
+import sys
 import tempfile
+import time
 from pathlib import Path
+from types import ModuleType
 
-from bench.common import matmul_peak, median_seconds, parser, report, table
+from bench.common import matmul_peak, parser, report, table
 from fi_method.chunking import chunk_document
 from fi_method.samples import wikipedia_articles
-from fi_resources.embedder import Embedder, torch_device
+from fi_resources.embedder import Embedder, encoder_dtype, torch_device
 from fi_resources.models import MINILM, sentence_transformer_source
 
 BGE_M3_SHAPE = {
@@ -35,13 +49,18 @@ BGE_M3_SHAPE = {
 }
 
 
-def bge_m3_sized(folder: Path) -> str:
-    """A random-weight encoder of BGE-M3's shape, saved with MiniLM's tokenizer."""
+def bge_m3_sized(folder: Path, device: str, dtype) -> str:
+    """A random-weight encoder of BGE-M3's shape, initialised on `device` and saved in `dtype`
+    (the Embedder's, so that loading converts nothing) with MiniLM's tokenizer."""
+    import torch
     from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaModel
 
     tokenizer = AutoTokenizer.from_pretrained(sentence_transformer_source(MINILM))
     config = XLMRobertaConfig(**BGE_M3_SHAPE, pad_token_id=tokenizer.pad_token_id)
-    XLMRobertaModel(config).save_pretrained(folder)
+    with torch.device(device):
+        model = XLMRobertaModel(config)
+    model.to(dtype).save_pretrained(folder)
+    del model
     tokenizer.model_max_length = 8192
     tokenizer.save_pretrained(folder)
     return str(folder)
@@ -53,9 +72,9 @@ def chunks_of(embedder: Embedder, count: int, tokens: int) -> list[str]:
     for article in wikipedia_articles():
         for chunk in chunk_document(article["id"], article["text"], embedder.count_tokens, tokens):
             chunks.append(chunk.text)
-    if len(chunks) < count:  # the sample is finite: repeat it
-        chunks = chunks * (count // len(chunks) + 1)
-    return chunks[:count]
+            if len(chunks) == count:
+                return chunks
+    return (chunks * (count // len(chunks) + 1))[:count]  # the sample is finite: repeat it
 
 
 def matmul_parameters(encoder) -> int:
@@ -63,30 +82,71 @@ def matmul_parameters(encoder) -> int:
     return sum(p.numel() for name, p in encoder.named_parameters() if "embeddings" not in name)
 
 
-def measure(name: str, model: str, device: str, args, peak: float) -> list[list]:
-    """Rows of one model: plain encode, then the Embedder, on the same chunks."""
-    embedder = Embedder(model=model, device=device, batch_size=args.batch_size)
+def synchronise() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def interleaved_seconds(works: dict[str, object], repeats: int) -> dict[str, float]:
+    """Median wall time of each work over `repeats` rounds in which they take turns, after one
+    untimed round; the device is synchronised around each."""
+    for work in works.values():
+        work()
+    seconds: dict[str, list[float]] = {name: [] for name in works}
+    for _ in range(repeats):
+        for name, work in works.items():
+            synchronise()
+            started = time.perf_counter()
+            work()
+            synchronise()
+            seconds[name].append(time.perf_counter() - started)
+    return {name: statistics.median(times) for name, times in seconds.items()}
+
+
+def load_module(path: str) -> ModuleType:
+    """An earlier copy of a module, loaded from its file under a name of its own."""
+    spec = importlib.util.spec_from_file_location("baseline_embedder", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def measure(name: str, model: str, device: str, args, peak: float, baseline) -> list[list]:
+    """Rows of one model: plain encode, then the Embedder's paths, on the same chunks."""
+    embedder = Embedder(model=model, device=device, batch_size=args.batch_size, dtype=args.dtype)
     tokens = min(args.chunk_tokens, embedder.chunk_tokens)
     chunks = chunks_of(embedder, args.chunks, tokens)
     total_tokens = sum(embedder.count_tokens(chunk) for chunk in chunks)
     encoder = embedder.encoder()
-    plain = median_seconds(
-        lambda: encoder.encode(chunks, batch_size=args.batch_size, show_progress_bar=False),
-        args.repeats,
-    )
-    pooled = median_seconds(lambda: embedder.embed_pooled(chunks), args.repeats)
+    works = {
+        "encode": lambda: encoder.encode(
+            chunks, batch_size=args.batch_size, show_progress_bar=False
+        ),
+        "Embedder.embed": lambda: embedder.embed(chunks),
+        "Embedder.embed_pooled (Gaussian pooling)": lambda: embedder.embed_pooled(chunks),
+    }
+    if baseline is not None:
+        before = baseline.Embedder(model=model, device=device, batch_size=args.batch_size)
+        before._encoder = encoder
+        works[f"embed_pooled of {Path(args.baseline).name}"] = lambda: before.embed_pooled(chunks)
+    seconds = interleaved_seconds(works, args.repeats)
     limit = 2 * matmul_parameters(encoder) * total_tokens / peak
+    dtype = str(next(encoder.parameters()).dtype).removeprefix("torch.")
     return [
         [
             name,
             path,
+            dtype,
             tokens,
-            len(chunks) / seconds,
-            total_tokens / seconds,
-            seconds / plain,
-            limit / seconds,
+            len(chunks) / elapsed,
+            total_tokens / elapsed,
+            elapsed / seconds["encode"],
+            limit / elapsed,
         ]
-        for path, seconds in (("encode", plain), ("Embedder (Gaussian pooling)", pooled))
+        for path, elapsed in seconds.items()
     ]
 
 
@@ -96,17 +156,26 @@ def main() -> None:
     arguments.add_argument("--chunks", type=int, default=128, help="chunks embedded per repeat")
     arguments.add_argument("--chunk-tokens", type=int, default=256)
     arguments.add_argument("--batch-size", type=int, default=32)
+    arguments.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
+    arguments.add_argument("--baseline", help="an earlier embedder.py to compare with")
     args = arguments.parse_args()
+    import torch
+
     device = torch_device(args.device)
-    peak = matmul_peak(device)
+    dtype = encoder_dtype(args.dtype, device)
+    peak = matmul_peak(device, "bf16" if dtype == torch.bfloat16 else "fp32")
+    baseline = load_module(args.baseline) if args.baseline else None
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.models:
-            model = MINILM if name == "minilm" else bge_m3_sized(Path(scratch) / name)
-            rows += measure(name, model, device, args, peak)
+            model = (
+                MINILM if name == "minilm" else bge_m3_sized(Path(scratch) / name, device, dtype)
+            )
+            rows += measure(name, model, device, args, peak, baseline)
     columns = [
         "model",
         "path",
+        "weights",
         "max tokens/chunk",
         "chunks/s",
         "tokens/s",

@@ -1,34 +1,59 @@
-"""Template retrieval (stage B): queries/s and recall@10 of the LanceDB template index at 100k and
-1M templates, every query batch in one call, as matched_pairs sends a shard's chunk vectors:
-- `numpy (exact)`: one matrix product over all templates in memory, the yardstick of exact search;
-- `LanceDB flat`: LanceDB's exact search without an index, which TemplateIndex.search was;
-- `TemplateIndex.search`: what matched_pairs runs, exact, one matrix product per block of
-  templates streamed from the table (torch, on --device);
+"""Template retrieval (stage B): queries/s and recall@10 of the LanceDB template index, every query
+batch in one call, as matched_pairs sends a shard's chunk vectors:
+- `numpy (exact)`: matrix products over all templates in memory, the yardstick of exact search;
+- `LanceDB flat`: LanceDB's exact search without an index, which TemplateIndex.search once was
+  (--flat-sizes only: at 10M it would take hours);
+- `TemplateIndex.search, streamed`: exact, the table read block by block on every call and each
+  block scored against the queries (torch, on --device): search on a table not resident;
+- `TemplateIndex.search, resident`: exact, the table held in the device's memory between calls
+  (fp16 scoring and float32 rescoring on a GPU, float32 on the CPU) and the queries streamed
+  past it; its first call, which loads the table, is a row of its own;
+- a --baseline copy of an earlier fi_resources/template_index.py, its search on the same table
+  (the before of a change; 816d1d2 holds the streamed search before resident tables and
+  float64 similarities);
 - `IVF_HNSW_SQ`: LanceDB's approximate index (FACTS.md), built for --ann-sizes only (building it
   takes ~10 min at 1M on 2 cores).
 
 Vectors are unit-length draws around 1,000 random centres (embeddings cluster by topic, and a
 uniform cloud would make any index look worse than it is); queries come from the same mixture.
+The table is written with Arrow, one 1M-row shard at a time, not through replace_shard (a
+million rows a minute): search does not depend on how the rows were written.
 
-    python -m bench.retrieval --sizes 100000 1000000
+    python -m bench.retrieval --sizes 100000 1000000                      # CPU sizes
+    git show 816d1d2:fi_resources/template_index.py > /tmp/old_template_index.py
+    python -m bench.retrieval --sizes 1000000 --queries 1000 --flat-sizes --ann-sizes \
+        --baseline /tmp/old_template_index.py                             # CPU, before/after
+    python -m bench.retrieval --device cuda --sizes 1000000 --queries 1000 --flat-sizes \
+        --ann-sizes --baseline /tmp/old_template_index.py                 # a GPU, ~2 min
+    python -m bench.retrieval --device cuda --sizes 10000000 --queries 1000 --flat-sizes \
+        --ann-sizes --repeats 1 --baseline /tmp/old_template_index.py     # ~5 min, 20 GB RAM
 """
 
 from __future__ import annotations
 
+import importlib.util
+import statistics
+import sys
 import tempfile
 import time
+from types import ModuleType
 
+import lancedb
 import numpy as np
+import pyarrow as pa
 
 from bench.common import parser, report, table
 from fi_resources.embedder import torch_device
 from fi_resources.template_index import METRIC, TemplateIndex
 
 NAME = "templates__bench"
-SHARD_ROWS = 100_000  # one query shard's templates per write, as the pipeline writes them
+SHARD_ROWS = 1_000_000  # rows generated and written at once
+# Query x template scores of the numpy yardstick computed at once: 1 GB of float32.
+EXACT_SCORE_ELEMENTS = 1 << 28
 
 
 def clustered_unit_vectors(count: int, dim: int, seed: int, centres: int = 1000) -> np.ndarray:
+    """`count` unit vectors drawn around `centres` fixed random centres."""
     generator = np.random.default_rng(seed)
     middle = np.random.default_rng(12345).standard_normal((centres, dim)).astype(np.float32)
     picks = generator.integers(0, centres, count)
@@ -37,34 +62,49 @@ def clustered_unit_vectors(count: int, dim: int, seed: int, centres: int = 1000)
 
 
 def exact_top_k(templates: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Row indices of each query's k most similar templates, by one matrix product per batch."""
-    scores = queries @ templates.T
-    top = np.argpartition(-scores, k, axis=1)[:, :k]
-    order = np.take_along_axis(scores, top, axis=1).argsort(axis=1)[:, ::-1]
-    return np.take_along_axis(top, order, axis=1)
+    """Row indices of each query's k most similar templates, by matrix products over blocks of
+    queries (the scores of all queries at once would not fit in memory at 10M templates)."""
+    step = max(1, EXACT_SCORE_ELEMENTS // len(templates))
+    found = []
+    for start in range(0, len(queries), step):
+        scores = queries[start : start + step] @ templates.T
+        top = np.argpartition(-scores, k, axis=1)[:, :k]
+        order = np.take_along_axis(scores, top, axis=1).argsort(axis=1)[:, ::-1]
+        found.append(np.take_along_axis(top, order, axis=1))
+    return np.concatenate(found)
 
 
 def recall(found: list[set[int]], truth: np.ndarray) -> float:
     return float(np.mean([len(f & set(t)) / len(t) for f, t in zip(found, truth, strict=True)]))
 
 
-def load(index: TemplateIndex, vectors: np.ndarray) -> float:
-    """Write the templates shard by shard through TemplateIndex; returns seconds."""
-    started = time.perf_counter()
-    for shard, start in enumerate(range(0, len(vectors), SHARD_ROWS)):
-        part = vectors[start : start + SHARD_ROWS]
-        rows = [
+def write_templates(folder: str, size: int, dim: int) -> tuple[np.ndarray, float]:
+    """A table of `size` clustered templates in the schema TemplateIndex writes, one shard per
+    SHARD_ROWS; returns the vectors and the seconds the writes took."""
+    vectors = np.empty((size, dim), dtype=np.float32)
+    written = TemplateIndex(uri=folder)._table(NAME, dim)
+    seconds = 0.0
+    for shard, start in enumerate(range(0, size, SHARD_ROWS)):
+        rows = min(SHARD_ROWS, size - start)
+        vectors[start : start + rows] = clustered_unit_vectors(rows, dim, seed=shard)
+        data = pa.table(
             {
-                "template_id": str(start + i),
-                "query_id": "q",
-                "template": "t",
-                "compatible_document_description": "d",
-                "n_tags": 1,
-            }
-            for i in range(len(part))
-        ]
-        index.replace_shard(NAME, f"s{shard:03d}", rows, part)
-    return time.perf_counter() - started
+                "shard": pa.repeat(f"s{shard:03d}", rows),
+                "template_id": pa.array(np.arange(start, start + rows).astype(str)),
+                "query_id": pa.repeat("q", rows),
+                "template": pa.repeat("t", rows),
+                "compatible_document_description": pa.repeat("d", rows),
+                "n_tags": pa.repeat(pa.scalar(1, pa.int32()), rows),
+                "vector": pa.FixedSizeListArray.from_arrays(
+                    pa.array(vectors[start : start + rows].ravel()), dim
+                ),
+            },
+            schema=written.schema,
+        )
+        started = time.perf_counter()
+        written.add(data)
+        seconds += time.perf_counter() - started
+    return vectors, seconds
 
 
 def hits_by_query(hits: list[dict], queries: int) -> list[set[int]]:
@@ -76,8 +116,6 @@ def hits_by_query(hits: list[dict], queries: int) -> list[set[int]]:
 
 def indexed_search(folder: str, queries: np.ndarray, k: int, nprobes: int):
     """Build LanceDB's IVF_HNSW_SQ index on the table; returns (build s, search s, hits)."""
-    import lancedb
-
     table_ = lancedb.connect(folder).open_table(NAME)
     started = time.perf_counter()
     table_.create_index(metric=METRIC, vector_column_name="vector", index_type="IVF_HNSW_SQ")
@@ -108,8 +146,6 @@ def indexed_search(folder: str, queries: np.ndarray, k: int, nprobes: int):
 
 def lancedb_flat(folder: str, queries: np.ndarray, k: int) -> list[dict]:
     """LanceDB's own exact search, every query batch in one call."""
-    import lancedb
-
     result = (
         lancedb.connect(folder)
         .open_table(NAME)
@@ -128,44 +164,77 @@ def lancedb_flat(folder: str, queries: np.ndarray, k: int) -> list[dict]:
 
 
 def timed(work):
+    """(seconds, result) of one call, the device synchronised at both ends."""
+    synchronise()
     started = time.perf_counter()
     result = work()
+    synchronise()
     return time.perf_counter() - started, result
 
 
-def measure(size: int, args, k: int, device: str) -> list[list]:
-    """The rows of one index size: numpy, LanceDB flat, TemplateIndex.search, IVF_HNSW_SQ."""
-    templates = clustered_unit_vectors(size, args.dim, seed=0)
-    queries = clustered_unit_vectors(args.queries, args.dim, seed=1)
-    started = time.perf_counter()
-    truth = exact_top_k(templates, queries, k)
-    exact = time.perf_counter() - started
+def synchronise() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def interleaved(works: dict[str, object], repeats: int) -> dict[str, tuple[float, list]]:
+    """Median seconds and last result of each search, the searches taking turns in each repeat
+    so that a shared machine's changing load falls on all of them alike."""
+    seconds: dict[str, list[float]] = {name: [] for name in works}
+    results: dict[str, list] = {}
+    for _ in range(repeats):
+        for name, work in works.items():
+            elapsed, results[name] = timed(work)
+            seconds[name].append(elapsed)
+    return {name: (statistics.median(seconds[name]), results[name]) for name in works}
+
+
+def load_module(path: str) -> ModuleType:
+    """An earlier copy of a module, loaded from its file under a name of its own."""
+    spec = importlib.util.spec_from_file_location("baseline_template_index", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def measure(size: int, args, k: int, device: str, baseline: ModuleType | None) -> list[list]:
+    """The rows of one index size."""
+    queries = clustered_unit_vectors(args.queries, args.dim, seed=10_000)
     label = f"{size:,}"
-    rows = [[label, "numpy (exact)", "-", args.queries / exact, 1.0]]
     with tempfile.TemporaryDirectory() as folder:
-        index = TemplateIndex(uri=folder, device=device)
-        loaded = load(index, templates)
-        for search, setup, work in (
-            (
-                "LanceDB flat (before)",
-                f"load {loaded:.0f} s",
-                lambda: lancedb_flat(folder, queries, k),
-            ),
-            ("TemplateIndex.search (after)", "-", lambda: index.search(NAME, queries, k)),
-        ):
-            seconds, hits = timed(work)
+        templates, written = write_templates(folder, size, args.dim)
+        started = time.perf_counter()
+        truth = exact_top_k(templates, queries, k)
+        exact = time.perf_counter() - started
+        del templates
+        rows = [[label, "numpy (exact)", f"write {written:.0f} s", args.queries / exact, 1.0]]
+
+        def row(search: str, setup: str, seconds: float, hits: list[dict]) -> list:
             found = hits_by_query(hits, args.queries)
-            rows.append([label, search, setup, args.queries / seconds, recall(found, truth)])
+            return [label, search, setup, args.queries / seconds, recall(found, truth)]
+
+        if size in args.flat_sizes:
+            rows.append(row("LanceDB flat", "-", *timed(lambda: lancedb_flat(folder, queries, k))))
+        streamed = TemplateIndex(uri=folder, device=device, resident=False)
+        resident = TemplateIndex(uri=folder, device=device, resident=True)
+        first_call = timed(lambda: resident.search(NAME, queries, k))
+        works = {"TemplateIndex.search, streamed": lambda: streamed.search(NAME, queries, k)}
+        if baseline is not None:
+            before = baseline.TemplateIndex(uri=folder, device=device)
+            works[f"baseline {args.baseline.split('/')[-1]}"] = lambda: before.search(
+                NAME, queries, k
+            )
+        works["TemplateIndex.search, resident"] = lambda: resident.search(NAME, queries, k)
+        for search, (seconds, hits) in interleaved(works, args.repeats).items():
+            rows.append(row(search, "-", seconds, hits))
+        rows.append(row("TemplateIndex.search, resident, first call", "loads", *first_call))
         if size in args.ann_sizes:
             built, seconds, hits = indexed_search(folder, queries, k, args.nprobes)
             rows.append(
-                [
-                    label,
-                    f"IVF_HNSW_SQ, {args.nprobes} probes",
-                    f"build {built:.0f} s",
-                    args.queries / seconds,
-                    recall(hits_by_query(hits, args.queries), truth),
-                ]
+                row(f"IVF_HNSW_SQ, {args.nprobes} probes", f"build {built:.0f} s", seconds, hits)
             )
     return rows
 
@@ -178,10 +247,15 @@ def main() -> None:
     arguments.add_argument("--nprobes", type=int, default=8)
     arguments.add_argument("--k", type=int, default=10, help="neighbours (matched_pairs asks 20)")
     arguments.add_argument("--ann-sizes", type=int, nargs="*", default=[100_000])
+    arguments.add_argument(
+        "--flat-sizes", type=int, nargs="*", default=[100_000, 1_000_000], help="LanceDB flat"
+    )
+    arguments.add_argument("--baseline", help="an earlier template_index.py to compare with")
     args = arguments.parse_args()
     k = args.k
     device = torch_device(args.device)
-    rows = [row for size in args.sizes for row in measure(size, args, k, device)]
+    baseline = load_module(args.baseline) if args.baseline else None
+    rows = [row for size in args.sizes for row in measure(size, args, k, device, baseline)]
     columns = ["templates", "search", "setup", "queries/s", f"recall@{k}"]
     report("retrieval", device, "Template retrieval", table(columns, rows), args.save)
 

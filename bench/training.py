@@ -1,21 +1,38 @@
-"""Trainer throughput: tokens/s and MFU of `python -m training.train` for the 150m and 1.8b presets
-(the paper's model), torch.compile on/off and activation checkpointing on/off, against the device's
-limit. The limit is the tokens/s at which the model's FLOPs (6N plus attention, training/model.py
-flops_per_token) would use the whole peak: the published bf16 peak on a known GPU (the trainer's
-own MFU), a measured float32 matmul on the CPU. The trainer runs in bf16 autocast on a GPU.
+"""Trainer throughput: tokens/s and MFU of `python -m training.train` for the model presets (1.8b
+is the paper's model), per batch size, torch.compile on/off and activation checkpointing mode,
+against the device's limit. The limit is the tokens/s at which the model's FLOPs (6N plus
+attention, training/model.py flops_per_token) would use the whole peak: the published bf16 peak on
+a known GPU (the trainer's own MFU), a measured float32 matmul on the CPU. The trainer runs in bf16
+autocast on a GPU.
 
 Data: random token ids in the packed format, a Llama-3 vocabulary (128,256), so the output layer
 costs what it costs in the real runs. tokens/s is the median over the logged steps after the first
-two (compilation and warm-up).
+two (compilation and warm-up); "first step s" is the first step's time, compilation included.
+The trainer runs with --no-save (no checkpoint, no export: a 1.8b checkpoint with its optimizer
+state is 22 GB, its export 7 GB) and each configuration's run directory is deleted as soon as it
+is measured. "peak GiB" is the most GPU memory the trainer's tensors took.
 
     python -m bench.training --presets tiny 150m --seq-len 256 --batch-size 2 --steps 6   # CPU
-    python -m bench.training --presets 150m 1.8b --seq-len 2048 --batch-size 8 --steps 30  # GPU
+
+The GPU commands are sized to finish in under 5 minutes each: one trainer process per
+configuration, whose start-up and compilation take most of its time, then 10 steps. On one H100,
+the goal of 45 % MFU for the 1.8b preset at seq 2048 (if batch 8 reads "out of memory", the next
+run is `--batch-size 8 --recompute selective`):
+
+    python -m bench.training --presets 1.8b --seq-len 2048 --batch-size 4 8 --compile on \\
+        --recompute none --steps 10
+
+and the 150m preset, compiled, in each activation checkpointing mode:
+
+    python -m bench.training --presets 150m --seq-len 2048 --batch-size 16 --compile on \\
+        --recompute none selective full --steps 10
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -28,7 +45,7 @@ import torch
 
 from bench.common import matmul_peak, parser, report, table
 from fi_resources.embedder import torch_device
-from training.model import flops_per_token, model_config, parameter_count
+from training.model import ACTIVATION_CHECKPOINTING, flops_per_token, model_config, parameter_count
 from training.train import peak_flops
 
 VOCAB = 128_256
@@ -52,7 +69,9 @@ def random_corpus(folder: Path, tokens: int, seed: int = 0) -> Path:
     return folder
 
 
-def run_trainer(data: Path, out: Path, preset: str, args, compile_: bool, recompute: bool):
+def run_trainer(
+    data: Path, out: Path, preset: str, args, batch_size: int, compile_: bool, recompute: str
+) -> list[dict] | None:
     """The trainer's JSON metric lines for one configuration (None when it ran out of memory)."""
     command = [
         sys.executable,
@@ -73,19 +92,17 @@ def run_trainer(data: Path, out: Path, preset: str, args, compile_: bool, recomp
         "--seq-len",
         str(args.seq_len),
         "--batch-size",
-        str(args.batch_size),
+        str(batch_size),
         "--steps",
         str(args.steps),
         "--warmup-steps",
         "1",
         "--log-every",
         "1",
-        "--checkpoint-every",
-        str(args.steps + 1),
-        "--stop-after",
-        str(args.steps),
+        "--no-save",
         "--compile" if compile_ else "--no-compile",
-        "--activation-checkpointing" if recompute else "--no-activation-checkpointing",
+        "--activation-checkpointing",
+        recompute,
     ]
     done = subprocess.run(command, check=False, capture_output=True, text=True)
     if done.returncode != 0:
@@ -99,10 +116,16 @@ def main() -> None:
     arguments = parser(__doc__.split("\n\n")[0])
     arguments.add_argument("--presets", nargs="+", default=["tiny", "150m"])
     arguments.add_argument("--seq-len", type=int, default=256)
-    arguments.add_argument("--batch-size", type=int, default=2)
+    arguments.add_argument("--batch-size", type=int, nargs="+", default=[2])
     arguments.add_argument("--steps", type=int, default=6)
     arguments.add_argument("--compile", choices=["off", "on", "both"], default="both")
-    arguments.add_argument("--recompute", choices=["off", "on", "both"], default="both")
+    arguments.add_argument(
+        "--recompute",
+        nargs="+",
+        choices=ACTIVATION_CHECKPOINTING,
+        default=list(ACTIVATION_CHECKPOINTING),
+        help="activation checkpointing modes to measure",
+    )
     args = arguments.parse_args()
     device = torch_device(args.device)
     peak, peak_label = peak_flops(torch.device(device)), "published bf16 peak"
@@ -112,40 +135,53 @@ def main() -> None:
     switch = {"off": [False], "on": [True], "both": [False, True]}
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        tokens = args.steps * args.batch_size * args.seq_len * 2
+        tokens = args.steps * max(args.batch_size) * args.seq_len * 2
         data = random_corpus(Path(scratch) / "data", tokens)
-        for preset, compile_, recompute in itertools.product(
-            args.presets, switch[args.compile], switch[args.recompute]
+        for preset, batch_size, compile_, recompute in itertools.product(
+            args.presets, args.batch_size, switch[args.compile], args.recompute
         ):
             architecture = model_config(preset, VOCAB, {"max_seq_len": args.seq_len})
             per_token = flops_per_token(architecture, args.seq_len)
             limit = peak / per_token
-            out = Path(scratch) / f"{preset}-{compile_}-{recompute}"
-            lines = run_trainer(data, out, preset, args, compile_, recompute)
+            out = Path(scratch) / "run"
+            try:
+                lines = run_trainer(data, out, preset, args, batch_size, compile_, recompute)
+            finally:
+                shutil.rmtree(out, ignore_errors=True)
             setup = [
                 preset,
                 f"{parameter_count(architecture) / 1e6:,.0f}M",
+                batch_size,
                 "on" if compile_ else "off",
-                "on" if recompute else "off",
+                recompute,
             ]
             if lines is None:
-                rows.append(setup + ["out of memory", "-", "-", f"{limit:,.0f}"])
+                rows.append(setup + ["out of memory", "-", "-", "-", "-", f"{limit:,.0f}"])
                 continue
             steady = [line["tokens_per_s"] for line in lines[2:]] or [lines[-1]["tokens_per_s"]]
             speed = statistics.median(steady)
-            rows.append(setup + [speed, speed * per_token / 1e12, speed / limit, limit])
+            first_step = batch_size * args.seq_len / lines[0]["tokens_per_s"]
+            memory = lines[-1].get("max_memory_gib")
+            rows.append(
+                setup
+                + [speed, speed * per_token / 1e12, speed / limit, first_step]
+                + ["-" if memory is None else memory, limit]
+            )
     columns = [
         "preset",
         "params",
+        "batch",
         "compile",
         "act. ckpt",
         "tokens/s",
         "TFLOP/s",
         f"MFU ({peak_label})",
+        "first step s",
+        "peak GiB",
         "limit tokens/s",
     ]
     body = table(columns, rows) + (
-        f"\n\nseq_len {args.seq_len}, batch {args.batch_size} per step, {args.steps} steps; "
+        f"\n\nseq_len {args.seq_len}, {args.steps} steps; "
         f"peak {peak / 1e12:.3g} TFLOP/s ({peak_label})."
     )
     report("training", device, "Trainer throughput", body, args.save)

@@ -87,3 +87,21 @@ def test_a_single_token_document_gives_that_token_everywhere():
 def test_an_empty_mask_is_rejected():
     with pytest.raises(ValueError, match="real token"):
         gaussian_pooling(torch.ones(2, 3, 2), torch.tensor([[1, 1, 0], [0, 0, 0]]))
+
+
+def test_bf16_embeddings_are_pooled_in_float32():
+    """A bf16 encoder's token embeddings pool like the same values given in float32."""
+    torch.manual_seed(1)
+    embeddings = torch.randn(3, 40, 16).to(torch.bfloat16)
+    mask = (torch.arange(40)[None, :] < torch.tensor([[40], [23], [2]])).long()
+    pooled = gaussian_pooling(embeddings, mask)
+    assert pooled.dtype == torch.float32
+    assert torch.allclose(pooled, gaussian_pooling(embeddings.float(), mask), atol=1e-6)
+
+
+def test_skipping_the_mask_check_changes_nothing_for_a_valid_mask():
+    torch.manual_seed(2)
+    embeddings = torch.randn(2, 9, 3)
+    mask = torch.tensor([[1] * 9, [1] * 4 + [0] * 5])
+    checked = gaussian_pooling(embeddings, mask, alpha=0.5)
+    assert torch.equal(gaussian_pooling(embeddings, mask, alpha=0.5, check_mask=False), checked)

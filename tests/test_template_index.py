@@ -3,8 +3,14 @@
 import lancedb
 import numpy as np
 import pytest
+import torch
 
-from fi_resources.template_index import TemplateIndex, table_name_for
+from fi_resources.template_index import (
+    ResidentTemplates,
+    TemplateIndex,
+    table_name_for,
+    unit_rows,
+)
 
 
 def rows(*ids):
@@ -55,6 +61,7 @@ def test_a_different_dimension_under_the_same_name_is_refused(tmp_path):
 
 def test_search_finds_what_lancedb_flat_search_finds_across_blocks(tmp_path, monkeypatch):
     monkeypatch.setattr("fi_resources.template_index.SEARCH_BLOCK_ROWS", 64)
+    monkeypatch.setattr("fi_resources.template_index.RESCORED_PAIRS", 7)
     index = TemplateIndex(uri=str(tmp_path / "lancedb"), device="cpu")
     for shard in range(3):  # 3 x 150 templates: several blocks, blocks across shards
         ids = [f"{shard}-{i}" for i in range(150)]
@@ -88,19 +95,21 @@ def test_search_finds_what_lancedb_flat_search_finds_across_blocks(tmp_path, mon
     assert index.search("t", queries[:0], limit=5) == [] == index.search("absent", queries, 5)
 
 
+@pytest.mark.parametrize("resident", [False, True])
 @pytest.mark.parametrize("block_rows", [2, 3, 1000])
 def test_ties_are_broken_by_template_id_whatever_the_write_order_and_blocks(
-    tmp_path, monkeypatch, block_rows
+    tmp_path, monkeypatch, block_rows, resident
 ):
     """Templates with one document description share a vector: which of them make the cut must
     not depend on how the table was written or read."""
     monkeypatch.setattr("fi_resources.template_index.SEARCH_BLOCK_ROWS", block_rows)
+    monkeypatch.setattr("fi_resources.template_index.CPU_SCORE_BLOCK_ELEMENTS", block_rows)
     shared = unit_vectors(1, seed=5)[0]
     others = unit_vectors(4, seed=6)
     query = shared[None, :]
     results = []
     for attempt, order in enumerate([("x", "y"), ("y", "x")]):
-        index = TemplateIndex(uri=str(tmp_path / f"db{attempt}"), device="cpu")
+        index = TemplateIndex(uri=str(tmp_path / f"db{attempt}"), device="cpu", resident=resident)
         shards = {
             "x": (rows("t7", "t2", "o1", "o2"), np.stack([shared, shared, others[0], others[1]])),
             "y": (rows("t5", "t9", "t1", "o3"), np.stack([shared, shared, shared, others[2]])),
@@ -111,3 +120,110 @@ def test_ties_are_broken_by_template_id_whatever_the_write_order_and_blocks(
     assert results[0] == results[1]
     assert [t for t, _ in results[0]] == ["t1", "t2", "t5"]
     assert all(s == pytest.approx(1.0) for _, s in results[0])
+
+
+def write_shards(index, shards=3, per_shard=150):
+    for shard in range(shards):
+        ids = [f"{shard}-{i}" for i in range(per_shard)]
+        index.replace_shard("t", f"s{shard}", rows(*ids), unit_vectors(per_shard, seed=shard))
+
+
+def test_resident_search_finds_what_the_streamed_search_finds(tmp_path, monkeypatch):
+    # 450 templates in blocks of 64, each scored against 3 of the 7 queries at a time.
+    monkeypatch.setattr("fi_resources.template_index.SEARCH_BLOCK_ROWS", 64)
+    monkeypatch.setattr("fi_resources.template_index.CPU_SCORE_BLOCK_ELEMENTS", 3 * 64)
+    uri = str(tmp_path / "lancedb")
+    streamed = TemplateIndex(uri=uri, device="cpu", resident=False)
+    write_shards(streamed)
+    resident = TemplateIndex(uri=uri, device="cpu", resident=True)
+    queries = unit_vectors(7, seed=99) * 3.0
+    for limit in (1, 5, 500):
+        assert resident.search("t", queries, limit) == streamed.search("t", queries, limit)
+    assert streamed._resident_tables == {} and set(resident._resident_tables) == {"t"}
+
+
+def near_duplicate_templates(tmp_path):
+    """Templates closer to each other than fp16 can tell apart: 40 small moves of one vector,
+    with shared vectors among them, so that only float32 scores order them."""
+    base = unit_vectors(1, seed=3)[0]
+    moves = np.random.default_rng(4).normal(scale=2e-4, size=(40, 8)).astype(np.float32)
+    vectors = base + moves
+    vectors[10:14] = vectors[9]
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = TemplateIndex(uri=str(tmp_path / "lancedb"), device="cpu", resident=False)
+    ids = [f"n{i:02d}" for i in range(40)]
+    index.replace_shard("t", "a", rows(*ids[:25]), vectors[:25])
+    index.replace_shard("t", "b", rows(*ids[25:]), vectors[25:])
+    queries = np.concatenate([base[None], vectors[[9, 30]], unit_vectors(2, seed=7)])
+    return index, queries
+
+
+def test_fp16_scoring_gives_the_float32_result(tmp_path, monkeypatch):
+    # 40 templates in blocks of 16, each scored against 2 of the 5 queries at a time.
+    monkeypatch.setattr("fi_resources.template_index.SEARCH_BLOCK_ROWS", 16)
+    monkeypatch.setattr("fi_resources.template_index.CPU_SCORE_BLOCK_ELEMENTS", 2 * 16)
+    index, queries = near_duplicate_templates(tmp_path)
+    table = lancedb.connect(index.uri).open_table("t")
+    normalised = torch.from_numpy(unit_rows(queries))
+    fp16 = ResidentTemplates.load(table, "cpu", scoring_dtype=torch.float16)
+    assert fp16.scoring.dtype == torch.float16
+    for limit in (1, 3, 12):
+        expected = index.search("t", queries, limit)
+        found = fp16.search(normalised, limit)
+        assert [(h["query_index"], h["template_id"]) for h in found] == [
+            (h["query_index"], h["template_id"]) for h in expected
+        ]
+        assert found == expected
+
+
+def test_the_resident_copy_is_kept_until_the_table_changes(tmp_path, monkeypatch):
+    loads = []
+    load = ResidentTemplates.load.__func__
+
+    def counted(cls, *args, **kwargs):
+        loads.append(args[0].version)
+        return load(cls, *args, **kwargs)
+
+    monkeypatch.setattr(ResidentTemplates, "load", classmethod(counted))
+    uri = str(tmp_path / "lancedb")
+    index = TemplateIndex(uri=uri, device="cpu", resident=True)
+    write_shards(index, shards=2, per_shard=20)
+    query = unit_vectors(1, seed=42)
+    first = index.search("t", query, 3)
+    assert index.search("t", query, 3) == first
+    assert len(loads) == 1
+
+    # Another writer (another process) adds the query's own vector: the next search sees it.
+    TemplateIndex(uri=uri).replace_shard("t", "s9", rows("exact"), query)
+    after = index.search("t", query, 3)
+    assert len(loads) == 2 and loads[1] > loads[0]
+    assert after[0]["template_id"] == "exact" and after[0]["similarity"] == pytest.approx(1.0)
+    assert after[1:] == first[:2]
+
+    index.replace_shard("t", "s9", [], np.zeros((0, 8), dtype=np.float32))
+    assert index.search("t", query, 3) == first
+    assert len(loads) == 3
+
+
+@pytest.mark.parametrize("resident", [False, True])
+def test_vectors_are_stored_at_unit_length_so_similarities_are_cosines(tmp_path, resident):
+    index = TemplateIndex(uri=str(tmp_path / "lancedb"), device="cpu", resident=resident)
+    vectors = unit_vectors(3, seed=8) * np.array([[5.0], [0.2], [1.0]], dtype=np.float32)
+    index.replace_shard("t", "a", rows("long", "short", "unit"), vectors)
+    stored = index.shard_vectors("t", "a")
+    assert np.allclose(np.linalg.norm(np.stack(list(stored.values())), axis=1), 1.0, atol=1e-6)
+    hits = index.search("t", vectors[:2] * 7.0, limit=1)
+    assert [(h["template_id"], h["similarity"]) for h in hits] == [("long", 1.0), ("short", 1.0)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_table_resident_on_the_gpu_gives_the_cpu_result(tmp_path):
+    """On a GPU a table that fits is resident by default and scored in fp16, then rescored."""
+    spread = TemplateIndex(uri=str(tmp_path / "spread"), device="cpu", resident=False)
+    write_shards(spread)
+    close, close_queries = near_duplicate_templates(tmp_path)
+    for cpu, queries in ((spread, unit_vectors(7, seed=99)), (close, close_queries)):
+        gpu = TemplateIndex(uri=cpu.uri, device="cuda")
+        for limit in (1, 5, 12):
+            assert gpu.search("t", queries, limit) == cpu.search("t", queries, limit)
+        assert gpu._resident_tables["t"].scoring.dtype == torch.float16

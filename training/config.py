@@ -11,11 +11,11 @@ import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 
-from training.model import PRESETS, ModelConfig
+from training.model import ACTIVATION_CHECKPOINTING, PRESETS, ModelConfig
 
 
-def _option(default, help: str):
-    return field(default=default, metadata={"help": help})
+def _option(default, help: str, choices: tuple[str, ...] | None = None):
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass
@@ -48,15 +48,41 @@ class TrainConfig:
     beta2: float = _option(0.95, "AdamW beta2")
     grad_clip: float = _option(1.0, "maximum global gradient norm")
     seed: int = _option(0, "seed of the initialisation and the data shuffle")
-    compile: bool = _option(False, "torch.compile each transformer block")
-    activation_checkpointing: bool = _option(
-        False, "recompute each block in the backward pass instead of keeping its activations"
+    compile: bool = _option(False, "torch.compile the whole model, loss included")
+    # "none" by default: recomputation buys memory with time, which only pays when the batch
+    # would not fit otherwise (the chunked loss and, on several GPUs, FSDP's sharded weights and
+    # optimizer state already leave room). When it does not fit, "selective" is the first to try:
+    # it recomputes no matmul, so it costs little time; "full" frees the most, for a third more
+    # FLOPs.
+    activation_checkpointing: str = _option(
+        "none",
+        "recompute activations in the backward pass instead of keeping them: none; selective "
+        "(keep matmul and attention outputs, recompute the ops between them); full (keep only "
+        "each block's input)",
+        ACTIVATION_CHECKPOINTING,
+    )
+    loss_chunk_tokens: int = _option(
+        1024,
+        "tokens whose logits the output layer and cross-entropy compute at a time, so a batch's "
+        "logits never exist at once; 0 computes them all at once",
     )
     log_every: int = _option(10, "steps between JSON metric lines on stdout")
     checkpoint_every: int = _option(500, "steps between checkpoints (one is also kept at the end)")
     keep_checkpoints: int = _option(2, "most recent checkpoints kept; 0 keeps all")
     resume: bool = _option(False, "continue from the latest checkpoint under --out, if any")
+    save: bool = _option(
+        True,
+        "write checkpoints and the final Hugging Face export; --no-save runs keep only the "
+        "metrics (benchmarks)",
+    )
     hf_dtype: str = _option("float32", "dtype of the exported Hugging Face weights")
+
+    def __post_init__(self):
+        if self.activation_checkpointing not in ACTIVATION_CHECKPOINTING:
+            raise ValueError(
+                f"activation_checkpointing must be one of {ACTIVATION_CHECKPOINTING}, "
+                f"not {self.activation_checkpointing!r}"
+            )
 
 
 def _flag_type(annotation) -> tuple[type, bool]:
@@ -86,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
             keywords["action"] = argparse.BooleanOptionalAction
         else:
             keywords.update(type=flag_type, nargs="+" if is_list else None)
+            keywords["choices"] = spec.metadata.get("choices")
         parser.add_argument(f"--{spec.name.replace('_', '-')}", **keywords)
     for spec in fields(ModelConfig):
         parser.add_argument(

@@ -1,10 +1,15 @@
 """A Llama-style decoder: RMSNorm, rotary embeddings, grouped-query attention through
 `scaled_dot_product_attention`, SwiGLU feed-forward. The rotary layout (halves, not interleaved
 pairs) and the RMSNorm arithmetic follow Hugging Face's `LlamaForCausalLM`, so the export is a pure
-renaming of weights."""
+renaming of weights.
+
+For training, the model's forward pass also computes the loss (`targets=`): the output projection
+and the cross-entropy run a chunk of tokens at a time (`linear_cross_entropy`), so the logits of a
+whole batch, 4 GB in fp32 for 8k tokens of a 128k vocabulary, never exist at once."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
@@ -12,7 +17,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,82 @@ def flops_per_token(config: ModelConfig, seq_len: int) -> float:
     matmul weight, plus the attention scores and their weighted sum (full, not causal-halved)."""
     n = parameter_count(config, include_embedding=False)
     return 6 * n + 12 * config.n_layers * config.dim * seq_len
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """The summed, masked cross-entropy of `hidden @ weight.T`, one chunk of tokens at a time.
+
+    The gradients are computed in the forward pass, while each chunk's logits exist (as Liger
+    Kernel's fused linear cross-entropy does), and the backward pass only scales them by the
+    incoming gradient: no matmul is recomputed, and neither the logits nor their gradient are
+    ever held for more than one chunk."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, loss_mask, chunk_tokens):
+        device = hidden.device.type
+        # The matmuls run in autocast's dtype, as F.linear would under autocast; autocast is then
+        # switched off so that every cast below is explicit.
+        dtype = (
+            torch.get_autocast_dtype(device)
+            if torch.is_autocast_enabled(device)
+            else torch.promote_types(hidden.dtype, weight.dtype)
+        )
+        wants_gradients = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        with torch.autocast(device, enabled=False):
+            matrix = weight.to(dtype)
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_hidden = torch.empty_like(hidden) if wants_gradients else None
+            # fp32 across chunks: the weight's gradient sums every chunk's contribution.
+            grad_weight = torch.zeros_like(weight, dtype=torch.float32) if wants_gradients else None
+            for start in range(0, hidden.shape[0], chunk_tokens):
+                rows = slice(start, start + chunk_tokens)
+                inputs = hidden[rows].to(dtype)
+                target = targets[rows, None]
+                counts = loss_mask[rows, None].to(torch.float32)
+                logits = (inputs @ matrix.T).float()
+                log_normaliser = logits.logsumexp(dim=-1, keepdim=True)
+                total += ((log_normaliser - logits.gather(1, target)) * counts).sum()
+                if wants_gradients:
+                    # d loss / d logits = (softmax - one_hot(target)) * mask, built in place.
+                    grad_logits = logits.sub_(log_normaliser).exp_()
+                    grad_logits.scatter_add_(1, target, torch.full_like(counts, -1.0))
+                    grad_logits = grad_logits.mul_(counts).to(dtype)
+                    grad_hidden[rows] = grad_logits @ matrix
+                    grad_weight += grad_logits.T @ inputs
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return (
+            grad_hidden * grad_total,
+            (grad_weight * grad_total).to(ctx.weight_dtype),
+            None,
+            None,
+            None,
+        )
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    loss_mask: torch.Tensor,
+    chunk_tokens: int,
+) -> torch.Tensor:
+    """Cross-entropy of the logits `hidden @ weight.T` ([tokens, dim] @ [dim, vocab]) against
+    `targets` [tokens], summed over the tokens where `loss_mask` [tokens] is true. Logits are
+    computed in fp32 from autocast's matmul dtype, as `F.linear` then `.float()` gives them.
+
+    `chunk_tokens` > 0 computes `chunk_tokens` tokens' logits at a time and their gradients at
+    once (the backward pass only scales them); 0 materialises every token's logits and lets
+    autograd differentiate `F.cross_entropy`, the reference the chunked path is tested against."""
+    if chunk_tokens <= 0:
+        losses = F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="none")
+        return (losses * loss_mask).sum()
+    return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, loss_mask, chunk_tokens)
 
 
 class RMSNorm(nn.Module):
@@ -158,6 +239,24 @@ class Block(nn.Module):
         return x + self.feed_forward(self.ffn_norm(x))
 
 
+ACTIVATION_CHECKPOINTING = ("none", "selective", "full")
+
+# What "selective" activation checkpointing keeps: the outputs of the matmuls and of attention,
+# the ops whose recomputation would cost FLOPs. Norms, rotary embeddings, SiLU, the gate product
+# and dtype casts are recomputed in the backward pass: together they hold more activation memory
+# than the matmuls' outputs, and recomputing them costs memory bandwidth, not FLOPs.
+_KEPT_BY_SELECTIVE = [
+    torch.ops.aten.mm.default,
+    torch.ops.aten._scaled_dot_product_flash_attention.default,
+    torch.ops.aten._scaled_dot_product_efficient_attention.default,
+    torch.ops.aten._scaled_dot_product_cudnn_attention.default,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
+]
+_keep_matmuls_and_attention = functools.partial(
+    create_selective_checkpoint_contexts, _KEPT_BY_SELECTIVE
+)
+
+
 def document_attention_mask(document_ids: torch.Tensor) -> torch.Tensor:
     """Block-diagonal causal mask [batch, 1, seq, seq]: True where a query may attend a key, i.e.
     the key is not later and belongs to the same document."""
@@ -185,9 +284,15 @@ class Transformer(nn.Module):
         cos, sin = rotary_tables(config, torch.device("meta"))
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        # Activation checkpointing: keep only each block's input in training and recompute the
-        # block in the backward pass (a third more FLOPs for far less activation memory).
-        self.activation_checkpointing = False
+        # Training settings, not architecture (set by the trainer, never saved with the weights).
+        # Activation checkpointing recomputes each block's activations in the backward pass instead
+        # of keeping them, in training only: "none" keeps everything; "selective" keeps the
+        # matmuls' and attention's outputs and recomputes the cheap ops between them; "full" keeps
+        # only each block's input and recomputes the whole block, a third more FLOPs.
+        self.activation_checkpointing = "none"
+        # Tokens per chunk of the output projection and cross-entropy (0: all at once). 1024
+        # tokens of a 128k vocabulary are 0.5 GB of fp32 logits, and still a large matmul.
+        self.loss_chunk_tokens = 1024
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -214,9 +319,14 @@ class Transformer(nn.Module):
         tokens: torch.Tensor,
         positions: torch.Tensor | None = None,
         document_ids: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        loss_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits [batch, seq, vocab]. `positions` [batch, seq] picks each token's rotary angle
-        (default 0..seq-1); `document_ids` [batch, seq] restricts attention to the same document."""
+        """Logits [batch, seq, vocab]; or, given `targets` [batch, seq], the cross-entropy summed
+        over the targets where `loss_mask` [batch, seq] is true (every target when None), with
+        the logits computed a chunk at a time (`loss_chunk_tokens`). `positions` [batch, seq]
+        picks each token's rotary angle (default 0..seq-1); `document_ids` [batch, seq] restricts
+        attention to the same document."""
         length = tokens.shape[1]
         if positions is None:
             cos, sin = self.rope_cos[:length], self.rope_sin[:length]
@@ -225,14 +335,26 @@ class Transformer(nn.Module):
         attn_mask = None if document_ids is None else document_attention_mask(document_ids)
         x = self.tok_embeddings(tokens)
         for layer in self.layers:
-            if self.activation_checkpointing and self.training:
-                x = checkpoint(layer, x, cos, sin, attn_mask, use_reentrant=False)
-            else:
-                x = layer(x, cos, sin, attn_mask)
+            x = self._run_block(layer, x, cos, sin, attn_mask)
         x = self.norm(x)
-        if self.output is None:
-            return F.linear(x, self.tok_embeddings.weight)
-        return self.output(x)
+        weight = self.tok_embeddings.weight if self.output is None else self.output.weight
+        if targets is None:
+            return F.linear(x, weight)
+        if loss_mask is None:
+            loss_mask = torch.ones_like(targets, dtype=torch.bool)
+        return linear_cross_entropy(
+            x.flatten(0, 1), weight, targets.flatten(), loss_mask.flatten(), self.loss_chunk_tokens
+        )
+
+    def _run_block(self, layer: Block, x, cos, sin, attn_mask) -> torch.Tensor:
+        """One block, its activations kept or recomputed as `activation_checkpointing` says."""
+        mode = self.activation_checkpointing if self.training else "none"
+        if mode == "none":
+            return layer(x, cos, sin, attn_mask)
+        if mode == "full":
+            return checkpoint(layer, x, cos, sin, attn_mask, use_reentrant=False)
+        keep = _keep_matmuls_and_attention
+        return checkpoint(layer, x, cos, sin, attn_mask, use_reentrant=False, context_fn=keep)
 
 
 def build_model(
