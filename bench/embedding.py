@@ -6,7 +6,8 @@ ratio is the cost of our batching and pooling.
 
 Models: MiniLM (shipped offline) and an encoder of BGE-M3's shape (XLM-RoBERTa large: 24 layers,
 1024 wide, 16 heads, 4096 FFN, 250,002-token vocabulary) with random weights, built on the target
-device, and MiniLM's tokenizer; speed does not depend on the weights. Chunks are real Wikipedia
+device, and MiniLM's tokenizer (or --tokenizer's); speed does not depend on the weights.
+`minilm-sized` is MiniLM's shape with random weights, for a machine without the shipped copy. Chunks are real Wikipedia
 text (the demo's sample), cut to the requested tokens by the pipeline's own chunker. The compute
 limit is the time the encoder's matmul FLOPs (2 x its non-embedding parameters per token) take at
 the device's measured matmul speed in the encoder's dtype. The paths take turns in each repeat,
@@ -38,30 +39,54 @@ from fi_method.samples import wikipedia_articles
 from fi_resources.embedder import Embedder, encoder_dtype, torch_device
 from fi_resources.models import MINILM, sentence_transformer_source
 
-BGE_M3_SHAPE = {
-    "hidden_size": 1024,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 16,
-    "intermediate_size": 4096,
-    "max_position_embeddings": 8194,
-    "vocab_size": 250_002,
-    "type_vocab_size": 1,
+# Random-weight encoders by name: their model class and published shape. BGE-M3 is XLM-RoBERTa
+# large; MiniLM (all-MiniLM-L6-v2) is a 6-layer BERT, here for machines without the shipped copy.
+RANDOM_SHAPES = {
+    "bge-m3-sized": (
+        "XLMRoberta",
+        {
+            "hidden_size": 1024,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "intermediate_size": 4096,
+            "max_position_embeddings": 8194,
+            "vocab_size": 250_002,
+            "type_vocab_size": 1,
+        },
+    ),
+    "minilm-sized": (
+        "Bert",
+        {
+            "hidden_size": 384,
+            "num_hidden_layers": 6,
+            "num_attention_heads": 12,
+            "intermediate_size": 1536,
+            "max_position_embeddings": 512,
+            "vocab_size": 30_522,
+            "type_vocab_size": 2,
+        },
+    ),
 }
 
 
-def bge_m3_sized(folder: Path, device: str, dtype) -> str:
-    """A random-weight encoder of BGE-M3's shape, initialised on `device` and saved in `dtype`
-    (the Embedder's, so that loading converts nothing) with MiniLM's tokenizer."""
+def random_encoder(name: str, folder: Path, device: str, dtype, tokenizer_source: str) -> str:
+    """A random-weight encoder of RANDOM_SHAPES[name], initialised on `device` and saved in
+    `dtype` (the Embedder's, so that loading converts nothing) with the tokenizer of
+    `tokenizer_source`."""
     import torch
-    from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaModel
+    import transformers
+    from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(sentence_transformer_source(MINILM))
-    config = XLMRobertaConfig(**BGE_M3_SHAPE, pad_token_id=tokenizer.pad_token_id)
+    family, shape = RANDOM_SHAPES[name]
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    config = getattr(transformers, f"{family}Config")(**shape, pad_token_id=tokenizer.pad_token_id)
     with torch.device(device):
-        model = XLMRobertaModel(config)
+        model = getattr(transformers, f"{family}Model")(config)
     model.to(dtype).save_pretrained(folder)
     del model
-    tokenizer.model_max_length = 8192
+    # XLM-RoBERTa's positions start after the padding index (2), BERT's at 0.
+    offset = 2 if family == "XLMRoberta" else 0
+    tokenizer.model_max_length = shape["max_position_embeddings"] - offset
     tokenizer.save_pretrained(folder)
     return str(folder)
 
@@ -152,7 +177,17 @@ def measure(name: str, model: str, device: str, args, peak: float, baseline) -> 
 
 def main() -> None:
     arguments = parser(__doc__.split("\n\n")[0])
-    arguments.add_argument("--models", nargs="+", default=["minilm", "bge-m3-sized"])
+    arguments.add_argument(
+        "--models",
+        nargs="+",
+        default=["minilm", "bge-m3-sized"],
+        choices=["minilm", *RANDOM_SHAPES],
+        help="minilm: the shipped model; the others: random weights of that shape",
+    )
+    arguments.add_argument(
+        "--tokenizer",
+        help="tokenizer folder or id of the random-weight encoders (default: MiniLM's)",
+    )
     arguments.add_argument("--chunks", type=int, default=128, help="chunks embedded per repeat")
     arguments.add_argument("--chunk-tokens", type=int, default=256)
     arguments.add_argument("--batch-size", type=int, default=32)
@@ -168,9 +203,11 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.models:
-            model = (
-                MINILM if name == "minilm" else bge_m3_sized(Path(scratch) / name, device, dtype)
-            )
+            if name == "minilm":
+                model = MINILM
+            else:
+                tokenizer = args.tokenizer or sentence_transformer_source(MINILM)
+                model = random_encoder(name, Path(scratch) / name, device, dtype, tokenizer)
             rows += measure(name, model, device, args, peak, baseline)
     columns = [
         "model",

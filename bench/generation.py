@@ -2,8 +2,8 @@
 instantiator role: output tokens/s on Llama-3.2-1B- and 3B-shaped models with random weights
 (speed does not depend on them; end-of-sequence is disabled, so every answer is exactly
 --new-tokens long), batch sizes swept (`auto`: the engine's own choice from free memory). Prompts
-are the released instantiator's input (a template and a Wikipedia document as JSON), cut to
---prompt-tokens Llama-3 tokens. The time includes tokenisation, prefill and decoding, as a role
+are the released instantiator's input (a template and a Wikipedia document as JSON), or the texts
+of a --prompts file, cut to --prompt-tokens Llama-3 tokens. The time includes tokenisation, prefill and decoding, as a role
 call pays them. The models are built on the device they run on (a random 1B Llama takes about a
 minute to build on a CPU, seconds on a GPU). --decoding compares the engine's KV caches: dynamic
 (eager decoding, the engine's default on a CPU) and static (on a GPU, generate compiles the
@@ -27,16 +27,15 @@ temporary folder is small, point TMPDIR at a larger disk.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from bench.common import matmul_peak, median_seconds, parser, report, table
-from fi_method.instantiator import build_messages
 from fi_method.packing import load_training_tokenizer
 from fi_method.roles import Request
-from fi_method.samples import wikipedia_articles
 from fi_resources.embedder import torch_device
 from fi_resources.engines import EngineConfig, TransformersEngine
 
@@ -91,16 +90,28 @@ def random_llama(shape: str, folder: Path, device: str) -> str:
     return str(folder)
 
 
-def instantiator_prompts(count: int, tokens: int, tokenizer) -> list[str]:
-    """`count` instantiator inputs of exactly `tokens` tokens, one document each."""
-    articles = wikipedia_articles(limit=count)
-    articles = (articles * (count // len(articles) + 1))[:count]
-    prompts = []
-    for article in articles:
+def instantiator_inputs(count: int) -> list[str]:
+    """The released instantiator's input for `count` Wikipedia articles of the demo's sample
+    (fewer when the sample has fewer)."""
+    # Imported here: the instantiator's rules engine needs spaCy and wordfreq, and the sample
+    # gensim, none of which a run on --prompts needs.
+    from fi_method.instantiator import build_messages
+    from fi_method.samples import wikipedia_articles
+
+    inputs = []
+    for article in wikipedia_articles(limit=count):
         (message,) = build_messages(TEMPLATE, article["text"], "bare")
-        ids = tokenizer(message["content"], add_special_tokens=False).input_ids[:tokens]
-        prompts.append(tokenizer.decode(ids))
-    return prompts
+        inputs.append(message["content"])
+    return inputs
+
+
+def prompts_of(texts: list[str], count: int, tokens: int, tokenizer) -> list[str]:
+    """`count` prompts of exactly `tokens` tokens, cut from `texts` in turn."""
+    texts = (texts * (count // len(texts) + 1))[:count]
+    return [
+        tokenizer.decode(tokenizer(text, add_special_tokens=False).input_ids[:tokens])
+        for text in texts
+    ]
 
 
 def batch_size(text: str) -> int | None:
@@ -115,7 +126,7 @@ def decoding_label(engine: TransformersEngine) -> str:
     return "static cache, compiled" if engine.device.startswith("cuda") else "static cache, eager"
 
 
-def measure(shape: str, engine: TransformersEngine, args, device: str, peak: float):
+def measure(shape: str, engine: TransformersEngine, args, texts, device: str, peak: float):
     """One row per decoding mode and batch size: throughput, time, and the two yardsticks."""
     parameters = sum(p.numel() for p in engine.hf_model.parameters())
     rows = []
@@ -126,7 +137,7 @@ def measure(shape: str, engine: TransformersEngine, args, device: str, peak: flo
             )
             # The engine sizes an auto batch by its longest prompt: the tokens asked and the BOS.
             count = batch or engine.auto_batch_size(args.prompt_tokens + 1, args.new_tokens)
-            prompts = instantiator_prompts(count, args.prompt_tokens, engine.tokenizer)
+            prompts = prompts_of(texts, count, args.prompt_tokens, engine.tokenizer)
             requests = [Request(prompt=prompt) for prompt in prompts]
             seconds = median_seconds(
                 lambda requests=requests: list(engine.generate(requests, args.new_tokens)),
@@ -166,9 +177,18 @@ def main() -> None:
         "compiles the decoding step into CUDA graphs), or auto, the engine's default: static on "
         "a GPU only",
     )
+    arguments.add_argument(
+        "--prompts",
+        help="a JSON file holding a list of prompt texts to cut prompts from (default: the "
+        "instantiator's inputs for the Wikipedia sample)",
+    )
     args = arguments.parse_args()
     device = torch_device(args.device)
     peak = matmul_peak(device)
+    if args.prompts:
+        texts = json.loads(Path(args.prompts).read_text(encoding="utf-8"))
+    else:
+        texts = instantiator_inputs(max(b or 256 for b in args.batch_sizes))
     rows = []
     built = []
     for shape in args.shapes:
@@ -181,7 +201,7 @@ def main() -> None:
                 EngineConfig(engine="transformers", model=folder, home=scratch, device=device)
             )
             engine.load()
-            rows += measure(shape, engine, args, device, peak)
+            rows += measure(shape, engine, args, texts, device, peak)
             del engine
         # The next shape's model gets this one's memory, and compiles of its own.
         torch.compiler.reset()

@@ -38,13 +38,12 @@ import tempfile
 import time
 from types import ModuleType
 
-import lancedb
 import numpy as np
 import pyarrow as pa
 
 from bench.common import parser, report, table
+from fi_method.template_search import ResidentTemplates, scoring_dtype, unit_rows
 from fi_resources.embedder import torch_device
-from fi_resources.template_index import METRIC, TemplateIndex
 
 NAME = "templates__bench"
 SHARD_ROWS = 1_000_000  # rows generated and written at once
@@ -81,6 +80,8 @@ def recall(found: list[set[int]], truth: np.ndarray) -> float:
 def write_templates(folder: str, size: int, dim: int) -> tuple[np.ndarray, float]:
     """A table of `size` clustered templates in the schema TemplateIndex writes, one shard per
     SHARD_ROWS; returns the vectors and the seconds the writes took."""
+    from fi_resources.template_index import TemplateIndex
+
     vectors = np.empty((size, dim), dtype=np.float32)
     written = TemplateIndex(uri=folder)._table(NAME, dim)
     seconds = 0.0
@@ -116,6 +117,10 @@ def hits_by_query(hits: list[dict], queries: int) -> list[set[int]]:
 
 def indexed_search(folder: str, queries: np.ndarray, k: int, nprobes: int):
     """Build LanceDB's IVF_HNSW_SQ index on the table; returns (build s, search s, hits)."""
+    import lancedb
+
+    from fi_resources.template_index import METRIC
+
     table_ = lancedb.connect(folder).open_table(NAME)
     started = time.perf_counter()
     table_.create_index(metric=METRIC, vector_column_name="vector", index_type="IVF_HNSW_SQ")
@@ -146,6 +151,10 @@ def indexed_search(folder: str, queries: np.ndarray, k: int, nprobes: int):
 
 def lancedb_flat(folder: str, queries: np.ndarray, k: int) -> list[dict]:
     """LanceDB's own exact search, every query batch in one call."""
+    import lancedb
+
+    from fi_resources.template_index import METRIC
+
     result = (
         lancedb.connect(folder)
         .open_table(NAME)
@@ -201,7 +210,9 @@ def load_module(path: str) -> ModuleType:
 
 
 def measure(size: int, args, k: int, device: str, baseline: ModuleType | None) -> list[list]:
-    """The rows of one index size."""
+    """The rows of one index size, written to a LanceDB table."""
+    from fi_resources.template_index import TemplateIndex
+
     queries = clustered_unit_vectors(args.queries, args.dim, seed=10_000)
     label = f"{size:,}"
     with tempfile.TemporaryDirectory() as folder:
@@ -239,9 +250,70 @@ def measure(size: int, args, k: int, device: str, baseline: ModuleType | None) -
     return rows
 
 
+def torch_top_k(templates, queries, k: int):
+    """Row indices of each query's k most similar templates: float32 matrix products and topk
+    in torch, a block of queries at a time, on the tensors' device."""
+    import torch
+
+    step = max(1, EXACT_SCORE_ELEMENTS // len(templates))
+    return torch.cat(
+        [
+            (queries[start : start + step] @ templates.T).topk(k, dim=1).indices
+            for start in range(0, len(queries), step)
+        ]
+    )
+
+
+def measure_in_memory(size: int, args, k: int, device: str) -> list[list]:
+    """The rows of one size held in the device's memory, with no table: ResidentTemplates.search
+    (what a resident TemplateIndex table runs) against float32 products and topk in torch, whose
+    results are the truth of the recall column."""
+    import torch
+
+    queries = torch.from_numpy(unit_rows(clustered_unit_vectors(args.queries, args.dim, 10_000)))
+    queries = queries.to(device)
+    vectors = torch.empty((size, args.dim), dtype=torch.float32, device=device)
+    for shard, start in enumerate(range(0, size, SHARD_ROWS)):
+        rows = min(SHARD_ROWS, size - start)
+        block = clustered_unit_vectors(rows, args.dim, seed=shard)
+        vectors[start : start + rows] = torch.from_numpy(block)
+    resident = ResidentTemplates(
+        0,
+        vectors,
+        pa.array(np.arange(size).astype(str)),
+        pa.repeat(pa.scalar(1, pa.int32()), size),
+        scoring_dtype(device),
+    )
+    truth = torch_top_k(vectors, queries, k).cpu().numpy()
+    works = {
+        "torch float32 matmul + topk (exact)": lambda: torch_top_k(vectors, queries, k),
+        f"ResidentTemplates.search ({str(resident.scoring.dtype).removeprefix('torch.')})": (
+            lambda: resident.search(queries, k)
+        ),
+    }
+    label = f"{size:,} in memory"
+    rows = []
+    for search, (seconds, found) in interleaved(works, args.repeats).items():
+        if isinstance(found, list):
+            hits = hits_by_query(found, args.queries)
+        else:
+            hits = [set(row) for row in found.cpu().numpy().tolist()]
+        rows.append([label, search, "-", args.queries / seconds, recall(hits, truth)])
+    return rows
+
+
 def main() -> None:
     arguments = parser(__doc__.split("\n\n")[0])
-    arguments.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    arguments.add_argument(
+        "--sizes", type=int, nargs="*", default=[100_000, 1_000_000], help="templates in a table"
+    )
+    arguments.add_argument(
+        "--in-memory-sizes",
+        type=int,
+        nargs="*",
+        default=[],
+        help="templates generated in the device's memory, with no table (and no LanceDB)",
+    )
     arguments.add_argument("--dim", type=int, default=384, help="MiniLM's width")
     arguments.add_argument("--queries", type=int, default=100, help="query vectors per call")
     arguments.add_argument("--nprobes", type=int, default=8)
@@ -256,6 +328,9 @@ def main() -> None:
     device = torch_device(args.device)
     baseline = load_module(args.baseline) if args.baseline else None
     rows = [row for size in args.sizes for row in measure(size, args, k, device, baseline)]
+    rows += [
+        row for size in args.in_memory_sizes for row in measure_in_memory(size, args, k, device)
+    ]
     columns = ["templates", "search", "setup", "queries/s", f"recall@{k}"]
     report("retrieval", device, "Template retrieval", table(columns, rows), args.save)
 

@@ -40,7 +40,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from bench.common import matmul_peak, parser, report, table
@@ -58,14 +59,18 @@ def random_corpus(folder: Path, tokens: int, seed: int = 0) -> Path:
     count = tokens // SAMPLE_TOKENS + 1
     ids = generator.integers(3, VOCAB, (count, SAMPLE_TOKENS), dtype=np.int32)
     folder.mkdir(parents=True, exist_ok=True)
-    pl.DataFrame(
+    samples = pa.table(
         {
             "doc_id": [f"d{i}" for i in range(count)],
-            "input_ids": ids.tolist(),
-            "loss_mask": np.ones_like(ids, dtype=np.int8).tolist(),
-        },
-        schema={"doc_id": pl.String, "input_ids": pl.List(pl.Int32), "loss_mask": pl.List(pl.Int8)},
-    ).write_parquet(folder / "samples.parquet")
+            "input_ids": pa.FixedSizeListArray.from_arrays(ids.ravel(), SAMPLE_TOKENS).cast(
+                pa.list_(pa.int32())
+            ),
+            "loss_mask": pa.FixedSizeListArray.from_arrays(
+                np.ones(ids.size, dtype=np.int8), SAMPLE_TOKENS
+            ).cast(pa.list_(pa.int8())),
+        }
+    )
+    pq.write_table(samples, folder / "samples.parquet")
     return folder
 
 

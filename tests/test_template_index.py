@@ -5,12 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from fi_resources.template_index import (
-    ResidentTemplates,
-    TemplateIndex,
-    table_name_for,
-    unit_rows,
-)
+from fi_method.template_search import unit_rows
+from fi_resources import template_index
+from fi_resources.template_index import TemplateIndex, load_resident, table_name_for
 
 
 def rows(*ids):
@@ -60,8 +57,8 @@ def test_a_different_dimension_under_the_same_name_is_refused(tmp_path):
 
 
 def test_search_finds_what_lancedb_flat_search_finds_across_blocks(tmp_path, monkeypatch):
-    monkeypatch.setattr("fi_resources.template_index.SEARCH_BLOCK_ROWS", 64)
-    monkeypatch.setattr("fi_resources.template_index.RESCORED_PAIRS", 7)
+    monkeypatch.setattr("fi_method.template_search.SEARCH_BLOCK_ROWS", 64)
+    monkeypatch.setattr("fi_method.template_search.RESCORED_PAIRS", 7)
     index = TemplateIndex(uri=str(tmp_path / "lancedb"), device="cpu")
     for shard in range(3):  # 3 x 150 templates: several blocks, blocks across shards
         ids = [f"{shard}-{i}" for i in range(150)]
@@ -102,8 +99,8 @@ def test_ties_are_broken_by_template_id_whatever_the_write_order_and_blocks(
 ):
     """Templates with one document description share a vector: which of them make the cut must
     not depend on how the table was written or read."""
-    monkeypatch.setattr("fi_resources.template_index.SEARCH_BLOCK_ROWS", block_rows)
-    monkeypatch.setattr("fi_resources.template_index.CPU_SCORE_BLOCK_ELEMENTS", block_rows)
+    monkeypatch.setattr("fi_method.template_search.SEARCH_BLOCK_ROWS", block_rows)
+    monkeypatch.setattr("fi_method.template_search.CPU_SCORE_BLOCK_ELEMENTS", block_rows)
     shared = unit_vectors(1, seed=5)[0]
     others = unit_vectors(4, seed=6)
     query = shared[None, :]
@@ -130,8 +127,8 @@ def write_shards(index, shards=3, per_shard=150):
 
 def test_resident_search_finds_what_the_streamed_search_finds(tmp_path, monkeypatch):
     # 450 templates in blocks of 64, each scored against 3 of the 7 queries at a time.
-    monkeypatch.setattr("fi_resources.template_index.SEARCH_BLOCK_ROWS", 64)
-    monkeypatch.setattr("fi_resources.template_index.CPU_SCORE_BLOCK_ELEMENTS", 3 * 64)
+    monkeypatch.setattr("fi_method.template_search.SEARCH_BLOCK_ROWS", 64)
+    monkeypatch.setattr("fi_method.template_search.CPU_SCORE_BLOCK_ELEMENTS", 3 * 64)
     uri = str(tmp_path / "lancedb")
     streamed = TemplateIndex(uri=uri, device="cpu", resident=False)
     write_shards(streamed)
@@ -160,12 +157,12 @@ def near_duplicate_templates(tmp_path):
 
 def test_fp16_scoring_gives_the_float32_result(tmp_path, monkeypatch):
     # 40 templates in blocks of 16, each scored against 2 of the 5 queries at a time.
-    monkeypatch.setattr("fi_resources.template_index.SEARCH_BLOCK_ROWS", 16)
-    monkeypatch.setattr("fi_resources.template_index.CPU_SCORE_BLOCK_ELEMENTS", 2 * 16)
+    monkeypatch.setattr("fi_method.template_search.SEARCH_BLOCK_ROWS", 16)
+    monkeypatch.setattr("fi_method.template_search.CPU_SCORE_BLOCK_ELEMENTS", 2 * 16)
     index, queries = near_duplicate_templates(tmp_path)
     table = lancedb.connect(index.uri).open_table("t")
     normalised = torch.from_numpy(unit_rows(queries))
-    fp16 = ResidentTemplates.load(table, "cpu", scoring_dtype=torch.float16)
+    fp16 = load_resident(table, "cpu", torch.float16)
     assert fp16.scoring.dtype == torch.float16
     for limit in (1, 3, 12):
         expected = index.search("t", queries, limit)
@@ -178,13 +175,13 @@ def test_fp16_scoring_gives_the_float32_result(tmp_path, monkeypatch):
 
 def test_the_resident_copy_is_kept_until_the_table_changes(tmp_path, monkeypatch):
     loads = []
-    load = ResidentTemplates.load.__func__
+    load = template_index.load_resident
 
-    def counted(cls, *args, **kwargs):
-        loads.append(args[0].version)
-        return load(cls, *args, **kwargs)
+    def counted(table, *args, **kwargs):
+        loads.append(table.version)
+        return load(table, *args, **kwargs)
 
-    monkeypatch.setattr(ResidentTemplates, "load", classmethod(counted))
+    monkeypatch.setattr(template_index, "load_resident", counted)
     uri = str(tmp_path / "lancedb")
     index = TemplateIndex(uri=uri, device="cpu", resident=True)
     write_shards(index, shards=2, per_shard=20)
