@@ -283,11 +283,12 @@ def demo(
     storage = Storage.from_settings(settings)
     report = settings.home / "reports" / "eval_report.md"
     table = report.read_text().split("\n\n")[1] if report.exists() else "(no eval report)"
+    fidelity = render_markdown(fidelity_figures(storage, settings.heldout_doc_shard))
     typer.echo(
         f"\ndemo done in {time.perf_counter() - started:.0f}s. Data root: {settings.home}\n"
         f"Evaluation ({report}):\n{table}\n"
         f"{judged} pairs judged, {kept} kept; {continued} non-instructional continuations.\n"
-        f"Fidelity to the method (training shards):\n{render_markdown(fidelity_figures(storage))}\n"
+        f"Fidelity to the method (training shards):\n{fidelity}\n"
         f'  {fi} sql "select n_tags, count(*) from instruction_templates group by 1 order by 1"\n'
         f'  {fi} sql "select stage, reason, count(*) from rejects group by all order by 3 desc"\n'
         f'  {fi} sql "select score, count(*) from judged_pairs group by 1 order by 1"\n'

@@ -137,6 +137,9 @@ def build_resources(settings: Settings) -> dict:
         ),
         "index": TemplateIndex(uri=str(storage.lancedb_dir), device=settings.device),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        # The settings themselves, for the assets that read one directly (a shard name, a seed):
+        # passed in like any resource, so a run's settings are the definitions'.
+        "settings": settings,
     }
 
 

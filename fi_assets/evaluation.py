@@ -29,7 +29,7 @@ from fi_method.pairs import NULL_OUTPUT
 from fi_resources.checkpoints import answer_nll, export_folder, weights_hash
 from fi_resources.embedder import torch_device
 from fi_resources.roles import BenchmarkJudge, Candidate, role_resource
-from fi_resources.settings import get_settings
+from fi_resources.settings import Settings
 from fi_resources.storage import Storage
 
 SCORES_SCHEMA = {
@@ -80,21 +80,22 @@ def _mean(values: list[float]) -> float | None:
     return 100.0 * sum(values) / len(values) if values else None
 
 
-def heldout_rows(storage: Storage, recipe: str, device: str) -> list[dict]:
+def heldout_rows(storage: Storage, recipe: str, settings: Settings) -> list[dict]:
     """heldout_nll: the answer-token NLL, per token, of the grounded pairs of the held-out
     document shard under the recipe's model. Every grounded pair counts, not only those the judge
     kept: the measure needs no judge, and more pairs make it steadier. A row without a value says
     why when there are none."""
-    shard = get_settings().heldout_doc_shard
+    shard = settings.heldout_doc_shard
     if not storage.table_path("instantiated_pairs", shard).exists():
         note = f"no pairs of the held-out doc shard {shard!r}: ingest one (--shard {shard})"
         return [_score_row(recipe, bench.HELDOUT_NLL, "answer_nll", None, bench.OBJECTIVE, 0, note)]
     pairs = storage.read_table("instantiated_pairs", shard)
-    tokenizer = load_training_tokenizer(get_settings().training_tokenizer)
+    tokenizer = load_training_tokenizer(settings.training_tokenizer)
     samples = [
         tokenize_sample(tokenizer, row["instruction"], row["answer"])
         for row in pairs.sort("pair_id").iter_rows(named=True)
     ]
+    device = torch_device(settings.device)
     total, tokens = answer_nll(export_folder(storage.root, recipe), samples, device)
     nll = total / tokens if tokens else None
     note = f"{len(samples)} grounded pairs, {tokens} answer tokens of doc shard {shard}"
@@ -249,19 +250,19 @@ def eval_scores(
     config: EvalConfig,
     storage: Storage,
     benchmark_judge: BenchmarkJudge,
+    settings: dg.ResourceParam[Settings],
 ) -> dg.MaterializeResult:
     keys = context.partition_key.keys_by_dimension
     recipe, benchmark = keys[RECIPE], keys[BENCHMARK]
     partition = f"{recipe}.{benchmark}"
-    settings = get_settings()
     metadata: dict = {}
     if benchmark == bench.HELDOUT_NLL:
-        rows = heldout_rows(storage, recipe, torch_device(settings.device))
+        rows = heldout_rows(storage, recipe, settings)
     else:
         items = bench.select_items(
             bench.load_benchmark(benchmark), config.items_per_kind, config.seed
         )
-        responses, calls = _answers(context, storage, recipe, items, config)
+        responses, calls = _answers(context, storage, recipe, items, config, settings)
         metadata |= {f"candidate_{k}": v for k, v in call_metadata(calls).items()}
         scorer = _Scorer(context, benchmark_judge, config.seed)
         if benchmark == bench.MT_BENCH_101:
@@ -272,7 +273,7 @@ def eval_scores(
                 baseline = [item.reference for item in items]
                 baseline_name = "the reference outputs (gpt4_1106_preview)"
             else:
-                baseline, _ = _answers(context, storage, baseline_name, items, config)
+                baseline, _ = _answers(context, storage, baseline_name, items, config, settings)
                 baseline_name = f"recipe {baseline_name}"
             aggregates, scored = scorer.alpaca_eval(items, responses, baseline, baseline_name)
         else:
@@ -319,9 +320,8 @@ def eval_scores(
     )
 
 
-def _answers(context, storage: Storage, recipe: str, items, config: EvalConfig):
+def _answers(context, storage: Storage, recipe: str, items, config: EvalConfig, settings: Settings):
     """A recipe's model's greedy answers to `items`, through the call cache."""
-    settings = get_settings()
     folder = export_folder(storage.root, recipe)
     candidate = role_resource(
         Candidate, settings, model=str(folder), max_new_tokens=config.max_new_tokens
@@ -344,13 +344,13 @@ def _answers(context, storage: Storage, recipe: str, items, config: EvalConfig):
     description="Stage F's report: recipe x benchmark like the paper's Table 1 and a bar chart, "
     "written to FI_HOME/reports/eval_report.md and .png and shown here.",
 )
-def eval_report(storage: Storage) -> dg.MaterializeResult:
+def eval_report(storage: Storage, settings: dg.ResourceParam[Settings]) -> dg.MaterializeResult:
     frame = storage.read_all("eval_scores")
     if frame is None:
         raise FileNotFoundError("no eval_scores yet: materialize eval_scores first")
     rows = frame.to_dicts()
     reports = storage.root / "reports"
-    fidelity = render_fidelity(fidelity_figures(storage))
+    fidelity = render_fidelity(fidelity_figures(storage, settings.heldout_doc_shard))
     markdown = render_markdown(rows) + "\n\n## Fidelity to the method\n\n" + fidelity
     png = plot(rows, reports / "eval_report.png")
     (reports / "eval_report.md").write_text(markdown + "\n![plot](eval_report.png)\n")
@@ -366,11 +366,12 @@ def eval_report(storage: Storage) -> dg.MaterializeResult:
     )
 
 
-def fidelity_figures(storage: Storage) -> list[Figure]:
-    """The fidelity report over the training shards: synthesis figures, tokens per recipe and
-    what each recipe's model trained on."""
-    packed = {recipe: list(training_files(storage, recipe).values()) for recipe in RECIPES}
-    shards = sorted(training_files(storage, RECIPES[0]))
+def fidelity_figures(storage: Storage, heldout_shard: str) -> list[Figure]:
+    """The fidelity report over the training shards (all but `heldout_shard`): synthesis
+    figures, tokens per recipe and what each recipe's model trained on."""
+    trained_on = {recipe: training_files(storage, recipe, heldout_shard) for recipe in RECIPES}
+    packed = {recipe: list(files.values()) for recipe, files in trained_on.items()}
+    shards = sorted(trained_on[RECIPES[0]])
     tokens, samples = {}, {}
     for recipe, files in packed.items():
         if files:

@@ -101,7 +101,7 @@ def export_recipe(storage: Storage, settings: Settings, recipe: str, out: Path) 
         raise ExportError(
             f"unknown recipe {recipe!r}; export {FINEINSTRUCTIONS} or {NON_INSTRUCTIONAL}"
         )
-    shards = list(training_files(storage, recipe))
+    shards = list(training_files(storage, recipe, settings.heldout_doc_shard))
     if not shards:
         raise ExportError(f"no packed_corpus for {recipe}: run `fi materialize packed_corpus`")
     if out.exists() and any(out.iterdir()):

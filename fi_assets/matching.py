@@ -141,6 +141,8 @@ def _histogram(values: list[float], bins: int = 10) -> str:
     deps=[
         "document_chunks",
         dg.AssetDep("template_index", partition_mapping=dg.AllPartitionMapping()),
+        # Its n_tags distribution weighs the sampling of candidates.
+        dg.AssetDep("instruction_templates", partition_mapping=dg.AllPartitionMapping()),
     ],
     group_name="matching",
     kinds={"lancedb", "polars", "parquet"},

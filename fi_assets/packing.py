@@ -23,7 +23,7 @@ from fi_method.packing import (
     pack_shard,
 )
 from fi_method.quality import PAPER_PAIRS_PER_DOCUMENT, leaked_eval_items, token_parity_failures
-from fi_resources.settings import get_settings
+from fi_resources.settings import Settings
 from fi_resources.storage import Storage
 
 PACKED_SCHEMA = {
@@ -40,15 +40,15 @@ PACKED_SCHEMA = {
 }
 
 
-def training_files(storage: Storage, recipe: str) -> dict[str, Path]:
-    """doc shard -> the recipe's packed file, for every shard but the held-out one (what the
+def training_files(storage: Storage, recipe: str, heldout_shard: str) -> dict[str, Path]:
+    """doc shard -> the recipe's packed file, for every shard but `heldout_shard` (what the
     recipe trains on, and what `fi export` writes)."""
     suffix = f".{recipe}.parquet"
     files = {
         path.name[: -len(suffix)]: path
         for path in sorted((storage.tables_dir / "packed_corpus").glob(f"*{suffix}"))
     }
-    files.pop(get_settings().heldout_doc_shard, None)
+    files.pop(heldout_shard, None)
     return files
 
 
@@ -89,10 +89,11 @@ def _candidates(storage: Storage, shard: str, recipe: str) -> dict[str, list[dic
     "The check recipes_agree_on_tokens fails a recipe that packs less than its documents' tokens "
     "by more than FI_TOKEN_PARITY (2 %).",
 )
-def packed_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.MaterializeResult:
+def packed_corpus(
+    context: dg.AssetExecutionContext, storage: Storage, settings: dg.ResourceParam[Settings]
+) -> dg.MaterializeResult:
     keys = context.partition_key.keys_by_dimension
     shard, recipe = keys[DOC_SHARD], keys[RECIPE]
-    settings = get_settings()
     tokenizer = load_training_tokenizer(settings.training_tokenizer)
     documents = storage.read_table("documents", shard).select("doc_id", "text")
     rows, stats = pack_shard(

@@ -8,13 +8,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import dagster as dg
-from dagster._core.definitions.data_version import CODE_VERSION_TAG, DATA_VERSION_TAG
 
 from fi_assets.checks import FAILED_CHECKS_TAG
 from fi_assets.partitions import partitions_label
 from fi_method.text import content_hash
 
 UPSTREAM_PARTITIONS_TAG = "fi/upstream_partitions."
+# The tags Dagster writes on every materialization with its data and code versions (the asset
+# versioning guide reads them by these names); spelled out here, as Dagster exports no public
+# constant for them. tests/test_versions.py checks them against Dagster's own.
+DATA_VERSION_TAG = "dagster/data_version"
+CODE_VERSION_TAG = "dagster/code_version"
 
 
 def upstream_partitions_tags(

@@ -211,7 +211,8 @@ def _instantiate_shard(
 
 @dg.asset(
     partitions_def=doc_shards,
-    deps=["instantiated_pairs", "documents"],
+    # matched_pairs: the funnel's first count (matched, then instantiated, grounded, kept).
+    deps=["instantiated_pairs", "documents", "matched_pairs"],
     group_name="synthesis",
     kinds={"polars", "parquet"},
     code_version="1",

@@ -19,7 +19,7 @@ from fi_assets.placement import on_gpu
 from fi_assets.reporting import line_chart
 from fi_method.packing import load_training_tokenizer
 from fi_resources.cluster import job_name, run_training_job, trainer_command, training_job_manifests
-from fi_resources.settings import Settings, get_settings
+from fi_resources.settings import Settings
 from fi_resources.storage import Storage
 
 
@@ -65,15 +65,16 @@ def trained_checkpoint_asset(step_gpus: int) -> dg.AssetsDefinition:
         config: TrainingConfig,
         storage: Storage,
         pipes_subprocess_client: dg.PipesSubprocessClient,
+        settings: dg.ResourceParam[Settings],
     ) -> dg.MaterializeResult:
         recipe = context.partition_key
-        files = list(training_files(storage, recipe).values())
+        trained_on = training_files(storage, recipe, settings.heldout_doc_shard)
+        files = list(trained_on.values())
         if not files:
             raise FileNotFoundError(
                 f"no packed_corpus for recipe {recipe} outside the held-out shard: materialize it"
             )
-        settings = get_settings()
-        shards = list(training_files(storage, recipe))
+        shards = list(trained_on)
         tokens = settings.training_tokens or document_tokens(context.instance, shards, recipe)
         steps = training_steps(tokens, config, settings)
         args = _train_args(config, steps, files, storage.root / "checkpoints" / recipe, settings)

@@ -112,3 +112,17 @@ def run_judging(defs, instance) -> None:
         resources=defs.resources,
     )
     assert run.success
+
+
+def test_the_version_tags_read_are_the_ones_dagster_writes():
+    from fi_assets.planning import CODE_VERSION_TAG, DATA_VERSION_TAG
+
+    @dg.asset(code_version="7")
+    def versioned() -> dg.MaterializeResult:
+        return dg.MaterializeResult(data_version=dg.DataVersion("abc"))
+
+    instance = dg.DagsterInstance.ephemeral()
+    assert dg.materialize([versioned], instance=instance).success
+    event = instance.get_latest_materialization_event(versioned.key)
+    tags = event.asset_materialization.tags
+    assert (tags[DATA_VERSION_TAG], tags[CODE_VERSION_TAG]) == ("abc", "7")

@@ -9,13 +9,13 @@ inside the model (`--loss-chunk-tokens`), so a 128k vocabulary's logits never ta
 of memory; the whole model, loss included, compiled as one graph (`--compile`); AdamW's fused CUDA
 kernel; and activation checkpointing only where memory needs it (`--activation-checkpointing`).
 
-Metrics go to stdout as one JSON object per log step (see `emit_metrics`): step; loss (that
-step's mean over its counted targets); grad_norm (before clipping); lr (the step's); tokens (seen
-so far, all ranks); tokens_per_s (all ranks, since the previous line); mfu (per GPU, null where the
-peak is unknown, e.g. on the CPU); max_memory_gib (the most GPU memory this rank's tensors took so
-far, null on the CPU). Everything else goes to stderr. Under torchrun with more than
-one rank the model is sharded with FSDP2; checkpoints are sharded (torch.distributed.checkpoint)
-and load on any number of ranks."""
+Metrics go to stdout (to the Dagster run's log instead, under Dagster Pipes) as one JSON object per
+log step (see `emit_metrics`): step; loss (that step's mean over its counted targets); grad_norm
+(before clipping); lr (the step's); tokens (seen so far, all ranks); tokens_per_s (all ranks, since
+the previous line); mfu (per GPU, null where the peak is unknown, e.g. on the CPU); max_memory_gib
+(the most GPU memory this rank's tensors took so far, null on the CPU). Everything else goes to
+stderr. Under torchrun with more than one rank the model is sharded with FSDP2; checkpoints are
+sharded (torch.distributed.checkpoint) and load on any number of ranks."""
 
 from __future__ import annotations
 
@@ -66,16 +66,19 @@ _last_metrics: dict = {}
 
 
 def emit_metrics(metrics: dict, history: Path | None = None) -> None:
-    """The one place metrics leave the trainer: a JSON line on stdout, appended to `history`
-    (the run's metrics.jsonl, for curves), and the Dagster run's log when Dagster Pipes launched
-    it."""
-    print(json.dumps(metrics), flush=True)
+    """The one place metrics leave the trainer: a JSON line appended to `history` (the run's
+    metrics.jsonl, for curves) and written to the Dagster run's log when Dagster Pipes launched
+    it, or else to stdout. Not both: Dagster's console shows the run's log and the subprocess's
+    stdout alike, so every line would show twice."""
+    line = json.dumps(metrics)
     if history is not None:
         with history.open("a") as handle:
-            handle.write(json.dumps(metrics) + "\n")
+            handle.write(line + "\n")
     _last_metrics.update(metrics)
     if _pipes is not None:
-        _pipes.log.info(json.dumps(metrics))
+        _pipes.log.info(line)
+    else:
+        print(line, flush=True)
 
 
 def peak_flops(device: torch.device) -> float | None:
