@@ -34,7 +34,7 @@ from pathlib import Path
 from types import ModuleType
 
 from bench.common import matmul_peak, parser, report, table
-from fi_method.chunking import chunk_document
+from fi_method.retrieval.chunking import chunk_document
 from fi_method.samples import wikipedia_articles
 from fi_resources.embedder import Embedder, encoder_dtype, torch_device
 from fi_resources.models import MINILM, sentence_transformer_source

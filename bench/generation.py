@@ -34,7 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.common import matmul_peak, median_seconds, parser, report, table
-from fi_method.packing import load_training_tokenizer
+from fi_method.corpus.packing import load_training_tokenizer
 from fi_method.roles import Request
 from fi_resources.embedder import torch_device
 from fi_resources.engines import EngineConfig, TransformersEngine
@@ -95,8 +95,8 @@ def instantiator_inputs(count: int) -> list[str]:
     (fewer when the sample has fewer)."""
     # Imported here: the instantiator's rules engine needs spaCy and wordfreq, and the sample
     # gensim, none of which a run on --prompts needs.
-    from fi_method.instantiator import build_messages
     from fi_method.samples import wikipedia_articles
+    from fi_method.synthesis.instantiator import build_messages
 
     inputs = []
     for article in wikipedia_articles(limit=count):

@@ -8,7 +8,7 @@ fallback description, and a few templates.
     git show 767bca8:fi_method/rules_genericizer.py > /tmp/old_rules_genericizer.py
     python -m bench.genericizer --baseline /tmp/old_rules_genericizer.py --save
 
---baseline names a copy of an earlier fi_method/rules_genericizer.py to measure beside the
+--baseline names a copy of an earlier fi_method/templating/rules_genericizer.py to measure beside the
 current one (the before of a change; 767bca8 holds the word-list rules before spaCy). CPU only:
 the rules engine has no model to put on a GPU.
 """
@@ -23,10 +23,10 @@ from pathlib import Path
 from types import ModuleType
 
 from bench.common import parser, report, table
-from fi_method import rules_genericizer
-from fi_method.genericizer import parse_output
-from fi_method.ifbench import ifbench_queries
-from fi_method.templates import slot_descriptions, validate_template
+from fi_method.templating import rules_genericizer
+from fi_method.templating.genericizer import parse_output
+from fi_method.templating.ifbench import ifbench_queries
+from fi_method.templating.templates import slot_descriptions, validate_template
 
 
 def _load(path: str) -> ModuleType:
@@ -130,7 +130,7 @@ def main() -> None:
             ],
             rows,
         )
-        + f"\n\nCPU only, no GPU. IFBench's {len(written)} WildChat queries (fi_method.ifbench). Topic fallback: "
+        + f"\n\nCPU only, no GPU. IFBench's {len(written)} WildChat queries (fi_method.templating.ifbench). Topic fallback: "
         f'slots described "{rules_genericizer.TOPIC_DESCRIPTION}"; entity fallback: '
         f'"{rules_genericizer.ENTITY_DESCRIPTION}".\n\nMost common kinds (current):\n'
         + "\n".join(common)

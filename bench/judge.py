@@ -1,5 +1,5 @@
 """How well the rules judge tells real (instruction, answer) pairs from nonsense: the labelled
-calibration set of fi_method.judge_calibration (real AlpacaEval and MT-Bench-101 pairs against
+calibration set of fi_method.synthesis.judge_calibration (real AlpacaEval and MT-Bench-101 pairs against
 swapped answers, truncated answers, repeated sentences and entity-swapped instructions, each
 pair's answer as its document), scored by the judge before (the rules judge as of --before, read
 from git) and now. Prints ROC AUC, the share of positives kept (score >= MIN_JUDGE_SCORE) and of
@@ -24,8 +24,8 @@ import types
 from pathlib import Path
 
 from bench.common import parser, report, table
-from fi_method import judge
-from fi_method.judge_calibration import (
+from fi_method.synthesis import judge
+from fi_method.synthesis.judge_calibration import (
     DEFAULT_SEED,
     KINDS,
     NEGATIVE_KINDS,
@@ -45,9 +45,9 @@ EXAMPLE_CHARS = 150
 
 
 def judge_at(revision: str) -> types.ModuleType:
-    """fi_method/judge.py as it was at a git revision, imported as a module of its own."""
+    """fi_method/synthesis/judge.py as it was at a git revision, imported as a module of its own."""
     source = subprocess.run(
-        ["git", "show", f"{revision}:fi_method/judge.py"],
+        ["git", "show", f"{revision}:fi_method/synthesis/judge.py"],
         cwd=REPOSITORY,
         capture_output=True,
         text=True,

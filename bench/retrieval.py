@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 
 from bench.common import parser, report, table
-from fi_method.template_search import ResidentTemplates, scoring_dtype, unit_rows
+from fi_method.retrieval.template_search import ResidentTemplates, scoring_dtype, unit_rows
 from fi_resources.embedder import torch_device
 
 NAME = "templates__bench"

@@ -17,7 +17,7 @@ import threading
 import time
 
 from bench.common import parser, report, table
-from fi_method.ifbench import ifbench_queries
+from fi_method.templating.ifbench import ifbench_queries
 from fi_resources import model_server
 from fi_resources.engines import ServerError
 from fi_resources.model_calls import open_model_call_cache

@@ -16,11 +16,11 @@ import os
 from collections import Counter
 
 from bench.common import parser, report, table
-from fi_method.decontamination import default_index
-from fi_method.ifbench import ifbench_queries
-from fi_method.instruction_templates import collect_templates
-from fi_method.queries import filter_queries
+from fi_method.corpus.decontamination import default_index
 from fi_method.samples import DEMO_QUERIES
+from fi_method.templating.ifbench import ifbench_queries
+from fi_method.templating.instruction_templates import collect_templates
+from fi_method.templating.queries import filter_queries
 from fi_resources.embedder import torch_device
 from fi_resources.models import SMOLLM2
 from fi_resources.roles import Genericizer

@@ -1,7 +1,7 @@
 """Blocking asset checks that run inside the asset's own step, on the partition it just wrote: a
 failure marks the run failed, so nothing downstream is built on bad rows (`fi materialize` skips
 the runs that would read them). The rows themselves stay written, for audit. The logic is in
-fi_method.quality; this module names the checks and reports them."""
+fi_method.synthesis.quality; this module names the checks and reports them."""
 
 import dagster as dg
 

@@ -258,7 +258,7 @@ def demo(
     """Ingest the bundled sample (real WildChat queries, real Wikipedia articles) and materialize
     everything."""
     from fi_assets.evaluation import fidelity_figures
-    from fi_method.fidelity import render_markdown
+    from fi_method.evaluation.fidelity import render_markdown
     from fi_method.samples import write_sample
     from fi_resources.storage import Storage
 
@@ -346,7 +346,7 @@ def calibrate(
 
     from fi_assets.definitions import build_resources
     from fi_assets.matching import chunk_vectors
-    from fi_method.matching import propose_threshold
+    from fi_method.retrieval.matching import propose_threshold
     from fi_resources.template_index import table_name_for
 
     settings = _settings()

@@ -5,7 +5,7 @@ import polars as pl
 
 from fi_assets.partitions import doc_shards
 from fi_assets.reporting import write_stage
-from fi_method.documents import clean_documents
+from fi_method.retrieval.documents import clean_documents
 from fi_resources.storage import Storage
 
 DOCUMENTS_SCHEMA = {

@@ -20,12 +20,12 @@ from fi_assets.reporting import (
     markdown_preview,
     png_markdown,
 )
-from fi_method import benchmarks as bench
-from fi_method.eval_report import plot, render_markdown
-from fi_method.fidelity import Figure, packing_figures, synthesis_figures
-from fi_method.fidelity import render_markdown as render_fidelity
-from fi_method.packing import RECIPES, load_training_tokenizer, tokenize_sample
-from fi_method.pairs import NULL_OUTPUT
+from fi_method.corpus.packing import RECIPES, load_training_tokenizer, tokenize_sample
+from fi_method.evaluation import benchmarks as bench
+from fi_method.evaluation.eval_report import plot, render_markdown
+from fi_method.evaluation.fidelity import Figure, packing_figures, synthesis_figures
+from fi_method.evaluation.fidelity import render_markdown as render_fidelity
+from fi_method.synthesis.pairs import NULL_OUTPUT
 from fi_resources.checkpoints import answer_nll, export_folder, weights_hash
 from fi_resources.embedder import torch_device
 from fi_resources.roles import BenchmarkJudge, Candidate, role_resource

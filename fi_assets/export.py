@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 
 from fi_assets.packing import training_files
-from fi_method.packing import FINEINSTRUCTIONS, NON_INSTRUCTIONAL, STANDARD
+from fi_method.corpus.packing import FINEINSTRUCTIONS, NON_INSTRUCTIONAL, STANDARD
 from fi_resources.embedder import default_similarity_threshold
 from fi_resources.settings import Settings
 from fi_resources.storage import Storage

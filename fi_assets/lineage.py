@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import textwrap
 
-from fi_method.excerpts import excerpt_spans
+from fi_method.synthesis.excerpts import excerpt_spans
 from fi_resources.storage import Storage
 
 MARK_OPEN, MARK_CLOSE = "[[", "]]"

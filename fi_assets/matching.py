@@ -13,9 +13,9 @@ from fi_assets.partitions import doc_shards, query_shards
 from fi_assets.placement import on_gpu
 from fi_assets.planning import upstream_partitions_tags
 from fi_assets.reporting import distribution_chart, each_partition, markdown_preview, write_stage
-from fi_method.chunking import chunk_document
-from fi_method.matching import match_chunks, target_distribution
-from fi_method.quality import (
+from fi_method.retrieval.chunking import chunk_document
+from fi_method.retrieval.matching import match_chunks, target_distribution
+from fi_method.synthesis.quality import (
     MAX_UNMATCHED_DOCUMENT_SHARE,
     MIN_DOCUMENTS_FOR_A_SHARE,
     share_outside,

@@ -15,14 +15,18 @@ from fi_assets.partitions import (
     storage_partition,
 )
 from fi_assets.reporting import write_stage
-from fi_method.decontamination import default_index
-from fi_method.packing import (
+from fi_method.corpus.decontamination import default_index
+from fi_method.corpus.packing import (
     FINEINSTRUCTIONS,
     NON_INSTRUCTIONAL,
     load_training_tokenizer,
     pack_shard,
 )
-from fi_method.quality import PAPER_PAIRS_PER_DOCUMENT, leaked_eval_items, token_parity_failures
+from fi_method.synthesis.quality import (
+    PAPER_PAIRS_PER_DOCUMENT,
+    leaked_eval_items,
+    token_parity_failures,
+)
 from fi_resources.settings import Settings
 from fi_resources.storage import Storage
 

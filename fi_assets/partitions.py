@@ -3,13 +3,13 @@
 
 import dagster as dg
 
-from fi_method.benchmarks import BENCHMARKS
-from fi_method.packing import RECIPES
+from fi_method.corpus.packing import RECIPES
+from fi_method.evaluation.benchmarks import BENCHMARKS
 
 query_shards = dg.DynamicPartitionsDefinition(name="query_shards")
 doc_shards = dg.DynamicPartitionsDefinition(name="doc_shards")
 
-# The recipes a packed corpus is built by (fi_method.packing): the paper's controlled comparison,
+# The recipes a packed corpus is built by (fi_method.corpus.packing): the paper's controlled comparison,
 # same documents and token count, different recipe.
 recipes = dg.StaticPartitionsDefinition(list(RECIPES))
 DOC_SHARD, RECIPE = "doc_shard", "recipe"

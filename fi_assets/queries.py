@@ -5,8 +5,8 @@ import polars as pl
 
 from fi_assets.partitions import query_shards
 from fi_assets.reporting import write_stage
-from fi_method import queries as stage
-from fi_method.decontamination import default_index
+from fi_method.corpus.decontamination import default_index
+from fi_method.templating import queries as stage
 from fi_resources.storage import Storage
 
 RAW_QUERIES_SCHEMA = {
@@ -20,7 +20,7 @@ RAW_QUERIES_SCHEMA = {
 
 
 class QueryFilterConfig(dg.Config):
-    """Filters of stage A; defaults are documented in fi_method.queries."""
+    """Filters of stage A; defaults are documented in fi_method.templating.queries."""
 
     min_words: int = stage.MIN_QUERY_WORDS
     max_chars: int = stage.MAX_QUERY_CHARS

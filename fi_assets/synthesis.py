@@ -21,9 +21,10 @@ from fi_assets.reporting import (
     markdown_preview,
     write_stage,
 )
-from fi_method import continuations as halving
-from fi_method.fidelity import render_markdown, synthesis_figures
-from fi_method.pairs import (
+from fi_method.evaluation.fidelity import render_markdown, synthesis_figures
+from fi_method.roles import RulesAids
+from fi_method.synthesis import continuations as halving
+from fi_method.synthesis.pairs import (
     FUNNEL_STAGES,
     NOT_INSTANTIATED,
     NULL_OUTPUT,
@@ -31,7 +32,7 @@ from fi_method.pairs import (
     collect_judgements,
     funnel,
 )
-from fi_method.quality import (
+from fi_method.synthesis.quality import (
     MAX_JUDGE_PASS_RATE,
     MAX_NULL_RATE,
     PAPER_JUDGE_PASS_RATE,
@@ -39,7 +40,6 @@ from fi_method.quality import (
     dominant_templates,
     share_outside,
 )
-from fi_method.roles import RulesAids
 from fi_method.text import content_hash
 from fi_resources.embedder import Embedder
 from fi_resources.roles import Continuer, Instantiator, Judge

@@ -16,7 +16,7 @@ from fi_assets.reporting import (
     markdown_preview,
     write_stage,
 )
-from fi_method.instruction_templates import collect_templates
+from fi_method.templating.instruction_templates import collect_templates
 from fi_resources.embedder import Embedder
 from fi_resources.roles import Genericizer
 from fi_resources.storage import Storage

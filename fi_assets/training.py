@@ -17,7 +17,7 @@ from fi_assets.packing import training_files
 from fi_assets.partitions import by_recipe, recipes
 from fi_assets.placement import on_gpu
 from fi_assets.reporting import line_chart
-from fi_method.packing import load_training_tokenizer
+from fi_method.corpus.packing import load_training_tokenizer
 from fi_resources.cluster import job_name, run_training_job, trainer_command, training_job_manifests
 from fi_resources.settings import Settings
 from fi_resources.storage import Storage

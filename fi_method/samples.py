@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from fi_method.ifbench import ifbench_queries
+from fi_method.templating.ifbench import ifbench_queries
 
 WIKIPEDIA_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 # Small enough that `make demo` runs in about a minute on two cores; `--full` takes everything.

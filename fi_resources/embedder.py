@@ -9,13 +9,13 @@ import numpy as np
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
-from fi_method.matching import GAUSSIAN_POOLING_K
-from fi_method.pooling import gaussian_pooling
+from fi_method.retrieval.matching import GAUSSIAN_POOLING_K
+from fi_method.retrieval.pooling import gaussian_pooling
 from fi_resources.models import MINILM, sentence_transformer_source
 
 # Similarity thresholds per embedder. The paper's 0.865 belongs to its fine-tuned BGE-M3
 # retriever and means nothing for another model. MiniLM's was calibrated with `fi calibrate`
-# (fi_method.matching.propose_threshold: half of all document vectors keep a candidate) on the
+# (fi_method.retrieval.matching.propose_threshold: half of all document vectors keep a candidate) on the
 # full bundled sample: 3,327 chunks of 105 Wikipedia articles against 241 rules templates of the
 # IFBench queries; best-match similarity p10 0.079, p50 0.173, p90 0.300.
 CALIBRATED_THRESHOLDS = {
@@ -178,7 +178,7 @@ class Embedder(ConfigurableResource):
         )
 
     def embed_pooled(self, texts: list[str]) -> np.ndarray:
-        """Gaussian pooling (fi_method.pooling) over each text's token embeddings: float32 array
+        """Gaussian pooling (fi_method.retrieval.pooling) over each text's token embeddings: float32 array
         of shape (len(texts), pooling_k + 1, dimension), global mean first, every vector of unit
         length, in the order of `texts`.
 

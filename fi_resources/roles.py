@@ -12,9 +12,11 @@ from typing import ClassVar
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
-from fi_method import benchmarks, continuations, genericizer, instantiator, judge
-from fi_method.excerpts import MIN_EXCERPT_RATIO
+from fi_method.evaluation import benchmarks
 from fi_method.roles import Role, RulesAids
+from fi_method.synthesis import continuations, instantiator, judge
+from fi_method.synthesis.excerpts import MIN_EXCERPT_RATIO
+from fi_method.templating import genericizer
 from fi_resources.engines import (
     RULES_MODEL,
     Engine,

@@ -17,12 +17,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from fi_method.excerpts import MIN_EXCERPT_RATIO
-from fi_method.genericizer import RELEASED_TEMPLATIZER
-from fi_method.instantiator import RELEASED_INSTANTIATOR
-from fi_method.judge import FLOW_JUDGE, MIN_JUDGE_SCORE
-from fi_method.matching import GAUSSIAN_POOLING_K
-from fi_method.packing import TOKEN_PARITY
+from fi_method.corpus.packing import TOKEN_PARITY
+from fi_method.retrieval.matching import GAUSSIAN_POOLING_K
+from fi_method.synthesis.excerpts import MIN_EXCERPT_RATIO
+from fi_method.synthesis.instantiator import RELEASED_INSTANTIATOR
+from fi_method.synthesis.judge import FLOW_JUDGE, MIN_JUDGE_SCORE
+from fi_method.templating.genericizer import RELEASED_TEMPLATIZER
 from fi_resources.engines import EngineName, StructuredMode, parse_base_urls
 from fi_resources.models import MINILM
 

@@ -11,8 +11,8 @@ import pyarrow as pa
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
-from fi_method import template_search
-from fi_method.template_search import (
+from fi_method.retrieval import template_search
+from fi_method.retrieval.template_search import (
     ResidentTemplates,
     best_per_query,
     candidates,

@@ -3,8 +3,8 @@ scored mechanically or parsed from noisy judge outputs as each benchmark defines
 
 import pytest
 
-from fi_method import benchmarks as bench
-from fi_method.eval_report import render_markdown
+from fi_method.evaluation import benchmarks as bench
+from fi_method.evaluation.eval_report import render_markdown
 
 
 def _item(**fields) -> bench.BenchmarkItem:

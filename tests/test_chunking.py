@@ -1,6 +1,6 @@
 """Chunks fit the embedder, follow paragraph then sentence boundaries, and lose no text."""
 
-from fi_method.chunking import chunk_document
+from fi_method.retrieval.chunking import chunk_document
 
 
 def count_words(text: str) -> int:

@@ -4,7 +4,12 @@ teacher's prompt is a system message and the text to continue."""
 
 import pytest
 
-from fi_method.continuations import MAX_PROMPT_CHARS, build_messages, halve, teacher_prompt
+from fi_method.synthesis.continuations import (
+    MAX_PROMPT_CHARS,
+    build_messages,
+    halve,
+    teacher_prompt,
+)
 
 # The middle is character 66.5; the boundaries are at 27, 95 and 110: 95 is nearest, after it.
 MUSEUM_FIRST = (

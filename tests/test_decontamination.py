@@ -2,7 +2,7 @@ from collections import Counter
 
 import pytest
 
-from fi_method.decontamination import (
+from fi_method.corpus.decontamination import (
     TULU3_NGRAM,
     EvalItem,
     NGramIndex,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from fi_method.pooling import gaussian_pooling
+from fi_method.retrieval.pooling import gaussian_pooling
 from fi_method.samples import wikipedia_articles
 from fi_resources.embedder import Embedder, encoder_dtype
 

@@ -9,10 +9,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from fi_method import genericizer, instantiator, judge
-from fi_method.instruction_templates import collect_templates
-from fi_method.packing import load_training_tokenizer
+from fi_method.corpus.packing import load_training_tokenizer
 from fi_method.roles import OutputFormat, Request
+from fi_method.synthesis import instantiator, judge
+from fi_method.templating import genericizer
+from fi_method.templating.instruction_templates import collect_templates
 from fi_resources import engines
 from fi_resources.engines import (
     ENGINES,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fi_method.excerpts import ExcerptError, excerpt_ratio, expand_excerpts
+from fi_method.synthesis.excerpts import ExcerptError, excerpt_ratio, expand_excerpts
 
 DOCUMENT = (
     "Anarchism is a political philosophy that advocates self-governed societies based on "

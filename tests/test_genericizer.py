@@ -2,16 +2,16 @@ import re
 
 import pytest
 
-from fi_method.genericizer import (
+from fi_method.llm_output import OutputParseError
+from fi_method.templating.genericizer import (
     RELEASED_TEMPLATIZER,
     GenericizedQuery,
     build_messages,
     parse_output,
     prompt_style_for,
 )
-from fi_method.ifbench import ifbench_queries
-from fi_method.llm_output import OutputParseError
-from fi_method.rules_genericizer import (
+from fi_method.templating.ifbench import ifbench_queries
+from fi_method.templating.rules_genericizer import (
     ENTITY_DESCRIPTION,
     MAX_SLOTS,
     REQUEST_VERBS,
@@ -21,7 +21,12 @@ from fi_method.rules_genericizer import (
     rules_output,
     slot_fillers,
 )
-from fi_method.templates import TemplateError, count_tags, slot_descriptions, validate_template
+from fi_method.templating.templates import (
+    TemplateError,
+    count_tags,
+    slot_descriptions,
+    validate_template,
+)
 
 # --- prompt ---------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from fi_method.ifbench import (
+from fi_method.templating.ifbench import (
     IFBENCH_TEST_FILE,
     IFBENCH_TEST_WORDINGS,
     constraint_patterns,

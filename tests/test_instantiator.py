@@ -8,8 +8,9 @@ import re
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from fi_method.excerpts import ExcerptError
-from fi_method.instantiator import (
+from fi_method.llm_output import OutputParseError
+from fi_method.synthesis.excerpts import ExcerptError
+from fi_method.synthesis.instantiator import (
     RELEASED_INSTANTIATOR,
     GroundingError,
     Instantiation,
@@ -19,10 +20,9 @@ from fi_method.instantiator import (
     parse_output,
     prompt_style_for,
 )
-from fi_method.llm_output import OutputParseError
-from fi_method.pairs import collect_instantiations
-from fi_method.rules_instantiator import REQUEST_LEAD, MemoizedEmbed, rules_instantiate
-from fi_method.templates import FI_CLOSE, FI_OPEN, slot_descriptions
+from fi_method.synthesis.pairs import collect_instantiations
+from fi_method.synthesis.rules_instantiator import REQUEST_LEAD, MemoizedEmbed, rules_instantiate
+from fi_method.templating.templates import FI_CLOSE, FI_OPEN, slot_descriptions
 from fi_method.text import content_hash
 from fi_resources.models import MINILM, sentence_transformer_source
 

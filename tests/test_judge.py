@@ -5,7 +5,8 @@ and the funnel."""
 
 import pytest
 
-from fi_method.judge import (
+from fi_method.llm_output import OutputParseError
+from fi_method.synthesis.judge import (
     MIN_JUDGE_SCORE,
     RUBRIC,
     Judgement,
@@ -20,7 +21,7 @@ from fi_method.judge import (
     truncated,
     unanswered_asks,
 )
-from fi_method.judge_calibration import (
+from fi_method.synthesis.judge_calibration import (
     ENTITY_SWAP,
     KINDS,
     MISMATCHED,
@@ -35,8 +36,7 @@ from fi_method.judge_calibration import (
     roc_auc,
     split,
 )
-from fi_method.llm_output import OutputParseError
-from fi_method.pairs import FUNNEL_STAGES, collect_judgements, funnel
+from fi_method.synthesis.pairs import FUNNEL_STAGES, collect_judgements, funnel
 
 # --- prompt ---------------------------------------------------------------------------------
 

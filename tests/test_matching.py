@@ -1,6 +1,6 @@
 import pytest
 
-from fi_method.matching import (
+from fi_method.retrieval.matching import (
     GAUSSIAN_POOLING_K,
     Candidate,
     choose_templates,
@@ -112,7 +112,7 @@ def test_all_zero_weights_fall_back_to_uniform():
 
 
 def test_match_chunks_maps_hits_back_to_chunks_and_applies_the_threshold():
-    from fi_method.matching import match_chunks
+    from fi_method.retrieval.matching import match_chunks
 
     chunks = [("doc-a", "a0", 0), ("doc-a", "a1", 1), ("doc-b", "b0", 0)]
     hits = [
@@ -133,7 +133,7 @@ def test_match_chunks_maps_hits_back_to_chunks_and_applies_the_threshold():
 
 
 def test_a_long_document_gets_templates_in_proportion_to_its_passages():
-    from fi_method.matching import match_chunks
+    from fi_method.retrieval.matching import match_chunks
 
     passages = 5
     chunks = [("doc-long", f"c{p}", p) for p in range(passages)] + [("doc-short", "s0", 0)]

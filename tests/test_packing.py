@@ -4,8 +4,8 @@ from dataclasses import asdict
 
 import pytest
 
-from fi_method import packing
-from fi_method.packing import (
+from fi_method.corpus import packing
+from fi_method.corpus.packing import (
     FINEINSTRUCTIONS,
     NON_INSTRUCTIONAL,
     PAIR_FORMAT,

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from fi_method.matching import GAUSSIAN_POOLING_K
-from fi_method.pooling import gaussian_pooling, gaussian_weights
+from fi_method.retrieval.matching import GAUSSIAN_POOLING_K
+from fi_method.retrieval.pooling import gaussian_pooling, gaussian_weights
 
 TOKENS = [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, -1.0]]
 

@@ -3,10 +3,16 @@ what a healthy run writes and fails what a broken one does."""
 
 import pytest
 
-from fi_method.decontamination import EvalItem, NGramIndex
-from fi_method.fidelity import Figure, packing_figures, render_markdown, synthesis_figures
-from fi_method.packing import load_training_tokenizer, pack_shard
-from fi_method.quality import (
+from fi_method.corpus.decontamination import EvalItem, NGramIndex
+from fi_method.corpus.packing import load_training_tokenizer, pack_shard
+from fi_method.evaluation.fidelity import (
+    Figure,
+    packing_figures,
+    render_markdown,
+    synthesis_figures,
+)
+from fi_method.samples import wikipedia_articles
+from fi_method.synthesis.quality import (
     MAX_JUDGE_PASS_RATE,
     MAX_NULL_RATE,
     MAX_UNMATCHED_DOCUMENT_SHARE,
@@ -16,7 +22,6 @@ from fi_method.quality import (
     template_share_limit,
     token_parity_failures,
 )
-from fi_method.samples import wikipedia_articles
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +76,7 @@ def test_a_recipe_that_packed_nothing_fails_however_loose_the_parity():
 def test_non_instructional_halves_fit_their_budget(articles):
     """A document cut in two plus the format's tokens is longer than the document: the answer
     is cut to fit, so the very first document is not dropped."""
-    from fi_method.continuations import halve
+    from fi_method.synthesis.continuations import halve
 
     tokenizer = load_training_tokenizer()
     candidates = {}
@@ -164,10 +169,10 @@ def test_the_papers_threshold_on_another_embedder_leaves_documents_unmatched():
     and the documents check says so; MiniLM's calibrated threshold matches most of them."""
     from sentence_transformers import SentenceTransformer
 
-    from fi_method.ifbench import ifbench_queries
-    from fi_method.matching import PAPER_SIMILARITY_THRESHOLD, match_chunks
-    from fi_method.rules_genericizer import rules_genericize
-    from fi_method.templates import TemplateError
+    from fi_method.retrieval.matching import PAPER_SIMILARITY_THRESHOLD, match_chunks
+    from fi_method.templating.ifbench import ifbench_queries
+    from fi_method.templating.rules_genericizer import rules_genericize
+    from fi_method.templating.templates import TemplateError
     from fi_resources.embedder import default_similarity_threshold
     from fi_resources.models import MINILM, sentence_transformer_source
 

@@ -1,7 +1,7 @@
 """Stage A filters on tiny literal queries: each removal has its reason, the first occurrence wins."""
 
-from fi_method.decontamination import default_index
-from fi_method.queries import QueryFilters, filter_queries
+from fi_method.corpus.decontamination import default_index
+from fi_method.templating.queries import QueryFilters, filter_queries
 from fi_method.text import clean_text, content_hash
 
 LONG = (

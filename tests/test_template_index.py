@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from fi_method.template_search import unit_rows
+from fi_method.retrieval.template_search import unit_rows
 from fi_resources import template_index
 from fi_resources.template_index import TemplateIndex, load_resident, table_name_for
 
@@ -57,8 +57,8 @@ def test_a_different_dimension_under_the_same_name_is_refused(tmp_path):
 
 
 def test_search_finds_what_lancedb_flat_search_finds_across_blocks(tmp_path, monkeypatch):
-    monkeypatch.setattr("fi_method.template_search.SEARCH_BLOCK_ROWS", 64)
-    monkeypatch.setattr("fi_method.template_search.RESCORED_PAIRS", 7)
+    monkeypatch.setattr("fi_method.retrieval.template_search.SEARCH_BLOCK_ROWS", 64)
+    monkeypatch.setattr("fi_method.retrieval.template_search.RESCORED_PAIRS", 7)
     index = TemplateIndex(uri=str(tmp_path / "lancedb"), device="cpu")
     for shard in range(3):  # 3 x 150 templates: several blocks, blocks across shards
         ids = [f"{shard}-{i}" for i in range(150)]
@@ -99,8 +99,8 @@ def test_ties_are_broken_by_template_id_whatever_the_write_order_and_blocks(
 ):
     """Templates with one document description share a vector: which of them make the cut must
     not depend on how the table was written or read."""
-    monkeypatch.setattr("fi_method.template_search.SEARCH_BLOCK_ROWS", block_rows)
-    monkeypatch.setattr("fi_method.template_search.CPU_SCORE_BLOCK_ELEMENTS", block_rows)
+    monkeypatch.setattr("fi_method.retrieval.template_search.SEARCH_BLOCK_ROWS", block_rows)
+    monkeypatch.setattr("fi_method.retrieval.template_search.CPU_SCORE_BLOCK_ELEMENTS", block_rows)
     shared = unit_vectors(1, seed=5)[0]
     others = unit_vectors(4, seed=6)
     query = shared[None, :]
@@ -127,8 +127,8 @@ def write_shards(index, shards=3, per_shard=150):
 
 def test_resident_search_finds_what_the_streamed_search_finds(tmp_path, monkeypatch):
     # 450 templates in blocks of 64, each scored against 3 of the 7 queries at a time.
-    monkeypatch.setattr("fi_method.template_search.SEARCH_BLOCK_ROWS", 64)
-    monkeypatch.setattr("fi_method.template_search.CPU_SCORE_BLOCK_ELEMENTS", 3 * 64)
+    monkeypatch.setattr("fi_method.retrieval.template_search.SEARCH_BLOCK_ROWS", 64)
+    monkeypatch.setattr("fi_method.retrieval.template_search.CPU_SCORE_BLOCK_ELEMENTS", 3 * 64)
     uri = str(tmp_path / "lancedb")
     streamed = TemplateIndex(uri=uri, device="cpu", resident=False)
     write_shards(streamed)
@@ -157,8 +157,8 @@ def near_duplicate_templates(tmp_path):
 
 def test_fp16_scoring_gives_the_float32_result(tmp_path, monkeypatch):
     # 40 templates in blocks of 16, each scored against 2 of the 5 queries at a time.
-    monkeypatch.setattr("fi_method.template_search.SEARCH_BLOCK_ROWS", 16)
-    monkeypatch.setattr("fi_method.template_search.CPU_SCORE_BLOCK_ELEMENTS", 2 * 16)
+    monkeypatch.setattr("fi_method.retrieval.template_search.SEARCH_BLOCK_ROWS", 16)
+    monkeypatch.setattr("fi_method.retrieval.template_search.CPU_SCORE_BLOCK_ELEMENTS", 2 * 16)
     index, queries = near_duplicate_templates(tmp_path)
     table = lancedb.connect(index.uri).open_table("t")
     normalised = torch.from_numpy(unit_rows(queries))

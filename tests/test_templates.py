@@ -1,6 +1,6 @@
 import pytest
 
-from fi_method.templates import (
+from fi_method.templating.templates import (
     FI_CLOSE,
     FI_OPEN,
     TemplateError,

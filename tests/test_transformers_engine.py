@@ -7,8 +7,8 @@ from itertools import pairwise
 
 import pytest
 
-from fi_method.instruction_templates import collect_templates
 from fi_method.roles import Request
+from fi_method.templating.instruction_templates import collect_templates
 from fi_resources.engines import (
     CPU_BATCH_SIZE,
     GPU_MEMORY_SHARE,

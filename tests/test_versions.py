@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from fi_assets.cli import app
 from fi_assets.definitions import build_definitions
-from fi_method import judge
 from fi_method.samples import wikipedia_articles
+from fi_method.synthesis import judge
 from fi_resources.instance import open_instance
 from fi_resources.settings import get_settings
 

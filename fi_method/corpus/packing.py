@@ -33,7 +33,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
-from fi_method.matching import seeded_generator
+from fi_method.retrieval.matching import seeded_generator
 
 STANDARD = "standard"
 FINEINSTRUCTIONS = "fineinstructions"

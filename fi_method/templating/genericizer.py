@@ -1,7 +1,7 @@
 """The genericizer role, stage A of FineInstructions: a real user query becomes an instruction
 template (specific spans replaced by `<fi>description</fi>`) plus a compatible document
 description. Here: the prompt and the output parser shared by the LLM engines; the offline
-`rules` engine is in fi_method.rules_genericizer."""
+`rules` engine is in fi_method.templating.rules_genericizer."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from fi_method.llm_output import PromptStyle, first_json_object, string_field
 from fi_method.llm_output import prompt_style_for as style_for
 from fi_method.roles import OutputFormat, Request, Role, Rules, RulesAids
-from fi_method.templates import FI_CLOSE, FI_OPEN
+from fi_method.templating.templates import FI_CLOSE, FI_OPEN
 
 RELEASED_TEMPLATIZER = "fineinstructions/query_templatizer"
 # Part of every cache key: change it whenever the prompt changes, so no stale answer is reused.
@@ -141,7 +141,7 @@ def _request(item: dict, model: str) -> Request:
 
 def _rules_answer(items: list[dict], _aids: RulesAids) -> list[str]:
     # Imported here: the rules genericizer builds on this module's GenericizedQuery.
-    from fi_method.rules_genericizer import rules_output
+    from fi_method.templating.rules_genericizer import rules_output
 
     return [rules_output(item["query"]) for item in items]
 

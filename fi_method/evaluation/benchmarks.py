@@ -18,11 +18,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fi_method.packing import format_pair
+from fi_method.corpus.packing import format_pair
 from fi_method.roles import Request, Role
 from fi_method.text import fold_for_matching
 
-EVAL_DIR = Path(__file__).parent / "data" / "eval"
+EVAL_DIR = Path(__file__).parents[1] / "data" / "eval"
 MIXEVAL_DIR = "mixeval-2024-08-11"
 MIXEVAL_SPLITS = {"mixeval": "mixeval", "mixeval_hard": "mixeval-hard"}
 MIXEVAL_FILES = {"free_form": "free-form", "multiple_choice": "multiple-choice"}

@@ -4,14 +4,14 @@ the template's slots are filled with spans of that same excerpt, so the instruct
 answer. It writes the released instantiator's format (JSON, long copies as `<excerpt>` markers, or
 `null`), so every pair goes through the same parser and grounding checks as a model's.
 
-The rule, for one template and one passage (a chunk of a document, fi_method.chunking):
+The rule, for one template and one passage (a chunk of a document, fi_method.retrieval.chunking):
 1. The answer is anchored where the template matched: the passage vector that retrieved it is
    Gaussian-pooled around k/(K+1) of the passage (the global vector, k = 0, at its start), and the
    paper finds the answer excerpt where that vector points (Pearson 0.99 between the two).
 2. The answer is the run of consecutive sentences from the anchor's, grown forward then back
    through the document until it holds ANSWER_TARGET_WORDS words: an excerpt of a few
    paragraphs, as the released instantiator copies.
-3. Each distinct slot description gets the filler of that excerpt (fi_method.rules_genericizer's
+3. Each distinct slot description gets the filler of that excerpt (fi_method.templating.rules_genericizer's
    spans: names, dates, noun phrases, typed in the vocabulary slots are described in) whose kind
    is most similar to the description.
 4. When that excerpt offers fewer fillers than the template has distinct slots, the whole passage
@@ -28,9 +28,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from fi_method.excerpts import EXCERPT_CLOSE, EXCERPT_ELLIPSIS, EXCERPT_OPEN
-from fi_method.rules_genericizer import slot_fillers
-from fi_method.templates import fill_slots, slot_descriptions
+from fi_method.synthesis.excerpts import EXCERPT_CLOSE, EXCERPT_ELLIPSIS, EXCERPT_OPEN
+from fi_method.templating.rules_genericizer import slot_fillers
+from fi_method.templating.templates import fill_slots, slot_descriptions
 from fi_method.text import sentence_spans, words
 
 # Part of every cache key: change it whenever the rules below change.

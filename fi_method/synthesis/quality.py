@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from fi_method.decontamination import NGramIndex
+from fi_method.corpus.decontamination import NGramIndex
 
 # The paper's figures a run is measured against (METHOD.md, stages C-E).
 PAPER_PAIRS_PER_DOCUMENT = 3.0

@@ -1,7 +1,7 @@
 """The instantiator role, stage C of FineInstructions: a template and a document become an
 instruction (every `<fi>` slot filled, mostly from the document) and a grounded answer, or `null`
 when the template does not fit the document. Here: the prompt and the parser every engine shares,
-and the grounding checks every pair passes; the offline engine is fi_method.rules_instantiator."""
+and the grounding checks every pair passes; the offline engine is fi_method.synthesis.rules_instantiator."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import json
 import re
 from dataclasses import dataclass
 
-from fi_method.excerpts import (
+from fi_method.llm_output import PromptStyle, first_json_object, string_field
+from fi_method.llm_output import prompt_style_for as style_for
+from fi_method.roles import OutputFormat, Request, Role, Rules, RulesAids
+from fi_method.synthesis.excerpts import (
     EXCERPT_CLOSE,
     EXCERPT_ELLIPSIS,
     EXCERPT_OPEN,
@@ -17,11 +20,8 @@ from fi_method.excerpts import (
     excerpt_ratio,
     expand_excerpts,
 )
-from fi_method.llm_output import PromptStyle, first_json_object, string_field
-from fi_method.llm_output import prompt_style_for as style_for
-from fi_method.roles import OutputFormat, Request, Role, Rules, RulesAids
-from fi_method.rules_instantiator import RULES_VERSION, rules_instantiate_all
-from fi_method.templates import FI_CLOSE, FI_OPEN
+from fi_method.synthesis.rules_instantiator import RULES_VERSION, rules_instantiate_all
+from fi_method.templating.templates import FI_CLOSE, FI_OPEN
 
 RELEASED_INSTANTIATOR = "fineinstructions/template_instantiator"
 # Part of every cache key: change it whenever the prompt changes, so no stale answer is reused.
@@ -168,7 +168,7 @@ def ground(
 ) -> tuple[str, float]:
     """The answer with its excerpt markers expanded against `document`, and its excerpt ratio.
     Raises GroundingError ("unfilled_slot", "empty_instruction", "empty_answer",
-    "low_excerpt_ratio") or fi_method.excerpts.ExcerptError ("excerpt_not_found", "excerpt_ambiguous",
+    "low_excerpt_ratio") or fi_method.synthesis.excerpts.ExcerptError ("excerpt_not_found", "excerpt_ambiguous",
     "malformed_excerpt")."""
     instruction = instantiation.instruction
     if not instruction:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fi_method.benchmarks import (
+from fi_method.corpus.packing import RECIPES
+from fi_method.evaluation.benchmarks import (
     ALPACA_EVAL,
     BENCHMARKS,
     HELDOUT_NLL,
@@ -15,7 +16,6 @@ from fi_method.benchmarks import (
     MT_BENCH_101,
     NEEDS_LLM_JUDGE,
 )
-from fi_method.packing import RECIPES
 
 # The one number per benchmark the table shows, and what it means.
 HEADLINE = {

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from datasketch import MinHash, MinHashLSH
 
-from fi_method.decontamination import Contamination
+from fi_method.corpus.decontamination import Contamination
 from fi_method.text import clean_text, content_hash, fold_for_matching
 
 # Length bounds are ours (the paper is silent): a query needs a few words to carry an intent, and

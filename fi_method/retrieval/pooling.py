@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fi_method.matching import GAUSSIAN_POOLING_K
+from fi_method.retrieval.matching import GAUSSIAN_POOLING_K
 
 # Defaults from the paper: a Gaussian width of sigma * T with sigma = 0.05, and alpha = 1.0, i.e.
-# local vectors are not blended with the global one (K: fi_method.matching).
+# local vectors are not blended with the global one (K: fi_method.retrieval.matching).
 GAUSSIAN_POOLING_SIGMA = 0.05
 GAUSSIAN_POOLING_ALPHA = 1.0
 

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fi_method.benchmarks import (
+from fi_method.evaluation.benchmarks import (
     EVAL_DIR,
     MIXEVAL_FILES,
     MIXEVAL_SPLITS,

@@ -3,8 +3,8 @@ same way whichever engine produced it, and every failure is kept with its reason
 
 from __future__ import annotations
 
-from fi_method.genericizer import parse_output
-from fi_method.templates import count_tags, validate_template
+from fi_method.templating.genericizer import parse_output
+from fi_method.templating.templates import count_tags, validate_template
 from fi_method.text import content_hash
 
 

@@ -13,7 +13,7 @@ turns with the assistant's answer. The negatives, each from one real pair:
   does not mention, so that the instruction asks about X while the answer is about Y. This is the
   pipeline's own failure mode: a template's slot filled with a span of the document that the
   answer is not about;
-- mismatched: the instruction's rules template (fi_method.rules_genericizer) filled with spans of
+- mismatched: the instruction's rules template (fi_method.templating.rules_genericizer) filled with spans of
   another item's answer, answered by that answer: what the rules instantiator makes of a
   template matched to a passage it does not fit, every slot value in the answer and nothing the
   template asks answered.
@@ -39,16 +39,16 @@ from pathlib import Path
 
 from wordfreq import zipf_frequency
 
-from fi_method.benchmarks import ALPACA_EVAL, EVAL_DIR, MT_BENCH_101, load_benchmark
-from fi_method.rules_genericizer import (
+from fi_method.evaluation.benchmarks import ALPACA_EVAL, EVAL_DIR, MT_BENCH_101, load_benchmark
+from fi_method.synthesis.rules_instantiator import usable_filler
+from fi_method.templating.rules_genericizer import (
     ORDINAL_VARIANTS,
     REQUEST_VERBS,
     STOPWORDS,
     rules_genericize,
     slot_fillers,
 )
-from fi_method.rules_instantiator import usable_filler
-from fi_method.templates import TemplateError, fill_slots, slot_descriptions
+from fi_method.templating.templates import TemplateError, fill_slots, slot_descriptions
 from fi_method.text import sentence_spans, words
 
 POSITIVE = "real"
@@ -215,7 +215,7 @@ def _kind(description: str) -> str:
 
 
 def fill_from(template: str, answer: str) -> str | None:
-    """The template with each slot filled by a span of `answer` (fi_method.rules_genericizer's
+    """The template with each slot filled by a span of `answer` (fi_method.templating.rules_genericizer's
     fillers, of the slot's kind where one is left, else the next in the answer), as the rules
     instantiator fills it from its passage; None when the template has no slot or the answer
     offers too few spans."""

@@ -20,8 +20,8 @@ from spacy.symbols import ORTH
 from spacy.tokens import Doc, Token
 from wordfreq import zipf_frequency
 
-from fi_method.genericizer import GenericizedQuery
-from fi_method.templates import FI_CLOSE, FI_OPEN, TemplateError
+from fi_method.templating.genericizer import GenericizedQuery
+from fi_method.templating.templates import FI_CLOSE, FI_OPEN, TemplateError
 from fi_method.text import fold_for_matching
 
 # ---------------------------------------------------------------------------------------------

@@ -3,8 +3,8 @@ way whichever engine produced it, and every pair dropped is kept with its reason
 
 from __future__ import annotations
 
-from fi_method import judge
-from fi_method.instantiator import ground, parse_output
+from fi_method.synthesis import judge
+from fi_method.synthesis.instantiator import ground, parse_output
 from fi_method.text import content_hash
 
 # The instantiator's `null`: the template does not fit the document.

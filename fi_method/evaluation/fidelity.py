@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fi_method.quality import (
+from fi_method.synthesis.quality import (
     PAPER_JUDGE_PASS_RATE,
     PAPER_MAX_TEMPLATE_SHARE,
     PAPER_NULL_RATE,

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 from wordfreq import zipf_frequency
 
-from fi_method.excerpts import MIN_EXCERPT_RATIO, excerpt_ratio
 from fi_method.llm_output import OutputParseError
 from fi_method.roles import OutputFormat, Request, Role, Rules, RulesAids
-from fi_method.rules_genericizer import REQUEST_VERBS, STOPWORDS
-from fi_method.templates import fixed_text
+from fi_method.synthesis.excerpts import MIN_EXCERPT_RATIO, excerpt_ratio
+from fi_method.templating.rules_genericizer import REQUEST_VERBS, STOPWORDS
+from fi_method.templating.templates import fixed_text
 from fi_method.text import sentence_spans, words
 
 FLOW_JUDGE = "flowaicom/Flow-Judge-v0.1"
@@ -123,7 +123,7 @@ def format_output(judgement: Judgement) -> str:
 # ---------------------------------------------------------------------------------------------
 # The rules judge
 
-# The rules judge's thresholds were set on the tuning half of fi_method.judge_calibration's
+# The rules judge's thresholds were set on the tuning half of fi_method.synthesis.judge_calibration's
 # labelled set (real pairs against swapped answers, truncated answers, repeated sentences and
 # instructions whose specific values the answer does not mention); bench/judge.py reports them on
 # the held-out half.

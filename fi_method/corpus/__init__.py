@@ -1,0 +1,2 @@
+"""Stage E: each recipe's samples packed token for token against the documents, decontaminated
+against the benchmarks."""

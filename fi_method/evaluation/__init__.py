@@ -1,0 +1,1 @@
+"""Stage F: the benchmarks, their scoring and the report."""

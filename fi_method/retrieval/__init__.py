@@ -1,0 +1,1 @@
+"""Stage B: documents -> passages -> their Gaussian-pooled vectors -> matched templates."""
