@@ -14,8 +14,8 @@ import dagster as dg
 import polars as pl
 
 from fi_assets.partitions import doc_shards, query_shards
-from fi_assets.planning import DATA_VERSION_TAG
 from fi_assets.reporting import column_schema, frame_version, markdown_preview
+from fi_assets.versions import DATA_VERSION_TAG
 from fi_method.ingest import HF_PREFIX, Kind, ingest_source
 from fi_resources.storage import Storage, check_partition_name
 

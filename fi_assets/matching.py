@@ -11,8 +11,8 @@ import polars as pl
 from fi_assets.checks import DOCUMENTS_MATCHED, check_result
 from fi_assets.partitions import doc_shards, query_shards
 from fi_assets.placement import on_gpu
-from fi_assets.planning import upstream_partitions_tags
 from fi_assets.reporting import distribution_chart, each_partition, markdown_preview, write_stage
+from fi_assets.versions import upstream_partitions_tags
 from fi_method.retrieval.chunking import chunk_document
 from fi_method.retrieval.matching import match_chunks, target_distribution
 from fi_method.synthesis.quality import (

@@ -115,7 +115,7 @@ def run_judging(defs, instance) -> None:
 
 
 def test_the_version_tags_read_are_the_ones_dagster_writes():
-    from fi_assets.planning import CODE_VERSION_TAG, DATA_VERSION_TAG
+    from fi_assets.versions import CODE_VERSION_TAG, DATA_VERSION_TAG
 
     @dg.asset(code_version="7")
     def versioned() -> dg.MaterializeResult:

@@ -14,7 +14,7 @@ from multiprocessing import get_context
 
 import dagster as dg
 
-from fi_assets.planning import PlannedRun
+from fi_assets.cli.planning import PlannedRun
 from fi_resources.instance import open_instance, process_tag
 
 ASSETS_TAG = "fi/assets"

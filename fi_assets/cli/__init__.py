@@ -93,10 +93,10 @@ def remove(
     templates in the LanceDB index. `fi materialize` then re-runs what read it."""
     import dagster as dg
 
+    from fi_assets.cli.planning import keys_along
     from fi_assets.definitions import build_definitions
     from fi_assets.ingestion import PARTITIONS
     from fi_assets.partitions import storage_partition
-    from fi_assets.planning import keys_along
     from fi_resources.instance import open_instance
 
     if kind not in PARTITIONS:
@@ -142,9 +142,9 @@ def materialize(
 ) -> None:
     """Materialize every missing or stale partition of ASSETS and their upstream, as runs of the
     Dagster instance under FI_HOME (they show in the UI)."""
+    from fi_assets.cli.execution import execute_all
+    from fi_assets.cli.planning import plan_runs
     from fi_assets.definitions import build_definitions
-    from fi_assets.execution import execute_all
-    from fi_assets.planning import plan_runs
     from fi_resources.instance import on_sqlite, open_instance, release_dead_runs
 
     settings = _settings()
@@ -237,7 +237,7 @@ def lineage(
     """Print a pair, its judge score, its template, the user query and query shard it came from,
     and the document chunk it answers from with the copied spans marked, with the engine and
     model behind each step."""
-    from fi_assets.lineage import LineageError, find_lineage, render_lineage
+    from fi_assets.cli.lineage import LineageError, find_lineage, render_lineage
     from fi_resources.storage import Storage
 
     try:
@@ -307,7 +307,7 @@ def export(
 ) -> None:
     """Write a recipe's synthetic data as Parquet shards in the released FineInstructions schema,
     with a dataset card (README.md); loadable with datasets.load_dataset("parquet", ...)."""
-    from fi_assets.export import ExportError, export_recipe
+    from fi_assets.cli.export import ExportError, export_recipe
     from fi_resources.storage import Storage
 
     settings = _settings()
