@@ -337,7 +337,8 @@ def _answers(context, storage: Storage, recipe: str, items, config: EvalConfig, 
 
 
 @dg.asset(
-    deps=["eval_scores"],
+    # The fidelity section reads the synthesis tables of every training shard.
+    deps=["eval_scores", "documents", "matched_pairs", "instantiated_pairs", "judged_pairs"],
     group_name="evaluation",
     kinds={"markdown"},
     code_version="1",

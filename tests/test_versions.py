@@ -126,3 +126,73 @@ def test_the_version_tags_read_are_the_ones_dagster_writes():
     event = instance.get_latest_materialization_event(versioned.key)
     tags = event.asset_materialization.tags
     assert (tags[DATA_VERSION_TAG], tags[CODE_VERSION_TAG]) == ("abc", "7")
+
+
+# Tables an asset reads without depending on them, and why.
+READ_WITHOUT_DEPENDING = {
+    # Templates are read by id, a content hash: an id always names the same text, so new or
+    # removed templates reach instantiated_pairs through matched_pairs.
+    ("instantiated_pairs", "instruction_templates"),
+}
+TABLE_READERS = {"read_table", "read_all", "table_path", "read_rejects"}
+
+
+def tables_read_by_function() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """For every function in fi_assets (nested ones too): the tables it names in a Storage read,
+    and the names of the functions it calls or passes on."""
+    import ast
+    from pathlib import Path
+
+    import fi_assets
+
+    reads: dict[str, set[str]] = {}
+    calls: dict[str, set[str]] = {}
+    for path in Path(fi_assets.__file__).parent.rglob("*.py"):
+        for function in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(function, ast.FunctionDef):
+                continue
+            for node in ast.walk(function):
+                if not isinstance(node, ast.Call):
+                    continue
+                named = node.func
+                first = node.args[0] if node.args else None
+                if isinstance(named, ast.Attribute) and named.attr in TABLE_READERS:
+                    if isinstance(first, ast.Constant):
+                        reads.setdefault(function.name, set()).add(first.value)
+                for called in [named, *node.args]:
+                    if isinstance(called, ast.Name):
+                        calls.setdefault(function.name, set()).add(called.id)
+    return reads, calls
+
+
+def test_every_table_an_asset_reads_is_a_dependency_of_it():
+    """A read of a table the asset does not declare in its deps would leave it fresh in the UI
+    and in `fi materialize`'s plan while its input changed."""
+    reads, calls = tables_read_by_function()
+
+    def read_by(name: str, seen: set[str]) -> set[str]:
+        if name in seen:
+            return set()
+        seen.add(name)
+        found = set(reads.get(name, ()))
+        for called in calls.get(name, ()):
+            found |= read_by(called, seen)
+        return found
+
+    graph = build_definitions(get_settings()).resolve_asset_graph()
+    undeclared = {}
+    checked = 0
+    for key in graph.get_all_asset_keys():
+        asset = key.to_user_string()
+        parents = {parent.to_user_string() for parent in graph.get(key).parent_keys}
+        tables = read_by(asset, set())
+        checked += bool(tables)
+        missing = {
+            table
+            for table in tables - parents - {asset}
+            if (asset, table) not in READ_WITHOUT_DEPENDING
+        }
+        if missing:
+            undeclared[asset] = sorted(missing)
+    assert undeclared == {}
+    assert checked >= 10, "the scan found the assets' reads"

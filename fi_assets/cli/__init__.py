@@ -393,7 +393,3 @@ def ui(port: Annotated[int, typer.Option(help="web server port")] = 3000) -> Non
     raise typer.Exit(
         subprocess.call([dg_command, "dev", "--port", str(port)], cwd=project, env=environment)
     )
-
-
-if __name__ == "__main__":
-    app()
