@@ -22,7 +22,7 @@ from fi_assets.reporting import (
 )
 from fi_method.corpus.packing import RECIPES, load_training_tokenizer, tokenize_sample
 from fi_method.evaluation import benchmarks as bench
-from fi_method.evaluation.eval_report import plot, render_markdown
+from fi_method.evaluation.eval_report import headline_table, plot, render_markdown
 from fi_method.evaluation.fidelity import Figure, packing_figures, synthesis_figures
 from fi_method.evaluation.fidelity import render_markdown as render_fidelity
 from fi_method.synthesis.pairs import NULL_OUTPUT
@@ -357,6 +357,8 @@ def eval_report(storage: Storage, settings: dg.ResourceParam[Settings]) -> dg.Ma
     (reports / "eval_report.md").write_text(markdown + "\n![plot](eval_report.png)\n")
     return dg.MaterializeResult(
         metadata={
+            # The table in place; the legend and every metric behind the link.
+            "table": dg.MetadataValue.md(headline_table(rows)),
             "report": dg.MetadataValue.md(markdown),
             "fidelity": dg.MetadataValue.md(fidelity),
             "plot": png_markdown(png.read_bytes(), "eval report"),

@@ -14,7 +14,7 @@ import dagster as dg
 import polars as pl
 
 from fi_assets.partitions import doc_shards, query_shards
-from fi_assets.reporting import column_schema, frame_version, markdown_preview
+from fi_assets.reporting import column_schema, frame_version, preview_metadata
 from fi_assets.versions import DATA_VERSION_TAG
 from fi_method.ingest import HF_PREFIX, Kind, ingest_source
 from fi_resources.storage import Storage, check_partition_name
@@ -97,7 +97,7 @@ def ingest_shard(
             "dagster/column_schema": column_schema(frame),
             "rejected": len(result.rejects),
             "path": dg.MetadataValue.path(str(path)),
-            "preview": dg.MetadataValue.md(markdown_preview(frame, ["line", "text"])),
+            **preview_metadata(frame, ["line", "text"]),
         },
         tags={DATA_VERSION_TAG: version},
     )

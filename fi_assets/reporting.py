@@ -20,6 +20,14 @@ from fi_resources.storage import Storage
 
 PREVIEW_ROWS = 5
 PREVIEW_CELL_CHARS = 120
+# Dagster's UI draws Markdown metadata of fewer than 1,000 characters in place, and longer
+# Markdown behind a "[Show Markdown]" link (its MetadataEntry component): what should be seen at a
+# glance is cut to fit.
+INLINE_MARKDOWN_CHARS = 1000
+# Cell widths tried, widest first, for a preview drawn in place; rows are given up before a cell
+# is cut under READABLE_CELL_CHARS.
+INLINE_CELL_CHARS = (120, 80, 60, 40, 24)
+READABLE_CELL_CHARS = 60
 
 
 def frame_version(frame: pl.DataFrame) -> str:
@@ -29,19 +37,46 @@ def frame_version(frame: pl.DataFrame) -> str:
     return hashlib.sha256(buffer.getvalue()).hexdigest()[:16]
 
 
-def markdown_preview(frame: pl.DataFrame, columns: list[str], rows: int = PREVIEW_ROWS) -> str:
-    """The first rows of `columns` as a Markdown table, long cells shortened."""
+def markdown_preview(
+    frame: pl.DataFrame,
+    columns: list[str],
+    rows: int = PREVIEW_ROWS,
+    cell_chars: int = PREVIEW_CELL_CHARS,
+) -> str:
+    """The first rows of `columns` as a Markdown table, cells longer than `cell_chars` cut."""
 
     def cell(value) -> str:
         text = "" if value is None else str(value)
         # Escape < and > so <fi> tags show as text instead of being swallowed as HTML.
         text = text.replace("\n", " ").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
-        return text if len(text) <= PREVIEW_CELL_CHARS else text[: PREVIEW_CELL_CHARS - 1] + "…"
+        return text if len(text) <= cell_chars else text[: cell_chars - 1] + "…"
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for record in frame.head(rows).select(columns).iter_rows():
         lines.append("| " + " | ".join(cell(value) for value in record) + " |")
     return "\n".join(lines)
+
+
+def preview_metadata(frame: pl.DataFrame, columns: list[str]) -> dict[str, dg.MetadataValue]:
+    """`preview`: the first rows, cut so that the UI draws the table in place (the most rows
+    whose cells can keep READABLE_CELL_CHARS, then narrower cells); and `preview_full`, the
+    PREVIEW_ROWS rows at full preview width, when that shows more than `preview`."""
+    full = markdown_preview(frame, columns)
+    readable = [width for width in INLINE_CELL_CHARS if width >= READABLE_CELL_CHARS]
+    narrow = [width for width in INLINE_CELL_CHARS if width < READABLE_CELL_CHARS]
+    tries = [
+        (rows, width)
+        for widths in (readable, narrow)
+        for rows in range(PREVIEW_ROWS, 0, -1)
+        for width in widths
+    ]
+    previews = (markdown_preview(frame, columns, rows, width) for rows, width in tries)
+    inline = next((md for md in previews if len(md) < INLINE_MARKDOWN_CHARS), None)
+    inline = inline or markdown_preview(frame, columns, 1, INLINE_CELL_CHARS[-1])
+    metadata = {"preview": dg.MetadataValue.md(inline)}
+    if inline != full:
+        metadata["preview_full"] = dg.MetadataValue.md(full)
+    return metadata
 
 
 def column_schema(frame: pl.DataFrame) -> dg.TableSchema:
@@ -140,7 +175,7 @@ def write_stage(
             "rejected": len(rejects),
             "rejected_by_reason": reasons,
             "path": dg.MetadataValue.path(str(path)),
-            "preview": dg.MetadataValue.md(markdown_preview(frame, preview_columns)),
+            **preview_metadata(frame, preview_columns),
             **(metadata or {}),
         },
         data_version=dg.DataVersion(frame_version(frame)),

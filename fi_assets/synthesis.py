@@ -19,6 +19,7 @@ from fi_assets.reporting import (
     each_partition,
     log_progress,
     markdown_preview,
+    preview_metadata,
     write_stage,
 )
 from fi_method.evaluation.fidelity import render_markdown, synthesis_figures
@@ -266,13 +267,11 @@ def _judge_shard(
         ["pair_id", "score", "kept", "feedback"],
         {
             # What a reader wants to see first: kept pairs, best first, with what they say.
-            "preview": dg.MetadataValue.md(
-                markdown_preview(
-                    frame.join(pairs.select("pair_id", "instruction", "answer"), on="pair_id").sort(
-                        ["kept", "score", "pair_id"], descending=[True, True, False]
-                    ),
-                    ["score", "instruction", "answer", "feedback"],
-                )
+            **preview_metadata(
+                frame.join(pairs.select("pair_id", "instruction", "answer"), on="pair_id").sort(
+                    ["kept", "score", "pair_id"], descending=[True, True, False]
+                ),
+                ["score", "instruction", "answer", "feedback"],
             ),
             "engine": judge.engine,
             "model": judge.model_name,

@@ -13,7 +13,7 @@ from fi_assets.reporting import (
     each_partition,
     frame_version,
     log_progress,
-    markdown_preview,
+    preview_metadata,
     write_stage,
 )
 from fi_method.templating.instruction_templates import collect_templates
@@ -128,9 +128,7 @@ def _index_shard(
             "embedder": embedder.model,
             "dimension": int(vectors.shape[1]),
             "metric": METRIC,
-            "preview": dg.MetadataValue.md(
-                markdown_preview(templates, ["template_id", "compatible_document_description"])
-            ),
+            **preview_metadata(templates, ["template_id", "compatible_document_description"]),
         },
         data_version=dg.DataVersion(
             frame_version(templates.with_columns(pl.lit(embedder.model).alias("embedder")))

@@ -156,9 +156,9 @@ def tables_read_by_function() -> tuple[dict[str, set[str]], dict[str, set[str]]]
                     continue
                 named = node.func
                 first = node.args[0] if node.args else None
-                if isinstance(named, ast.Attribute) and named.attr in TABLE_READERS:
-                    if isinstance(first, ast.Constant):
-                        reads.setdefault(function.name, set()).add(first.value)
+                reads_a_table = isinstance(named, ast.Attribute) and named.attr in TABLE_READERS
+                if reads_a_table and isinstance(first, ast.Constant):
+                    reads.setdefault(function.name, set()).add(first.value)
                 for called in [named, *node.args]:
                     if isinstance(called, ast.Name):
                         calls.setdefault(function.name, set()).add(called.id)

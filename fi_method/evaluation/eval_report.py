@@ -45,22 +45,25 @@ def _cell(row: dict | None) -> str:
     return f"{row['value']:.2f}{mark}"
 
 
-def render_markdown(rows: list[dict], title: str = "Evaluation report") -> str:
-    """The report as Markdown: the recipe x benchmark table, what each column measures and who
-    scored it, and every metric row underneath."""
+def headline_table(rows: list[dict]) -> str:
+    """The recipe x benchmark table alone, as Markdown (the paper's Table 1)."""
     cells = headline_cells(rows)
     recipes = [r for r in RECIPES if any(row["recipe"] == r for row in rows)]
-    lines = [
-        f"# {title}",
-        "",
-        "| recipe | " + " | ".join(BENCHMARKS) + " |",
-        "|---|" + "---|" * len(BENCHMARKS),
-    ]
+    lines = ["| recipe | " + " | ".join(BENCHMARKS) + " |", "|---|" + "---|" * len(BENCHMARKS)]
     for recipe in recipes:
         lines.append(
             f"| {recipe} | " + " | ".join(_cell(cells.get((recipe, b))) for b in BENCHMARKS) + " |"
         )
-    lines += [
+    return "\n".join(lines)
+
+
+def render_markdown(rows: list[dict], title: str = "Evaluation report") -> str:
+    """The report as Markdown: the recipe x benchmark table, what each column measures and who
+    scored it, and every metric row underneath."""
+    lines = [
+        f"# {title}",
+        "",
+        headline_table(rows),
         "",
         *(f"- **{b}**: {HEADLINE[b][1]}" for b in BENCHMARKS),
         (
