@@ -5,7 +5,10 @@ machine, date and command)."""
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import os
+import pkgutil
 import platform
 import shlex
 import statistics
@@ -14,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -51,25 +55,75 @@ def machine(device: str) -> str:
     return host
 
 
+def synchronise() -> None:
+    """Wait for queued GPU work, so that a timer counts it (nothing to wait for on the CPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(work: Callable[[], object]) -> tuple[float, object]:
+    """(seconds, result) of one call, the device synchronised at both ends."""
+    synchronise()
+    started = time.perf_counter()
+    result = work()
+    synchronise()
+    return time.perf_counter() - started, result
+
+
 def median_seconds(work: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     """The median wall time of `work` over `repeats` runs after `warmup` untimed ones, with the
     device synchronised so queued GPU work is counted."""
-    import torch
-
-    def synchronise():
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-
     for _ in range(warmup):
         work()
-    synchronise()
-    times = []
+    return statistics.median(timed(work)[0] for _ in range(repeats))
+
+
+def interleaved(
+    works: dict[str, Callable[[], object]], repeats: int, warmup: int = 0
+) -> dict[str, tuple[float, object]]:
+    """Median seconds and last result of each work over `repeats` rounds in which they take
+    turns (so that a shared machine's changing load falls on all of them alike), after `warmup`
+    untimed rounds."""
+    for _ in range(warmup):
+        for work in works.values():
+            work()
+    seconds: dict[str, list[float]] = {name: [] for name in works}
+    results: dict[str, object] = {}
     for _ in range(repeats):
-        started = time.perf_counter()
-        work()
-        synchronise()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        for name, work in works.items():
+            elapsed, results[name] = timed(work)
+            seconds[name].append(elapsed)
+    return {name: (statistics.median(seconds[name]), results[name]) for name in works}
+
+
+def alias_flat_fi_method() -> None:
+    """Let `fi_method.<module>` name each module now under a stage folder
+    (`fi_method.<stage>.<module>`), as it did before fi_method was grouped by stage: the
+    baselines are files of earlier commits, and import the flat names."""
+    import fi_method
+
+    for stage in pkgutil.iter_modules(fi_method.__path__):
+        if not stage.ispkg or stage.name == "data":
+            continue
+        package = importlib.import_module(f"fi_method.{stage.name}")
+        for module in pkgutil.iter_modules(package.__path__):
+            flat = f"fi_method.{module.name}"
+            if flat not in sys.modules:
+                sys.modules[flat] = importlib.import_module(f"{package.__name__}.{module.name}")
+
+
+def load_module(path: str, name: str) -> ModuleType:
+    """An earlier copy of a module, loaded from its file under `name` (registered first:
+    dataclasses look their module up by name), its imports of fi_method's flat names resolved
+    by alias_flat_fi_method."""
+    alias_flat_fi_method()
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def matmul_peak(device: str, dtype_name: str = "auto", size: int = 4096) -> float:

@@ -25,15 +25,10 @@ on the same loaded encoder, so only the pooling path differs.
 
 from __future__ import annotations
 
-import importlib.util
-import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
-from types import ModuleType
 
-from bench.common import matmul_peak, parser, report, table
+from bench.common import interleaved, load_module, matmul_peak, parser, report, table
 from fi_method.retrieval.chunking import chunk_document
 from fi_method.samples import wikipedia_articles
 from fi_resources.embedder import Embedder, encoder_dtype, torch_device
@@ -107,38 +102,6 @@ def matmul_parameters(encoder) -> int:
     return sum(p.numel() for name, p in encoder.named_parameters() if "embeddings" not in name)
 
 
-def synchronise() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def interleaved_seconds(works: dict[str, object], repeats: int) -> dict[str, float]:
-    """Median wall time of each work over `repeats` rounds in which they take turns, after one
-    untimed round; the device is synchronised around each."""
-    for work in works.values():
-        work()
-    seconds: dict[str, list[float]] = {name: [] for name in works}
-    for _ in range(repeats):
-        for name, work in works.items():
-            synchronise()
-            started = time.perf_counter()
-            work()
-            synchronise()
-            seconds[name].append(time.perf_counter() - started)
-    return {name: statistics.median(times) for name, times in seconds.items()}
-
-
-def load_module(path: str) -> ModuleType:
-    """An earlier copy of a module, loaded from its file under a name of its own."""
-    spec = importlib.util.spec_from_file_location("baseline_embedder", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def measure(name: str, model: str, device: str, args, peak: float, baseline) -> list[list]:
     """Rows of one model: plain encode, then the Embedder's paths, on the same chunks."""
     embedder = Embedder(model=model, device=device, batch_size=args.batch_size, dtype=args.dtype)
@@ -157,7 +120,7 @@ def measure(name: str, model: str, device: str, args, peak: float, baseline) -> 
         before = baseline.Embedder(model=model, device=device, batch_size=args.batch_size)
         before._encoder = encoder
         works[f"embed_pooled of {Path(args.baseline).name}"] = lambda: before.embed_pooled(chunks)
-    seconds = interleaved_seconds(works, args.repeats)
+    seconds = {name: median for name, (median, _) in interleaved(works, args.repeats, 1).items()}
     limit = 2 * matmul_parameters(encoder) * total_tokens / peak
     dtype = str(next(encoder.parameters()).dtype).removeprefix("torch.")
     return [
@@ -199,7 +162,7 @@ def main() -> None:
     device = torch_device(args.device)
     dtype = encoder_dtype(args.dtype, device)
     peak = matmul_peak(device, "bf16" if dtype == torch.bfloat16 else "fp32")
-    baseline = load_module(args.baseline) if args.baseline else None
+    baseline = load_module(args.baseline, "baseline_embedder") if args.baseline else None
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.models:

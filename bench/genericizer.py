@@ -8,34 +8,23 @@ fallback description, and a few templates.
     git show 767bca8:fi_method/rules_genericizer.py > /tmp/old_rules_genericizer.py
     python -m bench.genericizer --baseline /tmp/old_rules_genericizer.py --save
 
---baseline names a copy of an earlier fi_method/templating/rules_genericizer.py to measure beside the
-current one (the before of a change; 767bca8 holds the word-list rules before spaCy). CPU only:
-the rules engine has no model to put on a GPU.
+--baseline names a copy of an earlier rules_genericizer.py (fi_method/templating/) to measure
+beside the current one (the before of a change; 767bca8 holds the word-list rules before spaCy).
+CPU only: the rules engine has no model to put on a GPU.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
 
-from bench.common import parser, report, table
+from bench.common import load_module, parser, report, table
 from fi_method.templating import rules_genericizer
 from fi_method.templating.genericizer import parse_output
 from fi_method.templating.ifbench import ifbench_queries
 from fi_method.templating.templates import slot_descriptions, validate_template
-
-
-def _load(path: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("baseline_rules_genericizer", path)
-    module = importlib.util.module_from_spec(spec)
-    # Registered first: dataclasses look their module up by name.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _kind(description: str) -> str:
@@ -85,7 +74,12 @@ def main() -> None:
     casings = {"as written": written, "lowercased": [query.lower() for query in written]}
     modules = {"current": rules_genericizer}
     if args.baseline:
-        modules = {f"baseline ({Path(args.baseline).name})": _load(args.baseline), **modules}
+        modules = {
+            f"baseline ({Path(args.baseline).name})": load_module(
+                args.baseline, "baseline_rules_genericizer"
+            ),
+            **modules,
+        }
     # The first call loads the spaCy pipeline; it is not part of any query's time.
     rules_genericizer.rules_output("Warm up on Paris.")
     rows, examples, kinds = [], [], {}

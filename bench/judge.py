@@ -14,16 +14,14 @@ CPU only, pure Python: no device to choose.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import subprocess
-import sys
 import tempfile
 import time
 import types
 from pathlib import Path
 
-from bench.common import parser, report, table
+from bench.common import load_module, parser, report, table
 from fi_method.synthesis import judge
 from fi_method.synthesis.judge_calibration import (
     DEFAULT_SEED,
@@ -45,9 +43,10 @@ EXAMPLE_CHARS = 150
 
 
 def judge_at(revision: str) -> types.ModuleType:
-    """fi_method/synthesis/judge.py as it was at a git revision, imported as a module of its own."""
+    """fi_method/judge.py (now fi_method/synthesis/judge.py) as it was at a git revision,
+    imported as a module of its own."""
     source = subprocess.run(
-        ["git", "show", f"{revision}:fi_method/synthesis/judge.py"],
+        ["git", "show", f"{revision}:fi_method/judge.py"],
         cwd=REPOSITORY,
         capture_output=True,
         text=True,
@@ -57,12 +56,7 @@ def judge_at(revision: str) -> types.ModuleType:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"{name}.py"
         path.write_text(source, encoding="utf-8")
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        # Dataclasses look their module up by name.
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return module
+        return load_module(str(path), name)
 
 
 def judgement(rules_judge, pair):

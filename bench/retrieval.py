@@ -31,9 +31,6 @@ million rows a minute): search does not depend on how the rows were written.
 
 from __future__ import annotations
 
-import importlib.util
-import statistics
-import sys
 import tempfile
 import time
 from types import ModuleType
@@ -41,7 +38,7 @@ from types import ModuleType
 import numpy as np
 import pyarrow as pa
 
-from bench.common import parser, report, table
+from bench.common import interleaved, load_module, parser, report, table, timed
 from fi_method.retrieval.template_search import ResidentTemplates, scoring_dtype, unit_rows
 from fi_resources.embedder import torch_device
 
@@ -172,43 +169,6 @@ def lancedb_flat(folder: str, queries: np.ndarray, k: int) -> list[dict]:
     ]
 
 
-def timed(work):
-    """(seconds, result) of one call, the device synchronised at both ends."""
-    synchronise()
-    started = time.perf_counter()
-    result = work()
-    synchronise()
-    return time.perf_counter() - started, result
-
-
-def synchronise() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def interleaved(works: dict[str, object], repeats: int) -> dict[str, tuple[float, list]]:
-    """Median seconds and last result of each search, the searches taking turns in each repeat
-    so that a shared machine's changing load falls on all of them alike."""
-    seconds: dict[str, list[float]] = {name: [] for name in works}
-    results: dict[str, list] = {}
-    for _ in range(repeats):
-        for name, work in works.items():
-            elapsed, results[name] = timed(work)
-            seconds[name].append(elapsed)
-    return {name: (statistics.median(seconds[name]), results[name]) for name in works}
-
-
-def load_module(path: str) -> ModuleType:
-    """An earlier copy of a module, loaded from its file under a name of its own."""
-    spec = importlib.util.spec_from_file_location("baseline_template_index", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def measure(size: int, args, k: int, device: str, baseline: ModuleType | None) -> list[list]:
     """The rows of one index size, written to a LanceDB table."""
     from fi_resources.template_index import TemplateIndex
@@ -326,7 +286,7 @@ def main() -> None:
     args = arguments.parse_args()
     k = args.k
     device = torch_device(args.device)
-    baseline = load_module(args.baseline) if args.baseline else None
+    baseline = load_module(args.baseline, "baseline_template_index") if args.baseline else None
     rows = [row for size in args.sizes for row in measure(size, args, k, device, baseline)]
     rows += [
         row for size in args.in_memory_sizes for row in measure_in_memory(size, args, k, device)
