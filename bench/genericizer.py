@@ -124,7 +124,8 @@ def main() -> None:
             ],
             rows,
         )
-        + f"\n\nCPU only, no GPU. IFBench's {len(written)} WildChat queries (fi_method.templating.ifbench). Topic fallback: "
+        + f"\n\nCPU only, no GPU. IFBench's {len(written)} WildChat queries "
+        "(fi_method.templating.ifbench). Topic fallback: "
         f'slots described "{rules_genericizer.TOPIC_DESCRIPTION}"; entity fallback: '
         f'"{rules_genericizer.ENTITY_DESCRIPTION}".\n\nMost common kinds (current):\n'
         + "\n".join(common)

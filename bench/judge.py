@@ -1,9 +1,9 @@
 """How well the rules judge tells real (instruction, answer) pairs from nonsense: the labelled
-calibration set of fi_method.synthesis.judge_calibration (real AlpacaEval and MT-Bench-101 pairs against
-swapped answers, truncated answers, repeated sentences and entity-swapped instructions, each
-pair's answer as its document), scored by the judge before (the rules judge as of --before, read
-from git) and now. Prints ROC AUC, the share of positives kept (score >= MIN_JUDGE_SCORE) and of
-each kind of negative, on the tuning half the thresholds were set on and on the held-out half,
+calibration set of fi_method.synthesis.judge_calibration (real AlpacaEval and MT-Bench-101 pairs
+against swapped answers, truncated answers, repeated sentences and entity-swapped instructions,
+each pair's answer as its document), scored by the judge before (the rules judge as of --before,
+read from git) and now. Prints ROC AUC, the share of positives kept (score >= MIN_JUDGE_SCORE) and
+of each kind of negative, on the tuning half the thresholds were set on and on the held-out half,
 then examples of pairs the judge rejects and keeps.
 
     python -m bench.judge                 # 500 pairs of each kind, seed 0

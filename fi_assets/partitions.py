@@ -9,8 +9,8 @@ from fi_method.evaluation.benchmarks import BENCHMARKS
 query_shards = dg.DynamicPartitionsDefinition(name="query_shards")
 doc_shards = dg.DynamicPartitionsDefinition(name="doc_shards")
 
-# The recipes a packed corpus is built by (fi_method.corpus.packing): the paper's controlled comparison,
-# same documents and token count, different recipe.
+# The recipes a packed corpus is built by (fi_method.corpus.packing): the paper's controlled
+# comparison, same documents and token count, different recipe.
 recipes = dg.StaticPartitionsDefinition(list(RECIPES))
 DOC_SHARD, RECIPE = "doc_shard", "recipe"
 doc_shard_recipes = dg.MultiPartitionsDefinition({DOC_SHARD: doc_shards, RECIPE: recipes})

@@ -15,9 +15,9 @@ from fi_resources.models import MINILM, sentence_transformer_source
 
 # Similarity thresholds per embedder. The paper's 0.865 belongs to its fine-tuned BGE-M3
 # retriever and means nothing for another model. MiniLM's was calibrated with `fi calibrate`
-# (fi_method.retrieval.matching.propose_threshold: half of all document vectors keep a candidate) on the
-# full bundled sample: 3,327 chunks of 105 Wikipedia articles against 241 rules templates of the
-# IFBench queries; best-match similarity p10 0.079, p50 0.173, p90 0.300.
+# (fi_method.retrieval.matching.propose_threshold: half of all document vectors keep a candidate)
+# on the full bundled sample: 3,327 chunks of 105 Wikipedia articles against 241 rules templates of
+# the IFBench queries; best-match similarity p10 0.079, p50 0.173, p90 0.300.
 CALIBRATED_THRESHOLDS = {
     "fineinstructions/instruction_template_retrieval_embedding": 0.865,
     MINILM: 0.17,
@@ -178,9 +178,9 @@ class Embedder(ConfigurableResource):
         )
 
     def embed_pooled(self, texts: list[str]) -> np.ndarray:
-        """Gaussian pooling (fi_method.retrieval.pooling) over each text's token embeddings: float32 array
-        of shape (len(texts), pooling_k + 1, dimension), global mean first, every vector of unit
-        length, in the order of `texts`.
+        """Gaussian pooling (fi_method.retrieval.pooling) over each text's token embeddings:
+        float32 array of shape (len(texts), pooling_k + 1, dimension), global mean first, every
+        vector of unit length, in the order of `texts`.
 
         Texts run longest first in padded batches; the pooling runs on the device, batch by
         batch, into one array there that is copied to the host once at the end (on a GPU, its

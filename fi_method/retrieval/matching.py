@@ -2,10 +2,11 @@
 pre-training document is paired with.
 
 The unit of matching is a passage: a chunk of the document that fits the embedder's window
-(fi_method.retrieval.chunking). The paper embeds whole web pages, about the length its embedder reads at
-once, and gives each up to K + 1 = 6 templates; a 4,500-token article matched as one unit would get
-6 short pairs and could never fill its own token budget. Matching per passage gives a document
-templates in proportion to its length, and keeps lineage to the document through the doc_id.
+(fi_method.retrieval.chunking). The paper embeds whole web pages, about the length its embedder
+reads at once, and gives each up to K + 1 = 6 templates; a 4,500-token article matched as one unit
+would get 6 short pairs and could never fill its own token budget. Matching per passage gives a
+document templates in proportion to its length, and keeps lineage to the document through the
+doc_id.
 
 Each passage is embedded as K + 1 query vectors: index 0 is the global vector (the whole
 passage), 1..K are local ones (Gaussian-pooled around evenly spaced points of it). For each vector,

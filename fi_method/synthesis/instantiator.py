@@ -1,7 +1,8 @@
 """The instantiator role, stage C of FineInstructions: a template and a document become an
 instruction (every `<fi>` slot filled, mostly from the document) and a grounded answer, or `null`
 when the template does not fit the document. Here: the prompt and the parser every engine shares,
-and the grounding checks every pair passes; the offline engine is fi_method.synthesis.rules_instantiator."""
+and the grounding checks every pair passes; the offline engine is
+fi_method.synthesis.rules_instantiator."""
 
 from __future__ import annotations
 
@@ -148,8 +149,8 @@ _NULL = re.compile(r"\bnull\b", re.IGNORECASE)
 
 def parse_output(text: str) -> Instantiation | None:
     """Read an instantiator output: `null`, alone or after some words, and no JSON object (the
-    template does not fit: returns None), or the first JSON object, with string fields `instruction` and `answer`. Raises
-    fi_method.llm_output.OutputParseError otherwise."""
+    template does not fit: returns None), or the first JSON object, with string fields
+    `instruction` and `answer`. Raises fi_method.llm_output.OutputParseError otherwise."""
     if "{" not in text and _NULL.search(text):
         return None
     found = first_json_object(text)
@@ -168,8 +169,8 @@ def ground(
 ) -> tuple[str, float]:
     """The answer with its excerpt markers expanded against `document`, and its excerpt ratio.
     Raises GroundingError ("unfilled_slot", "empty_instruction", "empty_answer",
-    "low_excerpt_ratio") or fi_method.synthesis.excerpts.ExcerptError ("excerpt_not_found", "excerpt_ambiguous",
-    "malformed_excerpt")."""
+    "low_excerpt_ratio") or fi_method.synthesis.excerpts.ExcerptError ("excerpt_not_found",
+    "excerpt_ambiguous", "malformed_excerpt")."""
     instruction = instantiation.instruction
     if not instruction:
         raise GroundingError("empty_instruction", "the instruction is empty")

@@ -123,10 +123,10 @@ def format_output(judgement: Judgement) -> str:
 # ---------------------------------------------------------------------------------------------
 # The rules judge
 
-# The rules judge's thresholds were set on the tuning half of fi_method.synthesis.judge_calibration's
-# labelled set (real pairs against swapped answers, truncated answers, repeated sentences and
-# instructions whose specific values the answer does not mention); bench/judge.py reports them on
-# the held-out half.
+# The rules judge's thresholds were set on the tuning half of
+# fi_method.synthesis.judge_calibration's labelled set (real pairs against swapped answers,
+# truncated answers, repeated sentences and instructions whose specific values the answer does not
+# mention); bench/judge.py reports them on the held-out half.
 #
 # Words weigh by how rare they are in English: 1 at this Zipf frequency and above ("the", "time"),
 # one more per tenfold rarer, so "sarcoidosis" (about 1.9) weighs 5 and a word wordfreq never saw

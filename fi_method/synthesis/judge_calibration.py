@@ -13,10 +13,10 @@ turns with the assistant's answer. The negatives, each from one real pair:
   does not mention, so that the instruction asks about X while the answer is about Y. This is the
   pipeline's own failure mode: a template's slot filled with a span of the document that the
   answer is not about;
-- mismatched: the instruction's rules template (fi_method.templating.rules_genericizer) filled with spans of
-  another item's answer, answered by that answer: what the rules instantiator makes of a
-  template matched to a passage it does not fit, every slot value in the answer and nothing the
-  template asks answered.
+- mismatched: the instruction's rules template (fi_method.templating.rules_genericizer) filled
+  with spans of another item's answer, answered by that answer: what the rules instantiator makes
+  of a template matched to a passage it does not fit, every slot value in the answer and nothing
+  the template asks answered.
 
 Every pair carries the template its instruction is filled from: the rules template of its own
 instruction, or the instruction itself when nothing in it becomes a slot (a template without
@@ -215,10 +215,10 @@ def _kind(description: str) -> str:
 
 
 def fill_from(template: str, answer: str) -> str | None:
-    """The template with each slot filled by a span of `answer` (fi_method.templating.rules_genericizer's
-    fillers, of the slot's kind where one is left, else the next in the answer), as the rules
-    instantiator fills it from its passage; None when the template has no slot or the answer
-    offers too few spans."""
+    """The template with each slot filled by a span of `answer`
+    (fi_method.templating.rules_genericizer's fillers, of the slot's kind where one is left, else
+    the next in the answer), as the rules instantiator fills it from its passage; None when the
+    template has no slot or the answer offers too few spans."""
     descriptions = list(dict.fromkeys(slot_descriptions(template)))
     # The answer's opening offers spans enough for a template's few slots, and parsing whole
     # answers would make the set several times slower to build.

@@ -11,9 +11,9 @@ The rule, for one template and one passage (a chunk of a document, fi_method.ret
 2. The answer is the run of consecutive sentences from the anchor's, grown forward then back
    through the document until it holds ANSWER_TARGET_WORDS words: an excerpt of a few
    paragraphs, as the released instantiator copies.
-3. Each distinct slot description gets the filler of that excerpt (fi_method.templating.rules_genericizer's
-   spans: names, dates, noun phrases, typed in the vocabulary slots are described in) whose kind
-   is most similar to the description.
+3. Each distinct slot description gets the filler of that excerpt
+   (fi_method.templating.rules_genericizer's spans: names, dates, noun phrases, typed in the
+   vocabulary slots are described in) whose kind is most similar to the description.
 4. When that excerpt offers fewer fillers than the template has distinct slots, the whole passage
    is tried; failing that the template does not fit and the output is `null`, as the released
    instantiator answers when a template does not fit.

@@ -93,7 +93,8 @@ _OUTPUT_FIELDS = ("template", "compatible_document_description")
 def parse_output(text: str) -> GenericizedQuery:
     """Read a genericizer model's output: the first JSON object in the text, which must hold the
     string fields `template` and `compatible_document_description` (whitespace stripped).
-    Raises fi_method.llm_output.OutputParseError with a `reason` otherwise; the template itself is not validated."""
+    Raises fi_method.llm_output.OutputParseError with a `reason` otherwise; the template itself
+    is not validated."""
     found = first_json_object(text)
     return GenericizedQuery(*(string_field(found, name) for name in _OUTPUT_FIELDS))
 

@@ -12,9 +12,10 @@ def collect_templates(
     queries: list[dict], outputs: list[str], engine: str, model: str
 ) -> tuple[list[dict], list[dict]]:
     """Pair each query row (`query_id`, `query`, `source`, `line`) with its genericizer output
-    (the raw text, parsed here). Kept rows: `template_id` (content hash of the template), `query_id`, `query`, `template`,
-    `compatible_document_description`, `n_tags`, `engine`, `model`. A template already produced
-    by an earlier query of the shard is rejected as `duplicate_template`."""
+    (the raw text, parsed here). Kept rows: `template_id` (content hash of the template),
+    `query_id`, `query`, `template`, `compatible_document_description`, `n_tags`, `engine`,
+    `model`. A template already produced by an earlier query of the shard is rejected as
+    `duplicate_template`."""
     kept: list[dict] = []
     rejects: list[dict] = []
     seen: dict[str, str] = {}
