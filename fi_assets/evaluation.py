@@ -25,34 +25,22 @@ from fi_method.evaluation import benchmarks as bench
 from fi_method.evaluation.eval_report import headline_table, plot, render_markdown
 from fi_method.evaluation.fidelity import Figure, packing_figures, synthesis_figures
 from fi_method.evaluation.fidelity import render_markdown as render_fidelity
+from fi_method.evaluation.scoring import Aggregate, BenchmarkJudging, score_benchmark
 from fi_method.synthesis.pairs import NULL_OUTPUT
 from fi_resources.checkpoints import answer_nll, export_folder, weights_hash
 from fi_resources.embedder import torch_device
 from fi_resources.roles import BenchmarkJudge, Candidate, role_resource
 from fi_resources.settings import Settings
 from fi_resources.storage import Storage
-
-SCORES_SCHEMA = {
-    "recipe": pl.String,
-    "benchmark": pl.String,
-    "metric": pl.String,
-    "value": pl.Float64,
-    "judge": pl.String,
-    "n_items": pl.Int64,
-    "note": pl.String,
-}
-GENERATIONS_SCHEMA = {
-    "recipe": pl.String,
-    "benchmark": pl.String,
-    "item_id": pl.String,
-    "kind": pl.String,
-    "task": pl.String,
-    "question": pl.String,
-    "response": pl.String,
-    "score": pl.Float64,
-    "judge": pl.String,
-    "judge_output": pl.String,
-}
+from fi_resources.tables import (
+    DOCUMENTS,
+    EVAL_GENERATIONS,
+    EVAL_SCORES,
+    INSTANTIATED_PAIRS,
+    JUDGED_PAIRS,
+    MATCHED_PAIRS,
+    keys,
+)
 
 
 class EvalConfig(dg.Config):
@@ -64,20 +52,8 @@ class EvalConfig(dg.Config):
     seed: int = 0
 
 
-def _score_row(recipe, benchmark, metric, value, judge, n_items, note="") -> dict:
-    return {
-        "recipe": recipe,
-        "benchmark": benchmark,
-        "metric": metric,
-        "value": value,
-        "judge": judge,
-        "n_items": n_items,
-        "note": note,
-    }
-
-
-def _mean(values: list[float]) -> float | None:
-    return 100.0 * sum(values) / len(values) if values else None
+def _score_row(recipe: str, benchmark: str, aggregate: Aggregate) -> dict:
+    return {"recipe": recipe, "benchmark": benchmark, **vars(aggregate)}
 
 
 def heldout_rows(storage: Storage, recipe: str, settings: Settings) -> list[dict]:
@@ -86,10 +62,11 @@ def heldout_rows(storage: Storage, recipe: str, settings: Settings) -> list[dict
     kept: the measure needs no judge, and more pairs make it steadier. A row without a value says
     why when there are none."""
     shard = settings.heldout_doc_shard
-    if not storage.table_path("instantiated_pairs", shard).exists():
+    if not storage.table_path(INSTANTIATED_PAIRS, shard).exists():
         note = f"no pairs of the held-out doc shard {shard!r}: ingest one (--shard {shard})"
-        return [_score_row(recipe, bench.HELDOUT_NLL, "answer_nll", None, bench.OBJECTIVE, 0, note)]
-    pairs = storage.read_table("instantiated_pairs", shard)
+        missing = Aggregate("answer_nll", None, bench.OBJECTIVE, 0, note)
+        return [_score_row(recipe, bench.HELDOUT_NLL, missing)]
+    pairs = storage.read_table(INSTANTIATED_PAIRS, shard)
     tokenizer = load_training_tokenizer(settings.training_tokenizer)
     samples = [
         tokenize_sample(tokenizer, row["instruction"], row["answer"])
@@ -99,129 +76,13 @@ def heldout_rows(storage: Storage, recipe: str, settings: Settings) -> list[dict
     total, tokens = answer_nll(export_folder(storage.root, recipe), samples, device)
     nll = total / tokens if tokens else None
     note = f"{len(samples)} grounded pairs, {tokens} answer tokens of doc shard {shard}"
+    perplexity = None if nll is None else math.exp(nll)
     return [
         _score_row(
-            recipe, bench.HELDOUT_NLL, "answer_nll", nll, bench.OBJECTIVE, len(samples), note
-        ),
-        _score_row(
-            recipe,
-            bench.HELDOUT_NLL,
-            "answer_perplexity",
-            None if nll is None else math.exp(nll),
-            bench.OBJECTIVE,
-            len(samples),
-            note,
-        ),
+            recipe, bench.HELDOUT_NLL, Aggregate(metric, value, bench.OBJECTIVE, len(samples), note)
+        )
+        for metric, value in (("answer_nll", nll), ("answer_perplexity", perplexity))
     ]
-
-
-class _Scorer:
-    """Scores one recipe's answers to one benchmark: mechanically where possible, else with the
-    judge. Each method returns the aggregate rows (metric, value, judge, n_items, note) and the
-    per-item (item, score, judge, judge output); the judge's call counts are kept."""
-
-    def __init__(self, context, judge: BenchmarkJudge, seed: int):
-        self.context, self.judge, self.seed = context, judge, seed
-        self.judge_calls = None
-
-    def _ask(self, conversations: list[list[dict]]) -> list[str]:
-        calls = self.judge.call(
-            [{"messages": messages} for messages in conversations],
-            progress=log_progress(self.context, "judged"),
-            caller=(self.context.run_id, self.context.partition_key),
-        )
-        self.judge_calls = calls
-        return calls.outputs
-
-    def mixeval(self, items, responses):
-        scored = []  # (item, score, judge, judge_output)
-        free_form = [(i, r) for i, r in zip(items, responses) if i.kind == bench.FREE_FORM]
-        if self.judge.is_llm and free_form:
-            outputs = self._ask([bench.mixeval_judge_messages(i, r) for i, r in free_form])
-            free_scores = {
-                i.item_id: (bench.parse_bracketed_score(o, 0.0, 1.0), self.judge.label, o)
-                for (i, _), o in zip(free_form, outputs)
-            }
-        else:
-            free_scores = {
-                i.item_id: (bench.score_free_form(r, i.targets), bench.MECHANICAL, "")
-                for i, r in free_form
-            }
-        for item, response in zip(items, responses):
-            if item.kind == bench.MULTIPLE_CHOICE:
-                scored.append(
-                    (item, bench.score_multiple_choice(response, item), bench.MECHANICAL, "")
-                )
-            else:
-                scored.append((item, *free_scores[item.item_id]))
-        free_judge = self.judge.label if self.judge.is_llm else bench.MECHANICAL
-        rows = []
-        for metric, kind, judge in (
-            ("multiple_choice", bench.MULTIPLE_CHOICE, bench.MECHANICAL),
-            ("free_form", bench.FREE_FORM, free_judge),
-            (
-                "overall",
-                None,
-                free_judge if free_judge == bench.MECHANICAL else f"{free_judge} + mechanical",
-            ),
-        ):
-            of_kind = [s for s in scored if kind is None or s[0].kind == kind]
-            values = [s[1] for s in of_kind if s[1] is not None]
-            unparsed = len(of_kind) - len(values)
-            note = f"{unparsed} judge outputs without a score, left out" if unparsed else ""
-            rows.append((metric, _mean(values), judge, len(values), note))
-        return rows, scored
-
-    def mt_bench_101(self, items, responses):
-        if not self.judge.is_llm:
-            return [
-                ("score", None, bench.NEEDS_LLM_JUDGE, 0, "MT-Bench-101 is judged 1-10 by an LLM")
-            ], [(i, None, bench.NEEDS_LLM_JUDGE, "") for i in items]
-        outputs = self._ask(
-            [bench.mt_bench_101_judge_messages(i, r) for i, r in zip(items, responses)]
-        )
-        scored = [
-            (i, bench.parse_bracketed_score(o, 1.0, 10.0), self.judge.label, o)
-            for i, o in zip(items, outputs)
-        ]
-        values = [s[1] for s in scored if s[1] is not None]
-        note = f"{len(scored) - len(values)} judge outputs without a rating, left out"
-        mean = sum(values) / len(values) if values else None
-        return [("score", mean, self.judge.label, len(values), note)], scored
-
-    def alpaca_eval(self, items, responses, baseline: list[str], baseline_name: str):
-        if not self.judge.is_llm:
-            return [
-                (m, None, bench.NEEDS_LLM_JUDGE, 0, f"head-to-head against {baseline_name}")
-                for m in ("lc_win_rate", "win_rate")
-            ], [(i, None, bench.NEEDS_LLM_JUDGE, "") for i in items]
-        first = [bench.candidate_goes_first(i.item_id, self.seed) for i in items]
-        outputs = self._ask(
-            [
-                bench.alpaca_eval_judge_messages(i.question, *((r, b) if f else (b, r)))
-                for i, r, b, f in zip(items, responses, baseline, first)
-            ]
-        )
-        scored, kept = [], []
-        for item, response, opponent, goes_first, output in zip(
-            items, responses, baseline, first, outputs
-        ):
-            choice = bench.parse_preference(output)
-            win = None if choice is None else float((choice == "m") == goes_first)
-            scored.append((item, win, self.judge.label, output))
-            if win is not None:
-                kept.append((win, len(response), len(opponent)))
-        if not kept:
-            return [
-                (m, None, self.judge.label, 0, "no judge output named m or M")
-                for m in ("lc_win_rate", "win_rate")
-            ], scored
-        raw, controlled = bench.win_rates(*map(list, zip(*kept)))
-        note = f"against {baseline_name}; {len(items) - len(kept)} unparsed judge outputs left out"
-        return [
-            ("lc_win_rate", controlled, self.judge.label, len(kept), note),
-            ("win_rate", raw, self.judge.label, len(kept), note),
-        ], scored
 
 
 @dg.asset(
@@ -231,8 +92,10 @@ class _Scorer:
             partition_mapping=by_recipe,
             dagster_type=dg.Nothing,
         ),
-        "instantiated_pairs": dg.AssetIn(
-            partition_mapping=dg.AllPartitionMapping(), dagster_type=dg.Nothing
+        INSTANTIATED_PAIRS.name: dg.AssetIn(
+            INSTANTIATED_PAIRS.key,
+            partition_mapping=dg.AllPartitionMapping(),
+            dagster_type=dg.Nothing,
         ),
     },
     group_name="evaluation",
@@ -252,8 +115,8 @@ def eval_scores(
     benchmark_judge: BenchmarkJudge,
     settings: dg.ResourceParam[Settings],
 ) -> dg.MaterializeResult:
-    keys = context.partition_key.keys_by_dimension
-    recipe, benchmark = keys[RECIPE], keys[BENCHMARK]
+    dimensions = context.partition_key.keys_by_dimension
+    recipe, benchmark = dimensions[RECIPE], dimensions[BENCHMARK]
     partition = f"{recipe}.{benchmark}"
     metadata: dict = {}
     if benchmark == bench.HELDOUT_NLL:
@@ -264,47 +127,51 @@ def eval_scores(
         )
         responses, calls = _answers(context, storage, recipe, items, config, settings)
         metadata |= {f"candidate_{k}": v for k, v in call_metadata(calls).items()}
-        scorer = _Scorer(context, benchmark_judge, config.seed)
-        if benchmark == bench.MT_BENCH_101:
-            aggregates, scored = scorer.mt_bench_101(items, responses)
-        elif benchmark == bench.ALPACA_EVAL:
-            baseline_name = settings.alpaca_eval_baseline
-            if baseline_name == "reference":
-                baseline = [item.reference for item in items]
-                baseline_name = "the reference outputs (gpt4_1106_preview)"
-            else:
-                baseline, _ = _answers(context, storage, baseline_name, items, config, settings)
-                baseline_name = f"recipe {baseline_name}"
-            aggregates, scored = scorer.alpaca_eval(items, responses, baseline, baseline_name)
-        else:
-            aggregates, scored = scorer.mixeval(items, responses)
-        if scorer.judge_calls is not None:
-            metadata |= {f"judge_{k}": v for k, v in call_metadata(scorer.judge_calls).items()}
-        rows = [_score_row(recipe, benchmark, *aggregate) for aggregate in aggregates]
-        generations = pl.DataFrame(
-            [
-                {
-                    "recipe": recipe,
-                    "benchmark": benchmark,
-                    "item_id": item.item_id,
-                    "kind": item.kind,
-                    "task": item.task,
-                    "question": item.question,
-                    "response": response,
-                    "score": score,
-                    "judge": judge,
-                    "judge_output": output,
-                }
-                for (item, score, judge, output), response in zip(scored, responses)
-            ],
-            schema=GENERATIONS_SCHEMA,
+        judge_calls = []
+
+        def ask(conversations: list[list[dict]]) -> list[str]:
+            judge_calls.append(
+                benchmark_judge.call(
+                    [{"messages": messages} for messages in conversations],
+                    progress=log_progress(context, "judged"),
+                    caller=(context.run_id, context.partition_key),
+                )
+            )
+            return judge_calls[-1].outputs
+
+        judging = BenchmarkJudging(ask, benchmark_judge.label, benchmark_judge.is_llm, config.seed)
+        baseline, baseline_name = (
+            _alpaca_eval_baseline(context, storage, items, config, settings)
+            if benchmark == bench.ALPACA_EVAL
+            else (None, "")
         )
-        storage.write_table("eval_generations", partition, generations)
+        aggregates, scored = score_benchmark(
+            benchmark, items, responses, judging, baseline, baseline_name
+        )
+        for judged in judge_calls:
+            metadata |= {f"judge_{k}": v for k, v in call_metadata(judged).items()}
+        rows = [_score_row(recipe, benchmark, aggregate) for aggregate in aggregates]
+        generations = EVAL_GENERATIONS.frame(
+            {
+                "recipe": recipe,
+                "benchmark": benchmark,
+                "item_id": each.item.item_id,
+                "kind": each.item.kind,
+                "task": each.item.task,
+                "question": each.item.question,
+                "response": response,
+                "score": each.score,
+                "judge": each.judge,
+                "judge_output": each.judge_output,
+            }
+            for each, response in zip(scored, responses)
+        )
+        storage.write_table(EVAL_GENERATIONS, partition, generations)
         metadata["answers_preview"] = dg.MetadataValue.md(
             markdown_preview(generations, ["item_id", "question", "response", "score"])
         )
-    scores = pl.DataFrame(rows, schema=SCORES_SCHEMA)
-    path = storage.write_table("eval_scores", partition, scores)
+    scores = EVAL_SCORES.frame(rows)
+    path = storage.write_table(EVAL_SCORES, partition, scores)
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": scores.height,
@@ -318,6 +185,17 @@ def eval_scores(
         },
         data_version=dg.DataVersion(frame_version(scores)),
     )
+
+
+def _alpaca_eval_baseline(
+    context, storage: Storage, items, config: EvalConfig, settings: Settings
+) -> tuple[list[str], str]:
+    """What AlpacaEval compares with (FI_ALPACA_EVAL_BASELINE): the reference outputs, or another
+    recipe's model's answers; and its name for the note."""
+    if settings.alpaca_eval_baseline == "reference":
+        return [item.reference for item in items], "the reference outputs (gpt4_1106_preview)"
+    baseline, _ = _answers(context, storage, settings.alpaca_eval_baseline, items, config, settings)
+    return baseline, f"recipe {settings.alpaca_eval_baseline}"
 
 
 def _answers(context, storage: Storage, recipe: str, items, config: EvalConfig, settings: Settings):
@@ -338,7 +216,7 @@ def _answers(context, storage: Storage, recipe: str, items, config: EvalConfig, 
 
 @dg.asset(
     # The fidelity section reads the synthesis tables of every training shard.
-    deps=["eval_scores", "documents", "matched_pairs", "instantiated_pairs", "judged_pairs"],
+    deps=keys(EVAL_SCORES, DOCUMENTS, MATCHED_PAIRS, INSTANTIATED_PAIRS, JUDGED_PAIRS),
     group_name="evaluation",
     kinds={"markdown"},
     code_version="1",
@@ -346,7 +224,7 @@ def _answers(context, storage: Storage, recipe: str, items, config: EvalConfig, 
     "written to FI_HOME/reports/eval_report.md and .png and shown here.",
 )
 def eval_report(storage: Storage, settings: dg.ResourceParam[Settings]) -> dg.MaterializeResult:
-    frame = storage.read_all("eval_scores")
+    frame = storage.read_all(EVAL_SCORES)
     if frame is None:
         raise FileNotFoundError("no eval_scores yet: materialize eval_scores first")
     rows = frame.to_dicts()
@@ -383,16 +261,16 @@ def fidelity_figures(storage: Storage, heldout_shard: str) -> list[Figure]:
     n_documents = matched = nulls = judged = 0
     kept_templates, kept_ratios = [], []
     for shard in shards:
-        n_documents += storage.read_table("documents", shard).height
-        if not storage.table_path("judged_pairs", shard).exists():
+        n_documents += storage.read_table(DOCUMENTS, shard).height
+        if not storage.table_path(JUDGED_PAIRS, shard).exists():
             continue
-        matched += storage.read_table("matched_pairs", shard).height
-        reasons = storage.read_rejects("instantiated_pairs", shard)["reason"]
+        matched += storage.read_table(MATCHED_PAIRS, shard).height
+        reasons = storage.read_rejects(INSTANTIATED_PAIRS.name, shard)["reason"]
         nulls += int((reasons == NULL_OUTPUT).sum())
-        verdicts = storage.read_table("judged_pairs", shard)
+        verdicts = storage.read_table(JUDGED_PAIRS, shard)
         judged += verdicts.height
         kept = verdicts.filter(pl.col("kept")).select("pair_id")
-        kept = kept.join(storage.read_table("instantiated_pairs", shard), on="pair_id")
+        kept = kept.join(storage.read_table(INSTANTIATED_PAIRS, shard), on="pair_id")
         kept_templates += kept["template_id"].to_list()
         kept_ratios += kept["excerpt_ratio"].to_list()
     trained = [

@@ -11,20 +11,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-import polars as pl
 
 from fi_assets.partitions import doc_shards, query_shards
 from fi_assets.reporting import column_schema, frame_version, preview_metadata
 from fi_assets.versions import DATA_VERSION_TAG
 from fi_method.ingest import HF_PREFIX, Kind, ingest_source
 from fi_resources.storage import Storage, check_partition_name
+from fi_resources.tables import INGESTED_DOCUMENTS, INGESTED_QUERIES
 
-INGESTED = {"queries": "ingested_queries", "documents": "ingested_documents"}
+INGESTED = {"queries": INGESTED_QUERIES, "documents": INGESTED_DOCUMENTS}
 PARTITIONS = {"queries": query_shards, "documents": doc_shards}
 INBOX_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv", ".tsv")
 
 ingested_queries = dg.AssetSpec(
-    INGESTED["queries"],
+    INGESTED_QUERIES.key,
     partitions_def=query_shards,
     group_name="inbox",
     kinds={"parquet"},
@@ -32,7 +32,7 @@ ingested_queries = dg.AssetSpec(
     "Written by `fi ingest queries` or the inbox sensor.",
 )
 ingested_documents = dg.AssetSpec(
-    INGESTED["documents"],
+    INGESTED_DOCUMENTS.key,
     partitions_def=doc_shards,
     group_name="inbox",
     kinds={"parquet"},
@@ -85,11 +85,11 @@ def ingest_shard(
             f"{source}: no row could be ingested ({len(result.rejects)} rejected: {common}; "
             f"see: fi sql \"select * from rejects where shard = '{shard}'\")"
         )
-    frame = pl.DataFrame(result.rows, infer_schema_length=None)
+    frame = INGESTED[kind].frame(result.rows)
     path = storage.write_table(INGESTED[kind], shard, frame)
     version = frame_version(frame)
     event = dg.AssetMaterialization(
-        asset_key=INGESTED[kind],
+        asset_key=INGESTED[kind].key,
         partition=shard,
         metadata={
             "source": source,

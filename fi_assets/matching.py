@@ -22,6 +22,13 @@ from fi_method.synthesis.quality import (
 )
 from fi_resources.embedder import Embedder
 from fi_resources.storage import Storage
+from fi_resources.tables import (
+    DOCUMENT_CHUNKS,
+    DOCUMENTS,
+    INSTRUCTION_TEMPLATES,
+    MATCHED_PAIRS,
+    keys,
+)
 from fi_resources.template_index import TemplateIndex, table_name_for
 
 # Nearest templates fetched per query vector before the threshold; enough that sampling by
@@ -29,15 +36,6 @@ from fi_resources.template_index import TemplateIndex, table_name_for
 CANDIDATES_PER_VECTOR = 20
 # About half a minute of MiniLM on two CPU cores per progress line; a GPU's batches stay large.
 CHUNKS_PER_PROGRESS_LINE = 512
-
-MATCHED_PAIRS_SCHEMA = {
-    "doc_id": pl.String,
-    "chunk_id": pl.String,
-    "template_id": pl.String,
-    "similarity": pl.Float64,
-    "vector_index": pl.Int64,
-    "n_tags": pl.Int64,
-}
 
 
 def chunk_vectors(chunks: pl.DataFrame) -> np.ndarray:
@@ -88,29 +86,21 @@ def _embed_with_progress(
 def _chunk_shard(
     context: dg.AssetExecutionContext, shard: str, storage: Storage, embedder: Embedder
 ) -> dg.MaterializeResult:
-    docs = storage.read_table("documents", shard)
+    docs = storage.read_table(DOCUMENTS, shard)
     chunks = [
         {"doc_id": doc_id, **vars(chunk)}
         for doc_id, text in docs.select("doc_id", "text").iter_rows()
         for chunk in chunk_document(doc_id, text, embedder.count_tokens, embedder.chunk_tokens)
     ]
     vectors = _embed_with_progress(context, embedder, [c["text"] for c in chunks], docs.height)
-    frame = pl.DataFrame(
-        chunks,
-        schema={
-            "doc_id": pl.String,
-            "chunk_id": pl.String,
-            "position": pl.Int64,
-            "text": pl.String,
-            "n_tokens": pl.Int64,
-        },
-    )
-    frame = frame.with_columns(
+    # The vectors' shape is the embedder's: they join the declared columns as an Array.
+    columns = {name: kind for name, kind in DOCUMENT_CHUNKS.schema.items() if name != "vectors"}
+    frame = pl.DataFrame(chunks, schema=columns).with_columns(
         pl.Series("vectors", vectors, dtype=pl.Array(pl.Float32, vectors.shape[1:]))
     )
     return write_stage(
         storage,
-        "document_chunks",
+        DOCUMENT_CHUNKS,
         shard,
         frame,
         [],
@@ -139,10 +129,10 @@ def _histogram(values: list[float], bins: int = 10) -> str:
 @dg.asset(
     partitions_def=doc_shards,
     deps=[
-        "document_chunks",
+        *keys(DOCUMENT_CHUNKS),
         dg.AssetDep("template_index", partition_mapping=dg.AllPartitionMapping()),
         # Its n_tags distribution weighs the sampling of candidates.
-        dg.AssetDep("instruction_templates", partition_mapping=dg.AllPartitionMapping()),
+        dg.AssetDep(INSTRUCTION_TEMPLATES.key, partition_mapping=dg.AllPartitionMapping()),
     ],
     group_name="matching",
     kinds={"lancedb", "polars", "parquet"},
@@ -171,8 +161,8 @@ def _match_shard(
     embedder: Embedder,
     index: TemplateIndex,
 ) -> dg.MaterializeResult:
-    chunks = storage.read_table("document_chunks", shard)
-    templates = storage.read_all("instruction_templates")
+    chunks = storage.read_table(DOCUMENT_CHUNKS, shard)
+    templates = storage.read_all(INSTRUCTION_TEMPLATES)
     target = (
         target_distribution(templates["n_tags"].to_list())
         if templates is not None and templates.height
@@ -189,14 +179,12 @@ def _match_shard(
         target,
         vectors_per_chunk=chunks["vectors"].dtype.shape[0],
     )
-    frame = pl.DataFrame(pairs, schema=MATCHED_PAIRS_SCHEMA).sort(
-        "doc_id", "vector_index", "chunk_id"
-    )
+    frame = MATCHED_PAIRS.frame(pairs).sort("doc_id", "vector_index", "chunk_id")
     n_documents = chunks["doc_id"].n_unique()
     chosen_tags = target_distribution(frame["n_tags"].to_list()) if frame.height else {}
     return write_stage(
         storage,
-        "matched_pairs",
+        MATCHED_PAIRS,
         shard,
         frame,
         [],

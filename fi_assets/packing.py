@@ -29,19 +29,13 @@ from fi_method.synthesis.quality import (
 )
 from fi_resources.settings import Settings
 from fi_resources.storage import Storage
-
-PACKED_SCHEMA = {
-    "recipe": pl.String,
-    "doc_shard": pl.String,
-    "doc_id": pl.String,
-    "sample_id": pl.String,
-    "text": pl.String,
-    "input_ids": pl.List(pl.Int32),
-    "loss_mask": pl.List(pl.Int8),
-    "n_tokens": pl.Int64,
-    "doc_tokens": pl.Int64,
-    "budget_tokens": pl.Int64,
-}
+from fi_resources.tables import (
+    CONTINUATIONS,
+    DOCUMENTS,
+    INSTANTIATED_PAIRS,
+    JUDGED_PAIRS,
+    PACKED_CORPUS,
+)
 
 
 def training_files(storage: Storage, recipe: str, heldout_shard: str) -> dict[str, Path]:
@@ -50,7 +44,7 @@ def training_files(storage: Storage, recipe: str, heldout_shard: str) -> dict[st
     suffix = f".{recipe}.parquet"
     files = {
         path.name[: -len(suffix)]: path
-        for path in sorted((storage.tables_dir / "packed_corpus").glob(f"*{suffix}"))
+        for path in sorted((storage.tables_dir / PACKED_CORPUS.name).glob(f"*{suffix}"))
     }
     files.pop(heldout_shard, None)
     return files
@@ -59,12 +53,12 @@ def training_files(storage: Storage, recipe: str, heldout_shard: str) -> dict[st
 def _candidates(storage: Storage, shard: str, recipe: str) -> dict[str, list[dict]]:
     """doc_id -> the recipe's candidate samples: kept judged pairs, or continuations."""
     if recipe == FINEINSTRUCTIONS:
-        kept = storage.read_table("judged_pairs", shard).filter(pl.col("kept")).select("pair_id")
-        frame = kept.join(storage.read_table("instantiated_pairs", shard), on="pair_id").select(
+        kept = storage.read_table(JUDGED_PAIRS, shard).filter(pl.col("kept")).select("pair_id")
+        frame = kept.join(storage.read_table(INSTANTIATED_PAIRS, shard), on="pair_id").select(
             "doc_id", pl.col("pair_id").alias("sample_id"), "instruction", "answer"
         )
     elif recipe == NON_INSTRUCTIONAL:
-        frame = storage.read_table("continuations", shard).select(
+        frame = storage.read_table(CONTINUATIONS, shard).select(
             "doc_id", pl.col("continuation_id").alias("sample_id"), "instruction", "answer"
         )
     else:
@@ -78,8 +72,8 @@ def _candidates(storage: Storage, shard: str, recipe: str) -> dict[str, list[dic
 @dg.asset(
     partitions_def=doc_shard_recipes,
     ins={
-        name: dg.AssetIn(partition_mapping=by_doc_shard, dagster_type=dg.Nothing)
-        for name in ("documents", "judged_pairs", "instantiated_pairs", "continuations")
+        table.name: dg.AssetIn(table.key, partition_mapping=by_doc_shard, dagster_type=dg.Nothing)
+        for table in (DOCUMENTS, JUDGED_PAIRS, INSTANTIATED_PAIRS, CONTINUATIONS)
     },
     group_name="packing",
     kinds={"polars", "parquet"},
@@ -96,10 +90,10 @@ def _candidates(storage: Storage, shard: str, recipe: str) -> dict[str, list[dic
 def packed_corpus(
     context: dg.AssetExecutionContext, storage: Storage, settings: dg.ResourceParam[Settings]
 ) -> dg.MaterializeResult:
-    keys = context.partition_key.keys_by_dimension
-    shard, recipe = keys[DOC_SHARD], keys[RECIPE]
+    dimensions = context.partition_key.keys_by_dimension
+    shard, recipe = dimensions[DOC_SHARD], dimensions[RECIPE]
     tokenizer = load_training_tokenizer(settings.training_tokenizer)
-    documents = storage.read_table("documents", shard).select("doc_id", "text")
+    documents = storage.read_table(DOCUMENTS, shard).select("doc_id", "text")
     rows, stats = pack_shard(
         documents.rows(),
         _candidates(storage, shard, recipe),
@@ -107,12 +101,10 @@ def packed_corpus(
         tokenizer,
         settings.packing_seed,
     )
-    frame = pl.DataFrame(
-        [{**row, "doc_shard": shard} for row in rows], schema=PACKED_SCHEMA, strict=False
-    )
+    frame = PACKED_CORPUS.frame({**row, "doc_shard": shard} for row in rows)
     return write_stage(
         storage,
-        "packed_corpus",
+        PACKED_CORPUS,
         storage_partition(context.partition_key),
         frame,
         [],

@@ -1,22 +1,13 @@
 """raw_queries[q]: the user queries that become templates."""
 
 import dagster as dg
-import polars as pl
 
 from fi_assets.partitions import query_shards
 from fi_assets.reporting import write_stage
 from fi_method.corpus.decontamination import default_index
 from fi_method.templating import queries as stage
 from fi_resources.storage import Storage
-
-RAW_QUERIES_SCHEMA = {
-    "query_id": pl.String,
-    "query": pl.String,
-    "n_words": pl.Int64,
-    "source": pl.String,
-    "line": pl.Int64,
-    "turn": pl.Int64,
-}
+from fi_resources.tables import INGESTED_QUERIES, RAW_QUERIES, keys
 
 
 class QueryFilterConfig(dg.Config):
@@ -29,7 +20,7 @@ class QueryFilterConfig(dg.Config):
 
 @dg.asset(
     partitions_def=query_shards,
-    deps=["ingested_queries"],
+    deps=keys(INGESTED_QUERIES),
     group_name="queries",
     kinds={"polars", "parquet"},
     code_version="1",
@@ -41,14 +32,14 @@ class QueryFilterConfig(dg.Config):
 def raw_queries(
     context: dg.AssetExecutionContext, config: QueryFilterConfig, storage: Storage
 ) -> dg.MaterializeResult:
-    ingested = storage.read_table("ingested_queries", context.partition_key)
+    ingested = storage.read_table(INGESTED_QUERIES, context.partition_key)
     filters = stage.QueryFilters(config.min_words, config.max_chars, config.near_duplicate_jaccard)
     kept, rejects = stage.filter_queries(ingested.to_dicts(), default_index().match, filters)
-    frame = pl.DataFrame(kept, schema=RAW_QUERIES_SCHEMA)
+    frame = RAW_QUERIES.frame(kept)
     context.log.info(f"{len(kept)} of {ingested.height} queries kept, {len(rejects)} removed")
     return write_stage(
         storage,
-        "raw_queries",
+        RAW_QUERIES,
         context.partition_key,
         frame,
         rejects,

@@ -17,6 +17,7 @@ from fi_assets.checks import failed_checks_tags
 from fi_method.text import content_hash
 from fi_resources.model_calls import CallResult
 from fi_resources.storage import Storage
+from fi_resources.tables import Table
 
 PREVIEW_ROWS = 5
 PREVIEW_CELL_CHARS = 120
@@ -150,7 +151,7 @@ def line_chart(
 
 def write_stage(
     storage: Storage,
-    table: str,
+    table: Table,
     partition: str,
     frame: pl.DataFrame,
     rejects: list[dict],
@@ -163,7 +164,7 @@ def write_stage(
     the asset's checks on that partition."""
     path = storage.write_table(table, partition, frame)
     storage.write_rejects(
-        table, partition, [{**r, "stage": table, "shard": partition} for r in rejects]
+        table.name, partition, [{**r, "stage": table.name, "shard": partition} for r in rejects]
     )
     reasons: dict[str, int] = {}
     for reject in rejects:

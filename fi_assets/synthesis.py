@@ -45,37 +45,16 @@ from fi_method.text import content_hash
 from fi_resources.embedder import Embedder
 from fi_resources.roles import Continuer, Instantiator, Judge
 from fi_resources.storage import Storage
-
-PAIRS_SCHEMA = {
-    "pair_id": pl.String,
-    "doc_id": pl.String,
-    "chunk_id": pl.String,
-    "template_id": pl.String,
-    "query_id": pl.String,
-    "similarity": pl.Float64,
-    "instruction": pl.String,
-    "answer": pl.String,
-    "excerpt_ratio": pl.Float64,
-    "engine": pl.String,
-    "model": pl.String,
-}
-JUDGED_SCHEMA = {
-    "pair_id": pl.String,
-    "score": pl.Int64,
-    "feedback": pl.String,
-    "kept": pl.Boolean,
-    "engine": pl.String,
-    "model": pl.String,
-}
-CONTINUATIONS_SCHEMA = {
-    "continuation_id": pl.String,
-    "doc_id": pl.String,
-    "instruction": pl.String,
-    "answer": pl.String,
-    "variant": pl.String,
-    "engine": pl.String,
-    "model": pl.String,
-}
+from fi_resources.tables import (
+    CONTINUATIONS,
+    DOCUMENT_CHUNKS,
+    DOCUMENTS,
+    INSTANTIATED_PAIRS,
+    INSTRUCTION_TEMPLATES,
+    JUDGED_PAIRS,
+    MATCHED_PAIRS,
+    keys,
+)
 
 
 def _caller(context: dg.AssetExecutionContext, shard: str) -> tuple[str, str]:
@@ -86,7 +65,7 @@ def _caller(context: dg.AssetExecutionContext, shard: str) -> tuple[str, str]:
     partitions_def=doc_shards,
     # Templates are read by id (a content hash: an id always names the same text), so they are
     # not a dependency of their own: new or removed templates reach this asset via matched_pairs.
-    deps=["matched_pairs", "documents", "document_chunks"],
+    deps=keys(MATCHED_PAIRS, DOCUMENTS, DOCUMENT_CHUNKS),
     group_name="synthesis",
     kinds={"polars", "parquet"},
     code_version="1",
@@ -113,7 +92,7 @@ def _templates(storage: Storage) -> pl.DataFrame:
     """template_id, query_id and template of every template. Two query shards can yield the same
     template: the first query (by id) stands for it."""
     return (
-        storage.read_all("instruction_templates")
+        storage.read_all(INSTRUCTION_TEMPLATES)
         .select("template_id", "query_id", "template")
         .sort("template_id", "query_id")
         .unique("template_id", keep="first", maintain_order=True)
@@ -127,9 +106,9 @@ def _instantiate_shard(
     instantiator: Instantiator,
     embedder: Embedder,
 ) -> dg.MaterializeResult:
-    matched = storage.read_table("matched_pairs", shard)
-    docs = storage.read_table("documents", shard).select("doc_id", "source", "text")
-    chunks = storage.read_table("document_chunks", shard).select("chunk_id", "text")
+    matched = storage.read_table(MATCHED_PAIRS, shard)
+    docs = storage.read_table(DOCUMENTS, shard).select("doc_id", "source", "text")
+    chunks = storage.read_table(DOCUMENT_CHUNKS, shard).select("chunk_id", "text")
     requests = (
         matched.join(_templates(storage), on="template_id", how="left")
         .join(chunks.rename({"text": "chunk"}), on="chunk_id", how="left")
@@ -168,10 +147,10 @@ def _instantiate_shard(
         }
         for r in stale
     ]
-    frame = pl.DataFrame(kept, schema=PAIRS_SCHEMA)
+    frame = INSTANTIATED_PAIRS.frame(kept)
     return write_stage(
         storage,
-        "instantiated_pairs",
+        INSTANTIATED_PAIRS,
         shard,
         frame,
         rejects,
@@ -213,7 +192,7 @@ def _instantiate_shard(
 @dg.asset(
     partitions_def=doc_shards,
     # matched_pairs: the funnel's first count (matched, then instantiated, grounded, kept).
-    deps=["instantiated_pairs", "documents", "matched_pairs"],
+    deps=keys(INSTANTIATED_PAIRS, DOCUMENTS, MATCHED_PAIRS),
     group_name="synthesis",
     kinds={"polars", "parquet"},
     code_version="1",
@@ -233,8 +212,8 @@ def judged_pairs(
 def _judge_shard(
     context: dg.AssetExecutionContext, shard: str, storage: Storage, judge: Judge
 ) -> dg.MaterializeResult:
-    pairs = storage.read_table("instantiated_pairs", shard)
-    docs = storage.read_table("documents", shard).select("doc_id", "source", "text")
+    pairs = storage.read_table(INSTANTIATED_PAIRS, shard)
+    docs = storage.read_table(DOCUMENTS, shard).select("doc_id", "source", "text")
     rows = pairs.join(docs.rename({"text": "document"}), on="doc_id", how="left").to_dicts()
     context.log.info(f"judging {len(rows)} pairs with {judge.label}")
     calls = judge.call(
@@ -245,7 +224,7 @@ def _judge_shard(
     judged, rejects = collect_judgements(
         rows, calls.outputs, judge.min_score, judge.engine, judge.model_name
     )
-    frame = pl.DataFrame(judged, schema=JUDGED_SCHEMA)
+    frame = JUDGED_PAIRS.frame(judged)
     scores = frame.group_by("score").len().sort("score")
     counts = _funnel_counts(storage, shard, pairs.height, frame)
     kept_pairs = frame.filter(pl.col("kept")).select("pair_id").join(pairs, on="pair_id")
@@ -260,7 +239,7 @@ def _judge_shard(
     )
     return write_stage(
         storage,
-        "judged_pairs",
+        JUDGED_PAIRS,
         shard,
         frame,
         rejects,
@@ -314,8 +293,8 @@ def _judge_shard(
 
 
 def _funnel_counts(storage: Storage, shard: str, grounded: int, judged: pl.DataFrame) -> dict:
-    matched = storage.read_table("matched_pairs", shard).height
-    never = storage.read_rejects("instantiated_pairs", shard).filter(
+    matched = storage.read_table(MATCHED_PAIRS, shard).height
+    never = storage.read_rejects(INSTANTIATED_PAIRS.name, shard).filter(
         pl.col("reason").is_in(NOT_INSTANTIATED)
     )
     return {
@@ -330,7 +309,7 @@ def _funnel_counts(storage: Storage, shard: str, grounded: int, judged: pl.DataF
 
 @dg.asset(
     partitions_def=doc_shards,
-    deps=["documents"],
+    deps=keys(DOCUMENTS),
     group_name="synthesis",
     kinds={"polars", "parquet"},
     code_version="1",
@@ -352,7 +331,7 @@ def continuations(
 def _continue_shard(
     context: dg.AssetExecutionContext, shard: str, storage: Storage, continuer: Continuer
 ) -> dg.MaterializeResult:
-    docs = storage.read_table("documents", shard).select("doc_id", "source", "line", "text")
+    docs = storage.read_table(DOCUMENTS, shard).select("doc_id", "source", "line", "text")
     halves = [
         (doc_id, *halving.halve(text)) for doc_id, text in docs.select("doc_id", "text").iter_rows()
     ]
@@ -391,10 +370,10 @@ def _continue_shard(
                 "model": continuer.model_name,
             }
         )
-    frame = pl.DataFrame(rows, schema=CONTINUATIONS_SCHEMA)
+    frame = CONTINUATIONS.frame(rows)
     return write_stage(
         storage,
-        "continuations",
+        CONTINUATIONS,
         shard,
         frame,
         rejects,

@@ -20,24 +20,15 @@ from fi_method.templating.instruction_templates import collect_templates
 from fi_resources.embedder import Embedder
 from fi_resources.roles import Genericizer
 from fi_resources.storage import Storage
+from fi_resources.tables import INSTRUCTION_TEMPLATES, RAW_QUERIES, keys
 from fi_resources.template_index import METRIC, TemplateIndex, table_name_for
 
-TEMPLATES_SCHEMA = {
-    "template_id": pl.String,
-    "query_id": pl.String,
-    "query": pl.String,
-    "template": pl.String,
-    "compatible_document_description": pl.String,
-    "n_tags": pl.Int64,
-    "engine": pl.String,
-    "model": pl.String,
-}
 INDEX_COLUMNS = ["template_id", "query_id", "template", "compatible_document_description", "n_tags"]
 
 
 @dg.asset(
     partitions_def=query_shards,
-    deps=["raw_queries"],
+    deps=keys(RAW_QUERIES),
     group_name="queries",
     kinds={"polars", "parquet"},
     code_version="1",
@@ -50,7 +41,7 @@ INDEX_COLUMNS = ["template_id", "query_id", "template", "compatible_document_des
 def instruction_templates(
     context: dg.AssetExecutionContext, storage: Storage, genericizer: Genericizer
 ) -> dg.MaterializeResult:
-    queries = storage.read_table("raw_queries", context.partition_key).to_dicts()
+    queries = storage.read_table(RAW_QUERIES, context.partition_key).to_dicts()
     context.log.info(f"genericizing {len(queries)} queries with {genericizer.label}")
 
     calls = genericizer.call(
@@ -61,11 +52,11 @@ def instruction_templates(
     kept, rejects = collect_templates(
         queries, calls.outputs, genericizer.engine, genericizer.model_name
     )
-    frame = pl.DataFrame(kept, schema=TEMPLATES_SCHEMA)
+    frame = INSTRUCTION_TEMPLATES.frame(kept)
     tags = frame.group_by("n_tags").len().sort("n_tags")
     return write_stage(
         storage,
-        "instruction_templates",
+        INSTRUCTION_TEMPLATES,
         context.partition_key,
         frame,
         rejects,
@@ -86,7 +77,7 @@ def instruction_templates(
 
 @dg.asset(
     partitions_def=query_shards,
-    deps=["instruction_templates"],
+    deps=keys(INSTRUCTION_TEMPLATES),
     group_name="queries",
     kinds={"lancedb", "sentence_transformers"},
     code_version="1",
@@ -105,7 +96,7 @@ def template_index(
 def _index_shard(
     shard: str, storage: Storage, embedder: Embedder, index: TemplateIndex
 ) -> dg.MaterializeResult:
-    templates = storage.read_table("instruction_templates", shard).select(INDEX_COLUMNS)
+    templates = storage.read_table(INSTRUCTION_TEMPLATES, shard).select(INDEX_COLUMNS)
     table = table_name_for(embedder.model)
     descriptions = templates["compatible_document_description"].to_list()
     # An edited shard keeps most of its templates: embed only descriptions not stored yet.

@@ -24,18 +24,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from fi_resources.model_calls import CACHE_FILE, ModelCallCache, open_model_call_cache
-
-REJECTS = "rejects"
-
-REJECT_SCHEMA = {
-    "stage": pl.String,
-    "shard": pl.String,
-    "source": pl.String,
-    "line": pl.Int64,
-    "item_id": pl.String,
-    "reason": pl.String,
-    "detail": pl.String,
-}
+from fi_resources.tables import REJECTS, Table
 
 _PARTITION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -56,9 +45,7 @@ def check_partition_name(name: str) -> str:
 
 def rejects_frame(rows: list[dict]) -> pl.DataFrame:
     """Rows of the rejects table, typed, even when there are none."""
-    return pl.DataFrame(
-        [{key: row.get(key) for key in REJECT_SCHEMA} for row in rows], schema=REJECT_SCHEMA
-    )
+    return REJECTS.frame({key: row.get(key) for key in REJECTS.schema} for row in rows)
 
 
 class Storage(ConfigurableResource):
@@ -101,37 +88,41 @@ class Storage(ConfigurableResource):
     def inbox_dir(self, kind: str) -> Path:
         return self.root / "inbox" / kind
 
-    def table_path(self, table: str, partition: str) -> Path:
-        return self.tables_dir / table / f"{check_partition_name(partition)}.parquet"
+    def table_path(self, table: Table, partition: str) -> Path:
+        return self.tables_dir / table.name / f"{check_partition_name(partition)}.parquet"
 
     def rejects_path(self, stage: str, partition: str) -> Path:
-        return self.tables_dir / REJECTS / stage / f"{check_partition_name(partition)}.parquet"
+        return self.tables_dir / REJECTS.name / stage / f"{check_partition_name(partition)}.parquet"
 
-    def write_table(self, table: str, partition: str, frame: pl.DataFrame) -> Path:
-        """Replace one partition of a table. The file appears whole or not at all: it is written
-        under a temporary name beside its destination and renamed over it."""
-        return _write_atomically(frame, self.table_path(table, partition))
+    def write_table(self, table: Table, partition: str, frame: pl.DataFrame) -> Path:
+        """Replace one partition of a table with `frame`, which must have the table's declared
+        columns (fi_resources.tables). The file appears whole or not at all: it is written under a
+        temporary name beside its destination and renamed over it."""
+        return _write_atomically(table.check(frame), self.table_path(table, partition))
 
     def write_rejects(self, stage: str, partition: str, rows: list[dict]) -> Path:
         """Replace the rejects a stage recorded for one partition (an empty file when none, so a
         rerun that rejects nothing clears the previous run's rejects)."""
         return _write_atomically(rejects_frame(rows), self.rejects_path(stage, partition))
 
-    def delete_partition(self, tables: list[str], partition: str) -> int:
+    def delete_partition(self, tables: list[Table], partition: str) -> int:
         """Delete one partition of `tables` and the rejects their stages recorded for it; returns
         how many files were removed."""
         paths = [self.table_path(t, partition) for t in tables]
-        paths += [self.rejects_path(t, partition) for t in tables]
-        removed = [p for p in paths if p.exists()]
-        for path in removed:
-            path.unlink()
-        return len(removed)
+        paths += [self.rejects_path(t.name, partition) for t in tables]
+        return _delete_existing(paths)
 
-    def read_table(self, table: str, partition: str) -> pl.DataFrame:
+    def delete_rejects(self, stage: str, partition: str) -> int:
+        """Delete the rejects `stage` recorded for one partition; returns 1 if there were some."""
+        return _delete_existing([self.rejects_path(stage, partition)])
+
+    def read_table(self, table: Table, partition: str) -> pl.DataFrame:
+        """One partition of a table; raises FileNotFoundError naming the asset to materialize."""
         path = self.table_path(table, partition)
         if not path.exists():
             raise FileNotFoundError(
-                f"{path} does not exist: materialize {table}[{partition}] first"
+                f"{path} does not exist: materialize {table.key.to_user_string()}[{partition}] "
+                "first"
             )
         return pl.read_parquet(path)
 
@@ -140,9 +131,9 @@ class Storage(ConfigurableResource):
         path = self.rejects_path(stage, partition)
         return pl.read_parquet(path) if path.exists() else rejects_frame([])
 
-    def read_all(self, table: str) -> pl.DataFrame | None:
+    def read_all(self, table: Table) -> pl.DataFrame | None:
         """Every partition of a table, or None when none is written yet."""
-        files = sorted((self.tables_dir / table).glob("*.parquet"))
+        files = sorted((self.tables_dir / table.name).glob("*.parquet"))
         return (
             pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
             if files
@@ -159,13 +150,13 @@ class Storage(ConfigurableResource):
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB with one view per table (named after the asset) over all its
-        partitions, with a `shard` column naming each row's partition, plus `rejects` over every stage's rejects and `model_calls` over the call
-        cache."""
+        partitions, with a `shard` column naming each row's partition, plus `rejects` over every
+        stage's rejects and `model_calls` over the call cache."""
         connection = duckdb.connect()
         if self.model_calls_url or (self.root / CACHE_FILE).exists():
             connection.register("model_calls", self.model_calls.frame().to_arrow())
         for table in self.table_names():
-            if table == REJECTS:
+            if table == REJECTS.name:
                 files = (self.tables_dir / table / "*/*.parquet").as_posix().replace("'", "''")
                 source = f"read_parquet('{files}', union_by_name = true)"
                 connection.execute(f'CREATE VIEW "{table}" AS SELECT * FROM {source}')
@@ -178,6 +169,13 @@ class Storage(ConfigurableResource):
                 f"regexp_extract(filename, '([^/]+)[.]parquet$', 1) AS shard FROM {source}"
             )
         return connection
+
+
+def _delete_existing(paths: list[Path]) -> int:
+    removed = [path for path in paths if path.exists()]
+    for path in removed:
+        path.unlink()
+    return len(removed)
 
 
 def _write_atomically(frame: pl.DataFrame, path: Path) -> Path:

@@ -11,6 +11,7 @@ from dagster._core.storage.tags import (
 from fi_assets.definitions import build_definitions
 from fi_assets.ingestion import ingest_shard
 from fi_method.samples import wikipedia_articles
+from fi_resources import tables
 from fi_resources.settings import get_settings
 
 
@@ -45,5 +46,5 @@ def test_document_chunks_backfill_runs_two_shards_in_one_step(fi_home, tmp_path)
         materialized = {e.partition for e in result.get_asset_materialization_events()}
         assert materialized == {"d1", "d2"}
         for shard in ("d1", "d2"):
-            chunks = storage.read_table("document_chunks", shard)
+            chunks = storage.read_table(tables.DOCUMENT_CHUNKS, shard)
             assert chunks.height >= 1 and chunks["vectors"].dtype.shape[0] == 6

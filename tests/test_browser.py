@@ -4,6 +4,7 @@ the UI and followed to success, with screenshots. Skipped, saying why, where Chr
 Playwright is missing (`.ci/run` installs Chromium, so CI always runs it). Set FI_SCREENSHOTS to a
 folder to keep the screenshots."""
 
+import contextlib
 import json
 import os
 import re
@@ -13,9 +14,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import psutil
 import pytest
 from typer.testing import CliRunner
 
@@ -35,10 +38,17 @@ SERVER_START_S = 120
 RUN_TIMEOUT_S = 180
 
 
+@dataclass
+class Served:
+    base: str
+    server: subprocess.Popen
+    log: Path
+
+
 @pytest.fixture
 def ui(fi_home, tmp_path, free_port):
-    """`fi ui` serving a data root with one ingested query shard; its whole process group is
-    killed afterwards, by PID."""
+    """`fi ui` serving a data root with one ingested query shard; whatever is left of its process
+    group is killed afterwards, by PID."""
     queries = tmp_path / f"{SHARD}.jsonl"
     queries.write_text(
         "".join(
@@ -73,9 +83,13 @@ def ui(fi_home, tmp_path, free_port):
                         f"the UI did not start: {(tmp_path / 'ui.log').read_text()[-2000:]}"
                     )
                 time.sleep(1)
-        yield base
+        yield Served(base, server, tmp_path / "ui.log")
     finally:
-        os.killpg(server.pid, signal.SIGKILL)
+        if server.poll() is None:
+            leftovers = psutil.Process(server.pid).children(recursive=True)
+            for process in [psutil.Process(server.pid), *leftovers]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
         server.wait(timeout=30)
         log.close()
 
@@ -91,6 +105,7 @@ def _dismiss_welcome(page) -> None:
 
 
 def test_the_ui_shows_the_graph_and_materializes_a_partition(ui, fi_home, tmp_path):
+    served, ui = ui, ui.base
     shots = Path(os.environ.get("FI_SCREENSHOTS", tmp_path / "screenshots"))
     shots.mkdir(parents=True, exist_ok=True)
     with playwright.sync_playwright() as driver:
@@ -134,3 +149,18 @@ def test_the_ui_shows_the_graph_and_materializes_a_partition(ui, fi_home, tmp_pa
         "materialize_partition.png",
         "run_succeeded.png",
     ]
+    _stops_on_sigterm(served)
+
+
+def _stops_on_sigterm(served: Served) -> None:
+    """`fi ui` stopped as a service manager stops it, by SIGTERM to its own PID, takes dg dev, the
+    webserver and the daemon with it; and dg did not warn about the virtual environment."""
+    started = psutil.Process(served.server.pid).children(recursive=True)
+    assert any("dagster" in " ".join(p.cmdline()) for p in started), "no webserver was found"
+    served.server.send_signal(signal.SIGTERM)
+    served.server.wait(timeout=60)
+    _, alive = psutil.wait_procs(started, timeout=30)
+    assert alive == [], f"processes of fi ui outlived it: {[p.cmdline() for p in alive]}"
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{served.base}/server_info", timeout=5)
+    assert "does not match the virtual environment" not in served.log.read_text()

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from fi_assets.cli import app
 from fi_method.samples import wikipedia_articles, write_sample
+from fi_resources import tables
 from fi_resources.instance import open_instance
 from fi_resources.storage import Storage
 
@@ -43,7 +44,7 @@ def test_an_eval_question_in_a_document_blocks_what_would_train_on_it(fi_home, t
     assert not (fi_home / "checkpoints" / "standard").exists()
 
     # The rows are there to audit; the UI shows the failed check with the offending sample.
-    assert Storage(home=str(fi_home)).read_table("packed_corpus", "leaky.standard").height == 1
+    assert Storage(home=str(fi_home)).read_table(tables.PACKED_CORPUS, "leaky.standard").height == 1
     key = dg.AssetCheckKey(dg.AssetKey("packed_corpus"), "no_eval_items_in_training_data")
     history = open_instance(fi_home).event_log_storage.get_asset_check_execution_history(
         key, limit=10

@@ -16,6 +16,7 @@ import pytest
 
 from fi_assets.definitions import build_definitions
 from fi_assets.ingestion import ingest_shard
+from fi_resources import tables
 from fi_resources.engines import ServerError
 from fi_resources.model_calls import open_model_call_cache
 from fi_resources.roles import Genericizer
@@ -130,7 +131,7 @@ def test_a_role_end_to_end_through_a_real_server(fi_home, tmp_path, monkeypatch,
         assert metadata["model_prompt_tokens"].value > 4 * 50
         assert 4 <= metadata["model_completion_tokens"].value <= 4 * 32
         # Every answer is a template or a reject with its reason (48 tokens cut many JSONs).
-        templates = storage.read_table("instruction_templates", "q1")
+        templates = storage.read_table(tables.INSTRUCTION_TEMPLATES, "q1")
         rejects = storage.read_rejects("instruction_templates", "q1")
         assert templates.height + rejects.height == 4
         assert all(rejects["reason"])
@@ -196,7 +197,7 @@ def test_an_unreachable_server_fails_clearly_and_writes_nothing(
         assert not result.success
         failure = step_failure(result)
         assert f"cannot reach {url}" in failure and "FI_OPENAI_BASE_URL" in failure
-    assert not storage.table_path("instruction_templates", "q1").exists()
+    assert not storage.table_path(tables.INSTRUCTION_TEMPLATES, "q1").exists()
     assert open_model_call_cache(fi_home).frame().height == 0
 
 
@@ -220,7 +221,7 @@ def test_a_401_names_the_key_setting_and_writes_nothing(
             failure = step_failure(result)
             assert f"{gateway.url} answered HTTP 401" in failure
             assert "FI_OPENAI_API_KEY" in failure and "sk-wrong" not in failure
-            assert not storage.table_path("instruction_templates", "q1").exists()
+            assert not storage.table_path(tables.INSTRUCTION_TEMPLATES, "q1").exists()
             assert open_model_call_cache(fi_home).frame().height == 0
 
             # With the right key the same gateway lets the request through to the model.

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from fi_assets.cli import app
 from fi_method.samples import wikipedia_articles, write_sample
+from fi_resources import tables
 from fi_resources.instance import open_instance
 from fi_resources.settings import get_settings
 from fi_resources.storage import Storage
@@ -60,9 +61,9 @@ def test_four_document_shards_at_once_on_postgres(fi_home, tmp_path, monkeypatch
             assert len(records) == 1, (asset, shard)
     storage = Storage.from_settings(get_settings())
     assert not (fi_home / "model_calls.sqlite").exists()
-    pairs = storage.read_all("instantiated_pairs")
-    judged = storage.read_all("judged_pairs")
-    assert storage.read_all("documents").height == SHARDS
+    pairs = storage.read_all(tables.INSTANTIATED_PAIRS)
+    judged = storage.read_all(tables.JUDGED_PAIRS)
+    assert storage.read_all(tables.DOCUMENTS).height == SHARDS
     assert pairs["pair_id"].n_unique() == pairs.height == judged.height
     assert set(pairs["pair_id"]) == set(judged["pair_id"])
     cached = storage.connect().execute(

@@ -14,6 +14,7 @@ from fi_assets.documents import documents
 from fi_assets.ingestion import ingest_shard
 from fi_assets.queries import QueryFilterConfig, raw_queries
 from fi_method.samples import wikipedia_articles
+from fi_resources import tables
 from fi_resources.models import MINILM, sentence_transformer_source
 from fi_resources.settings import get_settings
 from fi_resources.storage import Storage
@@ -58,7 +59,7 @@ def test_raw_queries_and_documents_called_directly(fi_home, queries_file, docume
     ingest_shard(storage, "documents", str(documents_file), "d1")
 
     result = raw_queries(dg.build_asset_context(partition_key="q1"), QueryFilterConfig(), storage)
-    kept = storage.read_table("raw_queries", "q1")
+    kept = storage.read_table(tables.RAW_QUERIES, "q1")
     assert kept.height == 4 and result.metadata["dagster/row_count"] == 4
     columns = {c.name: c.type for c in result.metadata["dagster/column_schema"].columns}
     assert columns == {name: str(dtype) for name, dtype in kept.schema.items()}
@@ -71,7 +72,7 @@ def test_raw_queries_and_documents_called_directly(fi_home, queries_file, docume
     assert result.data_version is not None
 
     documents(dg.build_asset_context(partition_key="d1"), storage)
-    docs = storage.read_table("documents", "d1")
+    docs = storage.read_table(tables.DOCUMENTS, "d1")
     assert docs.height == 3 and set(docs["language"]) == {"en"}
     assert docs["doc_id"].n_unique() == 3
 
@@ -89,7 +90,7 @@ def test_materialize_on_a_test_instance_is_idempotent(fi_home, queries_file):
             assets, selection=selection, partition_key="q1", instance=instance, resources=resources
         )
         assert first.success
-        templates = storage.read_table("instruction_templates", "q1")
+        templates = storage.read_table(tables.INSTRUCTION_TEMPLATES, "q1")
         assert templates.height >= 3
         assert set(templates["engine"]) == {"rules"}
         index = TemplateIndex(uri=str(storage.lancedb_dir))

@@ -4,13 +4,21 @@ import polars as pl
 import pytest
 
 from fi_resources.storage import Storage, StorageLayoutError
+from fi_resources.tables import RAW_QUERIES, TableSchemaError
+
+
+def _queries(*texts: str) -> pl.DataFrame:
+    return RAW_QUERIES.frame(
+        {"query_id": str(i), "query": text, "n_words": len(text.split())}
+        for i, text in enumerate(texts)
+    )
 
 
 def test_a_crash_mid_write_keeps_the_previous_partition_and_leaves_no_temporary(
     tmp_path, monkeypatch
 ):
     storage = Storage(home=str(tmp_path))
-    path = storage.write_table("raw_queries", "s1", pl.DataFrame({"query": ["old"]}))
+    path = storage.write_table(RAW_QUERIES, "s1", _queries("old"))
 
     def crash(self, file, *args, **kwargs):
         with open(file, "wb") as handle:
@@ -19,7 +27,7 @@ def test_a_crash_mid_write_keeps_the_previous_partition_and_leaves_no_temporary(
 
     monkeypatch.setattr(pl.DataFrame, "write_parquet", crash)
     with pytest.raises(OSError, match="disk full"):
-        storage.write_table("raw_queries", "s1", pl.DataFrame({"query": ["new"]}))
+        storage.write_table(RAW_QUERIES, "s1", _queries("new"))
     monkeypatch.undo()
     assert pl.read_parquet(path)["query"].to_list() == ["old"]
     assert [p.name for p in path.parent.iterdir()] == ["s1.parquet"]
@@ -27,8 +35,8 @@ def test_a_crash_mid_write_keeps_the_previous_partition_and_leaves_no_temporary(
 
 def test_sql_views_and_rejects(tmp_path):
     storage = Storage(home=str(tmp_path))
-    storage.write_table("raw_queries", "a", pl.DataFrame({"query_id": ["1", "2"]}))
-    storage.write_table("raw_queries", "b", pl.DataFrame({"query_id": ["3"]}))
+    storage.write_table(RAW_QUERIES, "a", _queries("one", "two"))
+    storage.write_table(RAW_QUERIES, "b", _queries("three"))
     storage.write_rejects(
         "raw_queries",
         "a",
@@ -45,4 +53,25 @@ def test_sql_views_and_rejects(tmp_path):
 @pytest.mark.parametrize("name", ["../escape", "a b", "", "-leading", "x" * 101])
 def test_unsafe_shard_names_are_refused(tmp_path, name):
     with pytest.raises(StorageLayoutError, match="invalid shard name"):
-        Storage(home=str(tmp_path)).table_path("raw_queries", name)
+        Storage(home=str(tmp_path)).table_path(RAW_QUERIES, name)
+
+
+def test_a_frame_unlike_its_declaration_is_not_written(tmp_path):
+    """A stage that renamed a column, dropped one, or changed a type fails at its write, naming
+    each difference, and the partition on disk stays as it was."""
+    storage = Storage(home=str(tmp_path))
+    path = storage.write_table(RAW_QUERIES, "s1", _queries("kept"))
+    renamed = _queries("new").rename({"query": "text"})
+    with pytest.raises(TableSchemaError) as error:
+        storage.write_table(RAW_QUERIES, "s1", renamed)
+    assert "missing column 'query'" in str(error.value)
+    assert "undeclared column 'text'" in str(error.value)
+    retyped = _queries("new").with_columns(pl.col("n_words").cast(pl.Float64))
+    with pytest.raises(TableSchemaError, match="'n_words' is Float64, declared Int64"):
+        storage.write_table(RAW_QUERIES, "s1", retyped)
+    assert pl.read_parquet(path)["query"].to_list() == ["kept"]
+
+
+def test_reading_a_partition_never_written_names_the_asset_to_materialize(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"materialize raw_queries\[s9\] first"):
+        Storage(home=str(tmp_path)).read_table(RAW_QUERIES, "s9")

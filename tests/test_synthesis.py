@@ -22,6 +22,7 @@ from fi_assets.cli import app
 from fi_assets.definitions import build_definitions
 from fi_assets.training import document_tokens
 from fi_method.samples import wikipedia_articles, write_sample
+from fi_resources import tables
 from fi_resources.instance import open_instance
 from fi_resources.models import SMOLLM2
 from fi_resources.settings import get_settings
@@ -63,7 +64,7 @@ def test_pairs_are_judged_traced_and_never_paid_twice(matched, monkeypatch):
     assert result.exit_code == 1, result.output
     assert "wiki|fineinstructions: packed_corpus" in result.output
     assert "check recipes_agree_on_tokens: FAILED (blocking)" in result.output
-    packed = Storage(home=str(matched)).read_all("packed_corpus")
+    packed = Storage(home=str(matched)).read_all(tables.PACKED_CORPUS)
     tokens = dict(packed.group_by("recipe").agg(pl.col("n_tokens").sum()).iter_rows())
     assert 0 < tokens["fineinstructions"] < 0.98 * tokens["standard"]
     # The rest of this test is about synthesis: a looser parity lets packing through.
@@ -72,8 +73,8 @@ def test_pairs_are_judged_traced_and_never_paid_twice(matched, monkeypatch):
     result = runner.invoke(app, ["materialize", "packed_corpus"])
     assert result.exit_code == 0, result.output
     storage = Storage(home=str(matched))
-    pairs = storage.read_table("instantiated_pairs", "wiki")
-    judged = storage.read_table("judged_pairs", "wiki")
+    pairs = storage.read_table(tables.INSTANTIATED_PAIRS, "wiki")
+    judged = storage.read_table(tables.JUDGED_PAIRS, "wiki")
     assert pairs.height > 0 and set(judged["pair_id"]) == set(pairs["pair_id"])
     assert pairs["excerpt_ratio"].min() >= 0.8
     assert not pairs["instruction"].str.contains("<fi>").any()
@@ -82,7 +83,7 @@ def test_pairs_are_judged_traced_and_never_paid_twice(matched, monkeypatch):
 
     # The funnel in the judged_pairs metadata adds up, and every drop is in rejects with a reason.
     meta = latest_metadata(matched, "judged_pairs")
-    matched_count = storage.read_table("matched_pairs", "wiki").height
+    matched_count = storage.read_table(tables.MATCHED_PAIRS, "wiki").height
     assert meta["funnel_matched"] == matched_count
     assert meta["funnel_grounded"] == pairs.height == meta["funnel_judged"]
     assert meta["funnel_kept"] == judged["kept"].sum()
@@ -96,7 +97,7 @@ def test_pairs_are_judged_traced_and_never_paid_twice(matched, monkeypatch):
     assert "| kept |" in meta["funnel"]
 
     # Continuations: the teacher-free variant halves each document.
-    halves = storage.read_table("continuations", "wiki")
+    halves = storage.read_table(tables.CONTINUATIONS, "wiki")
     assert halves.height == DOCUMENTS and set(halves["variant"]) == {"teacher_free"}
 
     calls = runner.invoke(app, ["sql", "select role, count(*) from model_calls group by 1"])
@@ -117,14 +118,14 @@ def test_pairs_are_judged_traced_and_never_paid_twice(matched, monkeypatch):
     for asset, total in (("instantiated_pairs", matched_count), ("judged_pairs", pairs.height)):
         meta = latest_metadata(matched, asset)
         assert (meta["model_calls_made"], meta["model_calls_cached"]) == (0, total)
-    assert storage.read_table("instantiated_pairs", "wiki").equals(pairs)
+    assert storage.read_table(tables.INSTANTIATED_PAIRS, "wiki").equals(pairs)
 
     # Lineage of a kept pair, by a prefix of its id.
     pair_id = judged.sort("score", "pair_id", descending=[True, False])["pair_id"][0]
     shown = runner.invoke(app, ["lineage", pair_id[:10]])
     assert shown.exit_code == 0, shown.output
     row = pairs.filter(pairs["pair_id"] == pair_id).row(0, named=True)
-    template = storage.read_all("instruction_templates").filter(
+    template = storage.read_all(tables.INSTRUCTION_TEMPLATES).filter(
         template_id=row["template_id"], query_id=row["query_id"]
     )
     for expected in (pair_id, row["instruction"], template["template"][0], template["query"][0]):
@@ -133,14 +134,14 @@ def test_pairs_are_judged_traced_and_never_paid_twice(matched, monkeypatch):
     assert runner.invoke(app, ["lineage", "nope"]).exit_code == 1
 
     # Packing: three recipes of the shard, none with more tokens than the documents themselves.
-    packed = storage.read_all("packed_corpus")
+    packed = storage.read_all(tables.PACKED_CORPUS)
     tokens = dict(packed.group_by("recipe").agg(pl.col("n_tokens").sum()).iter_rows())
     assert set(tokens) == {"standard", "fineinstructions", "non_instructional"}
     assert max(tokens.values()) == tokens["standard"]
     kept_pairs = set(judged.filter("kept")["pair_id"])
     assert set(packed.filter(recipe="fineinstructions")["sample_id"]) <= kept_pairs
     assert runner.invoke(app, ["remove", "documents", "wiki"]).exit_code == 0
-    assert storage.read_all("packed_corpus") is None
+    assert storage.read_all(tables.PACKED_CORPUS) is None
 
 
 def _calls_made(fi_home, role: str) -> int:
@@ -154,7 +155,7 @@ def _calls_made(fi_home, role: str) -> int:
 
 
 def test_a_step_killed_mid_partition_resumes_from_the_calls_it_made(matched):
-    matched_count = Storage(home=str(matched)).read_table("matched_pairs", "wiki").height
+    matched_count = Storage(home=str(matched)).read_table(tables.MATCHED_PAIRS, "wiki").height
     table = matched / "tables" / "instantiated_pairs" / "wiki.parquet"
     # One call per batch: every answered call is committed before the next starts.
     environment = {**os.environ, "FI_HOME": str(matched), "FI_RULES_BATCH_SIZE": "1"}
@@ -205,7 +206,7 @@ def test_a_recipe_trains_is_evaluated_and_exported(matched, tmp_path, monkeypatc
     assert runner.invoke(app, ["materialize", "packed_corpus"]).exit_code == 0
     # By default every recipe trains on the standard corpus's tokens, as packing recorded them.
     instance = open_instance(matched)
-    standard = Storage(home=str(matched)).read_table("packed_corpus", "wiki.standard")
+    standard = Storage(home=str(matched)).read_table(tables.PACKED_CORPUS, "wiki.standard")
     for recipe in ("standard", "fineinstructions"):
         assert document_tokens(instance, ["wiki"], recipe) == standard["n_tokens"].sum()
     # Here 15 steps of 4 x 256 tokens.
@@ -239,10 +240,10 @@ def test_a_recipe_trains_is_evaluated_and_exported(matched, tmp_path, monkeypatc
     storage = Storage(home=str(matched))
     scores = {
         (row["benchmark"], row["metric"]): row
-        for row in storage.read_all("eval_scores").iter_rows(named=True)
+        for row in storage.read_all(tables.EVAL_SCORES).iter_rows(named=True)
     }
     nll = scores[("heldout_nll", "answer_nll")]
-    grounded = storage.read_table("instantiated_pairs", "heldout").height
+    grounded = storage.read_table(tables.INSTANTIATED_PAIRS, "heldout").height
     assert nll["n_items"] == grounded > 0 and 0 < nll["value"] < 13
     assert scores[("heldout_nll", "answer_perplexity")]["value"] == pytest.approx(
         math.exp(nll["value"])
@@ -253,7 +254,7 @@ def test_a_recipe_trains_is_evaluated_and_exported(matched, tmp_path, monkeypatc
     assert scores[("mixeval", "overall")]["n_items"] == 6
     alpaca = scores[("alpaca_eval", "lc_win_rate")]
     assert alpaca["value"] is None and alpaca["judge"] == "needs an LLM judge"
-    answers = storage.read_all("eval_generations")
+    answers = storage.read_all(tables.EVAL_GENERATIONS)
     assert answers.filter(benchmark="alpaca_eval")["response"].len() == 3
     assert answers.filter(benchmark="mixeval")["score"].is_not_null().all()
 
@@ -278,7 +279,7 @@ def test_a_recipe_trains_is_evaluated_and_exported(matched, tmp_path, monkeypatc
     assert _materialize(judged_defs, instance, "eval_scores", key, config).success
     meta = latest_metadata(matched, "eval_scores")
     assert meta["candidate_model_calls_made"] == 0 and meta["judge_model_calls_made"] == 3
-    alpaca = storage.read_table("eval_scores", "standard.alpaca_eval").to_dicts()
+    alpaca = storage.read_table(tables.EVAL_SCORES, "standard.alpaca_eval").to_dicts()
     assert {row["judge"] for row in alpaca} == {f"transformers:{SMOLLM2}"}
     for row in alpaca:
         assert (row["value"] is not None and 0 <= row["value"] <= 100) or "no judge output" in (
@@ -302,7 +303,7 @@ def test_a_recipe_trains_is_evaluated_and_exported(matched, tmp_path, monkeypatc
         "synthetic_token_count",
         "judge_score",
     ]
-    packed = storage.read_table("packed_corpus", "wiki.fineinstructions")
+    packed = storage.read_table(tables.PACKED_CORPUS, "wiki.fineinstructions")
     assert dataset.num_rows == packed.height > 0
     assert sum(dataset["synthetic_token_count"]) == packed["n_tokens"].sum()
     assert all(score >= 4 for score in dataset["judge_score"])

@@ -138,12 +138,14 @@ TABLE_READERS = {"read_table", "read_all", "table_path", "read_rejects"}
 
 
 def tables_read_by_function() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
-    """For every function in fi_assets (nested ones too): the tables it names in a Storage read,
+    """For every function in fi_assets (nested ones too): the assets whose tables it names in a
+    Storage read (`read_table(DOCUMENTS, ...)`, `read_rejects(INSTANTIATED_PAIRS.name, ...)`),
     and the names of the functions it calls or passes on."""
     import ast
     from pathlib import Path
 
     import fi_assets
+    from fi_resources import tables
 
     reads: dict[str, set[str]] = {}
     calls: dict[str, set[str]] = {}
@@ -157,8 +159,11 @@ def tables_read_by_function() -> tuple[dict[str, set[str]], dict[str, set[str]]]
                 named = node.func
                 first = node.args[0] if node.args else None
                 reads_a_table = isinstance(named, ast.Attribute) and named.attr in TABLE_READERS
-                if reads_a_table and isinstance(first, ast.Constant):
-                    reads.setdefault(function.name, set()).add(first.value)
+                if isinstance(first, ast.Attribute):
+                    first = first.value
+                if reads_a_table and isinstance(first, ast.Name):
+                    table = getattr(tables, first.id)
+                    reads.setdefault(function.name, set()).add(table.key.to_user_string())
                 for called in [named, *node.args]:
                     if isinstance(called, ast.Name):
                         calls.setdefault(function.name, set()).add(called.id)
@@ -196,3 +201,12 @@ def test_every_table_an_asset_reads_is_a_dependency_of_it():
             undeclared[asset] = sorted(missing)
     assert undeclared == {}
     assert checked >= 10, "the scan found the assets' reads"
+
+
+def test_every_declared_table_is_written_by_an_asset_of_the_graph():
+    from fi_resources.tables import REJECTS, TABLES
+
+    graph = build_definitions(get_settings()).resolve_asset_graph()
+    assets = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    writers = {table.name: table.key.to_user_string() for table in TABLES if table is not REJECTS}
+    assert {name: writer for name, writer in writers.items() if writer not in assets} == {}

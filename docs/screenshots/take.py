@@ -51,7 +51,6 @@ def main() -> None:
         env=environment,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -84,8 +83,9 @@ def main() -> None:
                 print(f"saved {name}")
             browser.close()
     finally:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=30)
+        # fi ui stops dg dev, the webserver and the daemon with it.
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import shutil
@@ -21,6 +22,7 @@ ingest_app = typer.Typer(no_args_is_help=True, help="Register a file or dataset 
 app.add_typer(ingest_app, name="ingest")
 
 SOURCE_HELP = "JSONL, JSON, Parquet or CSV file, or hf:NAME[@SPLIT] for a Hugging Face dataset"
+UI_STOP_GRACE_S = 20.0  # how long dg dev gets to stop its webserver and daemon
 SHARD_HELP = "shard (partition) name; default: the file name without extension"
 
 
@@ -91,43 +93,21 @@ def remove(
 ) -> None:
     """Remove a shard: its partition, every table partition and rejects derived from it, and its
     templates in the LanceDB index. `fi materialize` then re-runs what read it."""
-    import dagster as dg
-
-    from fi_assets.cli.planning import keys_along
-    from fi_assets.definitions import build_definitions
     from fi_assets.ingestion import PARTITIONS
-    from fi_assets.partitions import storage_partition
-    from fi_resources.instance import open_instance
+    from fi_assets.maintenance import UnknownShardError, remove_shard
 
     if kind not in PARTITIONS:
         typer.secho("error: KIND is queries or documents", fg="red", err=True)
         raise typer.Exit(2)
-    settings = _settings()
-    instance = open_instance(settings.home)
-    partitions = PARTITIONS[kind]
-    if not instance.has_dynamic_partition(partitions.name, shard):
-        typer.secho(f"error: no {kind} shard {shard!r}", fg="red", err=True)
-        raise typer.Exit(1)
-    defs = build_definitions(settings)
-    graph = defs.resolve_asset_graph()
-    tables = [
-        key.to_user_string()
-        for key in graph.get_all_asset_keys()
-        if graph.get(key).partitions_def == partitions
-    ]
-    storage = defs.resources["storage"]
-    files = storage.delete_partition([*tables, f"ingest_{kind}"], shard)
-    for key in graph.get_all_asset_keys():
-        multi = graph.get(key).partitions_def
-        if isinstance(multi, dg.MultiPartitionsDefinition):
-            # packed_corpus[shard|recipe]: every partition of the shard, whatever the recipe.
-            for partition in keys_along(instance, multi, partitions, shard):
-                files += storage.delete_partition(
-                    [key.to_user_string()], storage_partition(partition)
-                )
-    vectors = defs.resources["index"].delete_shard(shard) if kind == "queries" else 0
-    instance.delete_dynamic_partition(partitions.name, shard)
-    typer.echo(f"removed {kind} shard {shard}: {files} table files, {vectors} template vectors")
+    try:
+        removed = remove_shard(_settings(), kind, shard)
+    except UnknownShardError as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(1) from error
+    typer.echo(
+        f"removed {kind} shard {shard}: {removed.files} table files, "
+        f"{removed.template_vectors} template vectors"
+    )
 
 
 @app.command()
@@ -342,39 +322,21 @@ def calibrate(
 ) -> None:
     """Propose a similarity threshold for the configured embedder from the materialized document
     chunks and template index: the (1 - share) quantile of each vector's best template match."""
-    import polars as pl
-
-    from fi_assets.definitions import build_resources
-    from fi_assets.matching import chunk_vectors
-    from fi_method.retrieval.matching import propose_threshold
-    from fi_resources.template_index import table_name_for
+    from fi_assets.maintenance import propose_similarity_threshold
 
     settings = _settings()
-    resources = build_resources(settings)
-    chunks = resources["storage"].read_all("document_chunks")
-    if chunks is None:
-        typer.secho("error: no document_chunks yet: run fi materialize first", fg="red", err=True)
-        raise typer.Exit(1)
-    chunks = chunks.sample(min(sample, chunks.height), seed=0) if chunks.height > sample else chunks
-    vectors = chunk_vectors(chunks)
-    hits = pl.DataFrame(
-        resources["index"].search(table_name_for(settings.embedder_model), vectors, 1)
-    )
     try:
-        threshold = propose_threshold(
-            hits["similarity"].to_list() if hits.height else [], vector_share
-        )
-    except ValueError as error:
+        proposal = propose_similarity_threshold(settings, vector_share, sample)
+    except (FileNotFoundError, ValueError) as error:
         typer.secho(f"error: {error}", fg="red", err=True)
         raise typer.Exit(1) from error
-    quantiles = hits["similarity"].quantile
+    quantiles = ", ".join(f"{name} {value:.3f}" for name, value in proposal.quantiles.items())
     typer.echo(
-        f"{settings.embedder_model}: best-match similarity over {len(vectors)} vectors of "
-        f"{chunks.height} chunks: p10 {quantiles(0.1):.3f}, p50 {quantiles(0.5):.3f}, "
-        f"p90 {quantiles(0.9):.3f}, max {hits['similarity'].max():.3f}"
+        f"{settings.embedder_model}: best-match similarity over {proposal.vectors} vectors of "
+        f"{proposal.chunks} chunks: {quantiles}"
     )
-    typer.echo(f"proposed threshold (share {vector_share}): {threshold:.3f}")
-    typer.echo(f"use it: export FI_SIMILARITY_THRESHOLD={threshold:.3f}")
+    typer.echo(f"proposed threshold (share {vector_share}): {proposal.threshold:.3f}")
+    typer.echo(f"use it: export FI_SIMILARITY_THRESHOLD={proposal.threshold:.3f}")
 
 
 @app.command()
@@ -387,9 +349,42 @@ def ui(port: Annotated[int, typer.Option(help="web server port")] = 3000) -> Non
         **os.environ,
         "DAGSTER_HOME": str(prepare_dagster_home(settings.home)),
         "FI_HOME": str(settings.home),
+        # dg warns when the active environment is not the project's .venv; the one to use is the
+        # one `fi` runs in, activated or not.
+        "VIRTUAL_ENV": sys.prefix,
     }
-    project = Path(__file__).resolve().parents[1]
+    project = Path(__file__).resolve().parents[2]
     dg_command = str(Path(sys.executable).with_name("dg"))
-    raise typer.Exit(
-        subprocess.call([dg_command, "dev", "--port", str(port)], cwd=project, env=environment)
+    server = subprocess.Popen(
+        [dg_command, "dev", "--port", str(port)],
+        cwd=project,
+        env=environment,
+        # Its own process group, so that stopping `fi ui` stops the webserver and the daemon
+        # that dg dev starts, which a signal to dg dev alone does not always reach.
+        start_new_session=True,
     )
+    raise typer.Exit(_serve_until_stopped(server))
+
+
+def _serve_until_stopped(server: subprocess.Popen, grace_s: float = UI_STOP_GRACE_S) -> int:
+    """Wait for `server`; on SIGTERM, SIGINT or SIGHUP stop its whole process group (SIGTERM,
+    then SIGKILL after `grace_s`) and return its exit code."""
+    import signal
+
+    def stop(signum, _frame):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)
+        raise typer.Exit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, stop)
+    code = server.wait()
+    # dg dev may exit while its children still serve: they go with it.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGTERM)
+    return code

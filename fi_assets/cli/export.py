@@ -14,6 +14,13 @@ from fi_method.corpus.packing import FINEINSTRUCTIONS, NON_INSTRUCTIONAL, STANDA
 from fi_resources.embedder import default_similarity_threshold
 from fi_resources.settings import Settings
 from fi_resources.storage import Storage
+from fi_resources.tables import (
+    CONTINUATIONS,
+    DOCUMENTS,
+    INSTANTIATED_PAIRS,
+    JUDGED_PAIRS,
+    PACKED_CORPUS,
+)
 
 # The released dataset's columns, plus the judge's score.
 EXPORT_SCHEMA = {
@@ -47,14 +54,14 @@ def _samples(storage: Storage, recipe: str, shard: str) -> pl.DataFrame:
     """The recipe's source rows of one shard: sample_id, instruction, answer, template_id,
     judge_score."""
     if recipe == FINEINSTRUCTIONS:
-        pairs = storage.read_table("instantiated_pairs", shard).select(
+        pairs = storage.read_table(INSTANTIATED_PAIRS, shard).select(
             pl.col("pair_id").alias("sample_id"), "instruction", "answer", "template_id"
         )
-        scores = storage.read_table("judged_pairs", shard).select(
+        scores = storage.read_table(JUDGED_PAIRS, shard).select(
             pl.col("pair_id").alias("sample_id"), pl.col("score").cast(pl.Int64)
         )
         return pairs.join(scores, on="sample_id", how="left").rename({"score": "judge_score"})
-    return storage.read_table("continuations", shard).select(
+    return storage.read_table(CONTINUATIONS, shard).select(
         pl.col("continuation_id").alias("sample_id"),
         "instruction",
         "answer",
@@ -66,8 +73,8 @@ def _samples(storage: Storage, recipe: str, shard: str) -> pl.DataFrame:
 def export_shard(storage: Storage, recipe: str, shard: str) -> pl.DataFrame:
     """One document shard's packed samples of `recipe` in the released schema, in packing order;
     `text` (the document) only on the first row of each document."""
-    packed = storage.read_table("packed_corpus", f"{shard}.{recipe}").with_row_index("order")
-    documents = storage.read_table("documents", shard).select(
+    packed = storage.read_table(PACKED_CORPUS, f"{shard}.{recipe}").with_row_index("order")
+    documents = storage.read_table(DOCUMENTS, shard).select(
         "doc_id", pl.col("text").alias("document")
     )
     frame = (
