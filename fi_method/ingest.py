@@ -137,7 +137,9 @@ def _as_record(value: Any) -> dict | RowError:
 def _text_field(record: dict, names: tuple[str, ...], max_chars: int) -> str:
     present = [name for name in names if name in record and record[name] is not None]
     if not present:
-        raise RowError("missing_text", f"no {' or '.join(repr(n) for n in names)} field")
+        quoted = [repr(name) for name in names]
+        listed = " or ".join([", ".join(quoted[:-1]), quoted[-1]] if len(quoted) > 1 else quoted)
+        raise RowError("missing_text", f"no {listed} field")
     value = record[present[0]]
     if not isinstance(value, str):
         raise RowError("text_not_a_string", f"{present[0]!r} is a {type(value).__name__}")
@@ -152,9 +154,15 @@ def _checked_text(value: str, max_chars: int) -> str:
     return value
 
 
+# Where the paper's query sources keep the user's words: GooAQ and Natural Questions `question`,
+# Dolly `instruction`, HelpSteer `prompt`; `query` and `text` for everything else. The first
+# present wins: a Dolly record's `context` and `response` are not queries.
+QUERY_FIELDS = ("query", "text", "question", "instruction", "prompt")
+
+
 def query_texts(record: dict, max_chars: int = MAX_QUERY_CHARS) -> list[str]:
-    """The user queries in one record: its `query` or `text` field, or every user turn of its chat
-    `messages` / `conversation` (assistant and system turns are never queries)."""
+    """The user queries in one record: the first of its QUERY_FIELDS present, or every user turn of
+    its chat `messages` / `conversation` (assistant and system turns are never queries)."""
     for name in ("messages", "conversation"):
         if isinstance(record.get(name), list):
             turns = [
@@ -167,7 +175,7 @@ def query_texts(record: dict, max_chars: int = MAX_QUERY_CHARS) -> list[str]:
             if not texts:
                 raise RowError("no_user_turn", f"{name!r} has no user turn with text")
             return [_checked_text(t, max_chars) for t in texts]
-    return [_text_field(record, ("query", "text"), max_chars)]
+    return [_text_field(record, QUERY_FIELDS, max_chars)]
 
 
 def document_fields(record: dict, max_chars: int = MAX_DOCUMENT_CHARS) -> dict:

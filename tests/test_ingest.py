@@ -97,10 +97,25 @@ def test_hugging_face_dataset_loader_on_a_local_dataset_folder(tmp_path):
     assert [r["text"] for r in result.rows] == ["How do tides work?", "Why is the sky blue?"]
 
 
+def test_query_fields_of_the_papers_sources():
+    """GooAQ's `question`, Dolly's `instruction` (not its context or response), HelpSteer's
+    `prompt`: each record gives its user's words."""
+    gooaq = {"question": "who played the joker in the dark knight", "answer": "Heath Ledger"}
+    dolly = {"instruction": "When did Virgin Australia start operating?", "context": "Virgin"}
+    helpsteer = {"prompt": "Write a haiku about rain.", "response": "Soft rain..."}
+    assert [query_texts(r)[0] for r in (gooaq, dolly, helpsteer)] == [
+        gooaq["question"],
+        dolly["instruction"],
+        helpsteer["prompt"],
+    ]
+
+
 def test_field_extraction_errors():
     with pytest.raises(RowError) as error:
         query_texts({"messages": [{"role": "assistant", "content": "hi"}]})
     assert error.value.reason == "no_user_turn"
+    with pytest.raises(RowError, match="no 'query', 'text', 'question', 'instruction' or 'prompt' field"):
+        query_texts({"answer": "Heath Ledger"})
     assert document_fields({"text": "Body", "id": 7, "url": 3}) == {
         "source_id": "7",
         "url": None,
