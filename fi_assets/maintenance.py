@@ -9,11 +9,10 @@ from dataclasses import dataclass
 import dagster as dg
 import polars as pl
 
-from fi_assets.cli.planning import keys_along
 from fi_assets.definitions import build_definitions, build_resources
 from fi_assets.ingestion import PARTITIONS
 from fi_assets.matching import chunk_vectors
-from fi_assets.partitions import storage_partition
+from fi_assets.partitions import keys_along, storage_partition
 from fi_method.ingest import Kind
 from fi_method.retrieval.matching import propose_threshold
 from fi_resources.instance import open_instance

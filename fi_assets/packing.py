@@ -44,7 +44,8 @@ def training_files(storage: Storage, recipe: str, heldout_shard: str) -> dict[st
     suffix = f".{recipe}.parquet"
     files = {
         path.name[: -len(suffix)]: path
-        for path in sorted((storage.tables_dir / PACKED_CORPUS.name).glob(f"*{suffix}"))
+        for path in storage.partition_files(PACKED_CORPUS)
+        if path.name.endswith(suffix)
     }
     files.pop(heldout_shard, None)
     return files

@@ -41,3 +41,24 @@ def partitions_label(partitions: dg.PartitionsDefinition | None) -> str:
 def storage_partition(partition_key: str) -> str:
     """The file name of a partition: a multi-partition key `shard|recipe` as `shard.recipe`."""
     return partition_key.replace("|", ".")
+
+
+def partition_keys(instance, partitions: dg.PartitionsDefinition | None) -> list[str | None]:
+    """The keys of a partitions definition; an unpartitioned asset has the one key None."""
+    if partitions is None:
+        return [None]
+    return list(partitions.get_partition_keys(dynamic_partitions_store=instance))
+
+
+def keys_along(
+    instance, multi: dg.MultiPartitionsDefinition, dimension_def: dg.PartitionsDefinition, key: str
+) -> list[str]:
+    """The keys of a multi-partitions definition whose dimension partitioned by `dimension_def`
+    is `key` (packed_corpus keys of one doc shard, or of one recipe); none when it has no such
+    dimension."""
+    names = [d.name for d in multi.partitions_defs if d.partitions_def == dimension_def]
+    return [
+        partition
+        for partition in partition_keys(instance, multi)
+        if names and partition.keys_by_dimension[names[0]] == key
+    ]

@@ -131,9 +131,13 @@ class Storage(ConfigurableResource):
         path = self.rejects_path(stage, partition)
         return pl.read_parquet(path) if path.exists() else rejects_frame([])
 
+    def partition_files(self, table: Table) -> list[Path]:
+        """The file of every partition of a table written so far, by name."""
+        return sorted((self.tables_dir / table.name).glob("*.parquet"))
+
     def read_all(self, table: Table) -> pl.DataFrame | None:
         """Every partition of a table, or None when none is written yet."""
-        files = sorted((self.tables_dir / table.name).glob("*.parquet"))
+        files = self.partition_files(table)
         return (
             pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
             if files

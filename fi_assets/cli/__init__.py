@@ -34,12 +34,7 @@ def _settings():
     try:
         return get_settings()
     except pydantic.ValidationError as error:
-        typer.secho(
-            f"error: invalid configuration (FI_* variables or fi.toml):\n{error}",
-            fg="red",
-            err=True,
-        )
-        raise typer.Exit(2) from error
+        raise _failure(f"invalid configuration (FI_* variables or fi.toml):\n{error}", 2) from error
 
 
 def _ingest(kind: str, source: str, shard: str | None) -> str:
@@ -51,8 +46,7 @@ def _ingest(kind: str, source: str, shard: str | None) -> str:
     try:
         ingested = ingest_shard(Storage.from_settings(settings), kind, source, shard)
     except (NoGoodRowsError, StorageLayoutError, FileNotFoundError, ValueError) as error:
-        typer.secho(f"error: {error}", fg="red", err=True)
-        raise typer.Exit(1) from error
+        raise _failure(error, 1) from error
     instance = open_instance(settings.home)
     instance.add_dynamic_partitions(PARTITIONS[kind].name, [ingested.shard])
     instance.report_runless_asset_event(ingested.event)
@@ -97,13 +91,11 @@ def remove(
     from fi_assets.maintenance import UnknownShardError, remove_shard
 
     if kind not in PARTITIONS:
-        typer.secho("error: KIND is queries or documents", fg="red", err=True)
-        raise typer.Exit(2)
+        raise _failure("KIND is queries or documents", 2)
     try:
         removed = remove_shard(_settings(), kind, shard)
     except UnknownShardError as error:
-        typer.secho(f"error: {error}", fg="red", err=True)
-        raise typer.Exit(1) from error
+        raise _failure(error, 1) from error
     typer.echo(
         f"removed {kind} shard {shard}: {removed.files} table files, "
         f"{removed.template_vectors} template vectors"
@@ -130,22 +122,19 @@ def materialize(
     settings = _settings()
     instance = open_instance(settings.home)
     if workers > 1 and on_sqlite(instance):
-        typer.secho(
-            "error: parallel runs need the Dagster instance on PostgreSQL (SQLite locks): set "
+        raise _failure(
+            "parallel runs need the Dagster instance on PostgreSQL (SQLite locks): set "
             "FI_DAGSTER_YAML=deploy/postgres/dagster.yaml and FI_POSTGRES_URL (README, "
             "Scaling out)",
-            fg="red",
-            err=True,
+            2,
         )
-        raise typer.Exit(2)
     for run_id in release_dead_runs(instance):
         typer.echo(f"run {run_id} was interrupted (its process is gone): marked failed")
     defs = build_definitions(settings)
     try:
         runs = plan_runs(defs, instance, assets or None)
     except ValueError as error:
-        typer.secho(f"error: {error}", fg="red", err=True)
-        raise typer.Exit(2) from error
+        raise _failure(error, 2) from error
     if not runs:
         typer.echo("everything is up to date")
         return
@@ -195,16 +184,13 @@ def sql(
         cursor = connection.execute(query)
     except duckdb.CatalogException as error:
         tables = ", ".join(storage.table_names()) or "none yet (run `fi demo` or `fi materialize`)"
-        typer.secho(
-            f"error: {str(error).splitlines()[0]}\ntables under {settings.home.resolve()}: {tables}"
+        raise _failure(
+            f"{str(error).splitlines()[0]}\ntables under {settings.home.resolve()}: {tables}"
             "\n(FI_HOME, default ./fi_home, is relative to the working directory)",
-            fg="red",
-            err=True,
-        )
-        raise typer.Exit(1) from error
+            1,
+        ) from error
     except duckdb.Error as error:
-        typer.secho(f"error: {error}", fg="red", err=True)
-        raise typer.Exit(1) from error
+        raise _failure(error, 1) from error
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow([column[0] for column in cursor.description or []])
     writer.writerows(cursor.fetchall())
@@ -223,8 +209,7 @@ def lineage(
     try:
         record = find_lineage(Storage.from_settings(_settings()), pair_id)
     except LineageError as error:
-        typer.secho(f"error: {error}", fg="red", err=True)
-        raise typer.Exit(1) from error
+        raise _failure(error, 1) from error
     typer.echo(render_lineage(record))
 
 
@@ -294,12 +279,17 @@ def export(
     try:
         summary = export_recipe(Storage.from_settings(settings), settings, recipe, out)
     except ExportError as error:
-        typer.secho(f"error: {error}", fg="red", err=True)
-        raise typer.Exit(2) from error
+        raise _failure(error, 2) from error
     typer.echo(
         f"exported {summary.rows} {recipe} rows of {summary.documents} documents "
         f"({summary.synthetic_tokens:,} tokens) from {len(summary.shards)} shard(s) to {out}"
     )
+
+
+def _failure(error: Exception | str, code: int) -> typer.Exit:
+    """Print `error` as the command's error, in red on stderr; the exit to raise, with `code`."""
+    typer.secho(f"error: {error}", fg="red", err=True)
+    return typer.Exit(code)
 
 
 def _command_name() -> str:
@@ -328,8 +318,7 @@ def calibrate(
     try:
         proposal = propose_similarity_threshold(settings, vector_share, sample)
     except (FileNotFoundError, ValueError) as error:
-        typer.secho(f"error: {error}", fg="red", err=True)
-        raise typer.Exit(1) from error
+        raise _failure(error, 1) from error
     quantiles = ", ".join(f"{name} {value:.3f}" for name, value in proposal.quantiles.items())
     typer.echo(
         f"{settings.embedder_model}: best-match similarity over {proposal.vectors} vectors of "

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from fi_assets.checks import FAILED_CHECKS_TAG
-from fi_assets.partitions import partitions_label
+from fi_assets.partitions import keys_along, partition_keys, partitions_label
 from fi_assets.versions import (
     CODE_VERSION_TAG,
     DATA_VERSION_TAG,
@@ -50,13 +50,6 @@ def _latest(
     return record.storage_id, dict(record.asset_materialization.tags or {})
 
 
-def _partition_keys(instance, partitions: dg.PartitionsDefinition | None) -> list[str | None]:
-    """The keys of a partitions definition; an unpartitioned asset has the one key None."""
-    if partitions is None:
-        return [None]
-    return list(partitions.get_partition_keys(dynamic_partitions_store=instance))
-
-
 def _parent_partitions(instance, graph, key, parent, partition) -> list[str]:
     """The parent partitions one partition reads: the same key; its own dimension of a
     multi-partition key (packed_corpus[shard|recipe] reads documents[shard]); the partitions of a
@@ -76,21 +69,7 @@ def _parent_partitions(instance, graph, key, parent, partition) -> list[str]:
     ):
         # trained_checkpoint[recipe] reads packed_corpus[every shard|recipe].
         return keys_along(instance, parent_partitions, own, partition)
-    return _partition_keys(instance, parent_partitions)
-
-
-def keys_along(
-    instance, multi: dg.MultiPartitionsDefinition, dimension_def: dg.PartitionsDefinition, key: str
-) -> list[str]:
-    """The keys of a multi-partitions definition whose dimension partitioned by `dimension_def`
-    is `key` (packed_corpus keys of one doc shard, or of one recipe); none when it has no such
-    dimension."""
-    names = [d.name for d in multi.partitions_defs if d.partitions_def == dimension_def]
-    return [
-        partition
-        for partition in _partition_keys(instance, multi)
-        if names and partition.keys_by_dimension[names[0]] == key
-    ]
+    return partition_keys(instance, parent_partitions)
 
 
 def plan_runs(
@@ -117,7 +96,7 @@ def plan_runs(
             continue
         partitions = graph.get(key).partitions_def
         label = partitions_label(partitions)
-        for partition in _partition_keys(instance, partitions):
+        for partition in partition_keys(instance, partitions):
             reason, after = _why_run(instance, graph, key, partition, run_of)
             if reason is None:
                 continue
