@@ -1,5 +1,8 @@
-"""How well the rules judge tells real (instruction, answer) pairs from nonsense: the labelled
-calibration set of fi_method.synthesis.judge_calibration (real AlpacaEval and MT-Bench-101 pairs
+"""How well the rules judge tells real (instruction, answer) pairs from nonsense, on two labelled
+sets. First SQuAD 2.0's (fi_method.synthesis.squad: a question with its own paragraph, with another
+paragraph of the same article, and an unanswerable question with its paragraph; tuning split =
+train articles, held out = dev articles): per kind and split, the share kept before (the rules
+judge as of git HEAD, rules-2) and now, and ROC AUC. Then the calibration set of fi_method.synthesis.judge_calibration (real AlpacaEval and MT-Bench-101 pairs
 against swapped answers, truncated answers, repeated sentences and entity-swapped instructions,
 each pair's answer as its document), scored by the judge before (the rules judge as of --before,
 read from git) and now. Prints ROC AUC, the share of positives kept (score >= MIN_JUDGE_SCORE) and
@@ -9,7 +12,7 @@ then examples of pairs the judge rejects and keeps.
     python -m bench.judge                 # 500 pairs of each kind, seed 0
     python -m bench.judge --per-kind 300 --seed 1 --save
 
-CPU only, pure Python: no device to choose.
+CPU only (Python and spaCy's small English model): no device to choose.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import types
 from pathlib import Path
 
 from bench.common import load_module, parser, report, table
-from fi_method.synthesis import judge
+from fi_method.synthesis import judge, squad
 from fi_method.synthesis.judge_calibration import (
     DEFAULT_SEED,
     KINDS,
@@ -37,21 +40,33 @@ from fi_method.synthesis.judge_calibration import (
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 # The last commits with the first rules judge (rules-1), which scored by coverage, grounding and
-# length alone, and with rules-2, which did not read the pair's template.
-BEFORE = ("767bca8", "816d1d2")
+# length alone, and with rules-2, which did not read the pair's template; and the commit before the
+# focus (rules-2 reading templates when given), the "before" of the SQuAD figures.
+BEFORE = ("767bca8", "816d1d2", "03799a3")
+SQUAD_BEFORE = "03799a3"
+# Where the judge's module lived: it moved to the synthesis stage's folder.
+JUDGE_PATHS = ("fi_method/synthesis/judge.py", "fi_method/judge.py")
 EXAMPLE_CHARS = 150
 
 
 def judge_at(revision: str) -> types.ModuleType:
-    """fi_method/judge.py (now fi_method/synthesis/judge.py) as it was at a git revision,
-    imported as a module of its own."""
-    source = subprocess.run(
-        ["git", "show", f"{revision}:fi_method/judge.py"],
-        cwd=REPOSITORY,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    """The judge's module (fi_method/synthesis/judge.py, before that fi_method/judge.py) as it
+    was at a git revision, imported as a module of its own."""
+    for path in JUDGE_PATHS:
+        shown = subprocess.run(
+            ["git", "show", f"{revision}:{path}"],
+            cwd=REPOSITORY,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if shown.returncode == 0:
+            source = shown.stdout
+            break
+    else:
+        raise SystemExit(
+            f"git revision {revision} has no judge module at {' or '.join(JUDGE_PATHS)}"
+        )
     name = f"judge_at_{revision}"
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"{name}.py"
@@ -89,6 +104,57 @@ def figures(name: str, rules_judge, halves: dict[str, list]) -> tuple[list[list]
         )
         scores[half] = scored
     return rows, scores
+
+
+def squad_figures(name: str, rules_judge, pairs: list) -> list[list]:
+    """One table row per split of the SQuAD set: ROC AUC (positives against both kinds of
+    negative), the share of each kind kept, pairs judged per second."""
+    rows = []
+    for split_name in squad.SPLITS:
+        chosen = [p for p in pairs if p.split == split_name]
+        started = time.perf_counter()
+        scored = [judgement(rules_judge, p).score for p in chosen]
+        seconds = time.perf_counter() - started
+        kept = {
+            kind: [s >= judge.MIN_JUDGE_SCORE for s, p in zip(scored, chosen) if p.kind == kind]
+            for kind in squad.KINDS
+        }
+        rows.append(
+            [
+                name,
+                split_name,
+                len(chosen),
+                f"{roc_auc(scored, [p.positive for p in chosen]):.3f}",
+                *(f"{sum(kept[kind]) / len(kept[kind]):.1%}" for kind in squad.KINDS),
+                len(chosen) / seconds,
+            ]
+        )
+    return rows
+
+
+def squad_section() -> str:
+    """The SQuAD figures before and now, with the split sizes, as Markdown."""
+    pairs = squad.load_pairs()
+    before = judge_at(SQUAD_BEFORE)
+    rows = squad_figures(f"{SQUAD_BEFORE} ({before.RULES_VERSION})", before.rules_judge, pairs)
+    rows += squad_figures(f"now ({judge.RULES_VERSION})", judge.rules_judge, pairs)
+    sizes = "; ".join(
+        f"{split_name}: "
+        + ", ".join(
+            f"{sum(p.split == split_name and p.kind == kind for p in pairs)} {kind}"
+            for kind in squad.KINDS
+        )
+        + f" from {len({p.article for p in pairs if p.split == split_name})} articles"
+        for split_name in squad.SPLITS
+    )
+    columns = ["judge", "split", "pairs", "ROC AUC", *(f"{k} kept" for k in squad.KINDS), "pairs/s"]
+    return (
+        "### SQuAD 2.0: a question with its paragraph, another paragraph, or unanswerable\n\n"
+        + table(columns, rows)
+        + f"\n\n{sizes}. Tuning = SQuAD 2.0 train articles (the focus thresholds were set there), "
+        "held out = dev articles. Goals on the held-out split: positives kept >= 80 %, "
+        "other_paragraph <= 5 %, unanswerable <= 40 %.\n\n"
+    )
 
 
 def _short(text: str) -> str:
@@ -140,8 +206,10 @@ def main() -> None:
         "pairs/s",
     ]
     body = (
-        table(columns, rows_before + rows_now)
-        + f"\n\nNo GPU (pure Python). {args.per_kind} pairs of each kind, seed {args.seed}, split "
+        squad_section()
+        + "### Calibration set: AlpacaEval and MT-Bench-101 pairs and made-up negatives\n\n"
+        + table(columns, rows_before + rows_now)
+        + f"\n\nNo GPU (CPU only). {args.per_kind} pairs of each kind, seed {args.seed}, split "
         "by source item into halves; the thresholds were set on the tuning half. Kept: score >= "
         f"{judge.MIN_JUDGE_SCORE}. Each pair's document is its answer, so grounding always holds "
         "and the judge must tell good from bad by instruction and answer alone.\n\n"

@@ -29,8 +29,8 @@ JUDGE_PASS_RATE = dg.AssetCheckSpec(
     asset="judged_pairs",
     blocking=True,
     description="The judge keeps at most 95 % of the shard's pairs (the paper: ~58 %): one that "
-    "keeps all is not judging. One that keeps none leaves its recipe short of tokens, which "
-    "recipes_agree_on_tokens fails.",
+    "keeps all is not judging. One that keeps none leaves its recipe without tokens, which "
+    "recipes_fill_training_budget fails.",
 )
 NO_DOMINANT_TEMPLATE = dg.AssetCheckSpec(
     "no_dominant_template",
@@ -39,13 +39,14 @@ NO_DOMINANT_TEMPLATE = dg.AssetCheckSpec(
     description="No template holds more than 10x a uniform share of the shard's kept pairs (the "
     "paper: none above 0.09 % of 1.08B).",
 )
-TOKEN_PARITY = dg.AssetCheckSpec(
-    "recipes_agree_on_tokens",
-    asset="packed_corpus",
+TRAINING_BUDGET = dg.AssetCheckSpec(
+    "recipes_fill_training_budget",
+    asset="training_budget",
     blocking=True,
-    description="The recipe packs its shard's documents' token count (what `standard` packs) "
-    "within FI_TOKEN_PARITY (2 %), and at least one row: otherwise the comparison is not "
-    "controlled and no model trains on it. The held-out shard, never trained on, is exempt.",
+    description="Every recipe packed, over the same training shards, at least the training "
+    "budget (FI_TRAINING_TOKENS, default the smallest recipe's total): one with fewer could only "
+    "reach it by repeating data, one with none has nothing to train on. Otherwise the comparison "
+    "is not controlled and no model trains.",
 )
 NO_EVAL_LEAK = dg.AssetCheckSpec(
     "no_eval_items_in_training_data",

@@ -11,7 +11,7 @@ from fi_assets.packing import packed_corpus
 from fi_assets.queries import raw_queries
 from fi_assets.synthesis import continuations, instantiated_pairs, judged_pairs
 from fi_assets.templates import instruction_templates, template_index
-from fi_assets.training import trained_checkpoint_asset, trainer_step_gpus
+from fi_assets.training import trained_checkpoint_asset, trainer_step_gpus, training_budget
 from fi_resources.embedder import Embedder, default_similarity_threshold
 from fi_resources.roles import (
     BenchmarkJudge,
@@ -79,22 +79,32 @@ def build_assets(settings: Settings) -> list:
             document_chunks,
             f"{embedder}:{settings.max_chunk_tokens or 'window'}|k={settings.pooling_k}",
         ),
-        _with_model_version(matched_pairs, f"{embedder}@{threshold}"),
-        _with_model_version(instantiated_pairs, role_version("instantiator", settings)),
+        _with_model_version(
+            matched_pairs, f"{embedder}@{threshold}|per_vector={settings.templates_per_vector}"
+        ),
+        _with_model_version(
+            instantiated_pairs,
+            f"{role_version('instantiator', settings)}|uses={settings.max_template_uses}",
+        ),
         _with_model_version(judged_pairs, role_version("judge", settings)),
         _with_model_version(continuations, role_version("continuation", settings)),
         _with_model_version(
             packed_corpus,
-            f"{settings.training_tokenizer or 'llama3'}@{settings.packing_seed}"
-            f"|parity={settings.token_parity}",
+            f"{settings.training_tokenizer or 'llama3'}@{settings.packing_seed}",
         ),
     ]
     # Training and evaluation cost GPU hours: never started by automation, only by hand (the UI,
     # `fi materialize`) or a schedule.
     expensive = [
+        # The budget's own version follows the override; training follows the budget's content
+        # (its DataVersion is the budget), so a recipe re-trains exactly when the budget changes.
+        _with_model_version(
+            training_budget,
+            f"heldout:{settings.heldout_doc_shard}|tokens:{settings.training_tokens or 'smallest'}",
+        ),
         _with_model_version(
             trained_checkpoint_asset(trainer_step_gpus(settings)),
-            f"heldout:{settings.heldout_doc_shard}|tokens:{settings.training_tokens or 'standard'}",
+            f"heldout:{settings.heldout_doc_shard}",
         ),
         _with_model_version(
             eval_scores,

@@ -9,7 +9,7 @@ import math
 import dagster as dg
 import polars as pl
 
-from fi_assets.packing import training_files
+from fi_assets.packing import packed_counts
 from fi_assets.partitions import BENCHMARK, RECIPE, by_recipe, recipe_benchmarks
 from fi_assets.placement import on_gpu
 from fi_assets.reporting import (
@@ -20,10 +20,16 @@ from fi_assets.reporting import (
     markdown_preview,
     png_markdown,
 )
+from fi_method.corpus.budget import plan_budget
 from fi_method.corpus.packing import RECIPES, load_training_tokenizer, tokenize_sample
 from fi_method.evaluation import benchmarks as bench
 from fi_method.evaluation.eval_report import headline_table, plot, render_markdown
-from fi_method.evaluation.fidelity import Figure, packing_figures, synthesis_figures
+from fi_method.evaluation.fidelity import (
+    Figure,
+    packing_figures,
+    synthesis_figures,
+    training_figures,
+)
 from fi_method.evaluation.fidelity import render_markdown as render_fidelity
 from fi_method.evaluation.scoring import Aggregate, BenchmarkJudging, score_benchmark
 from fi_method.synthesis.pairs import NULL_OUTPUT
@@ -219,7 +225,7 @@ def _answers(context, storage: Storage, recipe: str, items, config: EvalConfig, 
     deps=keys(EVAL_SCORES, DOCUMENTS, MATCHED_PAIRS, INSTANTIATED_PAIRS, JUDGED_PAIRS),
     group_name="evaluation",
     kinds={"markdown"},
-    code_version="1",
+    code_version="2",
     description="Stage F's report: recipe x benchmark like the paper's Table 1 and a bar chart, "
     "written to FI_HOME/reports/eval_report.md and .png and shown here.",
 )
@@ -229,7 +235,9 @@ def eval_report(storage: Storage, settings: dg.ResourceParam[Settings]) -> dg.Ma
         raise FileNotFoundError("no eval_scores yet: materialize eval_scores first")
     rows = frame.to_dicts()
     reports = storage.root / "reports"
-    fidelity = render_fidelity(fidelity_figures(storage, settings.heldout_doc_shard))
+    fidelity = render_fidelity(
+        fidelity_figures(storage, settings.heldout_doc_shard, settings.training_tokens)
+    )
     markdown = render_markdown(rows) + "\n\n## Fidelity to the method\n\n" + fidelity
     png = plot(rows, reports / "eval_report.png")
     (reports / "eval_report.md").write_text(markdown + "\n![plot](eval_report.png)\n")
@@ -247,17 +255,18 @@ def eval_report(storage: Storage, settings: dg.ResourceParam[Settings]) -> dg.Ma
     )
 
 
-def fidelity_figures(storage: Storage, heldout_shard: str) -> list[Figure]:
+def fidelity_figures(
+    storage: Storage, heldout_shard: str, training_tokens: int | None = None
+) -> list[Figure]:
     """The fidelity report over the training shards (all but `heldout_shard`): synthesis
-    figures, tokens per recipe and what each recipe's model trained on."""
-    trained_on = {recipe: training_files(storage, recipe, heldout_shard) for recipe in RECIPES}
-    packed = {recipe: list(files.values()) for recipe, files in trained_on.items()}
-    shards = sorted(trained_on[RECIPES[0]])
-    tokens, samples = {}, {}
-    for recipe, files in packed.items():
-        if files:
-            counts = pl.scan_parquet(files).select(pl.len(), pl.col("n_tokens").sum()).collect()
-            samples[recipe], tokens[recipe] = (int(value) for value in counts.row(0))
+    figures, tokens per recipe packed, the training budget (`training_tokens`, FI_TRAINING_TOKENS,
+    or the smallest recipe's total) and what each recipe's model trained on."""
+    counts = packed_counts(storage, heldout_shard)
+    budget = plan_budget(counts, training_tokens or None)
+    packed_recipes = {count.recipe for count in counts}
+    packed = {r: n for r, n in budget.packed_tokens.items() if r in packed_recipes}
+    samples = {r: n for r, n in budget.samples.items() if r in packed_recipes}
+    shards = sorted({count.shard for count in counts})
     n_documents = matched = nulls = judged = 0
     kept_templates, kept_ratios = [], []
     for shard in shards:
@@ -273,14 +282,11 @@ def fidelity_figures(storage: Storage, heldout_shard: str) -> list[Figure]:
         kept = kept.join(storage.read_table(INSTANTIATED_PAIRS, shard), on="pair_id")
         kept_templates += kept["template_id"].to_list()
         kept_ratios += kept["excerpt_ratio"].to_list()
-    trained = [
-        Figure(f"{recipe}: tokens trained on", _trained_tokens(storage, recipe))
-        for recipe in RECIPES
-    ]
+    trained = {recipe: _trained_tokens(storage, recipe) for recipe in RECIPES}
     return [
         *synthesis_figures(n_documents, matched, nulls, judged, kept_templates, kept_ratios),
-        *packing_figures(tokens, samples, n_documents),
-        *trained,
+        *packing_figures(packed, samples, n_documents),
+        *training_figures(budget.tokens if counts else None, packed, trained),
     ]
 
 

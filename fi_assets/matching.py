@@ -14,13 +14,18 @@ from fi_assets.placement import on_gpu
 from fi_assets.reporting import distribution_chart, each_partition, markdown_preview, write_stage
 from fi_assets.versions import upstream_partitions_tags
 from fi_method.retrieval.chunking import chunk_document
-from fi_method.retrieval.matching import match_chunks, target_distribution
+from fi_method.retrieval.matching import (
+    CANDIDATES_PER_VECTOR,
+    match_chunks,
+    target_distribution,
+)
 from fi_method.synthesis.quality import (
     MAX_UNMATCHED_DOCUMENT_SHARE,
     MIN_DOCUMENTS_FOR_A_SHARE,
     share_outside,
 )
 from fi_resources.embedder import Embedder
+from fi_resources.settings import Settings
 from fi_resources.storage import Storage
 from fi_resources.tables import (
     DOCUMENT_CHUNKS,
@@ -33,7 +38,6 @@ from fi_resources.template_index import TemplateIndex, table_name_for
 
 # Nearest templates fetched per query vector before the threshold; enough that sampling by
 # complexity has a choice, few enough that retrieval stays one cheap batched call.
-CANDIDATES_PER_VECTOR = 20
 # About half a minute of MiniLM on two CPU cores per progress line; a GPU's batches stay large.
 CHUNKS_PER_PROGRESS_LINE = 512
 
@@ -143,14 +147,22 @@ def _histogram(values: list[float], bins: int = 10) -> str:
     description="Templates matched to each passage (chunk) of a document: every chunk vector "
     "queries the LanceDB index (one batched call); candidates above the embedder's similarity "
     "threshold are sampled, seeded by chunk_id, with weight target(n_tags) / candidates(n_tags) so "
-    "the chosen complexity follows the real-chat templates; at most one template per vector, K+1 "
-    "per passage, so a long document gets templates in proportion to its length.",
+    "the chosen complexity follows the real-chat templates; one template per vector (rank 0), K+1 "
+    "per passage, so a long document gets templates in proportion to its length, each followed by "
+    "alternates (rank 1..FI_TEMPLATES_PER_VECTOR - 1) that instantiation tries when it does not fit.",
 )
 def matched_pairs(
-    context: dg.AssetExecutionContext, storage: Storage, embedder: Embedder, index: TemplateIndex
+    context: dg.AssetExecutionContext,
+    storage: Storage,
+    embedder: Embedder,
+    index: TemplateIndex,
+    settings: dg.ResourceParam[Settings],
 ) -> dg.MaterializeResult:
     return each_partition(
-        context, lambda shard: _match_shard(context, shard, storage, embedder, index)
+        context,
+        lambda shard: _match_shard(
+            context, shard, storage, embedder, index, settings.templates_per_vector
+        ),
     )
 
 
@@ -160,6 +172,7 @@ def _match_shard(
     storage: Storage,
     embedder: Embedder,
     index: TemplateIndex,
+    templates_per_vector: int,
 ) -> dg.MaterializeResult:
     chunks = storage.read_table(DOCUMENT_CHUNKS, shard)
     templates = storage.read_all(INSTRUCTION_TEMPLATES)
@@ -178,17 +191,19 @@ def _match_shard(
         threshold,
         target,
         vectors_per_chunk=chunks["vectors"].dtype.shape[0],
+        per_vector=templates_per_vector,
     )
-    frame = MATCHED_PAIRS.frame(pairs).sort("doc_id", "vector_index", "chunk_id")
+    frame = MATCHED_PAIRS.frame(pairs).sort("doc_id", "rank", "vector_index", "chunk_id")
+    chosen = frame.filter(pl.col("rank") == 0)
     n_documents = chunks["doc_id"].n_unique()
-    chosen_tags = target_distribution(frame["n_tags"].to_list()) if frame.height else {}
+    chosen_tags = target_distribution(chosen["n_tags"].to_list()) if chosen.height else {}
     return write_stage(
         storage,
         MATCHED_PAIRS,
         shard,
         frame,
         [],
-        ["doc_id", "template_id", "similarity", "vector_index", "n_tags"],
+        ["doc_id", "template_id", "similarity", "vector_index", "n_tags", "rank"],
         {
             "similarity_threshold": threshold,
             "embedder": embedder.model,
@@ -197,10 +212,12 @@ def _match_shard(
             "share_of_documents_matched": round(
                 frame["doc_id"].n_unique() / max(n_documents, 1), 4
             ),
-            "matches_per_document": round(frame.height / max(n_documents, 1), 3),
+            "matches_per_document": round(chosen.height / max(n_documents, 1), 3),
+            "templates_per_vector": templates_per_vector,
+            "alternates": frame.height - chosen.height,
             "similarity_histogram": dg.MetadataValue.md(_histogram(similarities)),
             "similarity_chart": distribution_chart(
-                frame["similarity"].to_list(), "similarity of chosen templates"
+                chosen["similarity"].to_list(), "similarity of chosen templates"
             ),
             "n_tags_chosen_vs_target": dg.MetadataValue.md(
                 markdown_preview(

@@ -29,9 +29,10 @@ from fi_method.synthesis.pairs import (
     FUNNEL_STAGES,
     NOT_INSTANTIATED,
     NULL_OUTPUT,
-    collect_instantiations,
+    TEMPLATE_REMOVED,
     collect_judgements,
     funnel,
+    instantiate_by_rank,
 )
 from fi_method.synthesis.quality import (
     MAX_JUDGE_PASS_RATE,
@@ -43,7 +44,9 @@ from fi_method.synthesis.quality import (
 )
 from fi_method.text import content_hash
 from fi_resources.embedder import Embedder
+from fi_resources.model_calls import CallResult
 from fi_resources.roles import Continuer, Instantiator, Judge
+from fi_resources.settings import Settings
 from fi_resources.storage import Storage
 from fi_resources.tables import (
     CONTINUATIONS,
@@ -82,9 +85,13 @@ def instantiated_pairs(
     storage: Storage,
     instantiator: Instantiator,
     embedder: Embedder,
+    settings: dg.ResourceParam[Settings],
 ) -> dg.MaterializeResult:
     return each_partition(
-        context, lambda shard: _instantiate_shard(context, shard, storage, instantiator, embedder)
+        context,
+        lambda shard: _instantiate_shard(
+            context, shard, storage, instantiator, embedder, settings.max_template_uses
+        ),
     )
 
 
@@ -105,6 +112,7 @@ def _instantiate_shard(
     storage: Storage,
     instantiator: Instantiator,
     embedder: Embedder,
+    max_template_uses: int,
 ) -> dg.MaterializeResult:
     matched = storage.read_table(MATCHED_PAIRS, shard)
     docs = storage.read_table(DOCUMENTS, shard).select("doc_id", "source", "text")
@@ -113,6 +121,8 @@ def _instantiate_shard(
         matched.join(_templates(storage), on="template_id", how="left")
         .join(chunks.rename({"text": "chunk"}), on="chunk_id", how="left")
         .join(docs.rename({"text": "document"}), on="doc_id", how="left")
+        # The order in which templates reach their cap of uses.
+        .sort("doc_id", "rank", "chunk_id", "vector_index")
         .to_dicts()
     )
     # Templates of a since removed query shard are gone: those matches wait for matched_pairs.
@@ -122,27 +132,39 @@ def _instantiate_shard(
         # Where in its passage the template matched: local vector k is centred at k/(K+1).
         request["anchor"] = request["vector_index"] / (embedder.pooling_k + 1)
     text_of = dict(docs.select("doc_id", "text").iter_rows())
-    context.log.info(f"instantiating {len(requests)} matched pairs with {instantiator.label}")
-    calls = instantiator.call(
-        requests,
-        RulesAids(embed=embedder.embed, embedder_model=embedder.model),
-        progress=log_progress(context, "instantiated"),
-        caller=_caller(context, shard),
+    context.log.info(
+        f"instantiating the templates of {matched.filter(pl.col('rank') == 0).height} passage "
+        f"vectors ({len(requests)} with their alternates) with {instantiator.label}"
     )
-    kept, rejects, instantiated = collect_instantiations(
+    rounds: list[CallResult] = []
+
+    def instantiate(batch: list[dict]) -> list[str]:
+        rounds.append(
+            instantiator.call(
+                batch,
+                RulesAids(embed=embedder.embed, embedder_model=embedder.model),
+                progress=log_progress(context, "instantiated"),
+                caller=_caller(context, shard),
+            )
+        )
+        return rounds[-1].outputs
+
+    kept, rejects, instantiated, tried = instantiate_by_rank(
         requests,
-        calls.outputs,
+        instantiate,
         text_of,
         instantiator.min_excerpt_ratio,
         instantiator.engine,
         instantiator.model_name,
+        max_template_uses,
     )
+    calls = CallResult.combined(rounds)
     nulls = sum(reject["reason"] == NULL_OUTPUT for reject in rejects)
     rejects += [
         {
             "source": r["source"],
             "item_id": f"{r['doc_id']}:{r['template_id']}",
-            "reason": "template_removed",
+            "reason": TEMPLATE_REMOVED,
             "detail": "its query shard was removed; matched_pairs is stale",
         }
         for r in stale
@@ -158,10 +180,12 @@ def _instantiate_shard(
         {
             "engine": instantiator.engine,
             "model": instantiator.model_name,
-            "matched": matched.height,
+            "matched": matched.filter(pl.col("rank") == 0).height,
+            "tried": tried,
             "instantiated": instantiated,
             "null_outputs": nulls,
-            "null_rate": round(nulls / len(requests), 4) if requests else 0.0,
+            "null_rate": round(nulls / tried, 4) if tried else 0.0,
+            "max_template_uses": max_template_uses,
             "null_rate_paper": PAPER_NULL_RATE,
             "grounded": frame.height,
             "min_excerpt_ratio": instantiator.min_excerpt_ratio,
@@ -174,13 +198,15 @@ def _instantiate_shard(
         checks=[
             check_result(
                 INSTANTIATOR_NULL_RATE,
-                len(requests),
+                tried,
                 share_outside(
                     "matches the instantiator answered null",
                     nulls,
-                    len(requests),
+                    tried,
                     0.0,
-                    MAX_NULL_RATE,
+                    # The rules instantiator answers null wherever the passage does not support
+                    # the template: its null rate measures the library's fit, not a fault.
+                    1.0 if instantiator.engine == "rules" else MAX_NULL_RATE,
                     f"the paper's is ~{PAPER_NULL_RATE:.0%}: do the templates fit the documents, "
                     "and does the model get its prompt format?",
                 ),
@@ -231,7 +257,7 @@ def _judge_shard(
     kept, kept_templates = kept_pairs.height, kept_pairs["template_id"].to_list()
     fidelity = synthesis_figures(
         docs.height,
-        counts["matched"],
+        counts["tried"],
         counts["null"],
         frame.height,
         kept_templates,
@@ -268,6 +294,7 @@ def _judge_shard(
                 )
             ),
             **{f"funnel_{stage}": counts[stage] for stage in FUNNEL_STAGES},
+            "instantiator_outputs": counts["tried"],
             **call_metadata(calls),
         },
         checks=[
@@ -293,13 +320,16 @@ def _judge_shard(
 
 
 def _funnel_counts(storage: Storage, shard: str, grounded: int, judged: pl.DataFrame) -> dict:
-    matched = storage.read_table(MATCHED_PAIRS, shard).height
-    never = storage.read_rejects(INSTANTIATED_PAIRS.name, shard).filter(
-        pl.col("reason").is_in(NOT_INSTANTIATED)
-    )
+    """The funnel of a shard: passage vectors with a template, instantiator outputs (a vector
+    tries its alternates until one fits), parsed and not null, grounded, judged, kept."""
+    matched = storage.read_table(MATCHED_PAIRS, shard).filter(pl.col("rank") == 0).height
+    rejects = storage.read_rejects(INSTANTIATED_PAIRS.name, shard)
+    never = rejects.filter(pl.col("reason").is_in(NOT_INSTANTIATED))
+    tried = grounded + rejects.filter(pl.col("reason") != TEMPLATE_REMOVED).height
     return {
         "matched": matched,
-        "instantiated": matched - never.height,
+        "tried": tried,
+        "instantiated": tried - never.height,
         "grounded": grounded,
         "judged": judged.height,
         "kept": int(judged["kept"].sum()),

@@ -1,33 +1,46 @@
-"""trained_checkpoint[recipe]: stage F's training. The standalone trainer (`training/`) runs through
-Dagster Pipes, so its metric lines stream into the run's log and its final metrics become the
-materialization's metadata; it trains on every document shard of the recipe. It runs as a
-subprocess of the step (one process, or torchrun over FI_TRAINER_GPUS_PER_NODE GPUs), or, with
-FI_TRAINER_NODES > 1, as a multi-node torchrun Job on Kubernetes whose rank 0 reports through a
-file on the shared FI_HOME."""
+"""training_budget and trained_checkpoint[recipe]: stage F's training.
+
+training_budget holds the control of the comparison (fi_method.corpus.budget): the tokens every
+recipe trains on, by default the smallest recipe's packed total, with the blocking check that every
+recipe can fill it without repeating data. trained_checkpoint runs the standalone trainer
+(`training/`) through Dagster Pipes on every training shard of the recipe, for the budget's whole
+steps and one pass at most, so its metric lines stream into the run's log and its final metrics
+become the materialization's metadata. It runs as a subprocess of the step (one process, or
+torchrun over FI_TRAINER_GPUS_PER_NODE GPUs), or, with FI_TRAINER_NODES > 1, as a multi-node
+torchrun Job on Kubernetes whose rank 0 reports through a file on the shared FI_HOME."""
 
 import json
-import math
 import os
 from pathlib import Path
 
 import dagster as dg
-import polars as pl
 
-from fi_assets.packing import training_files
-from fi_assets.partitions import by_recipe, recipes
+from fi_assets.checks import TRAINING_BUDGET, check_result, failed_checks_tags
+from fi_assets.packing import packed_counts, training_files
+from fi_assets.partitions import by_recipe, doc_shard_recipes, partition_keys, recipes
 from fi_assets.placement import on_gpu
 from fi_assets.reporting import line_chart
+from fi_assets.versions import UPSTREAM_PARTITIONS_TAG
+from fi_method.corpus.budget import (
+    TrainingBudget,
+    plan_budget,
+    tokens_by_recipe_markdown,
+    tokens_by_shard_markdown,
+    training_steps,
+)
 from fi_method.corpus.packing import load_training_tokenizer
+from fi_method.text import content_hash
 from fi_resources.cluster import job_name, run_training_job, trainer_command, training_job_manifests
 from fi_resources.settings import Settings
 from fi_resources.storage import Storage
+from fi_resources.tables import PACKED_CORPUS, keys
 
 
 class TrainingConfig(dg.Config):
     """The trainer's main knobs; every other one keeps the trainer's default (python -m
-    training.train --help). How long it trains is not one of them: every recipe trains on
-    FI_TRAINING_TOKENS tokens, by default the standard corpus's. The defaults train the `tiny`
-    preset, for a CPU demo."""
+    training.train --help). How long it trains is not one of them: every recipe trains on the
+    training budget (training_budget), whole steps of batch_size x seq_len tokens. The defaults
+    train the `tiny` preset, for a CPU demo."""
 
     preset: str = "tiny"
     seq_len: int = 256
@@ -36,6 +49,54 @@ class TrainingConfig(dg.Config):
     warmup_steps: int = 5
     answer_only_loss: bool = False
     seed: int = 0
+
+
+def current_budget(storage: Storage, settings: Settings) -> TrainingBudget:
+    """The training budget of what is packed now (FI_TRAINING_TOKENS, or the smallest recipe's
+    packed total over the training shards)."""
+    return plan_budget(
+        packed_counts(storage, settings.heldout_doc_shard), settings.training_tokens or None
+    )
+
+
+@dg.asset(
+    deps=keys(PACKED_CORPUS),
+    group_name="training",
+    kinds={"polars"},
+    code_version="1",
+    check_specs=[TRAINING_BUDGET],
+    description="The control of the comparison: the packed tokens every recipe trains on, "
+    "FI_TRAINING_TOKENS or by default the smallest recipe's total over the training shards (all "
+    "but FI_HELDOUT_DOC_SHARD). Shows each recipe's packed tokens against the documents' tokens, "
+    "in total and per shard. Its check recipes_fill_training_budget fails, and no model trains, "
+    "when a recipe could reach the budget only by repeating data.",
+)
+def training_budget(
+    context: dg.AssetExecutionContext, storage: Storage, settings: dg.ResourceParam[Settings]
+) -> dg.MaterializeResult:
+    counts = packed_counts(storage, settings.heldout_doc_shard)
+    budget = plan_budget(counts, settings.training_tokens or None)
+    check = check_result(TRAINING_BUDGET, len(budget.packed_tokens), budget.failures)
+    if budget.failures:
+        context.log.error("the training budget cannot be met:\n" + "\n".join(budget.failures))
+    # Removing a document shard changes the totals: `fi materialize` then plans this again.
+    read = content_hash(*sorted(partition_keys(context.instance, doc_shard_recipes)))
+    return dg.MaterializeResult(
+        metadata={
+            "training_budget_tokens": budget.tokens,
+            "budget_source": budget.source,
+            # The documents' own tokens, as `standard` packs them (absent when it is not packed).
+            **({"document_tokens": budget.document_tokens} if budget.document_tokens else {}),
+            **{f"{recipe}_packed_tokens": n for recipe, n in budget.packed_tokens.items()},
+            "tokens_by_recipe": dg.MetadataValue.md(tokens_by_recipe_markdown(budget)),
+            "tokens_by_shard": dg.MetadataValue.md(tokens_by_shard_markdown(counts)),
+        },
+        # What training reads of it: a recipe re-trains when the budget changes, not when
+        # another recipe's packing does.
+        data_version=dg.DataVersion(content_hash(str(budget.tokens))),
+        check_results=[check],
+        tags={UPSTREAM_PARTITIONS_TAG + PACKED_CORPUS.name: read, **failed_checks_tags([check])},
+    )
 
 
 def trainer_step_gpus(settings: Settings) -> int:
@@ -49,16 +110,20 @@ def trained_checkpoint_asset(step_gpus: int) -> dg.AssetsDefinition:
     @dg.asset(
         name="trained_checkpoint",
         partitions_def=recipes,
-        ins={"packed_corpus": dg.AssetIn(partition_mapping=by_recipe, dagster_type=dg.Nothing)},
+        ins={
+            "packed_corpus": dg.AssetIn(partition_mapping=by_recipe, dagster_type=dg.Nothing),
+            "training_budget": dg.AssetIn(dagster_type=dg.Nothing),
+        },
         group_name="training",
         kinds={"pytorch"},
-        code_version="1",
+        code_version="2",
         **on_gpu(step_gpus),
         description="A model pre-trained from scratch on one recipe's packed corpus (all document "
-        "shards but the held-out one, FI_HELDOUT_DOC_SHARD), by the standalone trainer in "
-        "`training/` launched through Dagster Pipes (FI_TRAINER_NODES x "
-        "FI_TRAINER_GPUS_PER_NODE GPUs); the checkpoint and its Hugging Face export are under "
-        "FI_HOME/checkpoints/<recipe>/.",
+        "shards but the held-out one, FI_HELDOUT_DOC_SHARD) for the training budget's whole "
+        "steps, the same for every recipe: a recipe with more packed tokens trains on a seeded "
+        "subset of its samples, none is repeated. The standalone trainer in `training/` runs "
+        "through Dagster Pipes (FI_TRAINER_NODES x FI_TRAINER_GPUS_PER_NODE GPUs); the checkpoint "
+        "and its Hugging Face export are under FI_HOME/checkpoints/<recipe>/.",
     )
     def trained_checkpoint(
         context: dg.AssetExecutionContext,
@@ -74,13 +139,25 @@ def trained_checkpoint_asset(step_gpus: int) -> dg.AssetsDefinition:
             raise FileNotFoundError(
                 f"no packed_corpus for recipe {recipe} outside the held-out shard: materialize it"
             )
-        shards = list(trained_on)
-        tokens = settings.training_tokens or document_tokens(context.instance, shards, recipe)
-        steps = training_steps(tokens, config, settings)
+        # The same refusal as training_budget's check, for a run that did not materialize it.
+        budget = current_budget(storage, settings)
+        if budget.failures:
+            raise dg.Failure(
+                "the training budget cannot be met, so no recipe trains:\n"
+                + "\n".join(budget.failures)
+            )
+        step_tokens = _step_tokens(config, settings)
+        steps = training_steps(budget.tokens, step_tokens)
+        if steps == 0:
+            raise dg.Failure(
+                f"the training budget of {budget.tokens:,} tokens ({budget.source}) is less than "
+                f"one optimizer step of {step_tokens:,} (batch_size x seq_len x GPUs): lower "
+                "batch_size or seq_len in the run config"
+            )
         args = _train_args(config, steps, files, storage.root / "checkpoints" / recipe, settings)
         context.log.info(
             f"training on {len(files)} packed shard(s) of {recipe} for {steps} steps "
-            f"({tokens:,} tokens{'' if settings.training_tokens else ', the standard corpus'}), "
+            f"({steps * step_tokens:,} tokens of a budget of {budget.tokens:,}, {budget.source}), "
             f"{settings.trainer_nodes} node(s) x {settings.trainer_gpus_per_node} process(es)"
         )
         if settings.trainer_nodes == 1:
@@ -92,8 +169,10 @@ def trained_checkpoint_asset(step_gpus: int) -> dg.AssetsDefinition:
         else:
             result = _train_on_kubernetes(context, settings, args, storage)
         metadata = dict(result.metadata or {}) | {
-            "training_tokens": steps * _step_tokens(config, settings),
-            "recipe_tokens": _packed_tokens(files),
+            "training_tokens": steps * step_tokens,
+            "training_budget_tokens": budget.tokens,
+            "recipe_tokens": budget.packed_tokens[recipe],
+            "recipe_samples": budget.samples[recipe],
         }
         history_file = Path(metadata["metrics_history"].value)
         history = [json.loads(line) for line in history_file.read_text().splitlines()]
@@ -109,37 +188,6 @@ def _step_tokens(config: TrainingConfig, settings: Settings) -> int:
     return (
         config.batch_size * config.seq_len * settings.trainer_nodes * settings.trainer_gpus_per_node
     )
-
-
-def training_steps(tokens: int, config: TrainingConfig, settings: Settings) -> int:
-    """Optimizer steps that see `tokens` tokens over every training process (at least one)."""
-    return max(1, math.ceil(tokens / _step_tokens(config, settings)))
-
-
-def _packed_tokens(files: list[Path]) -> int:
-    return int(pl.scan_parquet(files).select(pl.col("n_tokens").sum()).collect().item())
-
-
-def document_tokens(instance: dg.DagsterInstance, shards: list[str], recipe: str) -> int:
-    """The training documents' own token count (what `standard` packs), as packing recorded it
-    for each of the recipe's shards."""
-    total = 0
-    for shard in shards:
-        records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(
-                asset_key=dg.AssetKey("packed_corpus"), asset_partitions=[f"{shard}|{recipe}"]
-            ),
-            limit=1,
-        ).records
-        value = (
-            records[0].asset_materialization.metadata.get("document_tokens") if records else None
-        )
-        if value is None:
-            raise FileNotFoundError(
-                f"packed_corpus {shard}|{recipe} has no document_tokens: materialize it again"
-            )
-        total += int(value.value)
-    return total
 
 
 def _train_args(
@@ -172,6 +220,9 @@ def _train_args(
         "--checkpoint-every",
         str(steps),
         "--answer-only-loss" if config.answer_only_loss else "--no-answer-only-loss",
+        # Never repeat a sample to reach the budget: the budget check guarantees one pass holds it.
+        "--max-epochs",
+        "1",
     ]
 
 

@@ -2,14 +2,17 @@
 
 A source is a local JSONL, JSON, Parquet or CSV file, or `hf:NAME[@SPLIT]` for a Hugging Face
 dataset (NAME may also be a local dataset folder). Each record yields accepted rows or one reject
-naming the source, the line (1-based; the row number for Parquet and datasets) and the reason.
+naming the source, the line (1-based; the element number in a JSON array, the row number for
+Parquet and datasets) and the reason.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,14 +87,149 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict | RowError]]:
 
 
 def _iter_json_array(path: Path) -> Iterator[tuple[int, dict | RowError]]:
-    try:
-        records = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not a JSON array of objects ({error}); use JSONL") from error
-    if not isinstance(records, list):
-        raise ValueError(f"{path}: a .json file must hold a list of objects")  # noqa: TRY004 (a file error, reported like the others)
-    for index, record in enumerate(records, start=1):
-        yield index, _as_record(record)
+    """Each element of a JSON array, decoded one at a time from the file read in chunks, so a file
+    of any size streams. A file cut short keeps every complete element, and the one it ends inside
+    is a `truncated` reject; reading stops at a malformed element (where the next one starts cannot
+    be known), which is a `malformed_json` reject."""
+    with path.open("rb") as handle:
+        stream = _JsonTextStream(handle)
+        if stream.next_char() != "[":
+            problem = stream.broken.detail if stream.broken else "not a JSON array"
+            raise ValueError(f"{path}: a .json file must hold a list of objects ({problem})")
+        stream.pos += 1
+        if stream.next_char() == "]":
+            return
+        index = 0
+        while True:
+            index += 1
+            try:
+                value = stream.decode_value()
+            except RowError as error:
+                yield index, error
+                return
+            yield index, _as_record(value)
+            separator = stream.next_char()
+            if separator not in (",", "]"):
+                yield index + 1, stream.unexpected(separator, f"after element {index}")
+                return
+            stream.pos += 1
+            if separator == "]":
+                break
+        if stream.next_char():
+            detail = f"more data after the array's closing ] at byte {stream.byte_offset()}"
+            yield index + 1, RowError("malformed_json", detail)
+
+
+JSON_CHUNK_BYTES = 1 << 20
+_JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
+# A decoding error this close to the end of the text read so far may only mean that the value
+# goes on in the next chunk (a cut literal, number or escape is a few characters long).
+_JSON_TAIL_CHARS = 64
+_JSON_PUNCTUATION = re.compile(r'[{}\[\],:"]')
+
+
+class _JsonTextStream:
+    """A file's text, decoded from UTF-8 a chunk at a time: `text[pos:]` is read and not yet
+    consumed. Undecodable bytes end the text where they start, and `broken` says where."""
+
+    def __init__(self, handle: io.BufferedIOBase):
+        self._handle = handle
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._json = json.JSONDecoder()
+        self._bytes_read = 0
+        self._decoded_any = False
+        self._bytes_before_text = 0
+        self.text = ""
+        self.pos = 0
+        self.at_end = False
+        self.broken: RowError | None = None
+
+    def _read_more(self) -> bool:
+        """Drop the consumed text, append the next chunk's (at least one character); False at the
+        end of the file or of its decodable part."""
+        self._bytes_before_text += len(self.text[: self.pos].encode("utf-8"))
+        self.text, self.pos = self.text[self.pos :], 0
+        while not self.at_end:
+            pending = len(self._decoder.getstate()[0])
+            raw = self._handle.read(JSON_CHUNK_BYTES)
+            try:
+                decoded = self._decoder.decode(raw, final=not raw)
+                self.at_end = not raw
+            except UnicodeDecodeError as error:
+                decoded = error.object[: error.start].decode("utf-8")
+                self.at_end = True
+                if raw:  # else the file stops inside a character: it is cut, not undecodable
+                    bad_byte = self._bytes_read - pending + error.start
+                    self.broken = RowError("undecodable_bytes", f"not UTF-8 at byte {bad_byte}")
+            if not self._decoded_any and decoded.startswith("\ufeff"):
+                decoded = decoded[1:]
+                self._bytes_before_text = len(codecs.BOM_UTF8)
+            self._decoded_any = self._decoded_any or bool(decoded)
+            self._bytes_read += len(raw)
+            self.text += decoded
+            if decoded:
+                return True
+        return False
+
+    def byte_offset(self, pos: int | None = None) -> int:
+        """Where `text[pos]` (default: the current position) starts in the file, in bytes."""
+        before = self.text[: self.pos if pos is None else pos]
+        return self._bytes_before_text + len(before.encode("utf-8"))
+
+    def next_char(self) -> str:
+        """The next character that is not whitespace, with `pos` on it; "" at the end."""
+        while True:
+            self.pos = _JSON_WHITESPACE.match(self.text, self.pos).end()
+            if self.pos < len(self.text):
+                return self.text[self.pos]
+            if not self._read_more():
+                return ""
+
+    def unexpected(self, found: str, where: str) -> RowError:
+        """The reject where `,` or `]` should follow an element and `found` does."""
+        while not self.at_end and len(self.text) - self.pos <= _JSON_TAIL_CHARS:
+            self._read_more()
+        if not found or (self.at_end and not _JSON_PUNCTUATION.search(self.text, self.pos)):
+            return self.broken or RowError(
+                "truncated", f"the file ends {where}, before the array's closing ]"
+            )
+        return RowError(
+            "malformed_json",
+            f"expected ',' or ']' {where}, found {found!r} at byte {self.byte_offset()}",
+        )
+
+    def decode_value(self) -> Any:
+        """The JSON value at `pos`, reading on until it is complete; raises RowError
+        (`truncated`, `undecodable_bytes` or `malformed_json`) when it cannot be."""
+        self.next_char()
+        while True:
+            try:
+                value, end = self._json.raw_decode(self.text, self.pos)
+            except json.JSONDecodeError as error:
+                unfinished = error.msg.startswith("Unterminated string")
+                near_end = len(self.text) - error.pos <= _JSON_TAIL_CHARS
+                if (unfinished or near_end) and not self.at_end:
+                    self._read_more()
+                    continue
+                raise self._decode_error(error) from None
+            if len(self.text) - end <= _JSON_TAIL_CHARS and not self.at_end:
+                self._read_more()  # a number near the end of a chunk may go on in the next one
+                continue
+            self.pos = end
+            return value
+
+    def _decode_error(self, error: json.JSONDecodeError) -> RowError:
+        # At the end of what can be read, an error with no JSON punctuation after it (or an
+        # unterminated string) is where the text stops, not a mistake in the element.
+        stops_here = error.msg.startswith("Unterminated string") or not _JSON_PUNCTUATION.search(
+            self.text, error.pos
+        )
+        if self.at_end and stops_here:
+            return self.broken or RowError(
+                "truncated",
+                f"the file ends inside this element, which starts at byte {self.byte_offset()}",
+            )
+        return RowError("malformed_json", f"{error.msg} at byte {self.byte_offset(error.pos)}")
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[int, dict | RowError]]:
@@ -134,12 +272,15 @@ def _as_record(value: Any) -> dict | RowError:
     return RowError("not_an_object", f"expected a JSON object, got {type(value).__name__}")
 
 
+def _either(names: tuple[str, ...]) -> str:
+    quoted = [repr(name) for name in names]
+    return " or ".join([", ".join(quoted[:-1]), quoted[-1]] if len(quoted) > 1 else quoted)
+
+
 def _text_field(record: dict, names: tuple[str, ...], max_chars: int) -> str:
     present = [name for name in names if name in record and record[name] is not None]
     if not present:
-        quoted = [repr(name) for name in names]
-        listed = " or ".join([", ".join(quoted[:-1]), quoted[-1]] if len(quoted) > 1 else quoted)
-        raise RowError("missing_text", f"no {listed} field")
+        raise RowError("missing_text", f"no {_either(names)} field")
     value = record[present[0]]
     if not isinstance(value, str):
         raise RowError("text_not_a_string", f"{present[0]!r} is a {type(value).__name__}")
@@ -155,27 +296,49 @@ def _checked_text(value: str, max_chars: int) -> str:
 
 
 # Where the paper's query sources keep the user's words: GooAQ and Natural Questions `question`,
-# Dolly `instruction`, HelpSteer `prompt`; `query` and `text` for everything else. The first
-# present wins: a Dolly record's `context` and `response` are not queries.
-QUERY_FIELDS = ("query", "text", "question", "instruction", "prompt")
+# Dolly `instruction`, HelpSteer `prompt`, WebQuestions `qText`; `query` and `text` for everything
+# else. The first present wins: a Dolly record's `context` and `response` are not queries.
+QUERY_FIELDS = ("query", "text", "question", "instruction", "prompt", "qText")
+# Chats: `messages` of `role`/`content` turns (OpenAI style), WildChat's `conversation`, and
+# ShareGPT's `conversations` of `from`/`value` turns.
+CHAT_FIELDS = ("messages", "conversation", "conversations")
 
 
-def query_texts(record: dict, max_chars: int = MAX_QUERY_CHARS) -> list[str]:
+def query_texts(record: dict, max_chars: int = MAX_QUERY_CHARS) -> list[str | RowError]:
     """The user queries in one record: the first of its QUERY_FIELDS present, or every user turn of
-    its chat `messages` / `conversation` (assistant and system turns are never queries)."""
-    for name in ("messages", "conversation"):
+    its chat list (the first of CHAT_FIELDS; assistant and system turns are never queries). A user
+    turn that is no usable query is a RowError in its place, so the turns beside it are kept; a
+    record without any query raises RowError."""
+    for name in CHAT_FIELDS:
         if isinstance(record.get(name), list):
-            turns = [
-                turn.get("content", turn.get("value"))
-                for turn in record[name]
-                if isinstance(turn, dict)
-                and str(turn.get("role", turn.get("from", ""))).lower() in USER_ROLES
-            ]
-            texts = [t for t in turns if isinstance(t, str)]
-            if not texts:
-                raise RowError("no_user_turn", f"{name!r} has no user turn with text")
-            return [_checked_text(t, max_chars) for t in texts]
+            turns = [_user_turn(turn, max_chars) for turn in record[name] if is_user_turn(turn)]
+            if not turns:
+                raise RowError("no_user_turn", f"{name!r} has no user turn")
+            return turns
+    if all(record.get(name) is None for name in QUERY_FIELDS):
+        raise RowError(
+            "missing_text", f"no {_either(QUERY_FIELDS)} field, nor a {_either(CHAT_FIELDS)} list"
+        )
     return [_text_field(record, QUERY_FIELDS, max_chars)]
+
+
+def is_user_turn(turn: Any) -> bool:
+    """Whether a chat turn is the user's: its `role` (or ShareGPT's `from`) is user or human."""
+    return isinstance(turn, dict) and (
+        str(turn.get("role", turn.get("from", ""))).lower() in USER_ROLES
+    )
+
+
+def _user_turn(turn: dict, max_chars: int) -> str | RowError:
+    text = turn.get("content", turn.get("value"))
+    if text is None:
+        return RowError("missing_text", "a user turn without 'content' or 'value'")
+    if not isinstance(text, str):
+        return RowError("text_not_a_string", f"a user turn's text is a {type(text).__name__}")
+    try:
+        return _checked_text(text, max_chars)
+    except RowError as error:
+        return error
 
 
 def document_fields(record: dict, max_chars: int = MAX_DOCUMENT_CHARS) -> dict:
@@ -200,13 +363,20 @@ def ingest_source(kind: Kind, source: str) -> IngestResult:
             if isinstance(record, RowError):
                 raise record
             if kind == "queries":
-                items = [{"text": text} for text in query_texts(record)]
+                items = [
+                    text if isinstance(text, RowError) else {"text": text}
+                    for text in query_texts(record)
+                ]
             else:
                 items = [document_fields(record)]
         except RowError as error:
             result.rejects.append(_reject(source, line, error.reason, error.detail))
             continue
         for turn, item in enumerate(items):
+            if isinstance(item, RowError):
+                detail = f"user turn {turn}" + (f": {item.detail}" if item.detail else "")
+                result.rejects.append(_reject(source, line, item.reason, detail))
+                continue
             if item["text"] in seen:
                 result.rejects.append(_reject(source, line, "duplicate", item["text"][:200]))
                 continue

@@ -102,6 +102,23 @@ class CallResult:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
 
+    @staticmethod
+    def combined(results: Sequence[CallResult]) -> CallResult:
+        """The calls of several batches of one step as one result, outputs in batch order."""
+
+        def total(counts: list[int | None]) -> int | None:
+            known = [count for count in counts if count is not None]
+            return sum(known) if known else None
+
+        return CallResult(
+            outputs=[output for result in results for output in result.outputs],
+            made=sum(result.made for result in results),
+            cached=sum(result.cached for result in results),
+            seconds=sum(result.seconds for result in results),
+            prompt_tokens=total([result.prompt_tokens for result in results]),
+            completion_tokens=total([result.completion_tokens for result in results]),
+        )
+
 
 def _rows(
     spec: CallSpec,

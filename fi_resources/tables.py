@@ -133,6 +133,9 @@ MATCHED_PAIRS = Table(
         "similarity": pl.Float64,
         "vector_index": pl.Int64,
         "n_tags": pl.Int64,
+        # 0: the template chosen for its vector; 1, 2, ...: the alternates tried, in this order,
+        # when those before do not fit the passage.
+        "rank": pl.Int64,
     },
 )
 INSTANTIATED_PAIRS = Table(

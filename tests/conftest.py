@@ -16,10 +16,6 @@ def fi_home(tmp_path, monkeypatch):
     """A fresh data root for one test, seen by the settings, the CLI and the definitions."""
     home = tmp_path / "fi_home"
     monkeypatch.setenv("FI_HOME", str(home))
-    # A test's shard of one to three articles against 15-40 queries' templates has too few pairs
-    # to pack its documents' tokens (the demo's 100 queries do): the integration tests, which are
-    # about other things, tolerate that; tests of the parity check itself unset this.
-    monkeypatch.setenv("FI_TOKEN_PARITY", "0.9")
     monkeypatch.delenv("FI_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)
     get_settings.cache_clear()

@@ -6,7 +6,9 @@ import json
 import polars as pl
 import pytest
 
-from fi_method.ingest import RowError, document_fields, ingest_source, query_texts
+import fi_method.ingest
+from fi_method.ingest import RowError, document_fields, ingest_source, iter_records, query_texts
+from fi_method.samples import sharegpt_file, webquestions_files
 
 GOOD = "How do I keep sourdough starter alive while traveling for two weeks?"
 
@@ -114,8 +116,13 @@ def test_field_extraction_errors():
     with pytest.raises(RowError) as error:
         query_texts({"messages": [{"role": "assistant", "content": "hi"}]})
     assert error.value.reason == "no_user_turn"
-    with pytest.raises(RowError, match="no 'query', 'text', 'question', 'instruction' or 'prompt' field"):
+    with pytest.raises(RowError) as error:
         query_texts({"answer": "Heath Ledger"})
+    assert error.value.reason == "missing_text"
+    assert error.value.detail == (
+        "no 'query', 'text', 'question', 'instruction', 'prompt' or 'qText' field, "
+        "nor a 'messages', 'conversation' or 'conversations' list"
+    )
     assert document_fields({"text": "Body", "id": 7, "url": 3}) == {
         "source_id": "7",
         "url": None,
@@ -129,3 +136,121 @@ def test_unknown_file_type_and_missing_file(tmp_path):
         ingest_source("queries", str(tmp_path / "q.txt"))
     with pytest.raises(FileNotFoundError, match="no such file"):
         ingest_source("queries", str(tmp_path / "missing.jsonl"))
+
+
+# The ShareGPT file is pretty-printed with two spaces: a line "  }," ends a top-level element.
+SHAREGPT_ELEMENT_END = b"\n  },\n  {"
+SHAREGPT_SLICE_BYTES = 250_000
+
+
+def sharegpt_slice(path, size=SHAREGPT_SLICE_BYTES):
+    """The first `size` bytes of the real ShareGPT file, cut inside an element, and the elements
+    that are complete in it (decoded independently of the reader under test), with the byte where
+    the cut element starts."""
+    with sharegpt_file().open("rb") as handle:
+        head = handle.read(size)
+    path.write_bytes(head)
+    last_end = head.rfind(SHAREGPT_ELEMENT_END)
+    complete = json.loads(head[: last_end + len(b"\n  }")] + b"]")
+    return complete, last_end + len(b"\n  },\n  ")
+
+
+def test_sharegpt_as_published_user_turns_only_and_the_cut_element_is_a_reject(tmp_path):
+    complete, cut_element_byte = sharegpt_slice(tmp_path / "sharegpt.json")
+    result = ingest_source("queries", str(tmp_path / "sharegpt.json"))
+
+    turns = [(line, t) for line, r in enumerate(complete, 1) for t in r["conversations"]]
+    assert len(complete) > 30 and {t["from"] for _, t in turns} == {"human", "gpt"}
+    # Each user turn with text is a row, the first time it is said; an empty turn (element 29
+    # has one) costs only itself.
+    expected, said = [], set()
+    for line, turn in turns:
+        if turn["from"] == "human" and turn["value"].strip() and turn["value"] not in said:
+            said.add(turn["value"])
+            expected.append((line, turn["value"]))
+    assert len(expected) > 60
+    assert [(row["line"], row["text"]) for row in result.rows] == expected
+    assert {(r["line"], r["reason"], r["detail"]) for r in result.rejects if r["line"] == 29} == {
+        (29, "empty_text", "user turn 5")
+    }
+    # The element the cut falls in is rejected with its position; nothing after it is read.
+    last = result.rejects[-1]
+    assert (last["line"], last["reason"]) == (len(complete) + 1, "truncated")
+    assert last["detail"] == (
+        f"the file ends inside this element, which starts at byte {cut_element_byte}"
+    )
+    assert max(row["line"] for row in result.rows) == len(complete)
+
+
+def test_a_json_array_reads_the_same_whatever_the_chunk_size(tmp_path, monkeypatch):
+    sharegpt_slice(tmp_path / "sharegpt.json", size=60_000)
+    whole = list(iter_records(str(tmp_path / "sharegpt.json")))
+    # Chunks of a few bytes split every string, number, escape and multi-byte character.
+    monkeypatch.setattr(fi_method.ingest, "JSON_CHUNK_BYTES", 7)
+    chunked = list(iter_records(str(tmp_path / "sharegpt.json")))
+    assert [(line, str(r) if isinstance(r, RowError) else r) for line, r in chunked] == [
+        (line, str(r) if isinstance(r, RowError) else r) for line, r in whole
+    ]
+    assert isinstance(whole[-1][1], RowError) and whole[-1][1].reason == "truncated"
+
+
+def test_the_whole_sharegpt_file_streams_to_its_cut_end():
+    records = list(iter_records(str(sharegpt_file())))
+    good = [r for _, r in records if isinstance(r, dict)]
+    errors = [(line, r.reason, r.detail) for line, r in records if isinstance(r, RowError)]
+    assert len(good) == 17_671
+    assert errors == [
+        (17_672, "truncated", "the file ends inside this element, which starts at byte 125506645")
+    ]
+    first_turns = [
+        turns[0] for r in good if (turns := [t for t in r["conversations"] if t["from"] == "human"])
+    ]
+    assert sum(1 for turn in first_turns if turn["value"].strip()) == 17_382
+
+
+def test_malformed_undecodable_and_unclosed_json_arrays(tmp_path):
+    cases = {
+        b'[{"qText": "who is the president of brazil?"}, {"qText": oops}, {"qText": "c?"}]': (
+            "malformed_json",
+            "Expecting value at byte 57",  # where `oops` starts
+        ),
+        b'[{"qText": "who is the president of brazil?"} {"qText": "c?"}]': (
+            "malformed_json",
+            "expected ',' or ']' after element 1, found '{' at byte 46",
+        ),
+        b'[{"qText": "who is the president of brazil?"}, {"qText": "caf\xe9?"}]': (
+            "undecodable_bytes",
+            "not UTF-8 at byte 61",  # the Latin-1 é
+        ),
+        b'[{"qText": "who is the president of brazil?"}': (
+            "truncated",
+            "the file ends after element 1, before the array's closing ]",
+        ),
+    }
+    for number, (data, (reason, detail)) in enumerate(cases.items()):
+        path = tmp_path / f"q{number}.json"
+        path.write_bytes(data)
+        result = ingest_source("queries", str(path))
+        assert [row["text"] for row in result.rows] == ["who is the president of brazil?"]
+        assert [(r["line"], r["reason"], r["detail"]) for r in result.rejects] == [
+            (2, reason, detail)
+        ]
+    (tmp_path / "object.json").write_text('{"qText": "not in an array?"}')
+    with pytest.raises(ValueError, match="must hold a list of objects"):
+        list(iter_records(str(tmp_path / "object.json")))
+
+
+def test_webquestions_as_published_read_from_qtext(tmp_path):
+    published = json.loads(webquestions_files()[1].read_text())
+    result = ingest_source("queries", str(webquestions_files()[1]))
+    assert len(published) == len(result.rows) == 755 and not result.rejects
+    assert [row["text"] for row in result.rows] == [q["qText"] for q in published]
+
+    # A record without qText is a reject naming every field a query may be in.
+    rows = published[:3] + [{"qId": "wqr999999", "answers": ["Rome"]}]
+    (tmp_path / "webquestions.json").write_text(json.dumps(rows, indent=1))
+    result = ingest_source("queries", str(tmp_path / "webquestions.json"))
+    assert [row["text"] for row in result.rows] == [q["qText"] for q in published[:3]]
+    assert [(r["line"], r["reason"]) for r in result.rejects] == [(4, "missing_text")]
+    assert "'qText'" in result.rejects[0]["detail"]
+    assert "'conversations'" in result.rejects[0]["detail"]

@@ -20,7 +20,7 @@ from fi_method.synthesis.instantiator import (
     parse_output,
     prompt_style_for,
 )
-from fi_method.synthesis.pairs import collect_instantiations
+from fi_method.synthesis.pairs import collect_instantiations, instantiate_by_rank
 from fi_method.synthesis.rules_instantiator import REQUEST_LEAD, MemoizedEmbed, rules_instantiate
 from fi_method.templating.templates import FI_CLOSE, FI_OPEN, slot_descriptions
 from fi_method.text import content_hash
@@ -256,16 +256,18 @@ CHUNK = (
     "tallest man-made structure in the world until the Chrysler Building in New York City was "
     "finished in 1930."
 )
+# Templates whose own words ("designed", "built", "tall", "design") the passage says, with a
+# value of each slot's kind where it says them.
 RULES_TEMPLATES = [
     "Who designed <fi>a landmark</fi> in <fi>a city</fi>?",
     "When was <fi>a building</fi> built?",
-    "What is <fi>a person</fi> known for?",
-    "Write a short history of <fi>a monument</fi>.",
-    "Compare <fi>a city</fi> with <fi>another city</fi>.",
+    "What is <fi>a landmark</fi> known for?",
+    "Describe the design of <fi>a landmark</fi>.",
+    "Whose company designed the tower named after <fi>a person</fi>?",
 ]
 
 
-REPEATED_SLOT = "Compare <fi>a city</fi> with <fi>a city</fi>."
+REPEATED_SLOT = "When was the tower of <fi>a city</fi> built, and who built it in <fi>a city</fi>?"
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +308,8 @@ def test_rules_output_fills_every_slot_from_the_chunk(rules_output, template):
     values = filled_values(template, parsed.instruction)
     assert len(values) == len(slot_descriptions(template))
     for value in values:
-        assert value and value in CHUNK
+        # Verbatim, but for the case of a leading article inside the sentence ("the Eiffel Tower").
+        assert value and value.lower() in CHUNK.lower()
 
 
 @pytest.mark.parametrize("template", RULES_TEMPLATES)
@@ -325,7 +328,7 @@ def test_rules_instruction_is_about_its_answer(rules_output, template):
     parsed = parse_output(rules_output[template])
     answer, _ = ground(parsed, CHUNK)
     for value in filled_values(template, parsed.instruction):
-        assert value in answer
+        assert value.lower() in answer.lower()
 
 
 def test_a_repeated_slot_description_gets_one_value(rules_output):
@@ -335,13 +338,13 @@ def test_a_repeated_slot_description_gets_one_value(rules_output):
 
 
 def test_different_slot_descriptions_get_different_values(rules_output):
-    template = "Compare <fi>a city</fi> with <fi>another city</fi>."
+    template = RULES_TEMPLATES[0]
     first, second = filled_values(template, parse_output(rules_output[template]).instruction)
     assert first != second
 
 
 def test_a_request_is_answered_with_a_lead_and_a_question_without(rules_output):
-    request = parse_output(rules_output["Write a short history of <fi>a monument</fi>."])
+    request = parse_output(rules_output["Describe the design of <fi>a landmark</fi>."])
     question = parse_output(rules_output["When was <fi>a building</fi> built?"])
     assert request.answer.startswith(REQUEST_LEAD)
     assert not question.answer.startswith(REQUEST_LEAD)
@@ -390,8 +393,56 @@ def test_the_answer_starts_where_the_template_matched_and_reads_on_into_the_docu
 )
 def test_a_chunk_too_short_to_answer_gives_null(embed, chunk):
     output = rules_instantiate("Who designed <fi>a landmark</fi>?", chunk, embed)
-    assert output == "null"
+    assert output == "null: the passage is too short to answer from"
     assert parse_output(output) is None
+
+
+@pytest.mark.parametrize(
+    ("template", "reason"),
+    [
+        # The passage names a landmark but never speaks of floors: "how many floors is France".
+        ("How many floors does <fi>a landmark</fi> have?", 'say "floors"'),
+        # It speaks of height, but holds no disease to fill the slot with.
+        (
+            "What is the height of <fi>a disease or medical condition</fi>?",
+            'no span of the passage fits "a disease or medical condition"',
+        ),
+        # "what is there to do in X": nothing the template says could be looked for.
+        ("What is there to do in <fi>a city</fi>?", "say nothing the passage could be checked"),
+        # Asked about a value alone, the excerpt must be about that value: the height is named
+        # once.
+        ("Tell me about <fi>a quantity</fi>.", "not about the value"),
+    ],
+)
+def test_a_template_the_passage_does_not_support_gives_null_with_the_reason(
+    embed, template, reason
+):
+    output = rules_instantiate(template, CHUNK, embed)
+    assert parse_output(output) is None
+    assert output.startswith("null: ") and reason in output
+
+
+def test_a_slot_is_filled_only_with_a_value_of_its_kind(embed):
+    """A year is no city: "When was <fi>a city</fi> built?" takes a city of the passage even
+    though years sit closer to "built"."""
+    parsed = parse_output(
+        rules_instantiate("When was the tower in <fi>a city</fi> built?", CHUNK, embed)
+    )
+    [value] = filled_values("When was the tower in <fi>a city</fi> built?", parsed.instruction)
+    assert value in ("Paris", "France")
+
+
+def test_a_question_is_instantiated_only_where_the_passage_gives_what_it_asks(embed):
+    """ "Who" asks for a person: a passage that says "designed" near a landmark but names no
+    one there does not answer "who designed it"."""
+    chunk = (
+        "The old bridge in Paris was designed with five stone arches and a narrow deck. "
+        "Its piers stand on oak piles driven into the riverbed, and floods have never moved them. "
+        "The Pont Neuf in Paris is the oldest standing bridge across the Seine, and the arches of "
+        "its two spans are still those laid when the bridge was finished, long before cars."
+    )
+    output = rules_instantiate("Who designed the bridge in <fi>a city</fi>?", chunk, embed)
+    assert output == "null: the passage does not give a person where it says so"
 
 
 @pytest.mark.parametrize("template", [RULES_TEMPLATES[0], REPEATED_SLOT])
@@ -461,6 +512,76 @@ def test_pair_id_is_stable_and_depends_on_document_template_and_content():
     assert other_template[0]["pair_id"] != pair_id
 
 
+def ranked(
+    chunk_id: str, vector_index: int, rank: int, template: str, template_id: str, doc_id="d1"
+) -> dict:
+    return {
+        **request(chunk_id, template_id, doc_id),
+        "vector_index": vector_index,
+        "rank": rank,
+        "template": template,
+        "chunk": CHUNK,
+        "anchor": 0.0,
+    }
+
+
+def test_a_vector_tries_its_alternates_until_one_fits(embed):
+    """Rank 0 does not fit the passage (it never speaks of floors); the alternate behind it does,
+    and the vector gets that one pair; the alternate of a vector whose first template fit is
+    never tried."""
+    requests = [
+        ranked("c1", 0, 0, "How many floors does <fi>a landmark</fi> have?", "floors"),
+        ranked("c1", 1, 0, "What is <fi>a landmark</fi> known for?", "known"),
+        ranked("c1", 0, 1, "When was <fi>a building</fi> built?", "built"),
+        ranked("c1", 1, 1, "Describe the design of <fi>a landmark</fi>.", "design"),
+    ]
+    asked: list[list[str]] = []
+
+    def instantiate(batch):
+        asked.append([r["template_id"] for r in batch])
+        return [rules_instantiate(r["template"], r["chunk"], embed) for r in batch]
+
+    kept, rejects, instantiated, tried = instantiate_by_rank(
+        requests, instantiate, {"d1": CHUNK}, 0.8, "rules", "minilm"
+    )
+    assert asked == [["floors", "known"], ["built"]]
+    assert sorted(pair["template_id"] for pair in kept) == ["built", "known"]
+    assert (instantiated, tried) == (2, 3)
+    assert [(r["item_id"], r["reason"]) for r in rejects] == [
+        ("d1:floors", "template_does_not_fit")
+    ]
+    assert 'say "floors"' in rejects[0]["detail"]
+
+
+def test_a_template_makes_at_most_its_cap_of_pairs_in_a_shard(embed):
+    template = "What is <fi>a landmark</fi> known for?"
+    requests = [ranked(f"c{i}", 0, 0, template, "known", f"d{i}") for i in range(3)]
+    requests += [ranked("c2", 0, 1, "When was <fi>a building</fi> built?", "built", "d2")]
+
+    def instantiate(batch):
+        return [rules_instantiate(r["template"], r["chunk"], embed) for r in batch]
+
+    kept, rejects, _, _ = instantiate_by_rank(
+        requests,
+        instantiate,
+        {f"d{i}": CHUNK for i in range(3)},
+        0.8,
+        "rules",
+        "minilm",
+        max_template_uses=1,
+    )
+    # c0 makes the template's one pair; c1's and c2's are past the cap, so c2's vector tries its
+    # alternate (c1 has none).
+    assert [(pair["chunk_id"], pair["template_id"]) for pair in kept] == [
+        ("c0", "known"),
+        ("c2", "built"),
+    ]
+    assert [(r["item_id"], r["reason"]) for r in rejects] == [
+        ("d1:known", "template_overused"),
+        ("d2:known", "template_overused"),
+    ]
+
+
 def test_collect_refuses_mismatched_lengths():
     with pytest.raises(ValueError):
         collect([request("c1"), request("c2")], [OUTPUT])
@@ -490,9 +611,7 @@ def test_markup_and_list_runs_never_fill_a_slot(embed):
         "designers Allan Starski and Ewa Braun, whose sets rebuilt the Krakow ghetto in 1993 on "
         "a field outside the city, with streets, courtyards and a wall copied from photographs."
     )
-    output = parse_output(
-        rules_instantiate("Who designed the sets of <fi>a film</fi>?", chunk, embed)
-    )
+    output = parse_output(rules_instantiate("Who rebuilt <fi>a kind of ghetto</fi>?", chunk, embed))
     assert output is not None
     assert "\n" not in output.instruction and "File:" not in output.instruction
     assert "==" not in output.instruction

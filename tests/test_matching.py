@@ -5,6 +5,7 @@ from fi_method.retrieval.matching import (
     Candidate,
     choose_templates,
     complexity_weights,
+    rank_templates,
     target_distribution,
 )
 
@@ -156,3 +157,24 @@ def test_a_long_document_gets_templates_in_proportion_to_its_passages():
     for chunk_id in {p["chunk_id"] for p in pairs}:
         chosen = [p["template_id"] for p in pairs if p["chunk_id"] == chunk_id]
         assert len(chosen) == len(set(chosen))
+
+
+def test_alternates_follow_the_first_choice_and_never_repeat_a_template_in_a_passage():
+    candidates = skewed_document(0)
+    ranked = rank_templates(candidates, EVEN_TARGET, seed="doc-0", per_vector=4)
+    first = [candidate for rank, candidate in ranked if rank == 0]
+    assert first == choose_templates(candidates, EVEN_TARGET, seed="doc-0")
+    assert [rank for rank, _ in ranked] == sorted(rank for rank, _ in ranked)
+    assert len(ranked) == VECTORS_PER_DOCUMENT * 4
+    template_ids = [candidate.template_id for _, candidate in ranked]
+    assert len(set(template_ids)) == len(template_ids)
+    # Each vector's alternates are its own candidates.
+    for rank, candidate in ranked:
+        assert candidate.template_id.startswith(f"doc0-vec{candidate.vector_index}-")
+    assert rank_templates(candidates, EVEN_TARGET, seed="doc-0", per_vector=4) == ranked
+
+
+def test_alternates_stop_when_a_vector_runs_out_of_candidates():
+    ranked = rank_templates(shared_candidates(), {1: 0.2, 2: 0.3, 3: 0.5}, seed=3, per_vector=5)
+    # Three templates shared by every vector: listed once each for the whole passage.
+    assert sorted(candidate.template_id for _, candidate in ranked) == ["t0", "t1", "t2"]

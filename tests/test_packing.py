@@ -1,10 +1,18 @@
-"""Stage E packing on tiny literal documents, with the real Llama-3 tokenizer."""
+"""Stage E packing on tiny literal documents, with the real Llama-3 tokenizer; the training budget
+(the same tokens for every recipe) on real Wikipedia articles packed by each recipe."""
 
 from dataclasses import asdict
 
 import pytest
 
 from fi_method.corpus import packing
+from fi_method.corpus.budget import (
+    ShardTokens,
+    plan_budget,
+    tokens_by_recipe_markdown,
+    tokens_by_shard_markdown,
+    training_steps,
+)
 from fi_method.corpus.packing import (
     FINEINSTRUCTIONS,
     NON_INSTRUCTIONAL,
@@ -255,3 +263,130 @@ def test_other_tokenizer_forms_encode_the_same(tokenizer):
     for other in (raw, by_file, by_folder):
         assert tokenize_sample(other, "How tall is it?", "330 metres.") == expected
     assert by_folder(text) == tokenizer(text)
+
+
+def packed_shard(tokenizer, shard, articles, pairs_per_document):
+    """Each recipe's `ShardTokens` of one shard of real articles: `fineinstructions` has
+    `pairs_per_document[i]` pairs for the i-th article (a strict judge keeps few), each a
+    question on one of its paragraphs; `non_instructional` has each article cut in two."""
+    from fi_method.synthesis.continuations import halve
+
+    documents = [(a["id"], a["text"]) for a in articles]
+    candidates = {
+        FINEINSTRUCTIONS: {
+            doc_id: [
+                pair(f"{doc_id}-{i}", f"What does the article say in part {i}?", paragraph)
+                for i, paragraph in enumerate(
+                    [p for p in text.split("\n\n") if len(p.split()) > 20][:n]
+                )
+            ]
+            for (doc_id, text), n in zip(documents, pairs_per_document, strict=True)
+        },
+        NON_INSTRUCTIONAL: {doc_id: [pair(doc_id, *halve(text))] for doc_id, text in documents},
+        STANDARD: {},
+    }
+    counts = []
+    for recipe in RECIPES:
+        rows, stats = pack_shard(documents, candidates[recipe], recipe, tokenizer, seed=0)
+        counts.append(ShardTokens(shard, recipe, stats.packed_tokens, len(rows)))
+    return counts
+
+
+@pytest.fixture(scope="module")
+def articles():
+    from fi_method.samples import wikipedia_articles
+
+    return wikipedia_articles(limit=5)
+
+
+def totals(counts):
+    return {
+        recipe: sum(c.packed_tokens for c in counts if c.recipe == recipe) for recipe in RECIPES
+    }
+
+
+def test_every_recipe_trains_on_the_smallest_recipes_total_unless_a_setting_says_otherwise(
+    tokenizer, articles
+):
+    counts = packed_shard(tokenizer, "wiki", articles[:4], [3, 0, 2, 0])
+    packed = totals(counts)
+    # A strict judge: fineinstructions packs far fewer tokens than the documents hold.
+    assert packed[FINEINSTRUCTIONS] < 0.5 * packed[STANDARD]
+    budget = plan_budget(counts, None)
+    assert (budget.tokens, budget.source) == (packed[FINEINSTRUCTIONS], FINEINSTRUCTIONS)
+    assert budget.failures == [] and budget.document_tokens == packed[STANDARD]
+    assert budget.trained_share(FINEINSTRUCTIONS) == 1.0
+    assert budget.trained_share(STANDARD) == pytest.approx(
+        packed[FINEINSTRUCTIONS] / packed[STANDARD]
+    )
+    smaller = plan_budget(counts, 500)
+    assert (smaller.tokens, smaller.source, smaller.failures) == (500, "FI_TRAINING_TOKENS", [])
+    table = tokens_by_recipe_markdown(budget)
+    assert f"| standard | {packed[STANDARD]:,} | 100.0% |" in table
+    assert (
+        f"Training budget: {packed[FINEINSTRUCTIONS]:,} tokens per recipe (fineinstructions)"
+        in (table)
+    )
+    # Whole optimizer steps within the budget: never a step more than it holds.
+    assert training_steps(20_480, 1024) == 20 and training_steps(20_479, 1024) == 19
+    assert training_steps(1023, 1024) == 0
+
+
+def test_a_budget_a_recipe_cannot_fill_without_repeating_data_fails_naming_it(tokenizer, articles):
+    counts = packed_shard(tokenizer, "wiki", articles[:4], [3, 0, 2, 0])
+    packed = totals(counts)
+    # The old default, the documents' own tokens: the halves, cut to fit, fill it; the few kept
+    # pairs cannot.
+    assert packed[NON_INSTRUCTIONAL] == packed[STANDARD]
+    budget = plan_budget(counts, packed[STANDARD])
+    [line] = budget.failures
+    assert f"packed {packed[FINEINSTRUCTIONS]:,} tokens on its training shards" in line
+    assert f"training budget of {packed[STANDARD]:,} (FI_TRAINING_TOKENS)" in line
+    assert line.startswith("fineinstructions ") and "repeat data" in line
+    assert "| short |" in tokens_by_recipe_markdown(budget).split("\n")[3]  # fineinstructions
+    assert f"Set FI_TRAINING_TOKENS to at most {packed[FINEINSTRUCTIONS]:,}" in line
+
+
+def test_a_short_shard_is_shown_not_failed_when_the_totals_fill_the_budget(tokenizer, articles):
+    """A shard whose documents got no kept pair packs nothing for fineinstructions; the other
+    shard's pairs still fill a budget set below the total, so nothing fails."""
+    counts = packed_shard(tokenizer, "full", articles[:4], [40, 40, 40, 40])
+    counts += packed_shard(tokenizer, "short", articles[4:5], [0])
+    packed = totals(counts)
+    budget = plan_budget(counts, packed[FINEINSTRUCTIONS])
+    assert budget.failures == []
+    shards = tokens_by_shard_markdown(counts)
+    short_standard = next(c for c in counts if (c.shard, c.recipe) == ("short", STANDARD))
+    assert f"| short | {short_standard.packed_tokens:,} | 0 (0.0%) |" in shards
+    assert "| full |" in shards
+
+
+def test_recipes_packed_on_different_shards_or_packing_nothing_fail(tokenizer, articles):
+    counts = packed_shard(tokenizer, "wiki", articles[:2], [0, 0])
+    budget = plan_budget(counts, None)
+    assert budget.tokens == 0
+    [line] = budget.failures
+    assert line.startswith("fineinstructions packed no tokens on its training shards")
+
+    counts = packed_shard(tokenizer, "a", articles[:2], [9, 9])
+    counts += [c for c in packed_shard(tokenizer, "b", articles[2:3], [9]) if c.recipe == STANDARD]
+    failures = plan_budget(counts, None).failures
+    assert len(failures) == 2 and all("not packed on shard(s) b" in line for line in failures)
+    without_standard = plan_budget([c for c in counts if c.recipe != STANDARD], None)
+    assert without_standard.failures[0].startswith("standard has no packed_corpus")
+
+
+def test_the_fidelity_table_shows_the_budget_and_what_each_recipe_trained_on():
+    from fi_method.evaluation.fidelity import render_markdown, training_figures
+
+    figures = training_figures(
+        20_480,
+        {STANDARD: 80_000, FINEINSTRUCTIONS: 20_600},
+        {STANDARD: 20_480, FINEINSTRUCTIONS: 20_480, NON_INSTRUCTIONAL: None},
+    )
+    table = render_markdown(figures)
+    assert "| training budget, tokens per recipe | 20,480 | - |" in table
+    assert "| standard: tokens trained on | 20,480 | - |" in table
+    assert "| standard: trained / packed tokens | 25.6% | - |" in table
+    assert "| fineinstructions: trained / packed tokens | 99.4% | - |" in table
+    assert "| non_instructional: tokens trained on | - | - |" in table

@@ -20,57 +20,12 @@ from fi_method.synthesis.quality import (
     leaked_eval_items,
     share_outside,
     template_share_limit,
-    token_parity_failures,
 )
 
 
 @pytest.fixture(scope="module")
 def articles():
     return [(a["id"], a["text"]) for a in wikipedia_articles(limit=4)]
-
-
-def pairs_for(doc_id: str, text: str, n: int) -> list[dict]:
-    """`n` grounded-looking pairs of a document: its paragraphs, asked about."""
-    paragraphs = [p for p in text.split("\n\n") if len(p.split()) > 20] or [text]
-    return [
-        {
-            "sample_id": f"{doc_id}-{i}",
-            "instruction": f"What does the article say in part {i}?",
-            "answer": paragraphs[i % len(paragraphs)],
-        }
-        for i in range(n)
-    ]
-
-
-def test_a_recipe_with_pairs_for_every_document_packs_within_parity(articles):
-    tokenizer = load_training_tokenizer()
-    candidates = {doc_id: pairs_for(doc_id, text, 60) for doc_id, text in articles}
-    _, stats = pack_shard(articles, candidates, "fineinstructions", tokenizer, seed=0)
-    assert (
-        token_parity_failures(
-            "fineinstructions", "wiki", stats.packed_tokens, stats.document_tokens, 0.02
-        )
-        == []
-    )
-
-
-def test_a_recipe_whose_pairs_cover_one_document_of_four_is_short(articles):
-    """Documents without any matching template roll their budget over, but nothing fills it."""
-    tokenizer = load_training_tokenizer()
-    doc_id, text = articles[0]
-    _, stats = pack_shard(
-        articles, {doc_id: pairs_for(doc_id, text, 60)}, "fineinstructions", tokenizer, seed=0
-    )
-    [line] = token_parity_failures(
-        "fineinstructions", "wiki", stats.packed_tokens, stats.document_tokens, 0.02
-    )
-    assert line.startswith("fineinstructions packs ") and "short" in line
-    assert f"{stats.document_tokens - stats.packed_tokens:,}" in line
-
-
-def test_a_recipe_that_packed_nothing_fails_however_loose_the_parity():
-    [line] = token_parity_failures("fineinstructions", "wiki", 0, 52_000, 0.99)
-    assert "packs 0 of the 52,000 tokens" in line
 
 
 def test_non_instructional_halves_fit_their_budget(articles):
@@ -87,12 +42,7 @@ def test_non_instructional_halves_fit_their_budget(articles):
     assert [row["doc_id"] for row in rows] == [doc_id for doc_id, _ in articles]
     assert all(row["n_tokens"] <= row["budget_tokens"] for row in rows)
     assert stats.samples_cut_to_budget >= 1
-    assert (
-        token_parity_failures(
-            "non_instructional", "wiki", stats.packed_tokens, stats.document_tokens, 0.02
-        )
-        == []
-    )
+    assert stats.packed_tokens >= 0.98 * stats.document_tokens
 
 
 def test_one_template_crowding_out_the_rest_is_found():

@@ -10,13 +10,14 @@ import sys
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from training.config import TrainConfig, parse_config
-from training.data import PackedSequences
+from training.data import DataExhausted, PackedSequences, stream_tokens
 from training.export import load_checkpoint_model
 from training.model import (
     build_model,
@@ -175,6 +176,52 @@ def test_packing_wraps_each_sample_in_bos_eos_and_masks_what_is_not_trained(tmp_
         seen.append(content)
         start = end
     assert sorted(seen) == sorted(by_content), "one epoch holds every sample exactly once"
+
+
+def samples_read(loader: PackedSequences, sequences: int) -> list[tuple[int, ...]]:
+    """The samples (their ids between BOS and EOS) the first `sequences` sequences reach."""
+    tokens, _ = stream_of(loader, sequences)
+    found, start = [], 0
+    while BOS in tokens[start:]:
+        start = tokens.index(BOS, start) + 1
+        end = tokens.index(EOS, start) if EOS in tokens[start:] else len(tokens)
+        found.append(tuple(tokens[start:end]))
+    return found
+
+
+def test_one_pass_at_most_trains_on_a_seeded_subset_and_never_repeats(tmp_path, capsys):
+    data = counting_corpus(tmp_path / "data")  # 13 samples of 12 ids: 182 tokens with BOS/EOS
+    assert stream_tokens([data]) == 13 * 14
+    without_statistics = tmp_path / "no_statistics.parquet"
+    pq.write_table(
+        pq.read_table(data / "samples.parquet"), without_statistics, write_statistics=False
+    )
+    assert stream_tokens([without_statistics]) == 13 * 14  # counted by reading the ids
+
+    # 3 steps of 2 x 24 tokens read 145 of the 182: the start of the seeded shuffle, whole
+    # samples but the last, the same for the same seed and other for another.
+    def subset(seed: int) -> list[tuple[int, ...]]:
+        loader = PackedSequences([data], 24, 2, BOS, EOS, seed=seed, max_epochs=1)
+        return samples_read(loader, 6)
+
+    first = subset(0)
+    assert first == subset(0) and first != subset(1)
+    assert len(set(first)) == len(first) < 13, "a subset, no sample twice"
+    assert all(ids == tuple(range(ids[0], ids[0] + 12)) for ids in first[:-1])
+
+    train(tiny_run(data, tmp_path / "run", steps=3, max_epochs=1))
+    lines = logged(capsys)
+    assert lines[-1]["tokens"] == 3 * 48 and lines[-1]["samples"] == len(first) < 13
+
+    # A fourth step would need 193 tokens: refused before any step, not filled by repetition.
+    with pytest.raises(ValueError, match=r"need 193 tokens of data; 1 epoch\(s\) .* hold 182"):
+        train(tiny_run(data, tmp_path / "too_long", steps=4, max_epochs=1))
+    assert logged(capsys) == [] and not (tmp_path / "too_long" / "checkpoints").exists()
+    loader = PackedSequences([data], 24, 2, BOS, EOS, max_epochs=1)
+    with pytest.raises(DataExhausted, match="after 1 epoch"):
+        stream_of(loader, 8)
+    # Without the cap the stream repeats, as multi-epoch pre-training means to.
+    assert len(stream_of(PackedSequences([data], 24, 2, BOS, EOS), 8)[0]) == 8 * 24 + 1
 
 
 def test_document_masking_blocks_attention_across_documents(tmp_path):

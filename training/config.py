@@ -37,6 +37,11 @@ class TrainConfig:
         False, "attend within a document only, with positions restarting at each document"
     )
     steps: int = _option(1000, "optimizer steps of the whole run (sets the schedule)")
+    max_epochs: int | None = _option(
+        None,
+        "passes over the data at most: a run whose steps need more tokens is refused before it "
+        "starts (1: never repeat a sample; fewer steps train on a seeded subset); default: no cap",
+    )
     stop_after: int | None = _option(
         None, "end this invocation after this many steps, checkpointed (resume with --resume)"
     )

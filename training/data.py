@@ -23,6 +23,11 @@ held at a time; write the files with modest row groups (thousands of rows) for a
 A `DataPosition` (epoch, sample index in that epoch's order, tokens of the sample already used)
 fully determines the rest of the stream, so a checkpoint that stores it resumes exactly.
 
+The stream is endless unless `max_epochs` caps it: a run that trains for fewer tokens than one
+epoch holds sees the start of the seeded shuffle, a seeded subset of whole samples (the last one
+cut where the run ends); one that would need more than `max_epochs` passes is refused
+(`DataExhausted`) instead of repeating data.
+
 Under torchrun every rank packs the same global stream and keeps its own slice of each global
 batch: the stored position is the same on all ranks, and a run may resume on another world size.
 """
@@ -36,6 +41,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
+
+
+class DataExhausted(RuntimeError):
+    """The run needs more tokens than `max_epochs` passes over its data hold."""
 
 
 @dataclass
@@ -70,16 +79,21 @@ def parquet_files(paths: list[str | Path]) -> list[Path]:
     return files
 
 
+def _input_ids_column(parquet: pq.ParquetFile) -> int:
+    """Index of the Parquet leaf column holding the `input_ids` values."""
+    return next(
+        i
+        for i in range(parquet.metadata.num_columns)
+        if parquet.schema.column(i).path.startswith("input_ids.")
+    )
+
+
 def max_token_id(paths: list[str | Path]) -> int:
     """The largest id in `input_ids`, from the Parquet statistics where written, else by reading."""
     largest = -1
     for file in parquet_files(paths):
         parquet = pq.ParquetFile(file)
-        leaf = next(
-            i
-            for i in range(parquet.metadata.num_columns)
-            if parquet.schema.column(i).path.startswith("input_ids.")
-        )
+        leaf = _input_ids_column(parquet)
         for group in range(parquet.metadata.num_row_groups):
             statistics = parquet.metadata.row_group(group).column(leaf).statistics
             if statistics is not None and statistics.has_min_max:
@@ -89,6 +103,25 @@ def max_token_id(paths: list[str | Path]) -> int:
                 values = ids.combine_chunks().values.to_numpy()
                 largest = max(largest, int(values.max(initial=-1)))
     return largest
+
+
+def stream_tokens(paths: list[str | Path]) -> int:
+    """Tokens of one epoch's stream: every sample's ids plus its BOS and EOS. From the Parquet
+    statistics where written (their count of non-null `input_ids` values), else by reading."""
+    total = 0
+    for file in parquet_files(paths):
+        parquet = pq.ParquetFile(file)
+        leaf = _input_ids_column(parquet)
+        for group in range(parquet.metadata.num_row_groups):
+            metadata = parquet.metadata.row_group(group)
+            statistics = metadata.column(leaf).statistics
+            if statistics is not None and statistics.num_values is not None:
+                ids = statistics.num_values
+            else:
+                column = parquet.read_row_group(group, columns=["input_ids"]).column(0)
+                ids = len(column.combine_chunks().values)
+            total += ids + 2 * metadata.num_rows
+    return total
 
 
 def _distributed_rank_and_size() -> tuple[int, int]:
@@ -119,8 +152,10 @@ class PackedSequences:
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        max_epochs: int | None = None,
     ):
         self.seq_len, self.batch_size = seq_len, batch_size
+        self.max_epochs = max_epochs
         self.bos_id, self.eos_id = bos_id, eos_id
         self.answer_only_loss, self.seed = answer_only_loss, seed
         default_rank, default_size = _distributed_rank_and_size()
@@ -139,6 +174,11 @@ class PackedSequences:
         self.position = DataPosition()
         self._epoch_order: tuple[int, np.ndarray, np.ndarray] | None = None
         self._loaded: tuple[int, int, tuple[np.ndarray, ...]] | None = None
+
+    @property
+    def samples_seen(self) -> int:
+        """Samples the stream has reached so far, the one it is in included."""
+        return self.position.epoch * self.samples_per_epoch + self.position.sample + 1
 
     def state_dict(self) -> dict:
         return asdict(self.position)
@@ -204,6 +244,11 @@ class PackedSequences:
             sample, offset = sample + 1, 0
             if sample == self.samples_per_epoch:
                 epoch, sample = epoch + 1, 0
+                if self.max_epochs is not None and epoch >= self.max_epochs:
+                    raise DataExhausted(
+                        f"the data ran out after {self.max_epochs} epoch(s) of "
+                        f"{self.samples_per_epoch:,} samples; more would repeat them"
+                    )
 
     def next_batch(self) -> Batch:
         """This rank's `batch_size` sequences of the next global batch (world_size × batch_size

@@ -13,7 +13,8 @@ Metrics go to stdout (to the Dagster run's log instead, under Dagster Pipes) as 
 log step (see `emit_metrics`): step; loss (that step's mean over its counted targets); grad_norm
 (before clipping); lr (the step's); tokens (seen so far, all ranks); tokens_per_s (all ranks, since
 the previous line); mfu (per GPU, null where the peak is unknown, e.g. on the CPU); max_memory_gib
-(the most GPU memory this rank's tensors took so far, null on the CPU). Everything else goes to
+(the most GPU memory this rank's tensors took so far, null on the CPU); samples (reached so far,
+the one the stream is in included). Everything else goes to
 stderr. Under torchrun with more than one rank the model is sharded with FSDP2; checkpoints are
 sharded (torch.distributed.checkpoint) and load on any number of ranks."""
 
@@ -45,7 +46,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from training.config import TrainConfig, parse_config
-from training.data import Batch, PackedSequences, max_token_id
+from training.data import Batch, PackedSequences, max_token_id, stream_tokens
 from training.export import write_hugging_face_folder
 from training.model import Transformer, build_model, flops_per_token, model_config, parameter_count
 
@@ -312,6 +313,22 @@ def train_step(
     return loss_sum, counted, grad_norm, learning_rate
 
 
+def check_enough_data(config: TrainConfig, tokens_per_step: int) -> None:
+    """Refuse, before any step, a run whose steps need more tokens than `max_epochs` passes over
+    its data hold. Sequences overlap by one token, so `steps` steps read one token more than they
+    train on."""
+    if config.max_epochs is None:
+        return
+    needed = config.steps * tokens_per_step + 1
+    available = config.max_epochs * stream_tokens(config.data)
+    if needed > available:
+        raise ValueError(
+            f"{config.steps} steps of {tokens_per_step:,} tokens need {needed:,} tokens of data; "
+            f"{config.max_epochs} epoch(s) of {config.data} hold {available:,} (BOS/EOS "
+            f"included): lower --steps, or raise --max-epochs to repeat data"
+        )
+
+
 def train(config: TrainConfig) -> Path:
     """Run (or continue) training as configured; returns the last checkpoint's directory (None
     when nothing was saved)."""
@@ -346,7 +363,10 @@ def train(config: TrainConfig) -> Path:
         eos_id,
         config.answer_only_loss,
         config.seed,
+        max_epochs=config.max_epochs,
     )
+    tokens_per_step = world_size * config.grad_accum * config.batch_size * config.seq_len
+    check_enough_data(config, tokens_per_step)
     step, checkpoint = 0, None
     if config.resume and (checkpoint := latest_checkpoint(out)) is not None:
         train_state = load_checkpoint(checkpoint, model, optimizer, scheduler)
@@ -372,7 +392,6 @@ def train(config: TrainConfig) -> Path:
         if device.type == "cuda"
         else contextlib.nullcontext()
     )
-    tokens_per_step = world_size * config.grad_accum * config.batch_size * config.seq_len
     flops_per_step_per_rank = flops_per_token(architecture, config.seq_len) * tokens_per_step
     flops_per_step_per_rank /= world_size
     peak = peak_flops(device)
@@ -402,6 +421,7 @@ def train(config: TrainConfig) -> Path:
                         "grad_norm": grad_norm.item(),
                         "lr": learning_rate,
                         "tokens": step * tokens_per_step,
+                        "samples": data.samples_seen,
                         "tokens_per_s": tokens_per_second,
                         "mfu": None if peak is None else achieved / peak,
                         "max_memory_gib": (
@@ -437,6 +457,7 @@ def train(config: TrainConfig) -> Path:
                 config.hf_dtype,
             )
             log.info("exported %s", out / "hf")
+    _last_metrics["samples_per_epoch"] = data.samples_per_epoch
     _barrier()
     return checkpoint
 

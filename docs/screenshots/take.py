@@ -24,7 +24,11 @@ from playwright.sync_api import Error, sync_playwright
 PAGES = [
     ("asset_graph.png", "/assets/judged_pairs?view=lineage&lineageScope=upstream", "matched_pairs"),
     ("judged_pairs_preview.png", "/assets/judged_pairs", "preview"),
-    ("packed_corpus_checks.png", "/assets/packed_corpus?view=checks", "recipes_agree_on_tokens"),
+    (
+        "packed_corpus_checks.png",
+        "/assets/packed_corpus?view=checks",
+        "no_eval_items_in_training_data",
+    ),
     ("eval_report.png", "/assets/eval_report", "eval_report"),
     ("runs.png", "/runs", "fi/assets"),
 ]

@@ -24,6 +24,7 @@ app.add_typer(ingest_app, name="ingest")
 SOURCE_HELP = "JSONL, JSON, Parquet or CSV file, or hf:NAME[@SPLIT] for a Hugging Face dataset"
 UI_STOP_GRACE_S = 20.0  # how long dg dev gets to stop its webserver and daemon
 SHARD_HELP = "shard (partition) name; default: the file name without extension"
+MAX_REJECTS_SHOWN = 20  # bad rows `fi judge` prints; the rejects table holds them all
 
 
 def _settings():
@@ -66,9 +67,20 @@ def ingest_queries(
     source: Annotated[str, typer.Argument(help=SOURCE_HELP)],
     shard: Annotated[str | None, typer.Option(help=SHARD_HELP)] = None,
 ) -> None:
-    """Ingest user queries: a `query` or `text` field, or chat `messages`/`conversation` (user
-    turns only)."""
-    _ingest("queries", source, shard)
+    """Ingest user queries: a `query`, `text`, `question`, `instruction`, `prompt` or `qText`
+    field, or chat `messages`/`conversation`/`conversations` (user turns only). SOURCE `sharegpt`
+    or `webquestions` ingests that bundled source's files as published."""
+    from fi_method.samples import BUNDLED_QUERY_SOURCES, bundled_query_files
+
+    if source not in BUNDLED_QUERY_SOURCES or Path(source).exists():
+        _ingest("queries", source, shard)
+        return
+    try:
+        files = bundled_query_files(source, shard)
+    except FileNotFoundError as error:
+        raise _failure(error, 1) from error
+    for name, path in files.items():
+        _ingest("queries", str(path), name)
 
 
 @ingest_app.command("documents")
@@ -217,23 +229,28 @@ def lineage(
 def demo(
     full: Annotated[
         bool,
-        typer.Option("--full", help="all 285 IFBench queries and 105 articles (6 held out)"),
+        typer.Option(
+            "--full",
+            help="all 285 IFBench queries, all 5,810 WebQuestions, 2,000 ShareGPT openings and "
+            "105 articles (6 held out)",
+        ),
     ] = False,
 ) -> None:
-    """Ingest the bundled sample (real WildChat queries, real Wikipedia articles) and materialize
-    everything."""
+    """Ingest the bundled sample (real WildChat, WebQuestions and ShareGPT queries, real Wikipedia
+    articles) and materialize everything."""
     from fi_assets.evaluation import fidelity_figures
     from fi_method.evaluation.fidelity import render_markdown
     from fi_method.samples import write_sample
     from fi_resources.storage import Storage
 
     # A CPU trains the tiny models on a few steps' worth, the same for every recipe; by default
-    # (FI_TRAINING_TOKENS unset) each recipe trains on the standard corpus's tokens.
+    # (FI_TRAINING_TOKENS unset) each recipe trains on the smallest recipe's packed tokens.
     os.environ.setdefault("FI_TRAINING_TOKENS", str(DEMO_TRAINING_TOKENS))
     settings = _settings()
     started = time.perf_counter()
     sample = write_sample(settings.home / "samples", full=full)
-    _ingest("queries", str(sample.queries), None)
+    for queries in sample.query_files:
+        _ingest("queries", str(queries), None)
     _ingest("documents", str(sample.documents), None)
     _ingest("documents", str(sample.heldout_documents), settings.heldout_doc_shard)
     materialize(None)
@@ -248,7 +265,9 @@ def demo(
     storage = Storage.from_settings(settings)
     report = settings.home / "reports" / "eval_report.md"
     table = report.read_text().split("\n\n")[1] if report.exists() else "(no eval report)"
-    fidelity = render_markdown(fidelity_figures(storage, settings.heldout_doc_shard))
+    fidelity = render_markdown(
+        fidelity_figures(storage, settings.heldout_doc_shard, settings.training_tokens)
+    )
     typer.echo(
         f"\ndemo done in {time.perf_counter() - started:.0f}s. Data root: {settings.home}\n"
         f"Evaluation ({report}):\n{table}\n"
@@ -284,6 +303,79 @@ def export(
         f"exported {summary.rows} {recipe} rows of {summary.documents} documents "
         f"({summary.synthetic_tokens:,} tokens) from {len(summary.shards)} shard(s) to {out}"
     )
+
+
+@app.command()
+def judge(
+    file: Annotated[
+        Path, typer.Argument(help="JSONL: instruction, answer; optional template, document, id")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="write each good row with its score, kept and feedback, in order"),
+    ] = None,
+) -> None:
+    """Judge (instruction, answer) pairs with the configured judge (FI_JUDGE_ENGINE,
+    FI_JUDGE_MODEL) through the call cache, as judged_pairs does, and print the keep rate (score
+    >= FI_MIN_JUDGE_SCORE) and the score histogram. A row without a `document` is judged against
+    its answer as its document: the judge's grounding check then always passes, so what is
+    measured is how well the answer answers the instruction. A row's `template` goes to the judge
+    (the rules judge also counts the template's own words the answer mentions). Bad rows are
+    printed with their line and reason and kept in `rejects` (stage judge); the good rows are
+    judged."""
+    from fi_assets.cli.judging import (
+        judge_pairs,
+        read_pairs,
+        render_rejects,
+        render_summary,
+        write_jsonl,
+    )
+    from fi_assets.ingestion import default_shard_name
+    from fi_resources.roles import Judge, role_resource
+    from fi_resources.storage import Storage
+
+    if out is not None and out.resolve() == file.resolve():
+        raise _failure(f"--out {out} is FILE itself: write the judged rows elsewhere", 2)
+    settings = _settings()
+    try:
+        rows, rejects = read_pairs(str(file))
+    except (FileNotFoundError, ValueError) as error:
+        raise _failure(error, 2) from error
+    judge_role = role_resource(Judge, settings, min_score=settings.min_judge_score)
+    progress = _progress("judged") if judge_role.is_llm else None
+    result = judge_pairs(judge_role, str(file), rows, progress) if rows else None
+    rejects += result.rejects if result else []
+    shard = default_shard_name(str(file))
+    Storage.from_settings(settings).write_rejects(
+        "judge", shard, [{**r, "stage": "judge", "shard": shard} for r in rejects]
+    )
+    if rejects:
+        typer.echo("\n".join(render_rejects(str(file), rejects, MAX_REJECTS_SHOWN)), err=True)
+        typer.echo(
+            f"{len(rejects)} row(s) rejected, see: {_command_name()} sql "
+            f"\"select * from rejects where stage = 'judge' and shard = '{shard}'\"",
+            err=True,
+        )
+    if result is None:
+        raise _failure(f"{file}: no row could be judged ({len(rejects)} rejected)", 1)
+    typer.echo(render_summary(result, judge_role.min_score, judge_role.label))
+    if out is not None:
+        write_jsonl(result.rows, out)
+        typer.echo(f"wrote {len(result.rows)} judged rows to {out}")
+
+
+def _progress(verb: str, every_s: float = 10.0):
+    """A progress callback for role calls that prints done/total and how many the call cache
+    answered to stderr, at most every `every_s` seconds and when the last call is answered."""
+    printed = [time.perf_counter()]
+
+    def progress(done: int, total: int, cached: int) -> None:
+        if done < total and time.perf_counter() - printed[0] < every_s:
+            return
+        printed[0] = time.perf_counter()
+        typer.echo(f"{verb} {done}/{total} ({cached} from the call cache)", err=True)
+
+    return progress
 
 
 def _failure(error: Exception | str, code: int) -> typer.Exit:

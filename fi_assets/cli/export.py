@@ -11,6 +11,7 @@ import polars as pl
 
 from fi_assets.packing import training_files
 from fi_method.corpus.packing import FINEINSTRUCTIONS, NON_INSTRUCTIONAL, STANDARD
+from fi_method.samples import query_source_of
 from fi_resources.embedder import default_similarity_threshold
 from fi_resources.settings import Settings
 from fi_resources.storage import Storage
@@ -20,6 +21,7 @@ from fi_resources.tables import (
     INSTANTIATED_PAIRS,
     JUDGED_PAIRS,
     PACKED_CORPUS,
+    RAW_QUERIES,
 )
 
 # The released dataset's columns, plus the judge's score.
@@ -130,15 +132,80 @@ def export_recipe(storage: Storage, settings: Settings, recipe: str, out: Path) 
         int(every.filter(pl.col("text").is_not_null())["token_count"].sum()),
         shards,
     )
-    (out / "README.md").write_text(dataset_card(summary, settings, frames), encoding="utf-8")
+    sources = query_source_rows(storage, recipe, shards)
+    (out / "README.md").write_text(
+        dataset_card(summary, settings, frames, sources), encoding="utf-8"
+    )
     return summary
 
 
+def query_source_rows(storage: Storage, recipe: str, shards: list[str]) -> pl.DataFrame:
+    """How many exported rows of `recipe` came from each query shard's queries: `query_shard`,
+    `source` (as ingested), `rows`, most rows first. Empty for a recipe that uses no queries. A
+    query in several shards counts for the first by name."""
+    columns = {"query_shard": pl.String, "source": pl.String, "rows": pl.UInt32}
+    if recipe != FINEINSTRUCTIONS:
+        return pl.DataFrame(schema=columns)
+    used = pl.concat(
+        storage.read_table(PACKED_CORPUS, f"{shard}.{recipe}")
+        .select(pl.col("sample_id").alias("pair_id"))
+        .join(
+            storage.read_table(INSTANTIATED_PAIRS, shard).select("pair_id", "query_id"),
+            on="pair_id",
+        )
+        for shard in shards
+    )
+    queries = [
+        storage.read_table(RAW_QUERIES, path.stem)
+        .select("query_id", "source")
+        .with_columns(pl.lit(path.stem).alias("query_shard"))
+        for path in storage.partition_files(RAW_QUERIES)
+    ]
+    if not queries:
+        return pl.DataFrame(schema=columns)
+    origin = pl.concat(queries).unique("query_id", keep="first", maintain_order=True)
+    return (
+        used.join(origin, on="query_id")
+        .group_by("query_shard", "source")
+        .agg(pl.len().alias("rows"))
+        .sort(["rows", "query_shard"], descending=[True, False])
+        .select(list(columns))
+        .cast(columns)
+    )
+
+
+def query_sources_section(sources: pl.DataFrame) -> str:
+    """The dataset card's table of query sources: each query shard with its source credited (for
+    the bundled sources: what it is, where it comes from and its license) and its rows."""
+    if sources.is_empty():
+        return (
+            "No user query went into these rows: they use no instruction template, or none of "
+            "the templates they use is left in `raw_queries`."
+        )
+    lines = [
+        "The instructions instantiate templates made from these real user queries:",
+        "",
+        "| query shard | source | license | rows |",
+        "|---|---|---|---|",
+    ]
+    for shard, source, rows in sources.iter_rows():
+        known = query_source_of(source)
+        if known is None:
+            shown = source if source.startswith("hf:") else f"`{Path(source).name}`"
+            lines.append(f"| {shard} | {shown} | the source's own terms | {rows} |")
+        else:
+            lines.append(f"| {shard} | {known.title}; {known.origin} | {known.license} | {rows} |")
+    return "\n".join(lines)
+
+
 def dataset_card(
-    summary: ExportSummary, settings: Settings, frames: dict[str, pl.DataFrame]
+    summary: ExportSummary,
+    settings: Settings,
+    frames: dict[str, pl.DataFrame],
+    query_sources: pl.DataFrame,
 ) -> str:
-    """A Hugging Face dataset card: YAML header for the loader, then sources, engines, models,
-    thresholds and counts."""
+    """A Hugging Face dataset card: YAML header for the loader, then counts, the query sources
+    (query_source_rows) with their licenses, engines, models and thresholds."""
 
     def engine(engine_name: str, model: str) -> str:
         return "rules (no model)" if engine_name == "rules" else f"{engine_name}: `{model}`"
@@ -186,6 +253,10 @@ Load it with `datasets.load_dataset("parquet", data_files="data/*.parquet")`.
 {per_shard}
 
 The held-out document shard `{settings.heldout_doc_shard}` is left out (evaluation reads it).
+
+## Query sources
+
+{query_sources_section(query_sources)}
 
 ## How it was made
 

@@ -1,6 +1,7 @@
 """Token-for-token packing, FineInstructions stage E (METHOD.md): from each source document's pairs,
-a training corpus with exactly as many tokens as the documents themselves, so that recipes built
-from the same documents are compared at the same token count.
+a training corpus with at most as many tokens as the documents themselves: as many where the
+recipe has enough samples, fewer where it does not (a strict judge keeps few pairs). Recipes are
+compared at the same token count where they train (`fi_method.corpus.budget`), not here.
 
 The rule as implemented here, for one shard (an ordered list of documents):
 1. A document's token budget is its own token count under the training tokenizer (the text alone,
@@ -39,10 +40,6 @@ STANDARD = "standard"
 FINEINSTRUCTIONS = "fineinstructions"
 NON_INSTRUCTIONAL = "non_instructional"
 RECIPES = (STANDARD, FINEINSTRUCTIONS, NON_INSTRUCTIONAL)
-# The control of the comparison: a recipe packs as many tokens as the documents, up to this share.
-# The rollover leaves a residual smaller than the last pair left out (a few hundred tokens of a
-# shard), so 2 % is met by a recipe with enough candidates and missed by one without.
-TOKEN_PARITY = 0.02
 # The paper's training format; METHOD.md stage E (and the eval prompt of stage F).
 PAIR_FORMAT = "Instruction: {instruction}\n\nAnswer: {answer}"
 # The paper packs with the Llama-3 tokenizer; this pip package ships its files, so the default

@@ -92,6 +92,26 @@ def packing_figures(
     return figures
 
 
+def training_figures(
+    budget_tokens: int | None, packed_by_recipe: dict[str, int], trained_by_recipe: dict
+) -> list[Figure]:
+    """The training budget (packed tokens every recipe trains on; the paper: the same token count
+    for every recipe) and, per recipe, the tokens its model trained on (whole steps within the
+    budget, BOS/EOS included) and the share of its packed tokens that is."""
+    figures = [Figure("training budget, tokens per recipe", budget_tokens)]
+    for recipe, trained in trained_by_recipe.items():
+        figures.append(Figure(f"{recipe}: tokens trained on", trained))
+        packed = packed_by_recipe.get(recipe)
+        figures.append(
+            Figure(
+                f"{recipe}: trained / packed tokens",
+                trained / packed if trained is not None and packed else None,
+                percent=True,
+            )
+        )
+    return figures
+
+
 def _share(count: int, total: int) -> float | None:
     return count / total if total else None
 

@@ -23,6 +23,10 @@ The rule as implemented here:
    A vector with no such candidate chooses nothing.
 3. The draw is weighted by `complexity_weights`; the random generator is seeded from a stable
    hash of the passage's id, so a rerun pairs every passage with the same templates.
+4. Behind each vector's choice (rank 0) wait its alternates (rank 1, 2, ...): further weighted
+   draws among its candidates, round by round over the vectors, a template listed at most once per
+   passage. The instantiator tries a vector's alternates in rank order when the templates before
+   them do not fit the passage, so a passage still gets at most one pair per vector.
 
 K defaults to the paper's text, 5. The released retriever's code uses `coverage_chunks=10` on
 whole documents of up to 8k tokens; on passages of at most the embedder's window, six vectors
@@ -39,6 +43,12 @@ from dataclasses import dataclass
 import numpy as np
 
 GAUSSIAN_POOLING_K = 5
+# Templates retrieved per passage vector, best first; candidates are those above the threshold.
+CANDIDATES_PER_VECTOR = 20
+# Of those, how many a vector's instantiation tries in turn. Offline, with a library of
+# thousands of templates rather than the paper's 18M, the template drawn first rarely fits the
+# passage; trying ten keeps the yield of the demo's passages without a template library that fits.
+TEMPLATES_PER_VECTOR = 10
 # The paper's threshold for its fine-tuned BGE-M3 embedder; cosine similarities are not
 # comparable across embedders, so another embedder needs its own threshold.
 PAPER_SIMILARITY_THRESHOLD = 0.865
@@ -134,6 +144,42 @@ def choose_templates(
     return chosen
 
 
+def rank_templates(
+    candidates: list[Candidate],
+    target: dict[int, float],
+    seed: int | str,
+    per_vector: int = 1,
+    per_passage: int = GAUSSIAN_POOLING_K + 1,
+) -> list[tuple[int, Candidate]]:
+    """`choose_templates`' choice for one passage as rank 0, followed by up to `per_vector - 1`
+    alternates per chosen vector (ranks 1..): each round draws, for every vector in order of
+    index, one more of its candidates not yet listed for the passage, weighted as the first
+    draw. Seeded: the same candidates, target and seed always give the same list."""
+    chosen = choose_templates(candidates, target, seed, per_passage)
+    ranked = [(0, candidate) for candidate in chosen]
+    if per_vector <= 1 or not chosen:
+        return ranked
+    generator = seeded_generator(f"{seed}/alternates")
+    weight_of = dict(zip(map(id, candidates), complexity_weights(candidates, target), strict=True))
+    listed = {candidate.template_id for candidate in chosen}
+    vectors = [candidate.vector_index for candidate in chosen]
+    for rank in range(1, per_vector):
+        for vector_index in vectors:
+            available = [
+                candidate
+                for candidate in candidates
+                if candidate.vector_index == vector_index and candidate.template_id not in listed
+            ]
+            if not available:
+                continue
+            weights = np.array([weight_of[id(candidate)] for candidate in available], dtype=float)
+            probabilities = weights / weights.sum() if weights.sum() > 0 else None
+            picked = available[generator.choice(len(available), p=probabilities)]
+            ranked.append((rank, picked))
+            listed.add(picked.template_id)
+    return ranked
+
+
 # Calibration: the paper reports ~3 kept pairs per document out of up to 6, so a threshold is
 # calibrated to give half of all passage vectors at least one candidate template.
 CALIBRATION_VECTOR_SHARE = 0.5
@@ -160,13 +206,15 @@ def match_chunks(
     threshold: float,
     target: dict[int, float],
     vectors_per_chunk: int,
+    per_vector: int = 1,
 ) -> tuple[list[dict], list[float]]:
     """Matched pairs of a shard from one batched retrieval. `chunks` are (doc_id, chunk_id,
     position) in the order their `vectors_per_chunk` vectors were sent; `hits` are rows of
     `query_index`, `template_id`, `n_tags`, `similarity`. Candidates above `threshold` are
-    sampled per passage (seeded by chunk_id), up to one per vector. Returns the pair rows
-    (`doc_id`, `chunk_id`, `template_id`, `similarity`, `vector_index` 0..K, `n_tags`) and the
-    similarities of every candidate, for reporting."""
+    sampled per passage (seeded by chunk_id), one per vector, with up to `per_vector - 1`
+    alternates behind it (`rank_templates`). Returns the pair rows (`doc_id`, `chunk_id`,
+    `template_id`, `similarity`, `vector_index` 0..K, `n_tags`, `rank`) and the similarities of
+    every candidate, for reporting."""
     candidates_by_chunk: dict[int, list[Candidate]] = {}
     for hit in hits:
         if hit["similarity"] <= threshold:
@@ -178,7 +226,8 @@ def match_chunks(
     pairs = []
     for chunk in sorted(candidates_by_chunk):
         doc_id, chunk_id, _ = chunks[chunk]
-        for chosen in choose_templates(candidates_by_chunk[chunk], target, seed=chunk_id):
+        ranked = rank_templates(candidates_by_chunk[chunk], target, chunk_id, per_vector)
+        for rank, chosen in ranked:
             pairs.append(
                 {
                     "doc_id": doc_id,
@@ -187,6 +236,7 @@ def match_chunks(
                     "similarity": chosen.similarity,
                     "vector_index": chosen.vector_index,
                     "n_tags": chosen.n_tags,
+                    "rank": rank,
                 }
             )
     similarities = [c.similarity for cs in candidates_by_chunk.values() for c in cs]

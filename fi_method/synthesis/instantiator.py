@@ -213,10 +213,27 @@ def _request(item: dict, model: str) -> Request:
 
 
 def _rules_answer(items: list[dict], aids: RulesAids) -> list[str]:
+    # The rules read what a model reads, the document around the matched chunk, as a span of
+    # the whole document, so that a document is parsed once for all its chunks.
     return rules_instantiate_all(
-        [(item["template"], item["chunk"], item["anchor"], item["document"]) for item in items],
+        [
+            (
+                item["template"],
+                item["chunk"],
+                item["anchor"],
+                item["document"],
+                _window_span(item["document"], item["chunk"]),
+            )
+            for item in items
+        ],
         aids.embed,
     )
+
+
+def _window_span(document: str, chunk: str) -> tuple[int, int]:
+    window = document_window(document, chunk)
+    start = document.find(window)
+    return (start, start + len(window)) if start >= 0 else (0, len(document))
 
 
 ROLE = Role(

@@ -3,8 +3,12 @@ way whichever engine produced it, and every pair dropped is kept with its reason
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
+
 from fi_method.synthesis import judge
 from fi_method.synthesis.instantiator import ground, parse_output
+from fi_method.synthesis.quality import TEMPLATE_SHARE_SLACK
 from fi_method.text import content_hash
 
 # The instantiator's `null`: the template does not fit the document.
@@ -16,8 +20,17 @@ NOT_INSTANTIATED = (
     "invalid_json",
     "missing_field",
     "not_a_string",
+    "invalid_output",
 )
 LOW_JUDGE_SCORE = "low_judge_score"
+# A matched pair whose template's query shard was removed since matching.
+TEMPLATE_REMOVED = "template_removed"
+# A grounded pair whose template already made MAX_TEMPLATE_USES pairs of the shard.
+TEMPLATE_OVERUSED = "template_overused"
+# No template may make more pairs of a shard than this: with every template at most this many
+# times, none holds more than TEMPLATE_SHARE_SLACK times a uniform share of the shard's distinct
+# templates, which is what the dominant-template check asks.
+MAX_TEMPLATE_USES = TEMPLATE_SHARE_SLACK
 
 
 def collect_instantiations(
@@ -27,17 +40,18 @@ def collect_instantiations(
     min_excerpt_ratio: float,
     engine: str,
     model: str,
+    seen: set[str] | None = None,
 ) -> tuple[list[dict], list[dict], int]:
     """Parse and ground each instantiator output. `requests` are matched pairs (`doc_id`,
     `chunk_id`, `template_id`, `query_id`, `similarity`, `source`); `documents` maps doc_id to
     text. Returns the kept pairs, the rejects and how many outputs were instantiated (parsed and
     not `null`), grounded or not. `pair_id` hashes the document, template, instruction and
     answer, so an unchanged pair keeps its id across reruns; a pair equal to an earlier one of
-    the partition is rejected as `duplicate_pair`."""
+    the partition (those in `seen`, which grows) is rejected as `duplicate_pair`."""
     kept: list[dict] = []
     rejects: list[dict] = []
     instantiated = 0
-    seen: set[str] = set()
+    seen = set() if seen is None else seen
     for request, text in zip(requests, outputs, strict=True):
         origin = {
             "source": request["source"],
@@ -47,7 +61,10 @@ def collect_instantiations(
         try:
             found = parse_output(text)
             if found is None:
-                rejects.append({**origin, "reason": NULL_OUTPUT, "detail": "the output is null"})
+                # A `null` may come with the reason the template does not fit.
+                said = text.strip()
+                detail = said[:500] if said.lower() != "null" else "the output is null"
+                rejects.append({**origin, "reason": NULL_OUTPUT, "detail": detail})
                 continue
             instantiated += 1
             answer, ratio = ground(found, documents[request["doc_id"]], min_excerpt_ratio)
@@ -76,6 +93,65 @@ def collect_instantiations(
             }
         )
     return kept, rejects, instantiated
+
+
+def instantiate_by_rank(
+    requests: list[dict],
+    instantiate: Callable[[list[dict]], list[str]],
+    documents: dict[str, str],
+    min_excerpt_ratio: float,
+    engine: str,
+    model: str,
+    max_template_uses: int = MAX_TEMPLATE_USES,
+) -> tuple[list[dict], list[dict], int, int]:
+    """Instantiate matched pairs rank by rank: every passage vector (`chunk_id`, `vector_index`)
+    tries its template of rank 0, then, while it has no pair, its alternates in rank order, so a
+    passage gets at most one pair per vector. A template makes at most `max_template_uses` pairs
+    of the shard: a vector whose template is used up tries its next one, and a pair past the cap
+    is rejected as TEMPLATE_OVERUSED (in the order of `requests`). `instantiate` maps a batch of
+    requests to outputs (one call per round). Returns the kept pairs, the rejects, how many
+    outputs were instantiated and how many requests were tried."""
+    kept: list[dict] = []
+    rejects: list[dict] = []
+    instantiated = tried = 0
+    seen: set[str] = set()
+    filled: set[tuple[str, int]] = set()
+    uses: Counter[str] = Counter()
+    for rank in sorted({request["rank"] for request in requests}):
+        batch = [
+            request
+            for request in requests
+            if request["rank"] == rank
+            and (request["chunk_id"], request["vector_index"]) not in filled
+            and uses[request["template_id"]] < max_template_uses
+        ]
+        if not batch:
+            continue
+        tried += len(batch)
+        made, dropped, count = collect_instantiations(
+            batch, instantiate(batch), documents, min_excerpt_ratio, engine, model, seen
+        )
+        instantiated += count
+        rejects += dropped
+        request_of = {(r["chunk_id"], r["template_id"]): r for r in batch}
+        for pair in made:
+            request = request_of[pair["chunk_id"], pair["template_id"]]
+            if uses[pair["template_id"]] >= max_template_uses:
+                rejects.append(
+                    {
+                        "source": request["source"],
+                        "line": None,
+                        "item_id": f"{pair['doc_id']}:{pair['template_id']}",
+                        "reason": TEMPLATE_OVERUSED,
+                        "detail": f"its template already made {max_template_uses} pairs of the "
+                        "shard (FI_MAX_TEMPLATE_USES)",
+                    }
+                )
+                continue
+            uses[pair["template_id"]] += 1
+            filled.add((request["chunk_id"], request["vector_index"]))
+            kept.append(pair)
+    return kept, rejects, instantiated, tried
 
 
 def collect_judgements(

@@ -26,8 +26,8 @@ TEMPLATE_SHARE_SLACK = 10
 # A judge that keeps almost everything is not judging (the pairs it scored 5 were nonsense). The
 # paper keeps ~58 %; the honest rules judge keeps ~24 % of the rules baseline's pairs on the
 # sample, and next to none on a shard of an article or two whose templates fit badly, which is
-# data, not a fault: there is no floor. A judge that keeps nothing leaves its recipe short of
-# tokens, and recipes_agree_on_tokens fails that.
+# data, not a fault: there is no floor. A judge that keeps nothing leaves its recipe without
+# tokens, and recipes_fill_training_budget fails that.
 MAX_JUDGE_PASS_RATE = 0.95
 # The released instantiator answers `null` for ~5 % of its inputs; half or more means the
 # templates do not fit the documents or the model's prompt is wrong.
@@ -37,24 +37,6 @@ MAX_NULL_RATE = 0.5
 # or an index of another embedder. Documents are few per shard, so a share of 5 already tells.
 MAX_UNMATCHED_DOCUMENT_SHARE = 0.5
 MIN_DOCUMENTS_FOR_A_SHARE = 5
-
-
-def token_parity_failures(
-    recipe: str, shard: str, packed_tokens: int, document_tokens: int, parity: float
-) -> list[str]:
-    """The recipe's shard packs fewer than (1 - parity) of its documents' tokens (what `standard`
-    packs), or none at all: one line saying by how much, else none."""
-    if document_tokens == 0:
-        return []
-    short = document_tokens - packed_tokens
-    if packed_tokens == 0 or short > parity * document_tokens:
-        line = (
-            f"{recipe} packs {packed_tokens:,} of the {document_tokens:,} tokens of shard "
-            f"{shard}'s documents: {short:,} ({short / document_tokens:.1%}) short, more than "
-            f"FI_TOKEN_PARITY ({parity:.0%}); it has too few candidate samples to fill its budget"
-        )
-        return [line]
-    return []
 
 
 def template_share_limit(n_templates: int) -> float:

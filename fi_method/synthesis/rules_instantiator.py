@@ -4,37 +4,56 @@ the template's slots are filled with spans of that same excerpt, so the instruct
 answer. It writes the released instantiator's format (JSON, long copies as `<excerpt>` markers, or
 `null`), so every pair goes through the same parser and grounding checks as a model's.
 
-The rule, for one template and one passage (a chunk of a document, fi_method.retrieval.chunking):
-1. The answer is anchored where the template matched: the passage vector that retrieved it is
-   Gaussian-pooled around k/(K+1) of the passage (the global vector, k = 0, at its start), and the
-   paper finds the answer excerpt where that vector points (Pearson 0.99 between the two).
-2. The answer is the run of consecutive sentences from the anchor's, grown forward then back
-   through the document until it holds ANSWER_TARGET_WORDS words: an excerpt of a few
-   paragraphs, as the released instantiator copies.
-3. Each distinct slot description gets the filler of that excerpt
-   (fi_method.templating.rules_genericizer's spans: names, dates, noun phrases, typed in the
-   vocabulary slots are described in) whose kind is most similar to the description.
-4. When that excerpt offers fewer fillers than the template has distinct slots, the whole passage
-   is tried; failing that the template does not fit and the output is `null`, as the released
-   instantiator answers when a template does not fit.
+A template is instantiated only where the passage supports it; everywhere else the output is
+`null`, followed by the reason in words (the parser reads any `null` output as `null`). For one
+template and one passage (a chunk of a document, fi_method.retrieval.chunking), read within the
+window of the document a model would read around it:
+1. The template's own words (its text outside the slots, stopwords, request verbs and question
+   words aside) must all occur in one short run of WINDOW_SENTENCES consecutive sentences: that is
+   where the passage speaks of what the template asks ("floors" for "how many floors ...").
+2. Each distinct slot description is filled with a span of that same run whose kind matches the
+   description: a place for a place, a person for a person (fi_method.templating.rules_genericizer's
+   spans: spaCy's entities and noun chunks, numbers and dates, typed in the vocabulary slots are
+   described in; a description in other words matches a kind by embedding similarity).
+3. What a question asks for (a place for "where", a time for "when", a person for "who", a number
+   for "how many") must be in that run too, beside the slot values.
+4. A template with no words of its own ("explain <fi>a topic</fi>") asks about its slot value
+   alone, so that value must be what the excerpt is about: named again in the excerpt.
+5. Among the runs that qualify, the one nearest the anchor wins: the passage vector that retrieved
+   the template is Gaussian-pooled around k/(K+1) of the passage, and the paper finds the answer
+   excerpt where that vector points (Pearson 0.99 between the two).
+6. The answer is the run of consecutive sentences from that run's first, grown forward then back
+   through the document until it holds ANSWER_TARGET_WORDS words: an excerpt of a few paragraphs,
+   as the released instantiator copies.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from bisect import bisect_left
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
 from fi_method.synthesis.excerpts import EXCERPT_CLOSE, EXCERPT_ELLIPSIS, EXCERPT_OPEN
-from fi_method.templating.rules_genericizer import slot_fillers
-from fi_method.templating.templates import fill_slots, slot_descriptions
+from fi_method.templating.rules_genericizer import (
+    ENTITY_DESCRIPTION,
+    TOPIC_DESCRIPTION,
+    filler_spans,
+)
+from fi_method.templating.template_words import (
+    QUESTION_OPENERS,
+    asks_about_the_value_alone,
+    template_words,
+)
+from fi_method.templating.templates import FI_OPEN, fill_slots, fixed_text, slot_descriptions
 from fi_method.text import sentence_spans, words
 
 # Part of every cache key: change it whenever the rules below change.
-RULES_VERSION = "rules-3"
+RULES_VERSION = "rules-4"
 # The released instantiator's answers are mostly long copies of the document, several paragraphs
 # of it; this is longer than a MiniLM passage (~190 words), so an excerpt may run on into the
 # document around its passage, as the released model, which reads the whole document, copies.
@@ -45,34 +64,87 @@ MIN_ANSWER_WORDS = 25
 # instantiator does; the marker's head and tail are this many words each.
 EXCERPT_MARKER_MIN_WORDS = 30
 EXCERPT_MARKER_EDGE_WORDS = 6
-_QUESTION_OPENERS = frozenset(
-    {
-        "what",
-        "who",
-        "whom",
-        "whose",
-        "when",
-        "where",
-        "why",
-        "how",
-        "which",
-        "is",
-        "are",
-        "does",
-        "do",
-        "did",
-        "can",
-        "could",
-        "should",
-        "was",
-        "were",
-    }
-)
+# How close the template's words and its slot values must sit: a sentence and its neighbour.
+# Wider runs let a passage that names a country in one sentence and floors in another "answer"
+# "how many floors is <country>".
+WINDOW_SENTENCES = 2
+# A slot description in words of its own (a model's template) matches a filler kind at this
+# cosine similarity (MiniLM) or above. Among the rules vocabulary, "a city or country" ~ "a
+# place" is 0.63 and "a number" ~ "a quantity" 0.62, while "a person" ~ "a product" is 0.48 and
+# "a date" ~ "an event" 0.46: different things sit below.
+MIN_KIND_SIMILARITY = 0.55
+# What the excerpt is about outweighs a closer kind: each mention of a filler (up to
+# MAX_SALIENCE) adds this to its similarity, so "the Eiffel Tower", named four times, fills "a
+# landmark" rather than "the Chrysler Building", named twice, while "Paris" (a city) still fills
+# "a city" before the tower does.
+SALIENCE_WEIGHT = 0.05
+MAX_SALIENCE = 4
+# A value a template asks about alone ("explain <fi>a topic</fi>") is what its excerpt is about
+# when the excerpt names it at least this often.
+MIN_MENTIONS_OF_A_SOLE_VALUE = 2
 REQUEST_LEAD = "Here is what the source says:"
 # Longer spans are clauses, not the entity or concept a slot stands for.
 MAX_FILLER_WORDS = 6
 _MARKUP = re.compile(r"==|\||\[\[|\]\]|\{\{|^File:|\.(?:jpe?g|png|svg|gif)$", re.IGNORECASE)
+_DIGIT = re.compile(r"\d")
+_ARTICLE_START = re.compile(r"^(?:The|A|An)(?= )")
 
+# Filler kinds of the rules vocabulary that a generic description accepts: a named entity is any
+# of the named kinds, a topic any kind of thing that is not a name, a number or a date.
+_NAMED_KINDS = frozenset(
+    {
+        "a person",
+        "a nationality, religion or political group",
+        "a building or landmark",
+        "an organization",
+        "a city or country",
+        "a place",
+        "a product",
+        "an event",
+        "a book, film or other work",
+        "a law or legal document",
+        "a language",
+        "an acronym or abbreviated name",
+        ENTITY_DESCRIPTION,
+    }
+)
+_TOPIC_KINDS = frozenset(
+    {
+        TOPIC_DESCRIPTION,
+        "a field of study",
+        "an ideology or movement",
+        "a disease or medical condition",
+    }
+)
+# What a question asks for, read from its opening words, and the filler kinds that give it.
+_PLACES = frozenset({"a city or country", "a place", "a building or landmark"})
+_TIMES = frozenset({"a date", "a year", "a decade", "a century", "a month"})
+_NUMBERS = frozenset(
+    {
+        "a number",
+        "a quantity",
+        "a percentage",
+        "an amount of money",
+        "a length of time",
+        "a length of text",
+        "an ordinal number",
+        "a year",
+    }
+)
+_ASKS = (
+    (
+        re.compile(r"^\s*(?:where|in what (?:country|city|state|place))\b", re.IGNORECASE),
+        "a place",
+        _PLACES,
+    ),
+    (
+        re.compile(r"^\s*(?:when|what (?:year|date|century|decade))\b", re.IGNORECASE),
+        "a time",
+        _TIMES,
+    ),
+    (re.compile(r"^\s*(?:who|whom)\b", re.IGNORECASE), "a person", frozenset({"a person"})),
+    (re.compile(r"^\s*how (?:many|much|long|old|tall|far)\b", re.IGNORECASE), "a number", _NUMBERS),
+)
 Embed = Callable[[list[str]], np.ndarray]
 
 
@@ -94,13 +166,6 @@ class MemoizedEmbed:
         return np.stack([self._vectors[text] for text in texts])
 
 
-def _filler_texts(fillers: list[tuple[str, str]]) -> list[str]:
-    """What a filler is compared with a slot description by: its kind ("a year", "a person"),
-    the vocabulary the rules genericizer describes slots in. Kinds are few, so their vectors are
-    shared across a whole batch; ties go to the filler that comes first in the excerpt."""
-    return [kind for _, kind in fillers]
-
-
 def usable_filler(surface: str) -> bool:
     """A filler that reads as a value in an instruction: one line of a few words, not markup
     (section headings, list runs and file names are spans of a parse, not values)."""
@@ -111,38 +176,71 @@ def usable_filler(surface: str) -> bool:
     )
 
 
-def _assign(descriptions: list[str], fillers: list[tuple[str, str]], embed: Embed) -> dict:
-    """One distinct filler per distinct description, best similarity first (greedy)."""
-    vectors = embed(descriptions + _filler_texts(fillers))
-    similarity = vectors[: len(descriptions)] @ vectors[len(descriptions) :].T
-    value_of: dict[str, str] = {}
-    used: set[int] = set()
-    for flat in np.argsort(-similarity, axis=None, kind="stable"):
-        row, column = divmod(int(flat), len(fillers))
-        if descriptions[row] in value_of or column in used:
-            continue
-        value_of[descriptions[row]] = fillers[column][0]
-        used.add(column)
-        if len(value_of) == len(descriptions):
-            break
-    return value_of
+def _key(word: str) -> str:
+    """What matches across inflections: a number whole, a word's first five letters."""
+    return word if _DIGIT.search(word) else word[:5]
 
 
-def _excerpt_around(
-    spans: tuple[tuple[int, int], ...], counts: tuple[int, ...], anchor: int
-) -> tuple[int, int]:
-    """The character span of the excerpt grown from sentence `anchor` (`counts`: words per
-    sentence): forward while under ANSWER_TARGET_WORDS (what follows a sentence usually explains
-    it), then back."""
-    first = last = anchor
-    total = counts[anchor]
-    while total < ANSWER_TARGET_WORDS and last + 1 < len(spans):
+def asked_kind(template: str) -> tuple[str, frozenset[str]] | None:
+    """What a question template asks for (a place, a time, a person, a number) and the filler
+    kinds that give it; None for other templates."""
+    text = fixed_text(template)
+    return next(((what, kinds) for pattern, what, kinds in _ASKS if pattern.search(text)), None)
+
+
+def _is_a_subject(kind: str) -> bool:
+    """Whether a filler of `kind` can be what a passage is about: a name or a topic, not a
+    number or a date."""
+    return kind in _NAMED_KINDS or kind in _TOPIC_KINDS or kind.startswith("a kind of ")
+
+
+def kind_fits(description: str, kind: str, similarity: float) -> bool:
+    """Whether a filler of `kind` may stand in a slot of `description`: the same kind; a generic
+    description's family (a named entity, a topic); or, for a description in other words, a kind
+    at MIN_KIND_SIMILARITY or closer."""
+    if description == kind:
+        return True
+    if description.startswith("a kind of ") and kind.startswith("a kind of "):
+        # "a kind of war" and "a kind of land" read alike; only the head noun tells them apart.
+        return False
+    if description == ENTITY_DESCRIPTION:
+        return kind in _NAMED_KINDS
+    if description == TOPIC_DESCRIPTION:
+        return kind in _TOPIC_KINDS or kind.startswith("a kind of ")
+    return similarity >= MIN_KIND_SIMILARITY
+
+
+@dataclass(frozen=True)
+class _Sentence:
+    start: int
+    end: int
+    n_words: int
+    keys: frozenset[str]
+
+
+@lru_cache(maxsize=64)
+def _sentences(text: str) -> tuple[_Sentence, ...]:
+    """The sentences of a text with their word counts and word keys, computed once: the
+    templates matched to a document share them."""
+    return tuple(
+        _Sentence(
+            start, end, len(text[start:end].split()), frozenset(map(_key, words(text[start:end])))
+        )
+        for start, end in sentence_spans(text)
+    )
+
+
+def _excerpt_around(sentences: tuple[_Sentence, ...], first: int, last: int) -> tuple[int, int]:
+    """The character span of the excerpt grown from sentences `first`..`last`: forward while
+    under ANSWER_TARGET_WORDS (what follows a sentence usually explains it), then back."""
+    total = sum(s.n_words for s in sentences[first : last + 1])
+    while total < ANSWER_TARGET_WORDS and last + 1 < len(sentences):
         last += 1
-        total += counts[last]
+        total += sentences[last].n_words
     while total < ANSWER_TARGET_WORDS and first > 0:
         first -= 1
-        total += counts[first]
-    return spans[first][0], spans[last][1]
+        total += sentences[first].n_words
+    return sentences[first].start, sentences[last].end
 
 
 def _as_excerpt(passage: str) -> str:
@@ -155,68 +253,210 @@ def _as_excerpt(passage: str) -> str:
     return f"{EXCERPT_OPEN}{head}{EXCERPT_ELLIPSIS}{tail}{EXCERPT_CLOSE}"
 
 
+@dataclass(frozen=True)
+class _FillerIndex:
+    """The usable fillers of a text with their offsets, sorted by start: the templates matched
+    to one document look up the fillers of many runs of its sentences."""
+
+    starts: tuple[int, ...]
+    spans: tuple[tuple[int, int, str, str], ...]  # start, end, surface, kind
+
+    def between(self, start: int, end: int) -> list[tuple[str, str]]:
+        """(surface, kind) of the fillers inside text[start:end], in order, each surface once."""
+        found: dict[str, str] = {}
+        for at in range(bisect_left(self.starts, start), bisect_left(self.starts, end)):
+            _, span_end, surface, kind = self.spans[at]
+            if span_end <= end:
+                found.setdefault(surface, kind)
+        return list(found.items())
+
+
 @lru_cache(maxsize=64)
-def _sentences(text: str) -> tuple[tuple[tuple[int, int], ...], tuple[int, ...]]:
-    """Sentence spans of a text and their word counts, computed once: the templates matched to a
-    document share them."""
-    spans = tuple(sentence_spans(text))
-    return spans, tuple(len(text[start:end].split()) for start, end in spans)
+def _filler_index(text: str) -> _FillerIndex:
+    spans = [
+        (start, end, text[start:end], kind)
+        for start, end, kind in filler_spans(text)
+        if usable_filler(text[start:end])
+    ]
+    return _FillerIndex(tuple(span[0] for span in spans), tuple(spans))
 
 
-Excerpt = tuple[str, int, int]  # a text and the character span of the excerpt in it
+def _fillers(text: str, start: int, end: int) -> list[tuple[str, str]]:
+    return _filler_index(text).between(start, end)
 
 
-def _excerpts(document: str, chunk: str, anchor: float) -> list[Excerpt]:
-    """Candidate answers: the excerpt grown from the sentence at `anchor` (a fraction of the
-    passage `chunk`) through the `document` around it, then the passage alone when that differs
-    (its own fillers may fit where the excerpt's do not)."""
-    if len(chunk.split()) < MIN_ANSWER_WORDS or not sentence_spans(chunk):
-        return []
-    offset = document.find(chunk)
-    text, offset = (document, offset) if offset >= 0 else (chunk, 0)
-    spans, counts = _sentences(text)
-    at = offset + anchor * len(chunk)
-    sentence = next((i for i, (_, end) in enumerate(spans) if end > at), len(spans) - 1)
-    around = (text, *_excerpt_around(spans, counts, sentence))
-    passage_start = offset + len(chunk) - len(chunk.lstrip())
-    passage = (text, passage_start, offset + len(chunk.rstrip()))
-    return [around] if around[1:] == passage[1:] else [around, passage]
+def _head(surface: str) -> str:
+    """The key of a value's last word: "the Eiffel Tower" is "the tower" again later on."""
+    found = words(surface)
+    return _key(found[-1]) if found else ""
+
+
+def _assign(
+    descriptions: list[str],
+    fillers: list[tuple[str, str]],
+    salience: dict[str, int],
+    embed: Embed,
+    about_the_value: bool = False,
+) -> dict[str, str] | None:
+    """One distinct filler per distinct description, of a kind that fits it, best first (greedy):
+    the similarity of its kind to the description plus SALIENCE_WEIGHT per time the excerpt names
+    it (`salience`, counted up to MAX_SALIENCE), ties to the filler that comes first. None when a
+    description finds none. With `about_the_value` (a template that asks about its values alone)
+    the most salient filler of a fitting kind comes first: the excerpt must be about it."""
+    kinds = list(dict.fromkeys(kind for _, kind in fillers))
+    vectors = embed(descriptions + kinds)
+    similarity_of = {
+        (description, kind): float(vectors[i] @ vectors[len(descriptions) + j])
+        for i, description in enumerate(descriptions)
+        for j, kind in enumerate(kinds)
+    }
+    options = sorted(
+        (
+            (
+                -salience[surface] if about_the_value else 0,
+                -similarity_of[description, kind]
+                - SALIENCE_WEIGHT * min(salience[surface], MAX_SALIENCE),
+                column,
+                row,
+            )
+            for row, description in enumerate(descriptions)
+            for column, (surface, kind) in enumerate(fillers)
+            if kind_fits(description, kind, similarity_of[description, kind])
+        )
+    )
+    value_of: dict[str, str] = {}
+    used: set[int] = set()
+    for *_, column, row in options:
+        if descriptions[row] in value_of or column in used:
+            continue
+        value_of[descriptions[row]] = fillers[column][0]
+        used.add(column)
+    return value_of if len(value_of) == len(descriptions) else None
 
 
 def rules_instantiate(
-    template: str, chunk: str, embed: Embed, anchor: float = 0.0, document: str | None = None
+    template: str,
+    chunk: str,
+    embed: Embed,
+    anchor: float = 0.0,
+    document: str | None = None,
+    reach: tuple[int, int] | None = None,
 ) -> str:
     """The instantiator output for `template` and the matched passage `chunk` of `document` (by
-    default the passage is all there is; see the module docstring): JSON `{"instruction",
-    "answer"}`, or `null` when the template has no slot, the passage is too short to answer, or
-    no excerpt offers a filler for every slot. `anchor` is where in the passage (0..1) the
-    template matched, `embed` maps texts to unit vectors. Deterministic."""
+    default the passage is all there is), read within `reach`, the character span of the document
+    a model would read around the passage (by default all of it); see the module docstring: JSON `{"instruction", "answer"}`, or `null` and the reason when the template
+    has no slot, the passage is too short to answer, or no run of its sentences carries the
+    template's words, a filler of the right kind for every slot and what a question asks for.
+    `anchor` is where in the passage (0..1) the template matched, `embed` maps texts to unit
+    vectors. Deterministic."""
     descriptions = list(dict.fromkeys(slot_descriptions(template)))
     if not descriptions:
-        return "null"
-    for text, start, end in _excerpts(document or chunk, chunk, anchor):
-        excerpt = text[start:end]
-        fillers = [filler for filler in slot_fillers(text, start, end) if usable_filler(filler[0])]
-        if len(excerpt.split()) < MIN_ANSWER_WORDS or len(fillers) < len(descriptions):
+        return "null: the template has no slot to fill"
+    text = document or chunk
+    if len(chunk.split()) < MIN_ANSWER_WORDS or not sentence_spans(chunk):
+        return "null: the passage is too short to answer from"
+    offset = max(text.find(chunk), 0)
+    sentences = _sentences(text)
+    own_words = template_words(template)
+    needed = {_key(word) for word in own_words}
+    value_alone = asks_about_the_value_alone(template)
+    if not needed and not value_alone:
+        return "null: the template's own words say nothing the passage could be checked for"
+    asked = asked_kind(template)
+    at = offset + anchor * len(chunk)
+    chunk_end = offset + len(chunk)
+    # A template that asks about its value alone is answered from the passage itself; one with
+    # words of its own from wherever in reach the passage's document says them.
+    low, high = (offset, chunk_end) if value_alone else (reach or (0, len(text)))
+    starts = [sentence.start for sentence in sentences]
+    # Nearest to the anchor first; inside the passage before the text around it.
+    order = sorted(
+        range(bisect_left(starts, low), bisect_left(starts, high)),
+        key=lambda i: (
+            not (offset <= sentences[i].start < chunk_end),
+            abs(sentences[i].start - at),
+            i,
+        ),
+    )
+    reason = (
+        f"no {WINDOW_SENTENCES} sentences of the passage say {_listing(template_words(template))}"
+    )
+    for first in order:
+        last = min(first + WINDOW_SENTENCES, len(sentences)) - 1
+        run = sentences[first : last + 1]
+        said = frozenset().union(*(s.keys for s in run))
+        if not needed <= said:
             continue
-        instruction = fill_slots(template, _assign(descriptions, fillers, embed))
+        start, end = _excerpt_around(sentences, first, last)
+        excerpt = text[start:end]
+        if len(excerpt.split()) < MIN_ANSWER_WORDS:
+            reason = "the passage is too short to answer from"
+            continue
+        in_run = _fillers(text, run[0].start, run[-1].end)
+        # A value named earlier in the excerpt is in the run when the run speaks of it again by
+        # its last word ("the tower" after "the Eiffel Tower").
+        fillers = in_run + [
+            filler
+            for filler in _fillers(text, start, end)
+            if filler not in in_run and _head(filler[0]) in said
+        ]
+        excerpt_keys = [_key(word) for word in words(excerpt)]
+        salience = {surface: excerpt_keys.count(_head(surface)) for surface, _ in fillers}
+        value_of = _assign(descriptions, fillers, salience, embed, value_alone) if fillers else None
+        if value_of is None:
+            reason = f"no span of the passage fits {_listing(descriptions)} where it says so"
+            continue
+        kind_of = dict(fillers)
+        if asked is not None and value_alone and asked[0] in ("a person", "a place"):
+            # "who is X", "where is X": X is the person or place the excerpt is about.
+            if not all(kind_of[value] in _NAMED_KINDS for value in value_of.values()):
+                reason = f"the value asked about is not {asked[0]}"
+                continue
+        elif asked is not None:
+            values = set(value_of.values())
+            what, kinds = asked
+            if not any(kind in kinds and surface not in values for surface, kind in in_run):
+                reason = f"the passage does not give {what} where it says so"
+                continue
+        # A number or a date is a detail of a passage, never what it is about.
+        if value_alone and not all(
+            salience[value] >= MIN_MENTIONS_OF_A_SOLE_VALUE and _is_a_subject(kind_of[value])
+            for value in value_of.values()
+        ):
+            reason = "the excerpt is not about the value the template asks about"
+            continue
+        if not template.startswith(FI_OPEN):
+            # Inside a sentence a value's article is lower-case: "is the Eiffel Tower".
+            value_of = {
+                d: _ARTICLE_START.sub(lambda m: m.group().lower(), v) for d, v in value_of.items()
+            }
+        instruction = fill_slots(template, value_of)
         answer = _as_excerpt(excerpt)
         opener = words(instruction)[:1]
-        if not opener or opener[0] not in _QUESTION_OPENERS:
+        if not opener or opener[0] not in QUESTION_OPENERS:
             # A request ("Write ...", "List ...") is answered by the passage, introduced as such.
             answer = f"{REQUEST_LEAD}\n\n{answer}"
         return json.dumps({"instruction": instruction, "answer": answer}, ensure_ascii=False)
-    return "null"
+    # The parser reads any output without a JSON object as `null`: the reason must not open one.
+    return "null: " + reason.replace("{", "(").replace("}", ")")
 
 
-def rules_instantiate_all(items: list[tuple[str, str, float, str]], embed: Embed) -> list[str]:
-    """`rules_instantiate` of many (template, chunk, anchor, document) items, with every slot
-    description and filler kind embedded in one batched call rather than one small call each."""
+def _listing(items: list[str]) -> str:
+    shown = [f'"{item}"' for item in items[:4]]
+    return ", ".join(shown) + (f" and {len(items) - 4} more" if len(items) > 4 else "")
+
+
+def rules_instantiate_all(
+    items: list[tuple[str, str, float, str, tuple[int, int] | None]], embed: Embed
+) -> list[str]:
+    """`rules_instantiate` of many (template, chunk, anchor, document, reach) items, with every
+    slot description and filler kind embedded in one batched call rather than one small call
+    each."""
     cached = MemoizedEmbed(embed)
     texts = []
-    for template, chunk, anchor, document in items:
+    for document in dict.fromkeys(item[3] or item[1] for item in items):
+        texts += sorted({span[3] for span in _filler_index(document).spans})
+    for template, *_ in items:
         texts += slot_descriptions(template)
-        for excerpt in _excerpts(document, chunk, anchor):
-            texts += [kind for surface, kind in slot_fillers(*excerpt) if usable_filler(surface)]
     cached.prefetch(texts)
     return [rules_instantiate(template, chunk, cached, *rest) for template, chunk, *rest in items]

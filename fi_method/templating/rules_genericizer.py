@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from bisect import bisect_right
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -176,6 +177,12 @@ def _nlp() -> Language:
 @lru_cache(maxsize=PARSE_CACHE_SIZE)
 def _parse(text: str) -> Doc:
     return _nlp()(text)
+
+
+def parse(text: str) -> Doc:
+    """spaCy's parse of a short text (a query, a template), remembered for the last
+    PARSE_CACHE_SIZE texts."""
+    return _parse(text)
 
 
 @dataclass(frozen=True)
@@ -458,6 +465,9 @@ def _parsed_spans(doc: Doc, title_case: set[int]) -> list[tuple[_Span, Token]]:
     chunk ("1891" aside: numbers are the patterns' business)."""
     found = []
     in_chunks: set[int] = set()
+    # doc.ents builds a new tuple on every access: a document's entities are read once.
+    entities = doc.ents
+    entity_at = {i: entity for entity in entities for i in range(entity.start, entity.end)}
     for chunk in doc.noun_chunks:
         in_chunks.update(range(chunk.start, chunk.end))
         tokens = _trimmed(list(chunk))
@@ -466,7 +476,7 @@ def _parsed_spans(doc: Doc, title_case: set[int]) -> list[tuple[_Span, Token]]:
         entity = None if chunk.start in title_case else _entity_kind(tokens, chunk.root)
         if entity:
             # The entity may reach past the chunk ("the University" + "of Michigan").
-            named = next(e for e in doc.ents if e.start <= chunk.root.i < e.end)
+            named = entity_at[chunk.root.i]
             tokens = sorted({*tokens, *_trimmed(list(named))}, key=lambda token: token.i)
         # The small model often calls a person's full name an organization.
         if entity in (None, "an organization") and _is_full_name(tokens):
@@ -485,7 +495,7 @@ def _parsed_spans(doc: Doc, title_case: set[int]) -> list[tuple[_Span, Token]]:
             first -= 1
         phrase = tokens[first:]
         found.append((_token_span(phrase, _phrase_kind(phrase)), chunk.root))
-    for entity in doc.ents:
+    for entity in entities:
         outside = not in_chunks.intersection(range(entity.start, entity.end))
         if outside and entity.start not in title_case:
             tokens = _trimmed(list(entity))
@@ -540,12 +550,26 @@ def _candidate_spans(doc: Doc) -> list[_Span]:
 
 @lru_cache(maxsize=PARSE_CACHE_SIZE)
 def _filler_spans(text: str) -> tuple[_Span, ...]:
+    # Kept sorted by start: chosen spans never overlap, so a new one can only overlap the spans
+    # either side of where it would go (a document has thousands).
     chosen: list[_Span] = []
+    starts: list[int] = []
     # Parsed without the query cache: a whole document's parse is large, its spans are not.
     for span in _candidate_spans(_nlp()(text)):
-        if not _overlaps(span, chosen):
-            chosen.append(span)
-    return tuple(sorted(chosen, key=lambda span: span.start))
+        at = bisect_right(starts, span.start)
+        if (at and chosen[at - 1].end > span.start) or (
+            at < len(chosen) and chosen[at].start < span.end
+        ):
+            continue
+        chosen.insert(at, span)
+        starts.insert(at, span.start)
+    return tuple(chosen)
+
+
+def filler_spans(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, kind) of every span of `text` that could fill a slot, in order: the spans
+    `slot_fillers` reads, with their offsets (the parse is remembered as there)."""
+    return [(span.start, span.end, span.description) for span in _filler_spans(text)]
 
 
 def slot_fillers(text: str, start: int = 0, end: int | None = None) -> list[tuple[str, str]]:
