@@ -100,7 +100,8 @@ def build_assets(settings: Settings) -> list:
         # (its DataVersion is the budget), so a recipe re-trains exactly when the budget changes.
         _with_model_version(
             training_budget,
-            f"heldout:{settings.heldout_doc_shard}|tokens:{settings.training_tokens or 'smallest'}",
+            f"heldout:{settings.heldout_doc_shard}|tokens:{settings.training_tokens or 'smallest'}"
+            f"|cap:{settings.max_training_tokens}",
         ),
         _with_model_version(
             trained_checkpoint_asset(trainer_step_gpus(settings)),

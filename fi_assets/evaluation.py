@@ -236,7 +236,12 @@ def eval_report(storage: Storage, settings: dg.ResourceParam[Settings]) -> dg.Ma
     rows = frame.to_dicts()
     reports = storage.root / "reports"
     fidelity = render_fidelity(
-        fidelity_figures(storage, settings.heldout_doc_shard, settings.training_tokens)
+        fidelity_figures(
+            storage,
+            settings.heldout_doc_shard,
+            settings.training_tokens,
+            settings.max_training_tokens,
+        )
     )
     markdown = render_markdown(rows) + "\n\n## Fidelity to the method\n\n" + fidelity
     png = plot(rows, reports / "eval_report.png")
@@ -256,13 +261,16 @@ def eval_report(storage: Storage, settings: dg.ResourceParam[Settings]) -> dg.Ma
 
 
 def fidelity_figures(
-    storage: Storage, heldout_shard: str, training_tokens: int | None = None
+    storage: Storage,
+    heldout_shard: str,
+    training_tokens: int | None = None,
+    max_training_tokens: int | None = None,
 ) -> list[Figure]:
     """The fidelity report over the training shards (all but `heldout_shard`): synthesis
     figures, tokens per recipe packed, the training budget (`training_tokens`, FI_TRAINING_TOKENS,
     or the smallest recipe's total) and what each recipe's model trained on."""
     counts = packed_counts(storage, heldout_shard)
-    budget = plan_budget(counts, training_tokens or None)
+    budget = plan_budget(counts, training_tokens or None, cap=max_training_tokens)
     packed_recipes = {count.recipe for count in counts}
     packed = {r: n for r, n in budget.packed_tokens.items() if r in packed_recipes}
     samples = {r: n for r, n in budget.samples.items() if r in packed_recipes}

@@ -55,7 +55,9 @@ def current_budget(storage: Storage, settings: Settings) -> TrainingBudget:
     """The training budget of what is packed now (FI_TRAINING_TOKENS, or the smallest recipe's
     packed total over the training shards)."""
     return plan_budget(
-        packed_counts(storage, settings.heldout_doc_shard), settings.training_tokens or None
+        packed_counts(storage, settings.heldout_doc_shard),
+        settings.training_tokens or None,
+        cap=settings.max_training_tokens,
     )
 
 
@@ -67,7 +69,7 @@ def current_budget(storage: Storage, settings: Settings) -> TrainingBudget:
     check_specs=[TRAINING_BUDGET],
     description="The control of the comparison: the packed tokens every recipe trains on, "
     "FI_TRAINING_TOKENS or by default the smallest recipe's total over the training shards (all "
-    "but FI_HELDOUT_DOC_SHARD). Shows each recipe's packed tokens against the documents' tokens, "
+    "but FI_HELDOUT_DOC_SHARD; at most FI_MAX_TRAINING_TOKENS when set). Shows each recipe's packed tokens against the documents' tokens, "
     "in total and per shard. Its check recipes_fill_training_budget fails, and no model trains, "
     "when a recipe could reach the budget only by repeating data.",
 )
@@ -75,7 +77,7 @@ def training_budget(
     context: dg.AssetExecutionContext, storage: Storage, settings: dg.ResourceParam[Settings]
 ) -> dg.MaterializeResult:
     counts = packed_counts(storage, settings.heldout_doc_shard)
-    budget = plan_budget(counts, settings.training_tokens or None)
+    budget = plan_budget(counts, settings.training_tokens or None, cap=settings.max_training_tokens)
     check = check_result(TRAINING_BUDGET, len(budget.packed_tokens), budget.failures)
     if budget.failures:
         context.log.error("the training budget cannot be met:\n" + "\n".join(budget.failures))

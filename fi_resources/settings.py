@@ -112,6 +112,12 @@ class Settings(BaseSettings):
         "recipe with more trains on a seeded subset; one with fewer fails "
         "recipes_fill_training_budget (nothing is repeated to reach it).",
     )
+    max_training_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Cap on the default training budget (the smallest recipe's packed total) "
+        "for a quick run: the demo trains its tiny models on 20,480 tokens at most.",
+    )
     heldout_doc_shard: str = Field(
         "heldout",
         description="Document shard no recipe trains on; eval's heldout_nll reads its pairs.",

@@ -376,6 +376,21 @@ def test_recipes_packed_on_different_shards_or_packing_nothing_fail(tokenizer, a
     assert without_standard.failures[0].startswith("standard has no packed_corpus")
 
 
+def test_a_cap_lowers_the_default_budget_but_never_raises_it():
+    counts = [
+        ShardTokens("s1", STANDARD, 9_000, 3),
+        ShardTokens("s1", FINEINSTRUCTIONS, 4_000, 20),
+        ShardTokens("s1", NON_INSTRUCTIONAL, 8_000, 3),
+    ]
+    capped = plan_budget(counts, None, cap=1_000)
+    assert (capped.tokens, capped.source, capped.failures) == (1_000, "FI_MAX_TRAINING_TOKENS", [])
+    above = plan_budget(counts, None, cap=50_000)
+    assert (above.tokens, above.source, above.failures) == (4_000, FINEINSTRUCTIONS, [])
+    # An explicit budget is the budget, cap or not: above a recipe's total it fails.
+    forced = plan_budget(counts, 5_000, cap=1_000)
+    assert forced.tokens == 5_000 and forced.failures[0].startswith("fineinstructions packed")
+
+
 def test_the_fidelity_table_shows_the_budget_and_what_each_recipe_trained_on():
     from fi_method.evaluation.fidelity import render_markdown, training_figures
 

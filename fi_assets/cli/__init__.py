@@ -243,9 +243,9 @@ def demo(
     from fi_method.samples import write_sample
     from fi_resources.storage import Storage
 
-    # A CPU trains the tiny models on a few steps' worth, the same for every recipe; by default
-    # (FI_TRAINING_TOKENS unset) each recipe trains on the smallest recipe's packed tokens.
-    os.environ.setdefault("FI_TRAINING_TOKENS", str(DEMO_TRAINING_TOKENS))
+    # A CPU trains the tiny models on a few steps' worth, the same for every recipe: the smallest
+    # recipe's packed tokens, at most DEMO_TRAINING_TOKENS.
+    os.environ.setdefault("FI_MAX_TRAINING_TOKENS", str(DEMO_TRAINING_TOKENS))
     settings = _settings()
     started = time.perf_counter()
     sample = write_sample(settings.home / "samples", full=full)
@@ -266,7 +266,12 @@ def demo(
     report = settings.home / "reports" / "eval_report.md"
     table = report.read_text().split("\n\n")[1] if report.exists() else "(no eval report)"
     fidelity = render_markdown(
-        fidelity_figures(storage, settings.heldout_doc_shard, settings.training_tokens)
+        fidelity_figures(
+            storage,
+            settings.heldout_doc_shard,
+            settings.training_tokens,
+            settings.max_training_tokens,
+        )
     )
     typer.echo(
         f"\ndemo done in {time.perf_counter() - started:.0f}s. Data root: {settings.home}\n"

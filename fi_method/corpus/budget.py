@@ -7,7 +7,8 @@ fault. Parity is therefore enforced where the models train, not where the data i
 
 1. Each recipe's packed tokens are summed over the training shards (every document shard but the
    held-out one).
-2. The training budget is the smallest of those totals, or FI_TRAINING_TOKENS when set.
+2. The training budget is the smallest of those totals (at most FI_MAX_TRAINING_TOKENS, for a
+   quick run), or FI_TRAINING_TOKENS when set.
 3. Every recipe trains `budget // step_tokens` whole optimizer steps, the same for all. A recipe
    with more packed tokens trains on a seeded subset of its samples (the start of the trainer's
    seeded shuffle, for one pass at most); nothing is repeated to reach the budget.
@@ -59,10 +60,14 @@ class TrainingBudget:
 
 
 def plan_budget(
-    counts: Iterable[ShardTokens], override: int | None, recipes: tuple[str, ...] = RECIPES
+    counts: Iterable[ShardTokens],
+    override: int | None,
+    recipes: tuple[str, ...] = RECIPES,
+    cap: int | None = None,
 ) -> TrainingBudget:
     """The training budget of `recipes` from what each packed on its training shards (`counts`):
-    `override` when set (FI_TRAINING_TOKENS; 0 or None: the smallest recipe's total)."""
+    `override` when set (FI_TRAINING_TOKENS; 0 or None: the smallest recipe's total, at most
+    `cap`, FI_MAX_TRAINING_TOKENS)."""
     counts = list(counts)
     packed = {recipe: 0 for recipe in recipes}
     samples = {recipe: 0 for recipe in recipes}
@@ -73,7 +78,12 @@ def plan_budget(
             samples[count.recipe] += count.samples
             shards[count.recipe].add(count.shard)
     smallest = min(recipes, key=lambda recipe: (packed[recipe], recipe))
-    tokens, source = (override, "FI_TRAINING_TOKENS") if override else (packed[smallest], smallest)
+    if override:
+        tokens, source = override, "FI_TRAINING_TOKENS"
+    elif cap and cap < packed[smallest]:
+        tokens, source = cap, "FI_MAX_TRAINING_TOKENS"
+    else:
+        tokens, source = packed[smallest], smallest
     failures = _shard_failures(shards)
     remedy = (
         f"Set FI_TRAINING_TOKENS to at most {packed[smallest]:,} (the smallest recipe's total, "
