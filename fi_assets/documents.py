@@ -4,7 +4,7 @@ import dagster as dg
 
 from fi_assets.partitions import doc_shards
 from fi_assets.reporting import write_stage
-from fi_method.retrieval.documents import clean_documents
+from fi_method.retrieval.documents import DOCUMENTS_VERSION, clean_documents
 from fi_resources.storage import Storage
 from fi_resources.tables import DOCUMENTS, INGESTED_DOCUMENTS, keys
 
@@ -14,7 +14,7 @@ from fi_resources.tables import DOCUMENTS, INGESTED_DOCUMENTS, keys
     deps=keys(INGESTED_DOCUMENTS),
     group_name="documents",
     kinds={"polars", "parquet"},
-    code_version="1",
+    code_version=DOCUMENTS_VERSION,
     description="Cleaned documents of one shard: encoding and whitespace repaired, doc_id = content "
     "hash, language (langid) and length recorded; too-short and duplicate documents are in `rejects`.",
 )

@@ -32,7 +32,7 @@ from fi_method.evaluation.fidelity import (
 )
 from fi_method.evaluation.fidelity import render_markdown as render_fidelity
 from fi_method.evaluation.scoring import Aggregate, BenchmarkJudging, score_benchmark
-from fi_method.synthesis.pairs import NULL_OUTPUT
+from fi_method.reasons import RejectReason
 from fi_resources.checkpoints import answer_nll, export_folder, weights_hash
 from fi_resources.embedder import torch_device
 from fi_resources.roles import BenchmarkJudge, Candidate, role_resource
@@ -283,7 +283,7 @@ def fidelity_figures(
             continue
         matched += storage.read_table(MATCHED_PAIRS, shard).height
         reasons = storage.read_rejects(INSTANTIATED_PAIRS.name, shard)["reason"]
-        nulls += int((reasons == NULL_OUTPUT).sum())
+        nulls += int((reasons == RejectReason.TEMPLATE_DOES_NOT_FIT).sum())
         verdicts = storage.read_table(JUDGED_PAIRS, shard)
         judged += verdicts.height
         kept = verdicts.filter(pl.col("kept")).select("pair_id")

@@ -13,9 +13,10 @@ from fi_assets.partitions import doc_shards, query_shards
 from fi_assets.placement import on_gpu
 from fi_assets.reporting import distribution_chart, each_partition, markdown_preview, write_stage
 from fi_assets.versions import upstream_partitions_tags
-from fi_method.retrieval.chunking import chunk_document
+from fi_method.retrieval.chunking import CHUNKING_VERSION, chunk_document
 from fi_method.retrieval.matching import (
     CANDIDATES_PER_VECTOR,
+    MATCHING_VERSION,
     match_chunks,
     target_distribution,
 )
@@ -54,7 +55,7 @@ def chunk_vectors(chunks: pl.DataFrame) -> np.ndarray:
     deps=["documents"],
     group_name="matching",
     kinds={"polars", "parquet", "sentence_transformers"},
-    code_version="1",
+    code_version=CHUNKING_VERSION,
     **on_gpu(),
     backfill_policy=dg.BackfillPolicy.single_run(),
     description="Documents split into chunks that fit the embedder (paragraph, then sentence "
@@ -140,7 +141,7 @@ def _histogram(values: list[float], bins: int = 10) -> str:
     ],
     group_name="matching",
     kinds={"lancedb", "polars", "parquet"},
-    code_version="2",
+    code_version=MATCHING_VERSION,
     **on_gpu(),
     backfill_policy=dg.BackfillPolicy.single_run(),
     check_specs=[DOCUMENTS_MATCHED],

@@ -20,6 +20,7 @@ from fi_method.corpus.decontamination import default_index
 from fi_method.corpus.packing import (
     FINEINSTRUCTIONS,
     NON_INSTRUCTIONAL,
+    PACKING_VERSION,
     RECIPES,
     load_training_tokenizer,
     pack_shard,
@@ -89,7 +90,7 @@ def _candidates(storage: Storage, shard: str, recipe: str) -> dict[str, list[dic
     },
     group_name="packing",
     kinds={"polars", "parquet"},
-    code_version="3",
+    code_version=PACKING_VERSION,
     check_specs=[NO_EVAL_LEAK],
     description="Stage E: a recipe's samples of one document shard, formatted `Instruction: ...\\n\\n"
     "Answer: ...` and packed token for token: a document's budget is its own token count under "

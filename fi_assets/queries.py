@@ -23,7 +23,7 @@ class QueryFilterConfig(dg.Config):
     deps=keys(INGESTED_QUERIES),
     group_name="queries",
     kinds={"polars", "parquet"},
-    code_version="1",
+    code_version=stage.QUERIES_VERSION,
     description="Normalised user queries of one shard: encoding and whitespace repaired, length "
     "bounds, exact and near-duplicate removal (MinHash), decontamination against MixEval, "
     "MT-Bench, MT-Bench-101 and AlpacaEval (8-gram overlap, the Tulu 3 procedure). query_id is a "

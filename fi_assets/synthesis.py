@@ -23,15 +23,16 @@ from fi_assets.reporting import (
     write_stage,
 )
 from fi_method.evaluation.fidelity import render_markdown, synthesis_figures
+from fi_method.reasons import RejectReason
 from fi_method.roles import RulesAids
 from fi_method.synthesis import continuations as halving
 from fi_method.synthesis.pairs import (
     FUNNEL_STAGES,
-    NOT_INSTANTIATED,
-    NULL_OUTPUT,
-    TEMPLATE_REMOVED,
+    JUDGEMENTS_VERSION,
+    PAIRS_VERSION,
     collect_judgements,
     funnel,
+    funnel_counts,
     instantiate_by_rank,
 )
 from fi_method.synthesis.quality import (
@@ -71,7 +72,7 @@ def _caller(context: dg.AssetExecutionContext, shard: str) -> tuple[str, str]:
     deps=keys(MATCHED_PAIRS, DOCUMENTS, DOCUMENT_CHUNKS),
     group_name="synthesis",
     kinds={"polars", "parquet"},
-    code_version="1",
+    code_version=PAIRS_VERSION,
     **on_gpu(),
     backfill_policy=dg.BackfillPolicy.single_run(),
     check_specs=[INSTANTIATOR_NULL_RATE],
@@ -159,12 +160,12 @@ def _instantiate_shard(
         max_template_uses,
     )
     calls = CallResult.combined(rounds)
-    nulls = sum(reject["reason"] == NULL_OUTPUT for reject in rejects)
+    nulls = sum(reject["reason"] == RejectReason.TEMPLATE_DOES_NOT_FIT for reject in rejects)
     rejects += [
         {
             "source": r["source"],
             "item_id": f"{r['doc_id']}:{r['template_id']}",
-            "reason": TEMPLATE_REMOVED,
+            "reason": RejectReason.TEMPLATE_REMOVED,
             "detail": "its query shard was removed; matched_pairs is stale",
         }
         for r in stale
@@ -221,7 +222,7 @@ def _instantiate_shard(
     deps=keys(INSTANTIATED_PAIRS, DOCUMENTS, MATCHED_PAIRS),
     group_name="synthesis",
     kinds={"polars", "parquet"},
-    code_version="1",
+    code_version=JUDGEMENTS_VERSION,
     **on_gpu(),
     backfill_policy=dg.BackfillPolicy.single_run(),
     check_specs=[JUDGE_PASS_RATE, NO_DOMINANT_TEMPLATE],
@@ -252,7 +253,7 @@ def _judge_shard(
     )
     frame = JUDGED_PAIRS.frame(judged)
     scores = frame.group_by("score").len().sort("score")
-    counts = _funnel_counts(storage, shard, pairs.height, frame)
+    counts = _funnel_counts(storage, shard, pairs.height, rejects)
     kept_pairs = frame.filter(pl.col("kept")).select("pair_id").join(pairs, on="pair_id")
     kept, kept_templates = kept_pairs.height, kept_pairs["template_id"].to_list()
     fidelity = synthesis_figures(
@@ -319,22 +320,15 @@ def _judge_shard(
     )
 
 
-def _funnel_counts(storage: Storage, shard: str, grounded: int, judged: pl.DataFrame) -> dict:
-    """The funnel of a shard: passage vectors with a template, instantiator outputs (a vector
-    tries its alternates until one fits), parsed and not null, grounded, judged, kept."""
+def _funnel_counts(
+    storage: Storage, shard: str, grounded: int, judge_rejects: list[dict]
+) -> dict[str, int]:
+    """The funnel of a shard (fi_method.synthesis.pairs.funnel_counts): its passage vectors with
+    a template, its `grounded` pairs, and the reasons of instantiated_pairs' rejects and of the
+    judge's (`judge_rejects`)."""
     matched = storage.read_table(MATCHED_PAIRS, shard).filter(pl.col("rank") == 0).height
-    rejects = storage.read_rejects(INSTANTIATED_PAIRS.name, shard)
-    never = rejects.filter(pl.col("reason").is_in(NOT_INSTANTIATED))
-    tried = grounded + rejects.filter(pl.col("reason") != TEMPLATE_REMOVED).height
-    return {
-        "matched": matched,
-        "tried": tried,
-        "instantiated": tried - never.height,
-        "grounded": grounded,
-        "judged": judged.height,
-        "kept": int(judged["kept"].sum()),
-        "null": never.filter(pl.col("reason") == NULL_OUTPUT).height,
-    }
+    reasons = storage.read_rejects(INSTANTIATED_PAIRS.name, shard)["reason"].to_list()
+    return funnel_counts(matched, grounded, reasons + [r["reason"] for r in judge_rejects])
 
 
 @dg.asset(
@@ -342,7 +336,7 @@ def _funnel_counts(storage: Storage, shard: str, grounded: int, judged: pl.DataF
     deps=keys(DOCUMENTS),
     group_name="synthesis",
     kinds={"polars", "parquet"},
-    code_version="1",
+    code_version=halving.HALVING_VERSION,
     **on_gpu(),
     backfill_policy=dg.BackfillPolicy.single_run(),
     description="Non-instructional pairs (halving and completion): each document is cut at the "

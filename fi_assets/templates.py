@@ -16,7 +16,7 @@ from fi_assets.reporting import (
     preview_metadata,
     write_stage,
 )
-from fi_method.templating.instruction_templates import collect_templates
+from fi_method.templating.instruction_templates import TEMPLATES_VERSION, collect_templates
 from fi_resources.embedder import Embedder
 from fi_resources.roles import Genericizer
 from fi_resources.storage import Storage
@@ -31,7 +31,7 @@ INDEX_COLUMNS = ["template_id", "query_id", "template", "compatible_document_des
     deps=keys(RAW_QUERIES),
     group_name="queries",
     kinds={"polars", "parquet"},
-    code_version="1",
+    code_version=TEMPLATES_VERSION,
     **on_gpu(),
     description="Instruction templates of one query shard: the genericizer role (engine `rules`, "
     "`transformers` or `vllm`, chosen by FI_GENERICIZER_ENGINE) turns each query into a template "

@@ -8,13 +8,15 @@ import json
 import re
 from typing import Literal
 
+from fi_method.reasons import RejectReason
+
 PromptStyle = Literal["bare", "instructed"]
 
 
 class OutputParseError(ValueError):
-    """A model output that holds nothing usable; `reason` is a short code kept in `rejects`."""
+    """A model output that holds nothing usable; `reason` is kept in `rejects`."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: RejectReason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
 
@@ -25,7 +27,7 @@ _JSON_DECODER = json.JSONDecoder(strict=False)
 
 def first_json_object(text: str) -> dict:
     """The first `{` at which a whole JSON object decodes; whatever surrounds it (chatter, code
-    fences, a cut-off tail) is ignored. Raises OutputParseError "no_json" or "invalid_json"."""
+    fences, a cut-off tail) is ignored. Raises OutputParseError NO_JSON or INVALID_JSON."""
     opening = [match.start() for match in re.finditer(r"\{", text)]
     for start in opening:
         try:
@@ -35,8 +37,10 @@ def first_json_object(text: str) -> dict:
         if isinstance(value, dict):
             return value
     if opening:
-        raise OutputParseError("invalid_json", f"no complete JSON object in: {text[:200]!r}")
-    raise OutputParseError("no_json", f"no JSON object in: {text[:200]!r}")
+        raise OutputParseError(
+            RejectReason.INVALID_JSON, f"no complete JSON object in: {text[:200]!r}"
+        )
+    raise OutputParseError(RejectReason.NO_JSON, f"no JSON object in: {text[:200]!r}")
 
 
 def string_field(found: dict, *names: str) -> str:
@@ -45,10 +49,10 @@ def string_field(found: dict, *names: str) -> str:
         if name in found:
             if not isinstance(found[name], str):
                 raise OutputParseError(
-                    "not_a_string", f"{name!r} is a {type(found[name]).__name__}"
+                    RejectReason.NOT_A_STRING, f"{name!r} is a {type(found[name]).__name__}"
                 )
             return found[name].strip()
-    raise OutputParseError("missing_field", f"no {names[0]!r} in {sorted(found)}")
+    raise OutputParseError(RejectReason.MISSING_FIELD, f"no {names[0]!r} in {sorted(found)}")
 
 
 def prompt_style_for(model: str, released: str) -> PromptStyle:

@@ -60,15 +60,41 @@ class RulesAids:
 @dataclass(frozen=True)
 class Rules:
     """A role's offline implementation: deterministic outputs, in the model's own output format,
-    so they pass through the same parser and checks. `key` is the part of an input that decides
-    the output; `answer` maps a batch of inputs to outputs. With `follows_prompt` the rules
-    implement the prompt's rubric, so a prompt change is a rules change too."""
+    so they pass through the same parser and checks.
+
+    `reads` names every input field the rules read, `optional` those read when an input has them
+    (None otherwise). The implementation is handed those fields and no others, and the cache key
+    is made of exactly them: a field the rules read is always in the key, one they do not read
+    never is, and reading a field left out of `reads` fails (KeyError) instead of keying calls by
+    less than what decides them. `implementation` maps a batch of such inputs to outputs.
+    With `follows_prompt` the rules implement the prompt's rubric, so a prompt change is a rules
+    change too."""
 
     version: str
-    key: Callable[[dict], object]
-    answer: Callable[[list[dict], RulesAids], list[str]]
+    reads: tuple[str, ...]
+    implementation: Callable[[list[dict], RulesAids], list[str]]
+    optional: tuple[str, ...] = ()
     params: Callable[[RulesAids], dict] = lambda aids: {}
     follows_prompt: bool = False
+
+    def inputs(self, item: dict) -> dict:
+        """The fields of `item` the rules read. Raises KeyError naming a field they need that
+        `item` lacks."""
+        missing = [name for name in self.reads if name not in item]
+        if missing:
+            raise KeyError(f"the rules read {', '.join(missing)}, which the input lacks")
+        return {name: item[name] for name in self.reads} | {
+            name: item.get(name) for name in self.optional
+        }
+
+    def key(self, item: dict) -> dict:
+        """The part of an input that decides its output, for the call cache: what the rules
+        read, whole (the cache hashes it), so a long document is keyed by its text itself."""
+        return self.inputs(item)
+
+    def answer(self, items: list[dict], aids: RulesAids) -> list[str]:
+        """The outputs of `items`, the implementation reading only what `key` holds."""
+        return self.implementation([self.inputs(item) for item in items], aids)
 
 
 @dataclass(frozen=True)

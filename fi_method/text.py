@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from functools import cache
 
 import ftfy
+import Stemmer
 
 _SPACES = re.compile(r"[ \t\f\v\u00a0\u2000-\u200b\u202f\u205f\u3000]+")
 _BLANK_LINES = re.compile(r"\n\s*\n\s*\n+")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 _WORD = re.compile(r"\w+(?:['’]\w+)*", re.UNICODE)
+_DIGIT = re.compile(r"\d")
 # A sentence ends at . ! or ? followed by space and a capital, digit or opening quote/bracket.
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'“(\[]?[A-Z0-9])")
 
@@ -31,6 +34,20 @@ def clean_text(text: str) -> str:
 def words(text: str) -> list[str]:
     """Lower-cased word tokens (letters, digits and inner apostrophes)."""
     return [w.lower() for w in _WORD.findall(text)]
+
+
+@cache
+def _stemmer() -> Stemmer.Stemmer:
+    return Stemmer.Stemmer("english")
+
+
+def word_keys(tokens: list[str]) -> list[str]:
+    """What each lower-cased word token matches by: its Snowball stem ("floors" and "floor" are
+    one, "currency" and "currently" two), a token with a digit whole."""
+    stems = _stemmer().stemWords(tokens)
+    return [
+        token if _DIGIT.search(token) else stem for token, stem in zip(tokens, stems, strict=True)
+    ]
 
 
 def content_hash(*parts: str) -> str:

@@ -137,6 +137,29 @@ class RoleModel(ConfigurableResource):
         """The role's raw outputs for `items` (dicts holding what the role's `request` and rules
         read), in order, through the cache. `aids` serve a rules implementation; `params` add to
         the cache key whatever else decides the outputs."""
+        engine, spec, prepared, keys = self._prepared(items, aids, params)
+        return self.cache.call(
+            spec,
+            keys,
+            prepared,
+            lambda batch: engine.answer(self.role, batch),
+            engine.config.batch_size,
+            progress,
+            *caller,
+        )
+
+    def cache_keys(
+        self, items: list[dict], aids: RulesAids | None = None, params: dict | None = None
+    ) -> list[str]:
+        """The call cache's key of each of `items`, as `call` builds it: from what the engine
+        answers from (a model's whole request, or every field the rules read), never from a
+        choice of fields. Loads the engine."""
+        return self._prepared(items, aids, params)[3]
+
+    def _prepared(
+        self, items: list[dict], aids: RulesAids | None, params: dict | None
+    ) -> tuple[Engine, CallSpec, list, list[str]]:
+        """The loaded engine, the calls' spec, the engine's prepared inputs and their keys."""
         role = self.role
         config = self.engine_config(aids)
         if self._engine is None or self._engine.config != config:
@@ -150,16 +173,7 @@ class RoleModel(ConfigurableResource):
             {**engine.params(role), **(params or {})},
         )
         prepared = engine.prepare(role, items)
-        keys = [spec.key(engine.key(role, one)) for one in prepared]
-        return self.cache.call(
-            spec,
-            keys,
-            prepared,
-            lambda batch: engine.answer(role, batch),
-            config.batch_size,
-            progress,
-            *caller,
-        )
+        return engine, spec, prepared, [spec.key(engine.key(role, one)) for one in prepared]
 
 
 class Genericizer(RoleModel):
@@ -169,16 +183,17 @@ class Genericizer(RoleModel):
 
 
 class Instantiator(RoleModel):
-    """`{"template", "chunk", "document"}` -> JSON `{"instruction", "answer"}` or `null`. The
-    rules engine fills and answers from the matched chunk; a model sees the document window."""
+    """`{"template", "chunk", "document"}` (and `anchor`, where in the chunk the template
+    matched, for the rules) -> JSON `{"instruction", "answer"}` or `null`. The rules engine fills
+    and answers from the matched chunk; a model sees the document window."""
 
     ROLE_NAME: ClassVar[str] = "instantiator"
     min_excerpt_ratio: float = Field(MIN_EXCERPT_RATIO, ge=0.0, le=1.0)
 
 
 class Judge(RoleModel):
-    """`{"instruction", "answer", "doc_id", "document"}` -> `<feedback>...<score>N</score>`; the
-    rules judge measures grounding against the document."""
+    """`{"instruction", "answer", "document"}` (and `template` where there is one) ->
+    `<feedback>...<score>N</score>`; the rules judge measures grounding against the document."""
 
     ROLE_NAME: ClassVar[str] = "judge"
     min_score: int = Field(judge.MIN_JUDGE_SCORE, ge=1, le=5)

@@ -85,7 +85,7 @@ def test_the_pacer_spreads_request_starts_over_the_minute():
 
 def test_role_versions_follow_prompt_engine_model_and_thresholds(monkeypatch):
     base = role_version("judge", Settings())
-    assert base == "judge:rules-2+prompt-1|min_judge_score=4"
+    assert base == f"judge:{judge.RULES_VERSION}+prompt-{judge.PROMPT_VERSION}|min_judge_score=4"
     monkeypatch.setenv("FI_MIN_JUDGE_SCORE", "5")
     assert role_version("judge", Settings()) != base
     monkeypatch.setenv("FI_JUDGE_ENGINE", "openai")

@@ -259,15 +259,15 @@ CHUNK = (
 # Templates whose own words ("designed", "built", "tall", "design") the passage says, with a
 # value of each slot's kind where it says them.
 RULES_TEMPLATES = [
-    "Who designed <fi>a landmark</fi> in <fi>a city</fi>?",
-    "When was <fi>a building</fi> built?",
-    "What is <fi>a landmark</fi> known for?",
-    "Describe the design of <fi>a landmark</fi>.",
+    "When was <fi>a landmark</fi> finished in <fi>a city</fi>?",
+    "Where in <fi>a city</fi> is the tower?",
+    "What is <fi>a place</fi> known for?",
+    "Describe the tower in <fi>a city</fi>.",
     "Whose company designed the tower named after <fi>a person</fi>?",
 ]
 
 
-REPEATED_SLOT = "When was the tower of <fi>a city</fi> built, and who built it in <fi>a city</fi>?"
+REPEATED_SLOT = "How tall is <fi>a landmark</fi>, and is <fi>a landmark</fi> the tallest structure?"
 
 
 @pytest.fixture(scope="module")
@@ -344,8 +344,8 @@ def test_different_slot_descriptions_get_different_values(rules_output):
 
 
 def test_a_request_is_answered_with_a_lead_and_a_question_without(rules_output):
-    request = parse_output(rules_output["Describe the design of <fi>a landmark</fi>."])
-    question = parse_output(rules_output["When was <fi>a building</fi> built?"])
+    request = parse_output(rules_output["Describe the tower in <fi>a city</fi>."])
+    question = parse_output(rules_output["Where in <fi>a city</fi> is the tower?"])
     assert request.answer.startswith(REQUEST_LEAD)
     assert not question.answer.startswith(REQUEST_LEAD)
 
@@ -359,8 +359,8 @@ def test_the_answer_starts_where_the_template_matched_and_reads_on_into_the_docu
         "Ecole Militaire. It was named after the Campus Martius in Rome."
     )
     after = (
-        "Today the tower receives about seven million visitors a year, more than any other paid "
-        "monument in the world. Its three levels hold restaurants, shops and an observation deck. "
+        "Today the Eiffel Tower is visited by about seven million people a year, more than any "
+        "other paid monument in the world. Its three levels hold restaurants, shops and an observation deck. "
         "Visitors climb the stairs to the first and second levels or take one of the lifts, and "
         "only lifts reach the top. The tower is repainted every seven years, with about sixty "
         "tonnes of paint, to protect the iron from rust. At night it is lit by twenty thousand "
@@ -377,14 +377,17 @@ def test_the_answer_starts_where_the_template_matched_and_reads_on_into_the_docu
         "show seen by crowds on the Champ de Mars and along the banks of the Seine."
     )
     document = f"{before}\n\n{CHUNK}\n\n{after}"
-    template = "What is <fi>a landmark</fi> known for?"
-    early = parse_output(rules_instantiate(template, CHUNK, embed, 0.0, document))
-    late = parse_output(rules_instantiate(template, CHUNK, embed, 5 / 6, document))
+    early = parse_output(
+        rules_instantiate("What is <fi>a place</fi> known for?", CHUNK, embed, 0.0, document)
+    )
+    late = parse_output(
+        rules_instantiate("How tall is <fi>a place</fi>?", CHUNK, embed, 5 / 6, document)
+    )
     early_answer, early_ratio = ground(early, document)
     late_answer, _ = ground(late, document)
     assert early_answer.startswith("The Eiffel Tower is a wrought-iron lattice tower")
     assert "wrought-iron lattice" not in late_answer
-    assert late_answer in document and "seven million visitors" in late_answer
+    assert late_answer in document and "seven million people" in late_answer
     assert len(early_answer.split()) > len(CHUNK.split()) and early_ratio >= 0.8
 
 
@@ -423,13 +426,19 @@ def test_a_template_the_passage_does_not_support_gives_null_with_the_reason(
 
 
 def test_a_slot_is_filled_only_with_a_value_of_its_kind(embed):
-    """A year is no city: "When was <fi>a city</fi> built?" takes a city of the passage even
-    though years sit closer to "built"."""
-    parsed = parse_output(
-        rules_instantiate("When was the tower in <fi>a city</fi> built?", CHUNK, embed)
-    )
-    [value] = filled_values("When was the tower in <fi>a city</fi> built?", parsed.instruction)
+    """A place is no city: "Where in <fi>a city</fi> is the tower?" takes Paris, though the
+    tagger's "place", the Eiffel Tower, sits closer to "tower"."""
+    template = "Where in <fi>a city</fi> is the tower?"
+    parsed = parse_output(rules_instantiate(template, CHUNK, embed))
+    [value] = filled_values(template, parsed.instruction)
     assert value in ("Paris", "France")
+
+
+def test_a_value_must_stand_next_to_the_templates_words(embed):
+    """The passage says "built" of the tower and names Paris a sentence earlier: "When was the
+    tower in Paris built?" is not what it says, so nothing is made."""
+    output = rules_instantiate("When was the tower in <fi>a city</fi> built?", CHUNK, embed)
+    assert parse_output(output) is None
 
 
 def test_a_question_is_instantiated_only_where_the_passage_gives_what_it_asks(embed):
@@ -531,9 +540,9 @@ def test_a_vector_tries_its_alternates_until_one_fits(embed):
     never tried."""
     requests = [
         ranked("c1", 0, 0, "How many floors does <fi>a landmark</fi> have?", "floors"),
-        ranked("c1", 1, 0, "What is <fi>a landmark</fi> known for?", "known"),
-        ranked("c1", 0, 1, "When was <fi>a building</fi> built?", "built"),
-        ranked("c1", 1, 1, "Describe the design of <fi>a landmark</fi>.", "design"),
+        ranked("c1", 1, 0, "What is <fi>a place</fi> known for?", "known"),
+        ranked("c1", 0, 1, "Where in <fi>a city</fi> is the tower?", "built"),
+        ranked("c1", 1, 1, "Describe the tower in <fi>a city</fi>.", "design"),
     ]
     asked: list[list[str]] = []
 
@@ -554,9 +563,9 @@ def test_a_vector_tries_its_alternates_until_one_fits(embed):
 
 
 def test_a_template_makes_at_most_its_cap_of_pairs_in_a_shard(embed):
-    template = "What is <fi>a landmark</fi> known for?"
+    template = "What is <fi>a place</fi> known for?"
     requests = [ranked(f"c{i}", 0, 0, template, "known", f"d{i}") for i in range(3)]
-    requests += [ranked("c2", 0, 1, "When was <fi>a building</fi> built?", "built", "d2")]
+    requests += [ranked("c2", 0, 1, "Where in <fi>a city</fi> is the tower?", "built", "d2")]
 
     def instantiate(batch):
         return [rules_instantiate(r["template"], r["chunk"], embed) for r in batch]

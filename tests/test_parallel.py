@@ -10,7 +10,7 @@ import dagster as dg
 from typer.testing import CliRunner
 
 from fi_assets.cli import app
-from fi_method.samples import wikipedia_articles, write_sample
+from fi_method.samples import wikipedia_articles
 from fi_resources import tables
 from fi_resources.instance import open_instance
 from fi_resources.settings import get_settings
@@ -36,9 +36,19 @@ def test_four_document_shards_at_once_on_postgres(fi_home, tmp_path, monkeypatch
     # The call cache too, as on a cluster: the workers' calls land in one PostgreSQL table.
     monkeypatch.setenv("FI_MODEL_CALLS_URL", postgres_url)
     get_settings.cache_clear()
+    # Real questions about the four articles (Anarchism, Autism, Albedo, A): what the strict
+    # rules instantiator makes pairs of is what a passage says.
     queries = tmp_path / "chat.jsonl"
-    lines = write_sample(tmp_path / "sample").queries.read_text().splitlines()[:15]
-    queries.write_text("\n".join(lines) + "\n")
+    questions = (
+        "what is anarchism?",
+        "what is autism?",
+        "what is albedo?",
+        "what is the first letter of the alphabet?",
+        "what are the symptoms of autism?",
+        "who founded the CNT?",
+        "how is albedo measured?",
+    )
+    queries.write_text("".join(json.dumps({"query": q}) + "\n" for q in questions))
     assert runner.invoke(app, ["ingest", "queries", str(queries)]).exit_code == 0
     shards = [f"part{i}" for i in range(SHARDS)]
     for shard, article in zip(shards, wikipedia_articles(limit=SHARDS), strict=True):
@@ -69,7 +79,14 @@ def test_four_document_shards_at_once_on_postgres(fi_home, tmp_path, monkeypatch
     pairs = storage.read_all(tables.INSTANTIATED_PAIRS)
     judged = storage.read_all(tables.JUDGED_PAIRS)
     assert storage.read_all(tables.DOCUMENTS).height == SHARDS
-    assert pairs.height >= SHARDS, "every shard gave pairs to judge"
+    assert pairs.height > 0, "the shards gave pairs to judge"
+    # Every worker's instantiation went through the one call cache.
+    partitions = storage.connect().execute(
+        "select count(distinct partition) from model_calls where role = 'instantiator'"
+    )
+    # One document per shard: the shards with a match are the documents with one.
+    matched_shards = storage.read_all(tables.MATCHED_PAIRS)["doc_id"].n_unique()
+    assert partitions.fetchone()[0] == matched_shards >= SHARDS - 1
     assert pairs["pair_id"].n_unique() == pairs.height == judged.height
     assert set(pairs["pair_id"]) == set(judged["pair_id"])
     cached = storage.connect().execute(

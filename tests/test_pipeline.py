@@ -127,9 +127,10 @@ def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeyp
     result = runner.invoke(app, ["ingest", "queries", str(bad)])
     assert result.exit_code == 1 and "no row could be ingested" in result.output
     # The reason is in the error itself, not only in the rejects table.
-    assert (
-        "no 'query', 'text', 'question', 'instruction' or 'prompt' field (1 row)" in result.output
+    assert "no 'query', 'text', 'question', 'instruction', 'prompt' or 'qText' field" in (
+        result.output
     )
+    assert "Expecting value (1 row)" in result.output
 
     result = runner.invoke(app, ["ingest", "queries", str(queries_file), "--shard", "chat"])
     assert result.exit_code == 0, result.output

@@ -30,10 +30,17 @@ def materialized(fi_home, tmp_path):
     queries.write_text(
         "".join(
             json.dumps({"query": q}) + "\n"
+            # Questions the articles (Anarchism, Autism) answer in part, so that the judge keeps
+            # most pairs and refuses a few, and three they do not answer.
             for q in (
                 "What did Nikola Tesla invent in 1891?",
                 "How does photosynthesis work in C4 plants like maize?",
                 "Why did the Roman Empire fall in the 5th century?",
+                "what is anarcho-syndicalism?",
+                "who is the voice of anarcho-primitivism?",
+                "what is the Mexican Anarchist Federation?",
+                "who founded the Anarchist Federation of Britain?",
+                "what causes autism in children?",
             )
         )
     )

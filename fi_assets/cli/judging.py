@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fi_method.ingest import MAX_DOCUMENT_CHARS, RowError, iter_records
-from fi_method.synthesis.pairs import LOW_JUDGE_SCORE, collect_judgements
+from fi_method.reasons import RejectReason
+from fi_method.synthesis.pairs import collect_judgements
 from fi_method.templating.templates import TemplateError, slot_descriptions
-from fi_method.text import content_hash
 
 if TYPE_CHECKING:
     from fi_resources.model_calls import CallResult
@@ -73,10 +73,10 @@ def _text(record: dict, name: str, required: bool) -> str | None:
     value = record.get(name)
     if value is None:
         if required:
-            raise RowError("missing_field", f"no {name!r} field")
+            raise RowError(RejectReason.MISSING_FIELD, f"no {name!r} field")
         return None
     if not isinstance(value, str):
-        raise RowError("not_a_string", f"{name!r} is a {type(value).__name__}")
+        raise RowError(RejectReason.NOT_A_STRING, f"{name!r} is a {type(value).__name__}")
     if not value.strip():
         raise RowError("empty_text", f"{name!r} is empty")
     if len(value) > MAX_DOCUMENT_CHARS:
@@ -87,7 +87,7 @@ def _text(record: dict, name: str, required: bool) -> str | None:
 def judge_item(record: dict) -> dict:
     """What the judge role is given for one record: `instruction`, `answer`, `document` (the
     answer itself when the record has none, so that grounding holds and does not count),
-    `template` when given, and `doc_id`. Raises RowError for a missing, non-string, empty or
+    `template` when given. Raises RowError for a missing, non-string, empty or
     too long instruction or answer, an optional field of the wrong type, a template that breaks
     the `<fi>` grammar, or a field that `--out` would overwrite."""
     for name in JUDGE_FIELDS:
@@ -108,14 +108,9 @@ def judge_item(record: dict) -> dict:
         except TemplateError as error:
             raise RowError(error.reason, f"'template': {error}") from error
     document = answer if document is None else document
+    # The judge's cache key is what it reads: instruction, answer, document and template.
     item = {"instruction": instruction, "answer": answer, "document": document}
-    # The judge's cache key names what it reads besides the pair by `doc_id`, a document's
-    # content hash; the rules judge's verdict also depends on the template, so a template is
-    # hashed in with its document: the same pair under another template is another call.
-    if template is None:
-        item["doc_id"] = content_hash(document)
-    else:
-        item["doc_id"] = content_hash(document, template)
+    if template is not None:
         item["template"] = template
     return item
 
@@ -182,7 +177,7 @@ def judge_pairs(
             f"the judge's output: {failure['detail']}",
         )
         for failure in unread
-        if failure["reason"] != LOW_JUDGE_SCORE
+        if failure["reason"] != RejectReason.LOW_JUDGE_SCORE
     ]
     return FileJudgement(source, out, rejects, calls)
 

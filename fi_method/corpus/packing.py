@@ -40,6 +40,10 @@ STANDARD = "standard"
 FINEINSTRUCTIONS = "fineinstructions"
 NON_INSTRUCTIONAL = "non_instructional"
 RECIPES = (STANDARD, FINEINSTRUCTIONS, NON_INSTRUCTIONAL)
+# packed_corpus' code version: change it whenever pack_shard's rows change (the rule above, the
+# format, the tokenizing and masking). tests/goldens/packing.json holds them for real documents;
+# tests/test_goldens.py fails when they change while this does not.
+PACKING_VERSION = "3"
 # The paper's training format; METHOD.md stage E (and the eval prompt of stage F).
 PAIR_FORMAT = "Instruction: {instruction}\n\nAnswer: {answer}"
 # The paper packs with the Llama-3 tokenizer; this pip package ships its files, so the default

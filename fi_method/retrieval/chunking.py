@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from fi_method.text import content_hash, sentence_spans
 
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+# document_chunks' code version: change it whenever chunk_document's chunks change.
+# tests/goldens/chunking.json holds them for real articles; tests/test_goldens.py fails when
+# they change while this does not.
+CHUNKING_VERSION = "1"
 
 
 @dataclass(frozen=True)

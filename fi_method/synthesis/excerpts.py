@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from fi_method.reasons import RejectReason
+
 EXCERPT_OPEN = "<excerpt>"
 EXCERPT_CLOSE = "</excerpt>"
 EXCERPT_ELLIPSIS = "<...>"
@@ -23,9 +25,9 @@ _WORD = re.compile(r"\S+")
 
 
 class ExcerptError(ValueError):
-    """An excerpt marker that cannot be expanded; `reason` is a short code."""
+    """An excerpt marker that cannot be expanded, and why."""
 
-    def __init__(self, reason: str, detail: str = ""):
+    def __init__(self, reason: RejectReason, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
 
@@ -39,9 +41,11 @@ def _span(document: str, head: str, tail: str) -> str:
             spans.add(document[start : end + len(tail)])
         start = document.find(head, start + 1)
     if not spans:
-        raise ExcerptError("excerpt_not_found", f"{head!r} ... {tail!r}")
+        raise ExcerptError(RejectReason.EXCERPT_NOT_FOUND, f"{head!r} ... {tail!r}")
     if len(spans) > 1:
-        raise ExcerptError("excerpt_ambiguous", f"{head!r} ... {tail!r} matches {len(spans)} spans")
+        raise ExcerptError(
+            RejectReason.EXCERPT_AMBIGUOUS, f"{head!r} ... {tail!r} matches {len(spans)} spans"
+        )
     return spans.pop()
 
 
@@ -51,9 +55,9 @@ def _expand_marker(body: str, document: str) -> str:
     if not ellipsis:
         if head and head in document:
             return head
-        raise ExcerptError("excerpt_not_found", repr(head[:80]))
+        raise ExcerptError(RejectReason.EXCERPT_NOT_FOUND, repr(head[:80]))
     if not head or not tail or EXCERPT_ELLIPSIS in tail:
-        raise ExcerptError("malformed_excerpt", repr(body[:80]))
+        raise ExcerptError(RejectReason.MALFORMED_EXCERPT, repr(body[:80]))
     return _span(document, head, tail)
 
 
@@ -63,7 +67,7 @@ def expand_excerpts(answer: str, document: str) -> str:
     malformed, matches nothing or matches more than one span."""
     expanded = _MARKER.sub(lambda m: _expand_marker(m.group(1), document), answer)
     if EXCERPT_OPEN in expanded or EXCERPT_CLOSE in expanded:
-        raise ExcerptError("malformed_excerpt", "unbalanced <excerpt> tags")
+        raise ExcerptError(RejectReason.MALFORMED_EXCERPT, "unbalanced <excerpt> tags")
     return expanded
 
 

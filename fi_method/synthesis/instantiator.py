@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from fi_method.llm_output import PromptStyle, first_json_object, string_field
 from fi_method.llm_output import prompt_style_for as style_for
+from fi_method.reasons import RejectReason
 from fi_method.roles import OutputFormat, Request, Role, Rules, RulesAids
 from fi_method.synthesis.excerpts import (
     EXCERPT_CLOSE,
@@ -41,9 +42,9 @@ class Instantiation:
 
 
 class GroundingError(ValueError):
-    """A pair that is not grounded in its document; `reason` is a short code."""
+    """A pair that is not grounded in its document, and why."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: RejectReason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
 
@@ -168,21 +169,24 @@ def ground(
     instantiation: Instantiation, document: str, min_ratio: float = MIN_EXCERPT_RATIO
 ) -> tuple[str, float]:
     """The answer with its excerpt markers expanded against `document`, and its excerpt ratio.
-    Raises GroundingError ("unfilled_slot", "empty_instruction", "empty_answer",
-    "low_excerpt_ratio") or fi_method.synthesis.excerpts.ExcerptError ("excerpt_not_found",
-    "excerpt_ambiguous", "malformed_excerpt")."""
+    Raises GroundingError (EMPTY_INSTRUCTION, UNFILLED_SLOT, EMPTY_ANSWER, LOW_EXCERPT_RATIO) or
+    fi_method.synthesis.excerpts.ExcerptError (EXCERPT_NOT_FOUND, EXCERPT_AMBIGUOUS,
+    MALFORMED_EXCERPT), with a fi_method.reasons.RejectReason."""
     instruction = instantiation.instruction
     if not instruction:
-        raise GroundingError("empty_instruction", "the instruction is empty")
+        raise GroundingError(RejectReason.EMPTY_INSTRUCTION, "the instruction is empty")
     if FI_OPEN in instruction or FI_CLOSE in instruction:
-        raise GroundingError("unfilled_slot", f"a slot is left in: {instruction[:200]!r}")
+        raise GroundingError(
+            RejectReason.UNFILLED_SLOT, f"a slot is left in: {instruction[:200]!r}"
+        )
     answer = expand_excerpts(instantiation.answer, document).strip()
     if not answer:
-        raise GroundingError("empty_answer", "the answer is empty")
+        raise GroundingError(RejectReason.EMPTY_ANSWER, "the answer is empty")
     ratio = excerpt_ratio(answer, document)
     if ratio < min_ratio:
         raise GroundingError(
-            "low_excerpt_ratio", f"excerpt ratio {ratio:.2f} is below the minimum {min_ratio:.2f}"
+            RejectReason.LOW_EXCERPT_RATIO,
+            f"excerpt ratio {ratio:.2f} is below the minimum {min_ratio:.2f}",
         )
     return answer, ratio
 
@@ -250,9 +254,9 @@ ROLE = Role(
     rules=Rules(
         version=RULES_VERSION,
         # The rules answer from where the template matched the chunk, reading on into the
-        # document around it; a document is named by its id, a hash of its text.
-        key=lambda item: {k: item[k] for k in ("template", "chunk", "anchor", "doc_id")},
-        answer=_rules_answer,
+        # document around it (the window a model reads).
+        reads=("template", "chunk", "anchor", "document"),
+        implementation=_rules_answer,
         params=lambda aids: {"embedder": aids.embedder_model},
     ),
     settings=("min_excerpt_ratio",),

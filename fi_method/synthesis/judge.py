@@ -13,16 +13,19 @@ from dataclasses import dataclass
 from wordfreq import zipf_frequency
 
 from fi_method.llm_output import OutputParseError
+from fi_method.reasons import RejectReason
 from fi_method.roles import OutputFormat, Request, Role, Rules, RulesAids
 from fi_method.synthesis.excerpts import MIN_EXCERPT_RATIO, excerpt_ratio
 from fi_method.templating.rules_genericizer import REQUEST_VERBS, STOPWORDS
 from fi_method.templating.template_words import template_words
-from fi_method.text import sentence_spans, words
+from fi_method.text import sentence_spans, word_keys, words
 
 FLOW_JUDGE = "flowaicom/Flow-Judge-v0.1"
 # Part of every cache key: change it whenever the prompt changes.
 PROMPT_VERSION = "1"
-# rules-3 named a template-reading judge at f1ba620 that was withdrawn; this one is new.
+# The rules judge's part of every cache key and of judged_pairs' code version; tests/goldens/
+# judge.json holds its verdicts on real pairs, and tests/test_goldens.py fails when they change
+# while this does not. rules-3 named a template-reading judge at f1ba620 that was withdrawn.
 RULES_VERSION = "rules-4"
 MIN_JUDGE_SCORE = 4
 
@@ -106,13 +109,13 @@ _SCORE = re.compile(r"<score>\s*(\d+)(?![.,]?\d)")
 
 def parse_output(text: str) -> Judgement:
     """The score (an integer 1..5) and feedback of a judge output. Raises OutputParseError
-    "no_score" or "score_out_of_range"; a missing `<feedback>` gives empty feedback."""
+    NO_SCORE or SCORE_OUT_OF_RANGE; a missing `<feedback>` gives empty feedback."""
     found = _SCORE.search(text)
     if found is None:
-        raise OutputParseError("no_score", f"no <score> in: {text[-200:]!r}")
+        raise OutputParseError(RejectReason.NO_SCORE, f"no <score> in: {text[-200:]!r}")
     score = int(found.group(1))
     if not 1 <= score <= 5:
-        raise OutputParseError("score_out_of_range", f"score {score} is not in 1..5")
+        raise OutputParseError(RejectReason.SCORE_OUT_OF_RANGE, f"score {score} is not in 1..5")
     feedback = _FEEDBACK.search(text)
     return Judgement(score, feedback.group(1).strip() if feedback else "")
 
@@ -737,8 +740,11 @@ def template_words_mentioned(template: str, answer: str) -> tuple[float, list[st
     own = template_words(template)
     if not own:
         return 1.0, []
-    present = _answer_keys(answer)
-    missing = [word for word in own if _key(word) not in present]
+    # By stem, as the rules instantiator looks for them: "currently" does not say "currency".
+    present = set(word_keys(words(answer)))
+    missing = [
+        word for word, key in zip(own, word_keys(list(own)), strict=True) if key not in present
+    ]
     return 1 - len(missing) / len(own), missing
 
 
@@ -851,7 +857,7 @@ def _request(item: dict, _model: str) -> Request:
 def _rules_answer(items: list[dict], _aids: RulesAids) -> list[str]:
     return [
         format_output(
-            rules_judge(item["instruction"], item["answer"], item["document"], item.get("template"))
+            rules_judge(item["instruction"], item["answer"], item["document"], item["template"])
         )
         for item in items
     ]
@@ -867,14 +873,10 @@ ROLE = Role(
     output_format=lambda _item: OutputFormat(regex=OUTPUT_REGEX),
     rules=Rules(
         version=RULES_VERSION,
-        # A document is named by its id, a hash of its text; the template is read when given.
-        key=lambda item: {
-            "instruction": item["instruction"],
-            "answer": item["answer"],
-            "doc_id": item["doc_id"],
-            "template": item.get("template"),
-        },
-        answer=_rules_answer,
+        # Grounding is measured against the document; the template is read when given.
+        reads=("instruction", "answer", "document"),
+        optional=("template",),
+        implementation=_rules_answer,
         # The rules judge scores on the prompt's rubric: a new rubric is a new rules judge.
         follows_prompt=True,
     ),

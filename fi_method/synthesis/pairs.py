@@ -4,33 +4,27 @@ way whichever engine produced it, and every pair dropped is kept with its reason
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
+from fi_method.llm_output import OutputParseError
+from fi_method.reasons import RejectReason, losses
 from fi_method.synthesis import judge
-from fi_method.synthesis.instantiator import ground, parse_output
+from fi_method.synthesis.excerpts import ExcerptError
+from fi_method.synthesis.instantiator import GroundingError, ground, parse_output
 from fi_method.synthesis.quality import TEMPLATE_SHARE_SLACK
 from fi_method.text import content_hash
 
-# The instantiator's `null`: the template does not fit the document.
-NULL_OUTPUT = "template_does_not_fit"
-# Reasons an instantiator output never became a pair at all (before grounding).
-NOT_INSTANTIATED = (
-    NULL_OUTPUT,
-    "no_json",
-    "invalid_json",
-    "missing_field",
-    "not_a_string",
-    "invalid_output",
-)
-LOW_JUDGE_SCORE = "low_judge_score"
-# A matched pair whose template's query shard was removed since matching.
-TEMPLATE_REMOVED = "template_removed"
-# A grounded pair whose template already made MAX_TEMPLATE_USES pairs of the shard.
-TEMPLATE_OVERUSED = "template_overused"
 # No template may make more pairs of a shard than this: with every template at most this many
 # times, none holds more than TEMPLATE_SHARE_SLACK times a uniform share of the shard's distinct
 # templates, which is what the dominant-template check asks.
 MAX_TEMPLATE_USES = TEMPLATE_SHARE_SLACK
+# What decides instantiated_pairs' rows from the instantiator's outputs (its code version):
+# collect_instantiations and instantiate_by_rank, with the parser and `ground` they use. Change it
+# whenever those rows change; tests/goldens/pairs.json holds them for real passages, and
+# tests/test_goldens.py fails when they change while this does not.
+PAIRS_VERSION = "1"
+# The same for judged_pairs' rows from the judge's outputs: collect_judgements and the parser.
+JUDGEMENTS_VERSION = "1"
 
 
 def collect_instantiations(
@@ -47,7 +41,8 @@ def collect_instantiations(
     text. Returns the kept pairs, the rejects and how many outputs were instantiated (parsed and
     not `null`), grounded or not. `pair_id` hashes the document, template, instruction and
     answer, so an unchanged pair keeps its id across reruns; a pair equal to an earlier one of
-    the partition (those in `seen`, which grows) is rejected as `duplicate_pair`."""
+    the partition (those in `seen`, which grows) is rejected as DUPLICATE_PAIR. Each reject's
+    reason is a fi_method.reasons.RejectReason."""
     kept: list[dict] = []
     rejects: list[dict] = []
     instantiated = 0
@@ -60,21 +55,29 @@ def collect_instantiations(
         }
         try:
             found = parse_output(text)
-            if found is None:
-                # A `null` may come with the reason the template does not fit.
-                said = text.strip()
-                detail = said[:500] if said.lower() != "null" else "the output is null"
-                rejects.append({**origin, "reason": NULL_OUTPUT, "detail": detail})
-                continue
-            instantiated += 1
-            answer, ratio = ground(found, documents[request["doc_id"]], min_excerpt_ratio)
         except ValueError as error:
-            reason = getattr(error, "reason", "invalid_output")
+            reason = getattr(error, "reason", RejectReason.INVALID_OUTPUT)
             rejects.append({**origin, "reason": reason, "detail": str(error)[:500]})
+            continue
+        if found is None:
+            # A `null` may come with the reason the template does not fit.
+            said = text.strip()
+            detail = said[:500] if said.lower() != "null" else "the output is null"
+            rejects.append(
+                {**origin, "reason": RejectReason.TEMPLATE_DOES_NOT_FIT, "detail": detail}
+            )
+            continue
+        instantiated += 1
+        try:
+            answer, ratio = ground(found, documents[request["doc_id"]], min_excerpt_ratio)
+        except (GroundingError, ExcerptError) as error:
+            rejects.append({**origin, "reason": error.reason, "detail": str(error)[:500]})
             continue
         pair_id = content_hash(request["doc_id"], request["template_id"], found.instruction, answer)
         if pair_id in seen:
-            rejects.append({**origin, "reason": "duplicate_pair", "detail": f"same as {pair_id}"})
+            rejects.append(
+                {**origin, "reason": RejectReason.DUPLICATE_PAIR, "detail": f"same as {pair_id}"}
+            )
             continue
         seen.add(pair_id)
         kept.append(
@@ -142,7 +145,7 @@ def instantiate_by_rank(
                         "source": request["source"],
                         "line": None,
                         "item_id": f"{pair['doc_id']}:{pair['template_id']}",
-                        "reason": TEMPLATE_OVERUSED,
+                        "reason": RejectReason.TEMPLATE_OVERUSED,
                         "detail": f"its template already made {max_template_uses} pairs of the "
                         "shard (FI_MAX_TEMPLATE_USES)",
                     }
@@ -166,7 +169,7 @@ def collect_judgements(
         origin = {"source": pair.get("source"), "line": None, "item_id": pair["pair_id"]}
         try:
             found = judge.parse_output(text)
-        except ValueError as error:
+        except OutputParseError as error:
             rejects.append({**origin, "reason": error.reason, "detail": str(error)[:500]})
             continue
         kept = found.score >= min_score
@@ -174,7 +177,7 @@ def collect_judgements(
             rejects.append(
                 {
                     **origin,
-                    "reason": LOW_JUDGE_SCORE,
+                    "reason": RejectReason.LOW_JUDGE_SCORE,
                     "detail": f"score {found.score} < {min_score}: {found.feedback[:400]}",
                 }
             )
@@ -192,6 +195,28 @@ def collect_judgements(
 
 
 FUNNEL_STAGES = ("matched", "instantiated", "grounded", "judged", "kept")
+
+
+def funnel_counts(matched: int, grounded: int, reasons: Iterable[str]) -> dict[str, int]:
+    """The funnel of a shard from its `matched` passage vectors, its `grounded` pairs and the
+    reasons of its rejects (instantiated_pairs' and judged_pairs'): instantiator outputs tried,
+    parsed and not null, grounded, judged, kept, and the null outputs. Each reason takes its pair
+    out before one count (fi_method.reasons.LOST_BEFORE); an unknown reason raises ValueError.
+    `tried` is not `matched` less the removed templates: a vector tries its alternates until one
+    fits."""
+    reasons = Counter(reasons)
+    lost = losses(reasons.elements())
+    instantiated = grounded + lost["grounded"]
+    judged = grounded - lost["judged"]
+    return {
+        "matched": matched,
+        "tried": instantiated + lost["instantiated"],
+        "instantiated": instantiated,
+        "grounded": grounded,
+        "judged": judged,
+        "kept": judged - lost["kept"],
+        "null": reasons[RejectReason.TEMPLATE_DOES_NOT_FIT],
+    }
 
 
 def funnel(counts: dict[str, int]) -> list[dict]:

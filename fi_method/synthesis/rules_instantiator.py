@@ -50,10 +50,13 @@ from fi_method.templating.template_words import (
     template_words,
 )
 from fi_method.templating.templates import FI_OPEN, fill_slots, fixed_text, slot_descriptions
-from fi_method.text import sentence_spans, words
+from fi_method.text import sentence_spans, word_keys, words
 
-# Part of every cache key: change it whenever the rules below change.
-RULES_VERSION = "rules-4"
+# Part of every cache key and of instantiated_pairs' code version: change it whenever the outputs
+# of the rules below (or of the helpers they use) change. tests/goldens/instantiator.json holds
+# their outputs on real passages, and tests/test_goldens.py fails when they change while this does
+# not.
+RULES_VERSION = "rules-5"
 # The released instantiator's answers are mostly long copies of the document, several paragraphs
 # of it; this is longer than a MiniLM passage (~190 words), so an excerpt may run on into the
 # document around its passage, as the released model, which reads the whole document, copies.
@@ -70,15 +73,21 @@ EXCERPT_MARKER_EDGE_WORDS = 6
 WINDOW_SENTENCES = 2
 # A slot description in words of its own (a model's template) matches a filler kind at this
 # cosine similarity (MiniLM) or above. Among the rules vocabulary, "a city or country" ~ "a
-# place" is 0.63 and "a number" ~ "a quantity" 0.62, while "a person" ~ "a product" is 0.48 and
-# "a date" ~ "an event" 0.46: different things sit below.
-MIN_KIND_SIMILARITY = 0.55
+# country" is 0.78 and "a disease or medical condition" ~ "a medical or psychological condition"
+# 0.82, while "a city or country" ~ "a place" is 0.67 (the tagger calls the Eiffel Tower a place)
+# and "a person" ~ "a product" 0.48: different things sit below.
+MIN_KIND_SIMILARITY = 0.7
 # What the excerpt is about outweighs a closer kind: each mention of a filler (up to
 # MAX_SALIENCE) adds this to its similarity, so "the Eiffel Tower", named four times, fills "a
 # landmark" rather than "the Chrysler Building", named twice, while "Paris" (a city) still fills
 # "a city" before the tower does.
 SALIENCE_WEIGHT = 0.05
 MAX_SALIENCE = 4
+# How near a value the template's words must be: about ten words, within one sentence. In
+# "Thomas Lincoln and Nancy Hanks were married" the value is 25 characters from "married"; in
+# "Thomas Lincoln bought ... farms in Kentucky, including the Sinking Spring farm, where Abraham
+# was born", "born" is 100 characters from "Thomas Lincoln".
+MAX_GAP_CHARS = 60
 # A value a template asks about alone ("explain <fi>a topic</fi>") is what its excerpt is about
 # when the excerpt names it at least this often.
 MIN_MENTIONS_OF_A_SOLE_VALUE = 2
@@ -86,7 +95,7 @@ REQUEST_LEAD = "Here is what the source says:"
 # Longer spans are clauses, not the entity or concept a slot stands for.
 MAX_FILLER_WORDS = 6
 _MARKUP = re.compile(r"==|\||\[\[|\]\]|\{\{|^File:|\.(?:jpe?g|png|svg|gif)$", re.IGNORECASE)
-_DIGIT = re.compile(r"\d")
+_WORD = re.compile(r"\w+(?:['’]\w+)*")
 _ARTICLE_START = re.compile(r"^(?:The|A|An)(?= )")
 
 # Filler kinds of the rules vocabulary that a generic description accepts: a named entity is any
@@ -176,16 +185,84 @@ def usable_filler(surface: str) -> bool:
     )
 
 
-def _key(word: str) -> str:
-    """What matches across inflections: a number whole, a word's first five letters."""
-    return word if _DIGIT.search(word) else word[:5]
-
-
 def asked_kind(template: str) -> tuple[str, frozenset[str]] | None:
     """What a question template asks for (a place, a time, a person, a number) and the filler
     kinds that give it; None for other templates."""
     text = fixed_text(template)
     return next(((what, kinds) for pattern, what, kinds in _ASKS if pattern.search(text)), None)
+
+
+def _word_positions(text: str, run: tuple[_Sentence, ...]) -> list[tuple[int, int, str]]:
+    """(sentence, character offset, key) of each word of a run of sentences."""
+    found = []
+    for index, sentence in enumerate(run):
+        matches = list(_WORD.finditer(text, sentence.start, sentence.end))
+        keys = word_keys([match.group().lower() for match in matches])
+        found += [(index, match.start(), key) for match, key in zip(matches, keys, strict=True)]
+    return found
+
+
+def _occurrences(text: str, run: tuple[_Sentence, ...], surface: str) -> list[tuple[int, int, int]]:
+    """(sentence, start, end) of each mention of a value in a run: the value as written, or its
+    last word alone ("the tower" for "the Eiffel Tower")."""
+    found = []
+    head = _head(surface)
+    for index, sentence in enumerate(run):
+        at = text.find(surface, sentence.start, sentence.end)
+        while at >= 0:
+            found.append((index, at, at + len(surface)))
+            at = text.find(surface, at + len(surface), sentence.end)
+    found += [(index, at, at) for index, at, key in _word_positions(text, run) if key == head]
+    return found
+
+
+def _gap(at: int, start: int, end: int) -> int:
+    return max(start - at, at - end, 0)
+
+
+def _near_words(text: str, run: tuple[_Sentence, ...], needed: set[str]) -> Callable[[str], bool]:
+    """Whether a value has one of the template's words (`needed` keys) within MAX_GAP_CHARS of a
+    mention of it, in the same sentence."""
+    positions = [(index, at) for index, at, key in _word_positions(text, run) if key in needed]
+
+    def near(surface: str) -> bool:
+        return any(
+            index == other and _gap(at, start, end) <= MAX_GAP_CHARS
+            for other, start, end in _occurrences(text, run, surface)
+            for index, at in positions
+        )
+
+    return near
+
+
+def _all_words_near_values(
+    text: str, run: tuple[_Sentence, ...], needed: set[str], values: list[str]
+) -> bool:
+    """Whether each of the template's words (`needed` keys) is within MAX_GAP_CHARS of a mention
+    of one of its values, in the same sentence."""
+    mentions = [m for value in values for m in _occurrences(text, run, value)]
+    positions = _word_positions(text, run)
+    return all(
+        any(
+            index == other and _gap(at, start, end) <= MAX_GAP_CHARS
+            for index, at, k in positions
+            if k == key
+            for other, start, end in mentions
+        )
+        for key in needed
+    )
+
+
+def _defines(sentence: str, value: str) -> bool:
+    """Whether a sentence is about `value`: it opens with it, or says what it is."""
+    name = re.escape(value)
+    return bool(
+        re.search(
+            rf"^\W*(?:the\s+)?{name}(?!\w)|(?<!\w){name}\s+(?:is|was|are|were)\b",
+            sentence,
+            re.IGNORECASE,
+        )
+    )
 
 
 def _is_a_subject(kind: str) -> bool:
@@ -224,7 +301,7 @@ def _sentences(text: str) -> tuple[_Sentence, ...]:
     templates matched to a document share them."""
     return tuple(
         _Sentence(
-            start, end, len(text[start:end].split()), frozenset(map(_key, words(text[start:end])))
+            start, end, len(text[start:end].split()), frozenset(word_keys(words(text[start:end])))
         )
         for start, end in sentence_spans(text)
     )
@@ -288,7 +365,7 @@ def _fillers(text: str, start: int, end: int) -> list[tuple[str, str]]:
 def _head(surface: str) -> str:
     """The key of a value's last word: "the Eiffel Tower" is "the tower" again later on."""
     found = words(surface)
-    return _key(found[-1]) if found else ""
+    return word_keys(found[-1:])[0] if found else ""
 
 
 def _assign(
@@ -358,7 +435,7 @@ def rules_instantiate(
     offset = max(text.find(chunk), 0)
     sentences = _sentences(text)
     own_words = template_words(template)
-    needed = {_key(word) for word in own_words}
+    needed = set(word_keys(list(own_words)))
     value_alone = asks_about_the_value_alone(template)
     if not needed and not value_alone:
         return "null: the template's own words say nothing the passage could be checked for"
@@ -393,14 +470,19 @@ def rules_instantiate(
             reason = "the passage is too short to answer from"
             continue
         in_run = _fillers(text, run[0].start, run[-1].end)
-        # A value named earlier in the excerpt is in the run when the run speaks of it again by
-        # its last word ("the tower" after "the Eiffel Tower").
+        # A value named elsewhere in the excerpt or the passage is in the run when the run
+        # speaks of it again by its last word ("the tower" after "the Eiffel Tower").
         fillers = in_run + [
             filler
-            for filler in _fillers(text, start, end)
+            for filler in _fillers(text, min(start, offset), max(end, chunk_end))
             if filler not in in_run and _head(filler[0]) in said
         ]
-        excerpt_keys = [_key(word) for word in words(excerpt)]
+        if needed:
+            # A value stands where the passage speaks of what the template asks: within
+            # MAX_GAP_CHARS of one of its words, in the same sentence.
+            near = _near_words(text, run, needed)
+            fillers = [filler for filler in fillers if near(filler[0])]
+        excerpt_keys = word_keys(words(excerpt))
         salience = {surface: excerpt_keys.count(_head(surface)) for surface, _ in fillers}
         value_of = _assign(descriptions, fillers, salience, embed, value_alone) if fillers else None
         if value_of is None:
@@ -413,17 +495,30 @@ def rules_instantiate(
                 reason = f"the value asked about is not {asked[0]}"
                 continue
         elif asked is not None:
+            # What the question asks for stands next to what it asks about: "born" next to
+            # the place, not a place two clauses away.
             values = set(value_of.values())
             what, kinds = asked
-            if not any(kind in kinds and surface not in values for surface, kind in in_run):
+            close = _near_words(text, run, needed) if needed else lambda _surface: True
+            if not any(
+                kind in kinds and surface not in values and close(surface)
+                for surface, kind in in_run
+            ):
                 reason = f"the passage does not give {what} where it says so"
                 continue
-        # A number or a date is a detail of a passage, never what it is about.
+        # A number or a date is a detail of a passage, never what it is about; what it is about
+        # opens its first sentence, or that sentence says what it is ("Alabama is a state").
+        opening = text[run[0].start : run[0].end]
         if value_alone and not all(
-            salience[value] >= MIN_MENTIONS_OF_A_SOLE_VALUE and _is_a_subject(kind_of[value])
+            salience[value] >= MIN_MENTIONS_OF_A_SOLE_VALUE
+            and _is_a_subject(kind_of[value])
+            and _defines(opening, value)
             for value in value_of.values()
         ):
             reason = "the excerpt is not about the value the template asks about"
+            continue
+        if needed and not _all_words_near_values(text, run, needed, list(value_of.values())):
+            reason = f"the passage does not say {_listing(own_words)} next to the values"
             continue
         if not template.startswith(FI_OPEN):
             # Inside a sentence a value's article is lower-case: "is the Eiffel Tower".

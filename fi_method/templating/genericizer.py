@@ -16,6 +16,10 @@ from fi_method.templating.templates import FI_CLOSE, FI_OPEN
 RELEASED_TEMPLATIZER = "fineinstructions/query_templatizer"
 # Part of every cache key: change it whenever the prompt changes, so no stale answer is reused.
 PROMPT_VERSION = "1"
+# The rules genericizer's (fi_method.templating.rules_genericizer) part of every cache key and of
+# instruction_templates' code version; tests/goldens/genericizer.json holds its outputs on real
+# queries, and tests/test_goldens.py fails when they change while this does not.
+RULES_VERSION = "rules-2"
 
 
 @dataclass(frozen=True)
@@ -155,5 +159,5 @@ ROLE = Role(
     request=_request,
     parse=parse_output,
     output_format=lambda item: OutputFormat(json_schema=output_schema(item["query"])),
-    rules=Rules(version="rules-2", key=lambda item: item["query"], answer=_rules_answer),
+    rules=Rules(version=RULES_VERSION, reads=("query",), implementation=_rules_answer),
 )

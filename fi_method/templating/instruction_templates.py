@@ -3,9 +3,15 @@ same way whichever engine produced it, and every failure is kept with its reason
 
 from __future__ import annotations
 
+from fi_method.reasons import RejectReason
 from fi_method.templating.genericizer import parse_output
 from fi_method.templating.templates import count_tags, validate_template
 from fi_method.text import content_hash
+
+# instruction_templates' code version, with the genericizer's own: change it whenever
+# collect_templates' rows change (the parser, the validation, the ids). tests/goldens/templates.json
+# holds them for real queries; tests/test_goldens.py fails when they change while this does not.
+TEMPLATES_VERSION = "1"
 
 
 def collect_templates(
@@ -25,7 +31,7 @@ def collect_templates(
             output = parse_output(text)
             validate_template(output.template, output.compatible_document_description, row["query"])
         except ValueError as error:
-            reason = getattr(error, "reason", "invalid_output")
+            reason = getattr(error, "reason", RejectReason.INVALID_OUTPUT)
             rejects.append({**origin, "reason": reason, "detail": str(error)[:500]})
             continue
         template_id = content_hash(output.template)

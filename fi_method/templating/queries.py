@@ -20,6 +20,10 @@ NEAR_DUPLICATE_JACCARD = 0.8
 MINHASH_PERMUTATIONS = 128
 MINHASH_SEED = 1
 SHINGLE_WORDS = 3
+# raw_queries' code version: change it whenever filter_queries' rows change (the cleaning, the
+# bounds, deduplication, decontamination). tests/goldens/queries.json holds them for real queries;
+# tests/test_goldens.py fails when they change while this does not.
+QUERIES_VERSION = "1"
 
 
 @dataclass(frozen=True)
