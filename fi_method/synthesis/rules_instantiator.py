@@ -192,14 +192,16 @@ def asked_kind(template: str) -> tuple[str, frozenset[str]] | None:
     return next(((what, kinds) for pattern, what, kinds in _ASKS if pattern.search(text)), None)
 
 
-def _word_positions(text: str, run: tuple[_Sentence, ...]) -> list[tuple[int, int, str]]:
+# A run's words are looked up once per filler and value: computed once per run.
+@lru_cache(maxsize=256)
+def _word_positions(text: str, run: tuple[_Sentence, ...]) -> tuple[tuple[int, int, str], ...]:
     """(sentence, character offset, key) of each word of a run of sentences."""
     found = []
     for index, sentence in enumerate(run):
         matches = list(_WORD.finditer(text, sentence.start, sentence.end))
         keys = word_keys([match.group().lower() for match in matches])
         found += [(index, match.start(), key) for match, key in zip(matches, keys, strict=True)]
-    return found
+    return tuple(found)
 
 
 def _occurrences(text: str, run: tuple[_Sentence, ...], surface: str) -> list[tuple[int, int, int]]:
