@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from bench.common import matmul_peak, median_seconds, parser, report, table
@@ -132,8 +131,8 @@ def measure(shape: str, engine: TransformersEngine, args, texts, device: str, pe
     rows = []
     for decoding in args.decoding:
         for batch in args.batch_sizes:
-            engine.config = replace(
-                engine.config, batch_size=batch, static_cache=DECODING[decoding]
+            engine.config = engine.config.model_copy(
+                update={"batch_size": batch, "static_cache": DECODING[decoding]}
             )
             # The engine sizes an auto batch by its longest prompt: the tokens asked and the BOS.
             count = batch or engine.auto_batch_size(args.prompt_tokens + 1, args.new_tokens)

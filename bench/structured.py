@@ -34,7 +34,7 @@ def run(structured: bool, queries: list[dict], args, home: str):
         device=args.device,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
-        structured=structured,
+        structured_outputs=structured,
     )
     calls = genericizer.call([{"query": q["query"]} for q in queries])
     kept, rejects = collect_templates(queries, calls.outputs, "transformers", SMOLLM2)

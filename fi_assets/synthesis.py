@@ -241,7 +241,13 @@ def _judge_shard(
 ) -> dg.MaterializeResult:
     pairs = storage.read_table(INSTANTIATED_PAIRS, shard)
     docs = storage.read_table(DOCUMENTS, shard).select("doc_id", "source", "text")
-    rows = pairs.join(docs.rename({"text": "document"}), on="doc_id", how="left").to_dicts()
+    rows = (
+        pairs.join(docs.rename({"text": "document"}), on="doc_id", how="left")
+        # The rules judge reads what the template asks beside its slot values; a template_id is
+        # a hash of its text, so the pair's template_id stands for it in the lineage.
+        .join(_templates(storage).select("template_id", "template"), on="template_id", how="left")
+        .to_dicts()
+    )
     context.log.info(f"judging {len(rows)} pairs with {judge.label}")
     calls = judge.call(
         rows,

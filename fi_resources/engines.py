@@ -3,7 +3,7 @@ the role (fi_method.roles.Role) says what to ask and what structure the answer m
 
 - `rules`: the role's offline implementation, in-process.
 - `transformers`: Hugging Face transformers on CPU or GPU, batched, with the role's output
-  structure enforced by xgrammar (grammar-constrained decoding) when `structured` is on.
+  structure enforced by xgrammar (grammar-constrained decoding) when `structured_outputs` is on.
 - `vllm`: vLLM in-process on a GPU, structure through vLLM's structured outputs.
 - `openai`: any OpenAI-compatible server (vllm serve, SGLang, TGI, llama.cpp, Ollama, a hosted
   API), one URL or a fleet, with a concurrency limit, a request-rate cap, retries and token usage.
@@ -20,10 +20,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from fi_method.roles import OutputFormat, Request, Role, RulesAids
 
@@ -45,33 +47,81 @@ class Generation:
 Chunk = list[tuple[int, Generation]]
 
 
-@dataclass(frozen=True)
-class EngineConfig:
-    """Everything an engine may need, from the settings; each engine reads its own part. The
-    API key is not here: the openai engine reads it from the environment variable named."""
+class EngineOptions(BaseModel):
+    """The engines' options, declared once: `Settings` takes them as FI_* variables and fi.toml
+    keys, each role's resource (fi_resources.roles.RoleModel) as its Dagster config, and each
+    engine in its EngineConfig, all under these names, so an option added here reaches every
+    engine with nothing else to edit. No secret is among them: the openai engine reads its API
+    key from the environment."""
+
+    device: str = Field(
+        "auto", description="torch device for the transformers engine and embedder."
+    )
+    max_new_tokens: int | None = Field(
+        None,
+        ge=16,
+        description="Output tokens per model call, every role; default per role: genericizer 256, "
+        "instantiator 1024, judge 512, continuation 1024.",
+    )
+    structured_outputs: bool = Field(
+        True,
+        description="Constrain decoding to each role's output structure (JSON schema or "
+        "regex) on the engines that can: transformers (xgrammar), vllm, openai.",
+    )
+    vllm_gpu_memory_share: float = Field(
+        0.9,
+        gt=0.0,
+        le=1.0,
+        description="Share of GPU memory a vLLM engine takes; eval gives the candidate and the "
+        "judge half each when both are vLLM.",
+    )
+    openai_base_url: str = Field(
+        "",
+        description="OpenAI-compatible endpoint(s) of the openai engine, e.g. "
+        "http://localhost:8000/v1; several, separated by commas, share the requests. The key "
+        "is read from FI_OPENAI_API_KEY (never written to config, logs or the cache).",
+    )
+    openai_max_concurrency: int = Field(8, ge=1, description="openai requests in flight at once.")
+    openai_timeout_s: float = Field(600.0, gt=0, description="Seconds per openai request.")
+    openai_requests_per_minute: int | None = Field(
+        None, ge=1, description="Cap on openai request starts per minute; default: none."
+    )
+    openai_max_retries: int = Field(
+        6,
+        ge=0,
+        description="Retries of an openai request on 408/409/429/5xx, connection errors and "
+        "timeouts, with exponential backoff and jitter.",
+    )
+    openai_structured: StructuredMode = Field(
+        "response_format",
+        description="How the openai engine asks for structured output: response_format (JSON "
+        "schema; OpenAI, vLLM, SGLang), vllm (vLLM's structured_outputs, regexes too) or off.",
+    )
+
+    def engine_options(self) -> dict:
+        """This model's values of the engines' options, by name, to hand on whole."""
+        return {name: getattr(self, name) for name in EngineOptions.model_fields}
+
+
+class EngineConfig(EngineOptions):
+    """What one engine is given: the engines' options, and what is settled per role (engine,
+    model, output budget, batch size). Each engine reads its own part. The API key is not here:
+    the openai engine reads it from the environment variable named."""
+
+    model_config = ConfigDict(frozen=True)
 
     engine: str
     model: str
     home: str
-    device: str = "auto"
     # None: the transformers engine sizes its batches from the free GPU memory (8 on a CPU); the
     # vllm engine needs a number.
-    batch_size: int | None = 8
+    batch_size: int | None = Field(8, ge=1)
     # The transformers engine decodes over a static KV cache, which generate compiles into CUDA
     # graphs on a GPU. None: on a GPU only, where launching each step's kernels one by one is
     # what bounds decoding (on a CPU generate does not compile).
     static_cache: bool | None = None
-    max_new_tokens: int = 256
-    structured: bool = True
-    vllm_gpu_memory_share: float = 0.9
-    openai_base_url: str = ""
     openai_api_key_env: str = "FI_OPENAI_API_KEY"
-    openai_max_concurrency: int = 8
-    openai_timeout_s: float = 600.0
-    openai_requests_per_minute: int | None = None
-    openai_max_retries: int = 6
-    openai_structured: StructuredMode = "response_format"
-    aids: RulesAids = field(default_factory=RulesAids)
+    aids: RulesAids = Field(default_factory=RulesAids)
 
     @property
     def models_dir(self) -> Path:
@@ -117,7 +167,7 @@ class ModelEngine(Engine):
     structure when decoding is constrained."""
 
     def _constrained(self, role: Role) -> bool:
-        return self.config.structured and role.constrained(self.model)
+        return self.config.structured_outputs and role.constrained(self.model)
 
     def params(self, role: Role) -> dict:
         params = {"max_new_tokens": self.config.max_new_tokens, "decoding": "greedy"}
@@ -519,23 +569,29 @@ class OpenAIEngine(ModelEngine):
 
     def __init__(self, config: EngineConfig):
         super().__init__(config)
+        self.urls = parse_base_urls(config.openai_base_url)
+        self.pacer = RequestPacer(config.openai_requests_per_minute)
+        self.clients: list | None = None
+
+    def load(self) -> None:
+        """A client per URL, with the API key, on the first generation (keys need neither)."""
+        if self.clients is not None:
+            return
         import os
 
         from openai import OpenAI
 
-        self.urls = parse_base_urls(config.openai_base_url)
         # Local servers take any key; the client insists on one.
-        self._api_key = os.environ.get(config.openai_api_key_env) or "EMPTY"
+        self._api_key = os.environ.get(self.config.openai_api_key_env) or "EMPTY"
         self.clients = [
             OpenAI(
                 base_url=url,
                 api_key=self._api_key,
-                timeout=config.openai_timeout_s,
-                max_retries=config.openai_max_retries,
+                timeout=self.config.openai_timeout_s,
+                max_retries=self.config.openai_max_retries,
             )
             for url in self.urls
         ]
-        self.pacer = RequestPacer(config.openai_requests_per_minute)
 
     def params(self, role: Role) -> dict:
         params = super().params(role)
@@ -604,6 +660,7 @@ class OpenAIEngine(ModelEngine):
         )
 
     def generate(self, requests, max_new_tokens):
+        self.load()
         concurrency = self.config.openai_max_concurrency
         pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fi-openai")
         pending = iter(enumerate(requests))
@@ -676,7 +733,9 @@ _CLASSES: dict[str, type[Engine]] = {
 
 
 def load_engine(config: EngineConfig) -> Engine:
-    """The engine `config.engine` names, loaded (model weights, clients) now."""
+    """The engine `config.engine` names. Nothing heavy loads here: model weights and clients load
+    on the first generation, so what the engine would be asked (its params, keys, prepared
+    inputs) costs no model."""
     if config.engine not in _CLASSES:
         raise ValueError(f"unknown engine {config.engine!r}; known: {', '.join(ENGINES)}")
     return _CLASSES[config.engine](config)

@@ -89,6 +89,16 @@ class CallSpec:
         )
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
 
+    def describe(self) -> str:
+        """The spec in one line, for the code version of the assets whose calls it keys: the role
+        and its version, the engine and model (left out for the rules engine, whose version
+        names it), and each parameter. Two specs that key calls apart read apart here."""
+        parts = [f"{self.role}:{self.prompt_version}"]
+        if self.engine != "rules":
+            parts.append(f"{self.engine}:{self.model}")
+        parts += [f"{name}={value}" for name, value in sorted(self.params.items())]
+        return "|".join(parts)
+
 
 @dataclass(frozen=True)
 class CallResult:

@@ -22,7 +22,7 @@ from fi_resources.engines import (
     Engine,
     EngineConfig,
     EngineName,
-    StructuredMode,
+    EngineOptions,
     load_engine,
 )
 from fi_resources.model_calls import CallResult, CallSpec, ModelCallCache, open_model_call_cache
@@ -46,38 +46,28 @@ def declared_roles() -> dict[str, Role]:
     return {role.name: role for role in roles}
 
 
-class RoleModel(ConfigurableResource):
-    """One role's engine and model. The engine loads once per process, on the first call that
-    misses the cache. The openai engine's API key is read from the environment variable
-    `openai_api_key_env` names, so it never appears in run config, logs or the cache."""
+class RoleModel(ConfigurableResource, EngineOptions):
+    """One role's engine and model, with the engines' options (EngineOptions, declared there
+    once). The engine is built on the first call, or on the first request for a spec or keys;
+    its model loads on the first call that misses the cache. The openai engine's API key is read
+    from the environment variable `openai_api_key_env` names, so it never appears in run config,
+    logs or the cache."""
 
     ROLE_NAME: ClassVar[str]
 
     engine: EngineName = Field("rules", description="rules, transformers, vllm or openai")
     model: str = Field("", description="HF id, local path or served model name (not rules)")
     home: str = Field(description="the data root, FI_HOME: model weights and the call cache")
-    device: str = Field("auto")
     batch_size: int = Field(
         8,
         ge=1,
         description="inputs per batch (per generate call for vllm, per dispatch for openai); "
         "each answer is cached as soon as it returns",
     )
-    max_new_tokens: int | None = Field(None, ge=16, description="default: the role's own")
-    structured: bool = Field(
-        True, description="constrain decoding to the role's output structure where possible"
-    )
     model_calls_url: str | None = Field(
         None, description="PostgreSQL URL of the model-call cache; default: SQLite in FI_HOME"
     )
-    vllm_gpu_memory_share: float = Field(0.9, gt=0.0, le=1.0)
-    openai_base_url: str = Field("", description="one URL, or several separated by commas")
     openai_api_key_env: str = Field("FI_OPENAI_API_KEY")
-    openai_max_concurrency: int = Field(8, ge=1)
-    openai_timeout_s: float = Field(600.0, gt=0)
-    openai_requests_per_minute: int | None = Field(None, ge=1)
-    openai_max_retries: int = Field(6, ge=0)
-    openai_structured: StructuredMode = Field("response_format")
 
     _engine: Engine | None = PrivateAttr(default=None)
 
@@ -103,28 +93,29 @@ class RoleModel(ConfigurableResource):
         return open_model_call_cache(Path(self.home), self.model_calls_url)
 
     def engine_config(self, aids: RulesAids | None = None) -> EngineConfig:
+        """What the role's engine is given: every engine option as this resource holds it, and
+        what is settled for the role: its model, output budget and batch size."""
         batch_size = self.batch_size
         if self.engine == "openai":
             # A dispatch must keep every allowed request in flight.
             batch_size = max(batch_size, 16 * self.openai_max_concurrency)
-        return EngineConfig(
-            engine=self.engine,
-            model=self.model_name,
-            home=self.home,
-            device=self.device,
-            batch_size=batch_size,
-            max_new_tokens=self.max_new_tokens or self.role.max_new_tokens,
-            structured=self.structured,
-            vllm_gpu_memory_share=self.vllm_gpu_memory_share,
-            openai_base_url=self.openai_base_url,
-            openai_api_key_env=self.openai_api_key_env,
-            openai_max_concurrency=self.openai_max_concurrency,
-            openai_timeout_s=self.openai_timeout_s,
-            openai_requests_per_minute=self.openai_requests_per_minute,
-            openai_max_retries=self.openai_max_retries,
-            openai_structured=self.openai_structured,
-            aids=aids or RulesAids(),
-        )
+        settled = {
+            "engine": self.engine,
+            "model": self.model_name,
+            "home": self.home,
+            "batch_size": batch_size,
+            "max_new_tokens": self.max_new_tokens or self.role.max_new_tokens,
+            "openai_api_key_env": self.openai_api_key_env,
+            "aids": aids or RulesAids(),
+        }
+        return EngineConfig(**(self.engine_options() | settled))
+
+    def call_spec(self, aids: RulesAids | None = None, params: dict | None = None) -> CallSpec:
+        """What, besides each input, decides the role's outputs, as the call cache keys them:
+        the role's version on the engine, the engine, the model and the engine's parameters,
+        with `params`. No model loads for it. Assets' code versions are made of it too
+        (`role_version`), so what makes a cached answer stale makes its asset stale."""
+        return self._spec(self._built_engine(aids), params)
 
     def call(
         self,
@@ -153,27 +144,34 @@ class RoleModel(ConfigurableResource):
     ) -> list[str]:
         """The call cache's key of each of `items`, as `call` builds it: from what the engine
         answers from (a model's whole request, or every field the rules read), never from a
-        choice of fields. Loads the engine."""
+        choice of fields. Loads no model."""
         return self._prepared(items, aids, params)[3]
 
-    def _prepared(
-        self, items: list[dict], aids: RulesAids | None, params: dict | None
-    ) -> tuple[Engine, CallSpec, list, list[str]]:
-        """The loaded engine, the calls' spec, the engine's prepared inputs and their keys."""
-        role = self.role
+    def _built_engine(self, aids: RulesAids | None) -> Engine:
+        """The role's engine for `aids`, built once for as long as its config holds."""
         config = self.engine_config(aids)
         if self._engine is None or self._engine.config != config:
             self._engine = load_engine(config)
-        engine = self._engine
-        spec = CallSpec(
+        return self._engine
+
+    def _spec(self, engine: Engine, params: dict | None) -> CallSpec:
+        role = self.role
+        return CallSpec(
             role.name,
             engine.name,
             engine.model,
             engine.version(role),
             {**engine.params(role), **(params or {})},
         )
-        prepared = engine.prepare(role, items)
-        return engine, spec, prepared, [spec.key(engine.key(role, one)) for one in prepared]
+
+    def _prepared(
+        self, items: list[dict], aids: RulesAids | None, params: dict | None
+    ) -> tuple[Engine, CallSpec, list, list[str]]:
+        """The engine, the calls' spec, the engine's prepared inputs and their keys."""
+        engine = self._built_engine(aids)
+        spec = self._spec(engine, params)
+        prepared = engine.prepare(self.role, items)
+        return engine, spec, prepared, [spec.key(engine.key(self.role, one)) for one in prepared]
 
 
 class Genericizer(RoleModel):
@@ -220,26 +218,27 @@ class BenchmarkJudge(RoleModel):
     ROLE_NAME: ClassVar[str] = "benchmark_judge"
 
 
+# The resource of each role, by the role's name.
+ROLE_RESOURCES: dict[str, type[RoleModel]] = {
+    resource.ROLE_NAME: resource
+    for resource in (Genericizer, Instantiator, Judge, Continuer, Candidate, BenchmarkJudge)
+}
+# The model of a role that has no model setting: a trained checkpoint, whose path differs per
+# recipe and whose own asset versions it.
+CHECKPOINT = "checkpoint"
+
+
 def role_resource(resource: type[RoleModel], settings: Settings, **extra) -> RoleModel:
     """The resource of one role, configured from `settings` (its FI_<ROLE>_ENGINE and _MODEL,
-    and the engines' shared settings); `extra` sets the rest (thresholds, a candidate's model)."""
+    and every engine option); `extra` sets the rest (thresholds, a candidate's model)."""
     engine_setting, model_setting = ROLE_SETTINGS[resource.ROLE_NAME]
     engine = getattr(settings, engine_setting)
-    fields = {
+    fields = settings.engine_options() | {
         "engine": engine,
         "home": str(settings.home),
-        "device": settings.device,
         "batch_size": settings.batch_size_for(engine),
-        "max_new_tokens": settings.max_new_tokens,
-        "structured": settings.structured_outputs,
         "model_calls_url": settings.model_calls_url,
-        "vllm_gpu_memory_share": settings.vllm_gpu_memory_share,
         "openai_base_url": settings.base_url_for(resource.ROLE_NAME),
-        "openai_max_concurrency": settings.openai_max_concurrency,
-        "openai_timeout_s": settings.openai_timeout_s,
-        "openai_requests_per_minute": settings.openai_requests_per_minute,
-        "openai_max_retries": settings.openai_max_retries,
-        "openai_structured": settings.openai_structured,
     }
     if model_setting is not None:
         fields["model"] = getattr(settings, model_setting)
@@ -254,26 +253,18 @@ def role_resource(resource: type[RoleModel], settings: Settings, **extra) -> Rol
 
 def role_version(name: str, settings: Settings) -> str:
     """Everything that decides the results of role `name` under `settings`, for the code version
-    of the assets that call it: the role's version on its engine (prompt, or rules), the engine,
-    model, output budget and structure, and the settings the role declares (its thresholds)."""
+    of the assets that call it: the spec its calls are cached under (`RoleModel.call_spec`: the
+    role's version on its engine, the engine, the model and every parameter the engine keys
+    calls by), and the settings the role declares (its thresholds, which decide what its step
+    keeps). Nothing here lists what decides a call: a parameter an engine adds to its calls'
+    spec is in the version by construction."""
     role = declared_roles()[name]
     engine_setting, model_setting = ROLE_SETTINGS[name]
-    engine = getattr(settings, engine_setting)
-    if engine == "rules" and role.rules is None:
+    if getattr(settings, engine_setting) == "rules" and role.rules is None:
         # Its asset does without a model (teacher-free continuations, mechanical scores).
         return f"{role.name}:none"
-    parts = [f"{role.name}:{role.version(engine)}"]
-    if engine == "rules":
-        params = role.rules.params(RulesAids(embedder_model=settings.embedder_model))
-        parts += [f"{key}={value}" for key, value in sorted(params.items())]
-    else:
-        # The candidate's model is a trained checkpoint, versioned by its own asset.
-        model = getattr(settings, model_setting) if model_setting else "checkpoint"
-        tokens = settings.max_new_tokens or role.max_new_tokens
-        structured = settings.structured_outputs and role.constrained(model)
-        decoding = "structured" if structured else "free"
-        if structured and engine == "openai":
-            decoding += f"-{settings.openai_structured}"
-        parts.append(f"{engine}:{model}:{tokens}:{decoding}")
-    parts += [f"{setting}={getattr(settings, setting)}" for setting in role.settings]
-    return "|".join(parts)
+    model = {} if model_setting else {"model": CHECKPOINT}
+    resource = role_resource(ROLE_RESOURCES[name], settings, **model)
+    spec = resource.call_spec(RulesAids(embedder_model=settings.embedder_model))
+    thresholds = [f"{setting}={getattr(settings, setting)}" for setting in role.settings]
+    return "|".join([spec.describe(), *thresholds])

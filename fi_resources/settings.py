@@ -27,7 +27,7 @@ from fi_method.synthesis.instantiator import RELEASED_INSTANTIATOR
 from fi_method.synthesis.judge import FLOW_JUDGE, MIN_JUDGE_SCORE
 from fi_method.synthesis.pairs import MAX_TEMPLATE_USES
 from fi_method.templating.genericizer import RELEASED_TEMPLATIZER
-from fi_resources.engines import EngineName, StructuredMode, parse_base_urls
+from fi_resources.engines import EngineName, EngineOptions, parse_base_urls
 from fi_resources.models import MINILM
 
 Engine = EngineName
@@ -57,8 +57,34 @@ def _config_file() -> Path:
     return Path(os.environ.get("FI_CONFIG", "fi.toml"))
 
 
-class Settings(BaseSettings):
-    """All knobs a user turns without editing code. See README, "Configuration"."""
+class EngineSettings(EngineOptions):
+    """The settings of the engines: the options every engine is given (EngineOptions) and the
+    batch size of each engine, which becomes the `batch_size` of a role on it."""
+
+    generation_batch_size: int = Field(
+        8, ge=1, description="Prompts per batch of the transformers engine."
+    )
+    vllm_batch_size: int = Field(
+        1024, ge=1, description="Prompts per vLLM generate call (each is cached when it returns)."
+    )
+    rules_batch_size: int = Field(
+        128,
+        ge=1,
+        description="Items per call of a rules engine, which embeds a batch's texts at once; "
+        "each batch is one commit of the call cache.",
+    )
+
+    def batch_size_for(self, engine: str) -> int:
+        """Prompts per batch: per vLLM generate call, per transformers batch, or per call of a
+        rules engine (which embeds a batch's texts at once)."""
+        if engine == "rules":
+            return self.rules_batch_size
+        return self.vllm_batch_size if engine == "vllm" else self.generation_batch_size
+
+
+class Settings(BaseSettings, EngineSettings):
+    """All knobs a user turns without editing code. See README, "Configuration". The engines'
+    settings are EngineSettings' fields, under the same names."""
 
     model_config = SettingsConfigDict(env_prefix="FI_", extra="ignore")
 
@@ -137,40 +163,6 @@ class Settings(BaseSettings):
         description="URL(s) of the benchmark judge's server when it differs from the others' "
         "(a hosted API judge); its key: FI_EVAL_JUDGE_API_KEY. Default: FI_OPENAI_BASE_URL.",
     )
-    openai_base_url: str = Field(
-        "",
-        description="OpenAI-compatible endpoint(s) of the openai engine, e.g. "
-        "http://localhost:8000/v1; several, separated by commas, share the requests. The key "
-        "is read from FI_OPENAI_API_KEY (never written to config, logs or the cache).",
-    )
-    openai_max_concurrency: int = Field(8, ge=1, description="openai requests in flight at once.")
-    openai_timeout_s: float = Field(600.0, gt=0, description="Seconds per openai request.")
-    openai_requests_per_minute: int | None = Field(
-        None, ge=1, description="Cap on openai request starts per minute; default: none."
-    )
-    openai_max_retries: int = Field(
-        6,
-        ge=0,
-        description="Retries of an openai request on 408/409/429/5xx, connection errors and "
-        "timeouts, with exponential backoff and jitter.",
-    )
-    openai_structured: StructuredMode = Field(
-        "response_format",
-        description="How the openai engine asks for structured output: response_format (JSON "
-        "schema; OpenAI, vLLM, SGLang), vllm (vLLM's structured_outputs, regexes too) or off.",
-    )
-    structured_outputs: bool = Field(
-        True,
-        description="Constrain decoding to each role's output structure (JSON schema or "
-        "regex) on the engines that can: transformers (xgrammar), vllm, openai.",
-    )
-    vllm_gpu_memory_share: float = Field(
-        0.9,
-        gt=0.0,
-        le=1.0,
-        description="Share of GPU memory a vLLM engine takes; eval gives the candidate and the "
-        "judge half each when both are vLLM.",
-    )
     alpaca_eval_baseline: str = Field(
         "reference",
         description="AlpacaEval's opponent: reference (the shipped GPT-4 outputs) or a recipe.",
@@ -188,9 +180,6 @@ class Settings(BaseSettings):
     )
     max_chunk_tokens: int | None = Field(
         None, ge=8, description="Tokens per document chunk; default: the embedder's window."
-    )
-    device: str = Field(
-        "auto", description="torch device for the transformers engine and embedder."
     )
     dagster_yaml: Path | None = Field(
         None,
@@ -246,24 +235,6 @@ class Settings(BaseSettings):
         description="Materialize downstream partitions by themselves when an upstream content "
         "hash changes (the UI's daemon runs them); off: runs are started by hand or fi.",
     )
-    generation_batch_size: int = Field(
-        8, ge=1, description="Prompts per batch of the transformers engine."
-    )
-    vllm_batch_size: int = Field(
-        1024, ge=1, description="Prompts per vLLM generate call (each is cached when it returns)."
-    )
-    rules_batch_size: int = Field(
-        128,
-        ge=1,
-        description="Items per call of a rules engine, which embeds a batch's texts at once; "
-        "each batch is one commit of the call cache.",
-    )
-    max_new_tokens: int | None = Field(
-        None,
-        ge=16,
-        description="Output tokens per model call, every role; default per role: genericizer 256, "
-        "instantiator 1024, judge 512, continuation 1024.",
-    )
 
     @model_validator(mode="after")
     def _check_openai_urls(self) -> Settings:
@@ -280,13 +251,6 @@ class Settings(BaseSettings):
         if role == "benchmark_judge" and self.eval_judge_base_url:
             return self.eval_judge_base_url
         return self.openai_base_url
-
-    def batch_size_for(self, engine: str) -> int:
-        """Prompts per batch: per vLLM generate call, per transformers batch, or per call of a
-        rules engine (which embeds a batch's texts at once)."""
-        if engine == "rules":
-            return self.rules_batch_size
-        return self.vllm_batch_size if engine == "vllm" else self.generation_batch_size
 
     @classmethod
     def settings_customise_sources(

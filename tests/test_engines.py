@@ -91,7 +91,10 @@ def test_role_versions_follow_prompt_engine_model_and_thresholds(monkeypatch):
     monkeypatch.setenv("FI_JUDGE_ENGINE", "openai")
     monkeypatch.setenv("FI_OPENAI_BASE_URL", "http://127.0.0.1:8000/v1")
     served = role_version("judge", Settings())
-    assert "openai:flowaicom/Flow-Judge-v0.1:512:structured-response_format" in served
+    assert served == (
+        f"judge:prompt-{judge.PROMPT_VERSION}|openai:flowaicom/Flow-Judge-v0.1|decoding=greedy"
+        "|max_new_tokens=512|structured=openai:response_format|min_judge_score=5"
+    )
     # The genericizer's rules do not read the prompt: a prompt change leaves them be.
     assert role_version("genericizer", Settings()) == "genericizer:rules-2"
 

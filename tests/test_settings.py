@@ -32,7 +32,10 @@ def test_config_file_then_environment(fi_home, tmp_path, monkeypatch):
         "HuggingFaceTB/SmolLM2-135M-Instruct",
     )
     versions = defs.resolve_asset_graph().get(dg.AssetKey("instruction_templates")).code_version
-    assert "|transformers:HuggingFaceTB/SmolLM2-135M-Instruct:256:structured" in versions
+    assert (
+        "|transformers:HuggingFaceTB/SmolLM2-135M-Instruct|decoding=greedy|max_new_tokens=256"
+        "|structured=transformers" in versions
+    )
 
 
 def test_an_unknown_engine_is_refused(fi_home, monkeypatch):

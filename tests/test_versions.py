@@ -130,8 +130,10 @@ def test_the_version_tags_read_are_the_ones_dagster_writes():
 # Tables an asset reads without depending on them, and why.
 READ_WITHOUT_DEPENDING = {
     # Templates are read by id, a content hash: an id always names the same text, so new or
-    # removed templates reach instantiated_pairs through matched_pairs.
+    # removed templates reach instantiated_pairs through matched_pairs, and judged_pairs through
+    # instantiated_pairs.
     ("instantiated_pairs", "instruction_templates"),
+    ("judged_pairs", "instruction_templates"),
 }
 TABLE_READERS = {"read_table", "read_all", "table_path", "read_rejects"}
 

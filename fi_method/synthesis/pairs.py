@@ -23,8 +23,9 @@ MAX_TEMPLATE_USES = TEMPLATE_SHARE_SLACK
 # whenever those rows change; tests/goldens/pairs.json holds them for real passages, and
 # tests/test_goldens.py fails when they change while this does not.
 PAIRS_VERSION = "1"
-# The same for judged_pairs' rows from the judge's outputs: collect_judgements and the parser.
-JUDGEMENTS_VERSION = "1"
+# The same for judged_pairs' rows from the judge's outputs: collect_judgements and the parser,
+# and what the judge is given (2: each pair's template beside its instruction and answer).
+JUDGEMENTS_VERSION = "2"
 
 
 def collect_instantiations(
