@@ -121,7 +121,7 @@ def _instantiate_shard(
     requests = (
         matched.join(_templates(storage), on="template_id", how="left")
         .join(chunks.rename({"text": "chunk"}), on="chunk_id", how="left")
-        .join(docs.rename({"text": "document"}), on="doc_id", how="left")
+        .join(docs.select("doc_id", "source"), on="doc_id", how="left")
         # The order in which templates reach their cap of uses.
         .sort("doc_id", "rank", "chunk_id", "vector_index")
         .to_dicts()
@@ -129,10 +129,13 @@ def _instantiate_shard(
     # Templates of a since removed query shard are gone: those matches wait for matched_pairs.
     stale = [r for r in requests if r["template"] is None]
     requests = [r for r in requests if r["template"] is not None]
+    text_of = dict(docs.select("doc_id", "text").iter_rows())
     for request in requests:
         # Where in its passage the template matched: local vector k is centred at k/(K+1).
         request["anchor"] = request["vector_index"] / (embedder.pooling_k + 1)
-    text_of = dict(docs.select("doc_id", "text").iter_rows())
+        # One string per document, shared by its requests (a copy each would hold every
+        # document once per matched template).
+        request["document"] = text_of.get(request["doc_id"])
     context.log.info(
         f"instantiating the templates of {matched.filter(pl.col('rank') == 0).height} passage "
         f"vectors ({len(requests)} with their alternates) with {instantiator.label}"

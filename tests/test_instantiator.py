@@ -21,7 +21,13 @@ from fi_method.synthesis.instantiator import (
     prompt_style_for,
 )
 from fi_method.synthesis.pairs import collect_instantiations, instantiate_by_rank
-from fi_method.synthesis.rules_instantiator import REQUEST_LEAD, MemoizedEmbed, rules_instantiate
+from fi_method.synthesis.rules_instantiator import (
+    REQUEST_LEAD,
+    MemoizedEmbed,
+    points_back,
+    rules_instantiate,
+    usable_filler,
+)
 from fi_method.templating.templates import FI_CLOSE, FI_OPEN, slot_descriptions
 from fi_method.text import content_hash
 from fi_resources.models import MINILM, sentence_transformer_source
@@ -267,7 +273,9 @@ RULES_TEMPLATES = [
 ]
 
 
-REPEATED_SLOT = "How tall is <fi>a landmark</fi>, and is <fi>a landmark</fi> the tallest structure?"
+# The tagger calls the Eiffel Tower a place; the Chrysler Building, the landmark the passage names
+# beside "tallest", is what the tower was taller than, not tall itself.
+REPEATED_SLOT = "Is <fi>a place</fi> tall, and how tall is <fi>a place</fi>?"
 
 
 @pytest.fixture(scope="module")
@@ -412,9 +420,14 @@ def test_a_chunk_too_short_to_answer_gives_null(embed, chunk):
         ),
         # "what is there to do in X": nothing the template says could be looked for.
         ("What is there to do in <fi>a city</fi>?", "say nothing the passage could be checked"),
-        # Asked about a value alone, the excerpt must be about that value: the height is named
-        # once.
-        ("Tell me about <fi>a quantity</fi>.", "not about the value"),
+        # A number or a date names nothing a passage is about: "Summarize for a 5 years old".
+        ("Tell me about <fi>a quantity</fi>.", "numbers or dates, which name no subject"),
+        (
+            "Summarize for a <fi>a length of time</fi> old",
+            "numbers or dates, which name no subject",
+        ),
+        # Asked about a value alone, the excerpt must be about that value: Paris is named once.
+        ("Tell me about <fi>a city</fi>.", "not about the value"),
     ],
 )
 def test_a_template_the_passage_does_not_support_gives_null_with_the_reason(
@@ -452,6 +465,50 @@ def test_a_question_is_instantiated_only_where_the_passage_gives_what_it_asks(em
     )
     output = rules_instantiate("Who designed the bridge in <fi>a city</fi>?", chunk, embed)
     assert output == "null: the passage does not give a person where it says so"
+
+
+# A passage that names people and places beside the words of templates it does not answer.
+NOVEL_CHUNK = (
+    "When John Galt is captured by the looters, Ferris uses the device on Galt, but it breaks "
+    "down before extracting the information Ferris wants from Galt. The Tsimshian people came to "
+    "Alaska in 1887, when President Grover Cleveland granted them land on Annette Island. Ferris represents the group which uses brute force to keep power."
+)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        # Galt is what the device is used on, and Ferris the one who uses it: no one "uses" them.
+        "Who uses <fi>a person</fi>?",
+        # The Tsimshian came *to* Alaska: nothing says who came *from* it.
+        "What famous people came from <fi>a city or country</fi>?",
+    ],
+)
+def test_a_value_must_be_tied_to_the_templates_words_as_the_template_ties_them(embed, template):
+    output = rules_instantiate(template, NOVEL_CHUNK, embed)
+    assert parse_output(output) is None, output
+
+
+def test_a_value_tied_as_the_template_ties_it_is_kept(embed):
+    """ "Who captured <fi>a person</fi>?": Galt is captured in the passage, by the looters."""
+    parsed = parse_output(rules_instantiate("Who captured <fi>a person</fi>?", NOVEL_CHUNK, embed))
+    assert parsed is not None and parsed.instruction == "Who captured John Galt?"
+
+
+@pytest.mark.parametrize(
+    ("value", "points"),
+    [
+        ("the title", True),
+        ("their support", True),
+        ("this method", True),
+        ("the Eiffel Tower", False),
+        ("the mitochondria", False),
+        ("free markets", False),
+    ],
+)
+def test_a_value_that_points_back_into_its_passage_is_no_filler(value, points):
+    assert points_back(value) is points
+    assert usable_filler(value) is not points
 
 
 @pytest.mark.parametrize("template", [RULES_TEMPLATES[0], REPEATED_SLOT])

@@ -14,7 +14,14 @@ window of the document a model would read around it:
 2. Each distinct slot description is filled with a span of that same run whose kind matches the
    description: a place for a place, a person for a person (fi_method.templating.rules_genericizer's
    spans: spaCy's entities and noun chunks, numbers and dates, typed in the vocabulary slots are
-   described in; a description in other words matches a kind by embedding similarity).
+   described in; a description in other words matches a kind by embedding similarity). The span
+   stands next to the template's words and the passage's parse ties it to them as the template
+   does: through the template's own words, other values or prepositions of place only, and not as
+   the doer where the template makes it the thing done to ("who uses <fi>a person</fi>?" is not
+   answered by "Ferris uses the device"), or the other way round. A span that points back into
+   its passage ("the title") names nothing out of it and fills no slot, and a template whose slots
+   are all numbers or dates ("Summarize for a <fi>a length of time</fi> old") names no subject a
+   passage could be about.
 3. What a question asks for (a place for "where", a time for "when", a person for "who", a number
    for "how many") must be in that run too, beside the slot values.
 4. A template with no words of its own ("explain <fi>a topic</fi>") asks about its slot value
@@ -37,15 +44,20 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from wordfreq import zipf_frequency
 
 from fi_method.synthesis.excerpts import EXCERPT_CLOSE, EXCERPT_ELLIPSIS, EXCERPT_OPEN
 from fi_method.templating.rules_genericizer import (
+    COMMON_WORD_ZIPF,
     ENTITY_DESCRIPTION,
     TOPIC_DESCRIPTION,
     filler_spans,
+    parse,
+    parse_document,
 )
 from fi_method.templating.template_words import (
     QUESTION_OPENERS,
+    SLOT_STAND_IN,
     asks_about_the_value_alone,
     template_words,
 )
@@ -56,7 +68,7 @@ from fi_method.text import sentence_spans, word_keys, words
 # of the rules below (or of the helpers they use) change. tests/goldens/instantiator.json holds
 # their outputs on real passages, and tests/test_goldens.py fails when they change while this does
 # not.
-RULES_VERSION = "rules-5"
+RULES_VERSION = "rules-6"
 # The released instantiator's answers are mostly long copies of the document, several paragraphs
 # of it; this is longer than a MiniLM passage (~190 words), so an excerpt may run on into the
 # document around its passage, as the released model, which reads the whole document, copies.
@@ -91,6 +103,19 @@ MAX_GAP_CHARS = 60
 # A value a template asks about alone ("explain <fi>a topic</fi>") is what its excerpt is about
 # when the excerpt names it at least this often.
 MIN_MENTIONS_OF_A_SOLE_VALUE = 2
+# How the passage must tie a value to the template's words: in its parse, the dependency path
+# from the value to one of those words passes through at most this many tokens, each a word of
+# the template itself ("was" in "when <fi>a person</fi> was president", "in" in "who won
+# <fi>an award</fi> in <fi>a year</fi>"), another value, or a preposition of place where the
+# template places its value with one. "Ferris uses the device on Galt" does not tie Galt to
+# "uses" as "who uses <fi>a person</fi>" asks ("on" stands between), nor "the Tsimshian people
+# came to Alaska" Alaska to "came" as "what people came from <fi>a place</fi>" asks.
+MAX_LINK_TOKENS = 3
+# A value that opens with one of these and goes on in everyday lower-case words ("the title",
+# "their support") points back into its passage: out of it, it names nothing.
+_POINTING_WORDS = frozenset(
+    {"the", "this", "that", "these", "those", "his", "her", "its", "their", "our", "my", "your"}
+)
 REQUEST_LEAD = "Here is what the source says:"
 # Longer spans are clauses, not the entity or concept a slot stands for.
 MAX_FILLER_WORDS = 6
@@ -177,11 +202,28 @@ class MemoizedEmbed:
 
 def usable_filler(surface: str) -> bool:
     """A filler that reads as a value in an instruction: one line of a few words, not markup
-    (section headings, list runs and file names are spans of a parse, not values)."""
+    (section headings, list runs and file names are spans of a parse, not values), and not a
+    phrase that points back into its passage ("the title": which title?)."""
     return (
         "\n" not in surface
         and len(surface.split()) <= MAX_FILLER_WORDS
         and not _MARKUP.search(surface)
+        and not points_back(surface)
+    )
+
+
+def points_back(surface: str) -> bool:
+    """Whether a value is a determiner or possessive followed by everyday lower-case words only
+    ("the title", "their support", not "the Eiffel Tower" or "the mitochondria"): it names a
+    thing only inside its passage."""
+    first, *rest = surface.split() or [""]
+    return (
+        first.lower() in _POINTING_WORDS
+        and bool(rest)
+        and all(
+            word.islower() and zipf_frequency(word.strip(".,;:"), "en") >= COMMON_WORD_ZIPF - 1
+            for word in rest
+        )
     )
 
 
@@ -253,6 +295,113 @@ def _all_words_near_values(
         )
         for key in needed
     )
+
+
+# Who does and who is done to: a value the template makes the doer ("when <fi>a person</fi> was
+# president") must not be what the passage's sentence does something to, and the other way
+# round ("who uses <fi>a person</fi>?" is not answered by "Ferris uses the device"). Only the
+# active subject and the direct object: the small parser often reads a template's passive ("when
+# was <fi>a landmark</fi> finished") as active.
+_DOER = frozenset({"nsubj"})
+_DONE_TO = frozenset({"dobj"})
+# Where a template places its value with one of these ("the tower in <fi>a city</fi>"), the
+# passage may place it with a chain of them ("the tower on the Champ de Mars in Paris").
+_LOCATIVE = frozenset({"in", "on", "at", "near", "of", "within", "inside"})
+
+
+def _role(token) -> str | None:
+    """Whether a token is the doer of its verb, what the verb is done to, or neither."""
+    if token.dep_ in _DOER:
+        return "doer"
+    if token.dep_ in _DONE_TO:
+        return "done to"
+    return None
+
+
+@lru_cache(maxsize=1 << 16)
+def _template_reading(template: str) -> tuple[frozenset[str], dict[str, str | None]]:
+    """What may stand between a value and the template's words in a passage's parse (the words
+    of the template's own text and their lemmas), and the role (_role) each slot description
+    plays in the template's sentence: read from the parse template_words reads (a stand-in name
+    in each slot)."""
+    descriptions = slot_descriptions(template)
+    doc = parse(fill_slots(template, dict.fromkeys(descriptions, SLOT_STAND_IN)))
+    own = [token for token in doc if token.text != SLOT_STAND_IN]
+    lemmas = frozenset({token.lower_ for token in own} | {token.lemma_.lower() for token in own})
+    roles: dict[str, str | None] = dict.fromkeys(descriptions)
+    stand_ins = [token for token in doc if token.text == SLOT_STAND_IN]
+    for description, token in zip(descriptions, stand_ins, strict=False):
+        roles[description] = roles[description] or _role(token)
+    return lemmas, roles
+
+
+def _between(a, b) -> list | None:
+    """The tokens on the dependency path between tokens `a` and `b`, endpoints excluded; None
+    when they are in different sentences (no common ancestor)."""
+    up_a = [a, *a.ancestors]
+    up_b = [b, *b.ancestors]
+    on_b = {token.i for token in up_b}
+    common = next((token for token in up_a if token.i in on_b), None)
+    if common is None:
+        return None
+    below_a = up_a[1 : [t.i for t in up_a].index(common.i)]
+    below_b = up_b[1 : [t.i for t in up_b].index(common.i)]
+    return below_a + below_b + ([common] if common.i not in (a.i, b.i) else [])
+
+
+def _linked(
+    text: str, run: tuple[_Sentence, ...], needed: set[str], lemmas: frozenset[str]
+) -> Callable[[str], bool]:
+    """Whether the passage's parse ties a mention of a value in the run to one of the template's
+    words (`needed` keys): the path between them passes through at most MAX_LINK_TOKENS tokens,
+    each a word of the template (`lemmas`) or punctuation; given the `role` its slot plays in the
+    template, a mention playing the other role does not count."""
+    doc = parse_document(text)
+    window = doc.char_span(run[0].start, run[-1].end, alignment_mode="expand")
+    tokens = list(window) if window is not None else []
+    keys = word_keys([token.lower_ for token in tokens])
+    targets = [token for token, key in zip(tokens, keys, strict=True) if key in needed]
+    # Other values stand where the template's slots do: "the Chrysler Building in New York City
+    # was finished" ties the city to "finished" through the building.
+    index = _filler_index(text)
+    in_values = {
+        token.i
+        for at in range(
+            bisect_left(index.starts, run[0].start), bisect_left(index.starts, run[-1].end)
+        )
+        for token in doc.char_span(index.spans[at][0], index.spans[at][1], alignment_mode="expand")
+        or ()
+    }
+
+    locative = bool(lemmas & _LOCATIVE)
+
+    def allowed(token) -> bool:
+        return (
+            token.is_punct
+            or token.i in in_values
+            or token.lower_ in lemmas
+            or token.lemma_.lower() in lemmas
+            or (locative and token.dep_ == "prep" and token.lower_ in _LOCATIVE)
+        )
+
+    def linked(surface: str, role: str | None = None) -> bool:
+        for _, start, end in _occurrences(text, run, surface):
+            span = doc.char_span(start, max(end, start + 1), alignment_mode="expand")
+            if span is None:
+                continue
+            found = _role(span.root)
+            if role is not None and found is not None and found != role:
+                continue
+            inside = range(span.start, span.end)
+            for target in targets:
+                if target.i in inside:
+                    continue
+                path = _between(span.root, target)
+                if path is not None and len(path) <= MAX_LINK_TOKENS and all(map(allowed, path)):
+                    return True
+        return False
+
+    return linked
 
 
 def _defines(sentence: str, value: str) -> bool:
@@ -431,6 +580,10 @@ def rules_instantiate(
     descriptions = list(dict.fromkeys(slot_descriptions(template)))
     if not descriptions:
         return "null: the template has no slot to fill"
+    if all(description in _NUMBERS | _TIMES for description in descriptions):
+        # "Summarize for a <fi>a length of time</fi> old": a number or a date says nothing of
+        # what a passage is about, so no passage is what such a template asks about.
+        return "null: the template's slots are numbers or dates, which name no subject"
     text = document or chunk
     if len(chunk.split()) < MIN_ANSWER_WORDS or not sentence_spans(chunk):
         return "null: the passage is too short to answer from"
@@ -481,9 +634,11 @@ def rules_instantiate(
         ]
         if needed:
             # A value stands where the passage speaks of what the template asks: within
-            # MAX_GAP_CHARS of one of its words, in the same sentence.
+            # MAX_GAP_CHARS of one of its words, in the same sentence, and tied to it as the
+            # template ties them.
             near = _near_words(text, run, needed)
-            fillers = [filler for filler in fillers if near(filler[0])]
+            linked = _linked(text, run, needed, _template_reading(template)[0])
+            fillers = [filler for filler in fillers if near(filler[0]) and linked(filler[0])]
         excerpt_keys = word_keys(words(excerpt))
         salience = {surface: excerpt_keys.count(_head(surface)) for surface, _ in fillers}
         value_of = _assign(descriptions, fillers, salience, embed, value_alone) if fillers else None
@@ -521,6 +676,10 @@ def rules_instantiate(
             continue
         if needed and not _all_words_near_values(text, run, needed, list(value_of.values())):
             reason = f"the passage does not say {_listing(own_words)} next to the values"
+            continue
+        roles = _template_reading(template)[1]
+        if needed and not all(linked(value, roles[d]) for d, value in value_of.items()):
+            reason = "the passage does not tie the values to its words as the template does"
             continue
         if not template.startswith(FI_OPEN):
             # Inside a sentence a value's article is lower-case: "is the Eiffel Tower".

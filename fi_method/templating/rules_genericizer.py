@@ -45,6 +45,8 @@ TITLE_CASE_MIN_WORDS = 4
 # Parses (of queries) and filler spans (of documents) kept for reuse: the rules instantiator asks
 # for the fillers of many excerpts of one document, in document order.
 PARSE_CACHE_SIZE = 256
+# The rules instantiator reads one document's templates together, documents in order.
+DOCUMENT_PARSE_CACHE_SIZE = 4
 
 QUOTED_DESCRIPTION = "a title or quoted phrase"
 ENTITY_DESCRIPTION = "a named entity such as a person, place or product"
@@ -548,14 +550,21 @@ def _candidate_spans(doc: Doc) -> list[_Span]:
     return _quoted_spans(doc.text) + _numeric_spans(doc.text) + parsed
 
 
+@lru_cache(maxsize=DOCUMENT_PARSE_CACHE_SIZE)
+def parse_document(text: str) -> Doc:
+    """spaCy's parse of a whole document, remembered for the last DOCUMENT_PARSE_CACHE_SIZE
+    documents (apart from the query cache: a document's parse is large): its fillers and the
+    links between its words are read from the same parse."""
+    return _nlp()(text)
+
+
 @lru_cache(maxsize=PARSE_CACHE_SIZE)
 def _filler_spans(text: str) -> tuple[_Span, ...]:
     # Kept sorted by start: chosen spans never overlap, so a new one can only overlap the spans
     # either side of where it would go (a document has thousands).
     chosen: list[_Span] = []
     starts: list[int] = []
-    # Parsed without the query cache: a whole document's parse is large, its spans are not.
-    for span in _candidate_spans(_nlp()(text)):
+    for span in _candidate_spans(parse_document(text)):
         at = bisect_right(starts, span.start)
         if (at and chosen[at - 1].end > span.start) or (
             at < len(chosen) and chosen[at].start < span.end

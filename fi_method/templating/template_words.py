@@ -48,7 +48,7 @@ _ABOUT_THE_VALUE_ALONE = REQUEST_VERBS | frozenset(
     | _GENERIC_WORDS
 )
 # What stands for a slot while a template is parsed: a name, as slot values mostly are.
-_SLOT_STAND_IN = "Xanadu"
+SLOT_STAND_IN = "Xanadu"
 
 
 # Templates recur across a shard's matches; what they say is small to keep.
@@ -58,13 +58,13 @@ def template_words(template: str) -> tuple[str, ...]:
     its text outside the slots (parsed with a name in each slot), request verbs and question
     words aside."""
     descriptions = slot_descriptions(template)
-    parsed = parse(fill_slots(template, dict.fromkeys(descriptions, _SLOT_STAND_IN)))
+    parsed = parse(fill_slots(template, dict.fromkeys(descriptions, SLOT_STAND_IN)))
     return tuple(
         dict.fromkeys(
             token.lower_
             for token in parsed
             if token.pos_ in _CONTENT_POS
-            and token.text != _SLOT_STAND_IN
+            and token.text != SLOT_STAND_IN
             and token.lower_ not in REQUEST_VERBS | QUESTION_OPENERS | _GENERIC_WORDS
         )
     )
