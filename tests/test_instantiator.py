@@ -489,6 +489,43 @@ def test_a_value_must_be_tied_to_the_templates_words_as_the_template_ties_them(e
     assert parse_output(output) is None, output
 
 
+@pytest.mark.parametrize(
+    ("template", "chunk"),
+    [
+        # The person asked for is part of the value: the question answers itself.
+        (
+            "Who wrote <fi>a book or other written work</fi>?",
+            (
+                "He also became a Vedantist in the circle of Hindu Swami Prabhavananda, and "
+                "introduced Christopher Isherwood to this circle. Not long after, Huxley wrote his "
+                "book on widely held spiritual values and ideas, and it sold well in many countries."
+            ),
+        ),
+        # The value holds the template's own word.
+        (
+            "Where is <fi>an organization</fi> based?",
+            (
+                "Birmingham-based Compass Bancshares was acquired by Spanish-based BBVA in September "
+                "2007, although the headquarters of BBVA Compass remains in Birmingham. In November "
+                "2006, Regions Financial completed its merger with AmSouth Bancorporation."
+            ),
+        ),
+        # "Where is X located" of an organization asks for a place the passage never gives.
+        (
+            "Where is <fi>an organization</fi> located?",
+            (
+                "The European Space Agency similarly uses the term astronaut for members of its "
+                "Astronaut Corps. The European Space Agency trains its astronauts for long missions "
+                "and sends them on the flights of its partners, as it has done for decades."
+            ),
+        ),
+    ],
+)
+def test_a_question_that_answers_itself_or_is_not_answered_gives_null(embed, template, chunk):
+    output = rules_instantiate(template, chunk, embed)
+    assert parse_output(output) is None, output
+
+
 def test_a_value_tied_as_the_template_ties_it_is_kept(embed):
     """ "Who captured <fi>a person</fi>?": Galt is captured in the passage, by the looters."""
     parsed = parse_output(rules_instantiate("Who captured <fi>a person</fi>?", NOVEL_CHUNK, embed))
@@ -509,6 +546,13 @@ def test_a_value_tied_as_the_template_ties_it_is_kept(embed):
 def test_a_value_that_points_back_into_its_passage_is_no_filler(value, points):
     assert points_back(value) is points
     assert usable_filler(value) is not points
+
+
+@pytest.mark.parametrize(
+    ("value", "usable"), [("the Kingdom of the", False), ("Vitamin A", True), ("Paris", True)]
+)
+def test_a_value_cut_short_on_a_function_word_is_no_filler(value, usable):
+    assert usable_filler(value) is usable
 
 
 @pytest.mark.parametrize("template", [RULES_TEMPLATES[0], REPEATED_SLOT])

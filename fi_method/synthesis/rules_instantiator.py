@@ -68,7 +68,7 @@ from fi_method.text import sentence_spans, word_keys, words
 # of the rules below (or of the helpers they use) change. tests/goldens/instantiator.json holds
 # their outputs on real passages, and tests/test_goldens.py fails when they change while this does
 # not.
-RULES_VERSION = "rules-6"
+RULES_VERSION = "rules-7"
 # The released instantiator's answers are mostly long copies of the document, several paragraphs
 # of it; this is longer than a MiniLM passage (~190 words), so an excerpt may run on into the
 # document around its passage, as the released model, which reads the whole document, copies.
@@ -122,6 +122,9 @@ MAX_FILLER_WORDS = 6
 _MARKUP = re.compile(r"==|\||\[\[|\]\]|\{\{|^File:|\.(?:jpe?g|png|svg|gif)$", re.IGNORECASE)
 _WORD = re.compile(r"\w+(?:['’]\w+)*")
 _ARTICLE_START = re.compile(r"^(?:The|A|An)(?= )")
+# A span of a parse that ends on a lower-case function word is cut short: "the Kingdom of the"
+# ("Vitamin A" is not).
+_CUT_SHORT = re.compile(r"\b(?:the|a|an|of|and|or|in|on|at|to|for|with|by|from)\W*$")
 
 # Filler kinds of the rules vocabulary that a generic description accepts: a named entity is any
 # of the named kinds, a topic any kind of thing that is not a name, a number or a date.
@@ -209,6 +212,7 @@ def usable_filler(surface: str) -> bool:
         and len(surface.split()) <= MAX_FILLER_WORDS
         and not _MARKUP.search(surface)
         and not points_back(surface)
+        and not _CUT_SHORT.search(surface)
     )
 
 
@@ -316,6 +320,15 @@ def _role(token) -> str | None:
     if token.dep_ in _DONE_TO:
         return "done to"
     return None
+
+
+def _answered_by_the_value(asked: str, kind_of: dict[str, str], values: set[str]) -> bool:
+    """Whether a question about its value alone is answered by an excerpt about that value: "who
+    is X", and "where is X" of a place; "where is <fi>an organization</fi> located" asks for a
+    place the excerpt must give."""
+    return asked == "a person" or (
+        asked == "a place" and all(kind_of[value] in _PLACES for value in values)
+    )
 
 
 @lru_cache(maxsize=1 << 16)
@@ -638,7 +651,14 @@ def rules_instantiate(
             # template ties them.
             near = _near_words(text, run, needed)
             linked = _linked(text, run, needed, _template_reading(template)[0])
-            fillers = [filler for filler in fillers if near(filler[0]) and linked(filler[0])]
+            fillers = [
+                filler
+                for filler in fillers
+                # "where is Spanish-based BBVA based?" answers itself.
+                if not needed & set(word_keys(words(filler[0])))
+                and near(filler[0])
+                and linked(filler[0])
+            ]
         excerpt_keys = word_keys(words(excerpt))
         salience = {surface: excerpt_keys.count(_head(surface)) for surface, _ in fillers}
         value_of = _assign(descriptions, fillers, salience, embed, value_alone) if fillers else None
@@ -646,19 +666,20 @@ def rules_instantiate(
             reason = f"no span of the passage fits {_listing(descriptions)} where it says so"
             continue
         kind_of = dict(fillers)
-        if asked is not None and value_alone and asked[0] in ("a person", "a place"):
-            # "who is X", "where is X": X is the person or place the excerpt is about.
-            if not all(kind_of[value] in _NAMED_KINDS for value in value_of.values()):
+        values = set(value_of.values())
+        if asked is not None and value_alone and _answered_by_the_value(asked[0], kind_of, values):
+            # "who is X", "where is Paris": X is the person or place the excerpt is about.
+            if not all(kind_of[value] in _NAMED_KINDS for value in values):
                 reason = f"the value asked about is not {asked[0]}"
                 continue
         elif asked is not None:
             # What the question asks for stands next to what it asks about: "born" next to
-            # the place, not a place two clauses away.
-            values = set(value_of.values())
+            # the place, not a place two clauses away; and it is not part of a value ("who
+            # wrote Huxley's book?" does not ask for Huxley).
             what, kinds = asked
             close = _near_words(text, run, needed) if needed else lambda _surface: True
             if not any(
-                kind in kinds and surface not in values and close(surface)
+                kind in kinds and not any(surface in value for value in values) and close(surface)
                 for surface, kind in in_run
             ):
                 reason = f"the passage does not give {what} where it says so"
