@@ -28,8 +28,8 @@ JUDGE_PASS_RATE = dg.AssetCheckSpec(
     "judge_pass_rate_plausible",
     asset="judged_pairs",
     blocking=True,
-    description="The judge keeps at most 95 % of the shard's pairs (the paper: ~58 %): one that "
-    "keeps all is not judging. One that keeps none leaves its recipe without tokens, which "
+    description="The judge keeps at most 95 % of the shard's pairs, once it judged 50 or more "
+    "(the paper: ~58 %): one that keeps all is not judging. One that keeps none leaves its recipe without tokens, which "
     "recipes_fill_training_budget fails.",
 )
 NO_DOMINANT_TEMPLATE = dg.AssetCheckSpec(

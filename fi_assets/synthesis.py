@@ -38,6 +38,7 @@ from fi_method.synthesis.pairs import (
 from fi_method.synthesis.quality import (
     MAX_JUDGE_PASS_RATE,
     MAX_NULL_RATE,
+    MIN_PAIRS_FOR_PASS_RATE,
     PAPER_JUDGE_PASS_RATE,
     PAPER_NULL_RATE,
     dominant_templates,
@@ -318,6 +319,7 @@ def _judge_shard(
                     0.0,
                     MAX_JUDGE_PASS_RATE,
                     f"the paper keeps ~{PAPER_JUDGE_PASS_RATE:.0%}",
+                    MIN_PAIRS_FOR_PASS_RATE,
                 ),
             ),
             check_result(

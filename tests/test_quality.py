@@ -16,6 +16,7 @@ from fi_method.synthesis.quality import (
     MAX_JUDGE_PASS_RATE,
     MAX_NULL_RATE,
     MAX_UNMATCHED_DOCUMENT_SHARE,
+    MIN_PAIRS_FOR_PASS_RATE,
     dominant_templates,
     leaked_eval_items,
     share_outside,
@@ -63,6 +64,15 @@ def test_the_template_share_limit_fits_small_runs_and_the_papers_scale():
 def test_a_judge_keeping_everything_fails(kept, passes):
     """The rules judge scored nonsense 5: a judge that keeps all is not judging."""
     lines = share_outside("pairs kept", kept, 100, 0.0, MAX_JUDGE_PASS_RATE, "paper ~58%")
+    assert (lines == []) is passes
+
+
+@pytest.mark.parametrize(("kept", "judged", "passes"), [(21, 22, True), (50, 50, False)])
+def test_a_pass_rate_is_judged_over_enough_pairs(kept, judged, passes):
+    """A judge keeping 80 % of pairs keeps 21 of 22 one time in twenty; all of 50, never."""
+    lines = share_outside(
+        "pairs kept", kept, judged, 0.0, MAX_JUDGE_PASS_RATE, "", MIN_PAIRS_FOR_PASS_RATE
+    )
     assert (lines == []) is passes
 
 

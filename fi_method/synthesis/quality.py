@@ -29,6 +29,10 @@ TEMPLATE_SHARE_SLACK = 10
 # data, not a fault: there is no floor. A judge that keeps nothing leaves its recipe without
 # tokens, and recipes_fill_training_budget fails that.
 MAX_JUDGE_PASS_RATE = 0.95
+# A pass rate near that ceiling is told from it only over this many pairs: the rules instantiator
+# fills a template only where the passage supports it, so a judge that keeps 80 % of such pairs
+# keeps 21 of 22 one time in twenty, while over 50 pairs 48 or more one time in eight hundred.
+MIN_PAIRS_FOR_PASS_RATE = 50
 # The released instantiator answers `null` for ~5 % of its inputs; half or more means the
 # templates do not fit the documents or the model's prompt is wrong.
 MAX_NULL_RATE = 0.5
