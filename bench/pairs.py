@@ -1,8 +1,8 @@
 """What the synthesis stage keeps, read from a materialized data root (FI_HOME), for example after
 `fi demo --full`: the funnel of the training shards (matched, tried, instantiated, null by reason,
-grounded, judged, kept), the score histogram, the largest template share, each recipe's packed
-tokens and the training budget, then a seeded random draw of kept pairs (instruction, template,
-the start of the answer and the judge's feedback) for a reader to grade.
+grounded, judged, kept), the score histogram, the largest template and its share, the fidelity
+report (each recipe's packed tokens, the training budget), then a seeded random draw of kept pairs
+(instruction, template, the start of the answer and the judge's score) for a reader to grade.
 
     FI_HOME=fi_home python -m bench.pairs                  # 20 kept pairs, seed 0
     FI_HOME=fi_home python -m bench.pairs --sample 40 --seed 1 --save
@@ -15,12 +15,15 @@ from __future__ import annotations
 import argparse
 
 from bench.common import report, table
-from fi_assets.packing import packed_counts
-from fi_method.corpus.budget import plan_budget
+from fi_assets.evaluation import fidelity_figures
+from fi_method.evaluation.fidelity import render_markdown
 from fi_resources.settings import get_settings
 from fi_resources.storage import Storage
 
 ANSWER_CHARS = 200
+# Judged pairs with their instantiated rows and templates.
+KEPT_PAIRS = """from judged_pairs j join instantiated_pairs p using (pair_id)
+    join (select distinct template_id, template from instruction_templates) t using (template_id)"""
 DEFAULT_SAMPLE = 20
 
 
@@ -54,10 +57,9 @@ def rejects_by_reason(connection, heldout: str) -> list[tuple]:
 def largest_template_share(connection, heldout: str) -> tuple[str, int, int]:
     """The template that made the most kept pairs, its count and the kept total."""
     row = connection.execute(
-        """
+        f"""
         select t.template, count(*) as n, sum(count(*)) over () as total
-        from judged_pairs j join instantiated_pairs p using (pair_id)
-        join (select distinct template_id, template from instruction_templates) t using (template_id)
+        {KEPT_PAIRS}
         where j.kept and j.shard <> $h group by t.template order by n desc, t.template limit 1
         """,
         {"h": heldout},
@@ -70,8 +72,7 @@ def kept_sample(connection, heldout: str, size: int, seed: int) -> list[tuple]:
     return connection.execute(
         f"""
         select p.instruction, t.template, p.answer, j.score, j.feedback
-        from judged_pairs j join instantiated_pairs p using (pair_id)
-        join (select distinct template_id, template from instruction_templates) t using (template_id)
+        {KEPT_PAIRS}
         where j.kept and j.shard <> $h
         order by hash(j.pair_id || '{seed}'), j.pair_id limit $n
         """,
@@ -96,11 +97,6 @@ def main() -> None:
         {"h": heldout},
     ).fetchall()
     template, uses, kept = largest_template_share(connection, heldout)
-    budget = plan_budget(
-        packed_counts(storage, heldout),
-        settings.training_tokens or None,
-        cap=settings.max_training_tokens,
-    )
     sections = [
         f"Data root {settings.home}, training shards (all but {heldout}).",
         table(["step", "rows"], steps),
@@ -108,15 +104,12 @@ def main() -> None:
         table(["judge score", "pairs"], scores),
         f"Largest template share: {uses} of {kept} kept pairs"
         + (f" ({uses / kept:.1%}): {template!r}" if kept else ""),
-        table(
-            ["recipe", "packed tokens", "samples"],
-            [
-                (recipe, tokens, budget.samples[recipe])
-                for recipe, tokens in budget.packed_tokens.items()
-            ],
+        # Tokens per recipe and the training budget, as the demo reports them.
+        render_markdown(
+            fidelity_figures(
+                storage, heldout, settings.training_tokens, settings.max_training_tokens
+            )
         ),
-        f"Training budget: {budget.tokens:,} tokens ({budget.source})"
-        + ("; cannot be met: " + "; ".join(budget.failures) if budget.failures else ""),
         f"{args.sample} kept pairs drawn at random (seed {args.seed}):",
         table(
             ["#", "instruction", "template", f"answer (first {ANSWER_CHARS} characters)", "score"],

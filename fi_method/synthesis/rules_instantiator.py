@@ -362,6 +362,26 @@ def _between(a, b) -> list | None:
     return below_a + below_b + ([common] if common.i not in (a.i, b.i) else [])
 
 
+# Every template matched to a passage reads the same runs of its sentences: computed once a run.
+@lru_cache(maxsize=256)
+def _run_tokens(text: str, run: tuple[_Sentence, ...]) -> tuple[list, list[str], frozenset[int]]:
+    """The parsed tokens of a run of sentences, their word keys, and the indices of the tokens
+    inside a filler span: other values stand where the template's slots do ("the Chrysler
+    Building in New York City was finished" ties the city to "finished" through the building)."""
+    doc = parse_document(text)
+    window = doc.char_span(run[0].start, run[-1].end, alignment_mode="expand")
+    tokens = list(window) if window is not None else []
+    keys = word_keys([token.lower_ for token in tokens])
+    index = _filler_index(text)
+    first, last = bisect_left(index.starts, run[0].start), bisect_left(index.starts, run[-1].end)
+    in_values = frozenset(
+        token.i
+        for start, end, *_ in index.spans[first:last]
+        for token in doc.char_span(start, end, alignment_mode="expand") or ()
+    )
+    return tokens, keys, in_values
+
+
 def _linked(
     text: str, run: tuple[_Sentence, ...], needed: set[str], lemmas: frozenset[str]
 ) -> Callable[[str], bool]:
@@ -370,21 +390,8 @@ def _linked(
     each a word of the template (`lemmas`) or punctuation; given the `role` its slot plays in the
     template, a mention playing the other role does not count."""
     doc = parse_document(text)
-    window = doc.char_span(run[0].start, run[-1].end, alignment_mode="expand")
-    tokens = list(window) if window is not None else []
-    keys = word_keys([token.lower_ for token in tokens])
+    tokens, keys, in_values = _run_tokens(text, run)
     targets = [token for token, key in zip(tokens, keys, strict=True) if key in needed]
-    # Other values stand where the template's slots do: "the Chrysler Building in New York City
-    # was finished" ties the city to "finished" through the building.
-    index = _filler_index(text)
-    in_values = {
-        token.i
-        for at in range(
-            bisect_left(index.starts, run[0].start), bisect_left(index.starts, run[-1].end)
-        )
-        for token in doc.char_span(index.spans[at][0], index.spans[at][1], alignment_mode="expand")
-        or ()
-    }
 
     locative = bool(lemmas & _LOCATIVE)
 
