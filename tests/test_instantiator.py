@@ -25,6 +25,7 @@ from fi_method.synthesis.rules_instantiator import (
     REQUEST_LEAD,
     MemoizedEmbed,
     points_back,
+    reads_as_plural,
     rules_instantiate,
     usable_filler,
 )
@@ -725,3 +726,108 @@ def test_markup_and_list_runs_never_fill_a_slot(embed):
     assert output is not None
     assert "\n" not in output.instruction and "File:" not in output.instruction
     assert "==" not in output.instruction
+
+
+# Passages of English Wikipedia articles (the demo's documents), where the rules before these
+# checks made pairs that make no sense.
+KURDISH_PASSAGE = (
+    "In Baku several newspapers are published in Russian, Kurdish (Dengi Kurd), Lezgian (Samur) "
+    'and Talysh languages. Jewish society "Sokhnut" publishes the newspaper Aziz. Some local radio '
+    "stations in Balakan and Khachmaz organize broadcasts in Avar and Tat."
+)
+ALGAE_PASSAGE = (
+    "At this time, microscopic algae were discovered and reported by a different group of workers "
+    "(e.g., O. F. Müller and Ehrenberg) studying the Infusoria (microscopic organisms). Unlike "
+    "macroalgae, which were clearly viewed as plants, microalgae were frequently considered animals "
+    "because they are often motile. Although used as a taxonomic category in some pre-Darwinian "
+    "classifications, e.g., Linnaeus (1753), de Jussieu (1789), Horaninow (1843), Agassiz (1859), "
+    'in further classifications, the "algae" are seen as an artificial, polyphyletic group.'
+)
+FOUNTAINHEAD_PASSAGE = (
+    "After several delays, the film version of The Fountainhead was released in 1949. Although it "
+    "used Rand's screenplay with minimal alterations, she \"disliked the movie from beginning to "
+    'end", complaining about its editing, acting, and other elements. In the years following the '
+    "publication of The Fountainhead, Rand received numerous letters from readers, some of whom it "
+    "profoundly influenced."
+)
+ALBERTA_PASSAGE = (
+    "Despite this, relatively few Albertans claim French as their mother tongue. Many of Alberta's "
+    "French-speaking residents live in the central and northwestern regions of the province. As "
+    "reported in the 2001 census, the Chinese represented nearly four percent of Alberta's "
+    "population, and East Indians represented more than two percent."
+)
+ANDORRA_PASSAGE = (
+    "The Muslim community is primarily made up of approximately a few North African immigrants. "
+    "There is a small community of Hindus and Bahá'ís and roughly 100 Jews live in Andorra. (See "
+    "History of the Jews in Andorra.) Children between the ages of 6 and 16 are required by law to "
+    "have full-time education."
+)
+IRAN_PASSAGE = (
+    "These religious sites attract large numbers of devotees from all over the world, particularly "
+    "during the Hajj and Umrah seasons. Iran is the largest Shi'a country and Pakistan has the "
+    "largest Ahmadiyya population. The Bahá'í Faith originated in Asia, in Iran (Persia), and "
+    "spread from there to the Ottoman Empire, Central Asia, India, and Burma."
+)
+ALGERIA_PASSAGE = (
+    "Algeria is the tenth-largest country in the world, and the largest in Africa and the Arab "
+    "world. Algeria is bordered to the northeast by Tunisia, to the east by Libya, to the west by "
+    "Morocco, to the southwest by Western Sahara, Mauritania, and Mali, to the southeast by Niger, "
+    "and to the north by the Mediterranean Sea."
+)
+GROUP = "<fi>a nationality, religion or political group</fi>"
+
+
+@pytest.mark.parametrize(
+    ("template", "chunk", "reason"),
+    [
+        # A WebQuestions query that never had a verb ("what language do chinese?").
+        (f"what language do {GROUP}?", KURDISH_PASSAGE, 'no verb after "do"'),
+        # "explain difference kanban scrum": two things in one slot.
+        ("explain difference <fi>a specific topic or concept</fi>", ALGAE_PASSAGE, "compares one"),
+        # A passage copied word for word is not the book the request asks to write.
+        ("Write <fi>a book, film or other work</fi>", FOUNTAINHEAD_PASSAGE, "write or rewrite"),
+        # "do ... speak" asks about a people; "French" here is their language.
+        (f"what do {GROUP} speak?", ALBERTA_PASSAGE, "singular"),
+        # Around a country are its neighbours: the passage names other countries, not borders.
+        ("what countries are around <fi>a city or country</fi>?", IRAN_PASSAGE, "around"),
+    ],
+)
+def test_a_template_the_passage_cannot_make_sense_of_gives_null(embed, template, chunk, reason):
+    output = rules_instantiate(template, chunk, embed)
+    assert parse_output(output) is None and reason in output, output
+
+
+@pytest.mark.parametrize(
+    ("template", "chunk", "instruction"),
+    [
+        (f"where do {GROUP} live?", ANDORRA_PASSAGE, "where do the Jews live?"),
+        (
+            "what countries are around <fi>a city or country</fi>?",
+            ALGERIA_PASSAGE,
+            "what countries are around Algeria?",
+        ),
+    ],
+)
+def test_a_plural_people_and_a_country_with_borders_are_kept(embed, template, chunk, instruction):
+    parsed = parse_output(rules_instantiate(template, chunk, embed))
+    assert parsed is not None and parsed.instruction == instruction
+
+
+@pytest.mark.parametrize(
+    ("value", "plural"),
+    [
+        ("Armenians", True),
+        ("the Jews", True),
+        ("Portuguese", True),
+        ("the French", True),
+        ("Kurdish", False),
+        ("Albanian", False),
+        ("French", False),
+    ],
+)
+def test_a_people_is_plural_and_its_language_is_not(value, plural):
+    assert reads_as_plural(value) is plural
+
+
+def test_a_value_left_with_wiki_markup_is_no_filler():
+    assert not usable_filler("= Africa")

@@ -42,6 +42,7 @@ from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 from wordfreq import zipf_frequency
@@ -52,6 +53,7 @@ from fi_method.templating.rules_genericizer import (
     ENTITY_DESCRIPTION,
     TOPIC_DESCRIPTION,
     filler_spans,
+    intent,
     parse,
     parse_document,
 )
@@ -68,7 +70,7 @@ from fi_method.text import sentence_spans, word_keys, words
 # of the rules below (or of the helpers they use) change. tests/goldens/instantiator.json holds
 # their outputs on real passages, and tests/test_goldens.py fails when they change while this does
 # not.
-RULES_VERSION = "rules-7"
+RULES_VERSION = "rules-8"
 # The released instantiator's answers are mostly long copies of the document, several paragraphs
 # of it; this is longer than a MiniLM passage (~190 words), so an excerpt may run on into the
 # document around its passage, as the released model, which reads the whole document, copies.
@@ -125,6 +127,8 @@ _ARTICLE_START = re.compile(r"^(?:The|A|An)(?= )")
 # A span of a parse that ends on a lower-case function word is cut short: "the Kingdom of the"
 # ("Vitamin A" is not).
 _CUT_SHORT = re.compile(r"\b(?:the|a|an|of|and|or|in|on|at|to|for|with|by|from)\W*$")
+# Wiki markup left in a span ("= Africa"): a value opens with a letter, a digit or a quote.
+_OPENS_WITH_MARKUP = re.compile(r"^[^\w\"“‘'(]")
 
 # Filler kinds of the rules vocabulary that a generic description accepts: a named entity is any
 # of the named kinds, a topic any kind of thing that is not a name, a number or a date.
@@ -179,9 +183,34 @@ _ASKS = (
         "a time",
         _TIMES,
     ),
+    (
+        re.compile(
+            r"^\s*(?:what|which) (?:countries|country|cities|city|states?|towns?|regions?)\b",
+            re.IGNORECASE,
+        ),
+        "a place",
+        _PLACES,
+    ),
+    # The small parser labels most languages as a people's adjective ("Kurdish", "Arabic").
+    (
+        re.compile(r"^\s*(?:what|which) languages?\b", re.IGNORECASE),
+        "a language",
+        frozenset({"a language", "a nationality, religion or political group"}),
+    ),
     (re.compile(r"^\s*(?:who|whom)\b", re.IGNORECASE), "a person", frozenset({"a person"})),
     (re.compile(r"^\s*how (?:many|much|long|old|tall|far)\b", re.IGNORECASE), "a number", _NUMBERS),
 )
+# Words of place that stopword lists drop although a template asks about them: "what countries
+# are around <fi>a country</fi>" asks for neighbours, which a passage names by their border. A
+# run of sentences answers only if it says one of the words each stands for (as word keys).
+_PLACE_RELATIONS = {
+    word: frozenset(
+        word_keys(
+            ["around", "near", "nearby", "border", "neighbour", "neighbor", "surround", "adjacent"]
+        )
+    )
+    for word in ("around", "near", "nearby", "surrounding", "neighbouring", "neighboring")
+}
 Embed = Callable[[list[str]], np.ndarray]
 
 
@@ -213,6 +242,7 @@ def usable_filler(surface: str) -> bool:
         and not _MARKUP.search(surface)
         and not points_back(surface)
         and not _CUT_SHORT.search(surface)
+        and not _OPENS_WITH_MARKUP.match(surface)
     )
 
 
@@ -331,21 +361,85 @@ def _answered_by_the_value(asked: str, kind_of: dict[str, str], values: set[str]
     )
 
 
+# A subject of one of these verbs is plural: "where were <fi>a group</fi> located" is not asked of
+# "Albanian" ("Albanian was written ..."), nor "what language do <fi>a group</fi> speak" of
+# "Kurdish".
+_PLURAL_VERBS = frozenset({"are", "were", "do", "have"})
+# A plural filler the parser leaves without a number: a people named by its adjective ("the
+# French", "the Swiss", "Chinese"; "the" needed but for "-ese").
+_PEOPLE_ADJECTIVE = ("ch", "sh", "ss")
+_DO_SUPPORT = frozenset({"do", "does", "did"})
+# A difference is between two things: "explain difference <fi>a topic</fi>" merged both into one.
+_COMPARING = frozenset({"difference", "differences", "versus", "vs", "compare", "contrast"})
+_SECOND_THING = frozenset({"and", "or", "between", "from", "with", "to", "versus", "vs"})
+# A passage copied word for word writes nothing new and rewrites nothing: requests to write or
+# rewrite (fi_method.templating.rules_genericizer's intents) are not answered by it.
+_NOT_ANSWERED_BY_A_COPY = frozenset({"write", "rewrite"})
+_QUESTION_WORDS = frozenset(
+    {"what", "which", "where", "when", "who", "whom", "whose", "how", "why"}
+)
+
+
+class _TemplateReading(NamedTuple):
+    """What the rules read of a template's own sentence, parsed with a stand-in name per slot."""
+
+    # What may stand between a value and the template's words in a passage's parse: the words
+    # of the template's own text and their lemmas.
+    lemmas: frozenset[str]
+    # The role (_role) each slot description plays in the template's sentence.
+    roles: dict[str, str | None]
+    # The slot descriptions the template makes the subject of a plural verb.
+    plural: frozenset[str]
+    # Why the template is not a whole question, or None: "what language do <fi>a group</fi>?"
+    # and "where did al <fi>a kind of attack</fi>?" lost their verb to a slot or never had one.
+    broken: str | None
+
+
 @lru_cache(maxsize=1 << 16)
-def _template_reading(template: str) -> tuple[frozenset[str], dict[str, str | None]]:
-    """What may stand between a value and the template's words in a passage's parse (the words
-    of the template's own text and their lemmas), and the role (_role) each slot description
-    plays in the template's sentence: read from the parse template_words reads (a stand-in name
-    in each slot)."""
+def _template_reading(template: str) -> _TemplateReading:
+    """The template's sentence as the rules read it (_TemplateReading), from the parse
+    template_words reads (a stand-in name in each slot)."""
     descriptions = slot_descriptions(template)
     doc = parse(fill_slots(template, dict.fromkeys(descriptions, SLOT_STAND_IN)))
     own = [token for token in doc if token.text != SLOT_STAND_IN]
     lemmas = frozenset({token.lower_ for token in own} | {token.lemma_.lower() for token in own})
     roles: dict[str, str | None] = dict.fromkeys(descriptions)
+    plural: set[str] = set()
     stand_ins = [token for token in doc if token.text == SLOT_STAND_IN]
     for description, token in zip(descriptions, stand_ins, strict=False):
         roles[description] = roles[description] or _role(token)
-    return lemmas, roles
+        verb = token.head
+        if token.dep_ in ("nsubj", "nsubjpass") and any(
+            word.lower_ in _PLURAL_VERBS for word in (verb, *verb.children) if word.i != token.i
+        ):
+            plural.add(description)
+    broken = None
+    support = next((token for token in doc if token.lower_ in _DO_SUPPORT), None)
+    said = {token.lower_ for token in own}
+    if (
+        support is not None
+        and doc[0].lower_ in _QUESTION_WORDS
+        and not any(token.pos_ == "VERB" for token in doc[support.i + 1 :])
+    ):
+        broken = f'the template has no verb after "{support.text}"'
+    elif said & _COMPARING and len(set(descriptions)) == 1 and not said & _SECOND_THING:
+        broken = "the template compares one thing"
+    elif intent(doc) in _NOT_ANSWERED_BY_A_COPY:
+        broken = "a passage copied word for word does not write or rewrite what the template asks"
+    return _TemplateReading(lemmas, roles, frozenset(plural), broken)
+
+
+@lru_cache(maxsize=1 << 12)
+def reads_as_plural(value: str) -> bool:
+    """Whether a value names many: a plural noun ("Armenians", "the Jews"), or a people by its
+    adjective ("the Chinese")."""
+    root = next(iter(parse(value).sents)).root
+    return (
+        "Plur" in root.morph.get("Number")
+        or root.tag_ in ("NNS", "NNPS")
+        or root.lower_.endswith("ese")
+        or (value.lower().startswith("the ") and root.lower_.endswith(_PEOPLE_ADJECTIVE))
+    )
 
 
 def _between(a, b) -> list | None:
@@ -614,7 +708,12 @@ def rules_instantiate(
     value_alone = asks_about_the_value_alone(template)
     if not needed and not value_alone:
         return "null: the template's own words say nothing the passage could be checked for"
+    reading = _template_reading(template)
+    if reading.broken:
+        return f"null: {reading.broken}"
     asked = asked_kind(template)
+    relation_words = [w for w in words(fixed_text(template)) if w in _PLACE_RELATIONS]
+    relations = [_PLACE_RELATIONS[w] for w in relation_words]
     at = offset + anchor * len(chunk)
     chunk_end = offset + len(chunk)
     # A template that asks about its value alone is answered from the passage itself; one with
@@ -631,13 +730,14 @@ def rules_instantiate(
         ),
     )
     reason = (
-        f"no {WINDOW_SENTENCES} sentences of the passage say {_listing(template_words(template))}"
+        f"no {WINDOW_SENTENCES} sentences of the passage say "
+        f"{_listing([*template_words(template), *relation_words])}"
     )
     for first in order:
         last = min(first + WINDOW_SENTENCES, len(sentences)) - 1
         run = sentences[first : last + 1]
         said = frozenset().union(*(s.keys for s in run))
-        if not needed <= said:
+        if not needed <= said or not all(said & keys for keys in relations):
             continue
         start, end = _excerpt_around(sentences, first, last)
         excerpt = text[start:end]
@@ -657,7 +757,7 @@ def rules_instantiate(
             # MAX_GAP_CHARS of one of its words, in the same sentence, and tied to it as the
             # template ties them.
             near = _near_words(text, run, needed)
-            linked = _linked(text, run, needed, _template_reading(template)[0])
+            linked = _linked(text, run, needed, reading.lemmas)
             fillers = [
                 filler
                 for filler in fillers
@@ -705,8 +805,10 @@ def rules_instantiate(
         if needed and not _all_words_near_values(text, run, needed, list(value_of.values())):
             reason = f"the passage does not say {_listing(own_words)} next to the values"
             continue
-        roles = _template_reading(template)[1]
-        if needed and not all(linked(value, roles[d]) for d, value in value_of.items()):
+        if not all(reads_as_plural(value_of[d]) for d in reading.plural if d in value_of):
+            reason = "a value is singular where the template's verb asks for many"
+            continue
+        if needed and not all(linked(value, reading.roles[d]) for d, value in value_of.items()):
             reason = "the passage does not tie the values to its words as the template does"
             continue
         if not template.startswith(FI_OPEN):

@@ -762,7 +762,7 @@ _DOCUMENT_KINDS = {
 }
 
 
-def _intent(doc: Doc) -> str:
+def intent(doc: Doc) -> str:
     """What the query asks for, from the first sentence that shows it. A question word counts
     where it opens a clause (sentence start, after a comma, after a request verb): elsewhere it
     is usually a relative pronoun ("a city where ..."). A request verb counts where it opens the
@@ -825,7 +825,7 @@ def rules_genericize(query: str) -> GenericizedQuery:
         pieces.append(f"{FI_OPEN}{slot.description}{FI_CLOSE}")
         cursor = slot.end
     pieces.append(query[cursor:])
-    return GenericizedQuery("".join(pieces), _document_description(slots, _intent(doc)))
+    return GenericizedQuery("".join(pieces), _document_description(slots, intent(doc)))
 
 
 def rules_output(query: str) -> str:
