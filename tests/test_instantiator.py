@@ -782,6 +782,11 @@ GROUP = "<fi>a nationality, religion or political group</fi>"
     [
         # A WebQuestions query that never had a verb ("what language do chinese?").
         (f"what language do {GROUP}?", KURDISH_PASSAGE, 'no verb after "do"'),
+        # The slot took the verb: "where did al qaeda attack?" read "qaeda attack" as one noun.
+        ("where did al <fi>a kind of attack</fi>?", KURDISH_PASSAGE, 'no verb after "did"'),
+        # "what capital of argentina?" never had one.
+        ("what capital of <fi>a city or country</fi>?", ALGERIA_PASSAGE, "no finite verb"),
+        ("Hi <fi>a person</fi>", FOUNTAINHEAD_PASSAGE, "greeting"),
         # "explain difference kanban scrum": two things in one slot.
         ("explain difference <fi>a specific topic or concept</fi>", ALGAE_PASSAGE, "compares one"),
         # A passage copied word for word is not the book the request asks to write.
