@@ -13,6 +13,7 @@ from fi_assets.cli import app
 from fi_assets.definitions import build_definitions
 from fi_method.samples import wikipedia_articles
 from fi_method.synthesis import judge
+from fi_method.text import content_hash
 from fi_resources.instance import open_instance
 from fi_resources.settings import get_settings
 
@@ -87,9 +88,9 @@ def test_a_new_rubric_or_minimum_score_makes_judging_and_downstream_stale_only(
     defs = build_definitions(get_settings())
     result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
     assert requested(result) == {"judged_pairs[wiki]"}
-    # fi materialize plans the same, with what reads judged_pairs, and runs it. The rules
-    # judge's scores did not change, so automation finds nothing new downstream.
-    assert planned_steps() == ["doc_shards=wiki: judged_pairs", *PACKING]
+    # fi materialize runs the same. The rules judge's scores did not change, so packing, planned
+    # again once judging ran, is up to date, and automation finds nothing new downstream.
+    assert planned_steps() == ["doc_shards=wiki: judged_pairs"]
     assert planned_steps() == []
     result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
     assert requested(result) == set()
@@ -100,6 +101,97 @@ def test_a_new_rubric_or_minimum_score_makes_judging_and_downstream_stale_only(
     defs = build_definitions(get_settings())
     result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
     assert requested(result) == {"judged_pairs[wiki]"}
+
+
+LETTERS = dg.DynamicPartitionsDefinition(name="letters")
+
+
+def small_definitions(folder, version: str, text: str) -> dg.Definitions:
+    """`source` (code version `version`) writes `text` (fails on none); `reader`, per letter, and `summary`, of
+    every letter, read it in turn. Partitioned otherwise, each is a run of its own."""
+
+    @dg.asset(code_version=version)
+    def source() -> dg.MaterializeResult:
+        if not text:
+            raise ValueError("no rows")
+        (folder / "source.txt").write_text(text)
+        return dg.MaterializeResult(data_version=dg.DataVersion(content_hash(text)))
+
+    @dg.asset(deps=[source], partitions_def=LETTERS)
+    def reader(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        read = (folder / "source.txt").read_text()
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(content_hash(context.partition_key, read))
+        )
+
+    @dg.asset(deps=[reader])
+    def summary() -> dg.MaterializeResult:
+        return dg.MaterializeResult(data_version=dg.DataVersion(content_hash("summary")))
+
+    return dg.Definitions(assets=[source, reader, summary])
+
+
+def materialized_times(instance, asset: str, partition: str | None = None) -> int:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey(asset),
+            asset_partitions=None if partition is None else [partition],
+        ),
+        limit=10,
+    ).records
+    return len(records)
+
+
+def materialize_small(monkeypatch, folder, version: str, text: str, exit_code: int = 0) -> str:
+    """`fi materialize` over `small_definitions`: its output."""
+    defs = small_definitions(folder, version, text)
+    monkeypatch.setattr("fi_assets.definitions.build_definitions", lambda settings: defs)
+    result = runner.invoke(app, ["materialize"])
+    assert result.exit_code == exit_code, result.output
+    return result.output
+
+
+def test_what_reads_an_upstream_that_ran_again_runs_only_when_its_data_changed(
+    fi_home, tmp_path, monkeypatch
+):
+    instance = open_instance(fi_home)
+    instance.add_dynamic_partitions(LETTERS.name, ["a", "b"])
+    first = materialize_small(monkeypatch, tmp_path, "1", "rows")
+
+    # A new code version that writes the same rows: source runs again, and what reads it is
+    # planned again after it and found up to date.
+    same = materialize_small(monkeypatch, tmp_path, "2", "rows")
+    assert materialized_times(instance, "source") == 2
+    assert [materialized_times(instance, "reader", p) for p in "ab"] == [1, 1]
+    assert materialized_times(instance, "summary") == 1
+    assert "[1/4]: source\n    why: source: code version 1 -> 2" in same
+    assert "wave 1: 1 run(s); 3 more planned, to be planned again after them" in same
+    assert "wave 2" not in same
+    assert "3 planned run(s) found up to date once their upstream ran" in same
+    assert "not run: reader, summary" in same
+
+    # Other rows: every reader runs again, and so does summary, whose upstream changed.
+    changed = materialize_small(monkeypatch, tmp_path, "3", "other rows")
+    assert [materialized_times(instance, "reader", p) for p in "ab"] == [2, 2]
+    assert materialized_times(instance, "summary") == 2
+    assert "[2/4] letters=a: reader\n    why: reader: upstream source changed" in changed
+    assert "wave 3: 1 run(s)\n[4/4]: summary" in changed
+    # The first time, the same three waves.
+    assert "wave 3: 1 run(s)\n[4/4]: summary" in first
+    assert "up to date" not in first + changed
+    assert "everything is up to date" in materialize_small(monkeypatch, tmp_path, "3", "other rows")
+
+
+def test_a_failed_run_is_not_retried_and_what_reads_it_is_skipped(fi_home, tmp_path, monkeypatch):
+    open_instance(fi_home).add_dynamic_partitions(LETTERS.name, ["a", "b"])
+    output = materialize_small(monkeypatch, tmp_path, "1", "", exit_code=1)
+    # Planned again after the failure, source is not run a second time.
+    assert output.count("source: missing") == 1 and "wave 2" not in output
+    assert "    FAILED in" in output[output.index("[1/4]: source") : output.index("[2/4]")]
+    for line in ("[2/4] letters=a: reader", "[3/4] letters=b: reader", "[4/4]: summary"):
+        section = output[output.index(line) :].split("\n[")[0]
+        assert "SKIPPED: it reads from failed run(s) 1" in section
+    assert "4 run(s) failed or skipped" in output
 
 
 def run_judging(defs, instance) -> None:

@@ -125,9 +125,11 @@ def materialize(
     ] = 1,
 ) -> None:
     """Materialize every missing or stale partition of ASSETS and their upstream, as runs of the
-    Dagster instance under FI_HOME (they show in the UI)."""
-    from fi_assets.cli.execution import execute_all
-    from fi_assets.cli.planning import plan_runs
+    Dagster instance under FI_HOME (they show in the UI). Runs go in waves: those that read from
+    no other planned run, then a fresh plan, so that what reads an upstream that wrote the same
+    data again is found up to date and not run."""
+    from fi_assets.cli.execution import RunOutcome, execute_all
+    from fi_assets.cli.planning import materialize_in_waves
     from fi_assets.definitions import build_definitions
     from fi_resources.instance import on_sqlite, open_instance, release_dead_runs
 
@@ -143,40 +145,74 @@ def materialize(
     for run_id in release_dead_runs(instance):
         typer.echo(f"run {run_id} was interrupted (its process is gone): marked failed")
     defs = build_definitions(settings)
-    try:
-        runs = plan_runs(defs, instance, assets or None)
-    except ValueError as error:
-        raise _failure(error, 2) from error
-    if not runs:
-        typer.echo("everything is up to date")
-        return
 
-    def announce(index, run) -> None:
+    def announce(number, total, run) -> None:
         names = ", ".join(key.to_user_string() for key in run.asset_keys)
         where = "" if run.partition_key is None else f" {run.partitions}={run.partition_key}"
-        typer.echo(f"[{index + 1}/{len(runs)}]{where}: {names}")
+        typer.echo(f"[{number}/{total}]{where}: {names}")
         typer.echo(f"    why: {'; '.join(run.reasons)}")
 
-    def report(index, run, outcome) -> None:
+    def report(number, run, outcome) -> None:
         # With --workers, runs end in any order: each line then says which run it is about.
-        number = f"[{index + 1}] " if workers > 1 else ""
+        label = f"[{number}] " if workers > 1 else ""
         if outcome.skipped_after:
             # A failed run (or a failed blocking check) upstream: its rows must not be built on.
             numbers = ", ".join(map(str, outcome.skipped_after))
-            typer.echo(f"    {number}SKIPPED: it reads from failed run(s) {numbers}")
+            typer.echo(f"    {label}SKIPPED: it reads from failed run(s) {numbers}")
             return
         status = "ok" if outcome.success else "FAILED"
-        typer.echo(f"    {number}{status} in {outcome.seconds:.1f}s (run {outcome.run_id})")
+        typer.echo(f"    {label}{status} in {outcome.seconds:.1f}s (run {outcome.run_id})")
         for line in outcome.checks:
-            typer.echo(f"    {number}check {line}: see the UI's Checks tab")
+            typer.echo(f"    {label}check {line}: see the UI's Checks tab")
 
-    failed = execute_all(runs, defs, instance, workers, announce, report)
-    if failed:
+    def execute(wave) -> set[int]:
+        waiting = wave.planned - len(wave.runs)
+        typer.echo(
+            f"wave {wave.number}: {len(wave.runs)} run(s)"
+            + (f"; {waiting} more planned, to be planned again after them" if waiting else "")
+        )
+        total = wave.first - 1 + wave.planned
+        return execute_all(
+            wave.runs,
+            defs,
+            instance,
+            workers,
+            lambda index, run: announce(wave.first + index, total, run),
+            lambda index, run, outcome: report(wave.first + index, run, outcome),
+        )
+
+    try:
+        outcome = materialize_in_waves(defs, instance, assets or None, execute)
+    except ValueError as error:
+        raise _failure(error, 2) from error
+    if not outcome.waves:
+        typer.echo("everything is up to date")
+        return
+    for offset, (run, failed_numbers) in enumerate(outcome.skipped):
+        number = outcome.ran + 1 + offset
+        announce(number, outcome.ran + len(outcome.skipped), run)
+        report(number, run, RunOutcome(False, skipped_after=failed_numbers))
+    if outcome.up_to_date:
+        names = dict.fromkeys(k.to_user_string() for r in outcome.up_to_date for k in r.asset_keys)
+        typer.echo(
+            f"{len(outcome.up_to_date)} planned run(s) found up to date once their upstream ran "
+            f"(it wrote the same data), not run: {', '.join(names)}"
+        )
+    if outcome.stale_again:
         typer.secho(
-            f"{len(failed)} run(s) failed or skipped: open the UI (fi ui) for their logs",
+            "stale again after running here (an upstream changed meanwhile): "
+            f"{'; '.join(outcome.stale_again)}; run `fi materialize` again",
             fg="red",
             err=True,
         )
+    unsuccessful = len(outcome.failed) + len(outcome.skipped)
+    if unsuccessful:
+        typer.secho(
+            f"{unsuccessful} run(s) failed or skipped: open the UI (fi ui) for their logs",
+            fg="red",
+            err=True,
+        )
+    if unsuccessful or outcome.stale_again:
         raise typer.Exit(1)
 
 

@@ -108,9 +108,12 @@ def execute_all(
         return failed
 
     # Concurrent runs would each create a pool's limit on its first use, and all but one would
-    # fail on the duplicate row: create the limits once, before any worker starts.
-    for pool_name in {a.op.pool for a in defs.assets if getattr(a, "op", None) and a.op.pool}:
-        instance.event_log_storage.initialize_concurrency_limit_to_default(pool_name)
+    # fail on the duplicate row: create the limits once, before any worker starts. Only missing
+    # ones: on PostgreSQL, initializing an existing limit again fails its transaction.
+    storage = instance.event_log_storage
+    pools = {a.op.pool for a in defs.assets if getattr(a, "op", None) and a.op.pool}
+    for pool_name in pools - storage.get_concurrency_keys():
+        storage.initialize_concurrency_limit_to_default(pool_name)
     pending = list(range(len(runs)))
     running = {}
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:

@@ -1,10 +1,13 @@
 """Which partitions `fi materialize` must run: those never materialized, those whose asset's code
 version changed, and those whose upstream changed since they were built (a newer upstream
 materialization whose content hash, its DataVersion, differs from the one they read). The same
-content-hash DataVersions drive the UI's stale badges."""
+content-hash DataVersions drive the UI's stale badges. `fi materialize` runs them in waves: the
+runs that read from no other planned run, then a fresh plan, so that a run whose upstream ran
+again but wrote the same data is found up to date and not run."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -148,5 +151,103 @@ def _why_run(instance, graph, key, partition, run_of) -> tuple[str | None, set[i
                 continue
             read = _latest(instance, parent, parent_partition, before=latest[0])
             if read is None or read[1].get(DATA_VERSION_TAG) != current[1].get(DATA_VERSION_TAG):
-                reason = f"upstream {parent.to_user_string()}[{parent_partition}] changed"
+                where = "" if parent_partition is None else f"[{parent_partition}]"
+                reason = f"upstream {parent.to_user_string()}{where} changed"
     return reason, after
+
+
+@dataclass
+class Wave:
+    """The runs of one wave: those of a fresh plan that read from no other planned run."""
+
+    number: int
+    runs: list[PlannedRun]
+    # Running number (1-based, counted over all waves) of its first run.
+    first: int
+    # Runs still planned when it starts, its own included: they end numbered up to
+    # first - 1 + planned unless some are found up to date later.
+    planned: int
+
+
+@dataclass
+class WavesOutcome:
+    """What the waves of one `fi materialize` did."""
+
+    waves: int = 0
+    ran: int = 0
+    # Running numbers of the runs that failed.
+    failed: list[int] = field(default_factory=list)
+    # Planned runs left at the end because they read from failed runs: each with the running
+    # numbers of those failed runs.
+    skipped: list[tuple[PlannedRun, list[int]]] = field(default_factory=list)
+    # Runs of a plan that waited for the runs they read from, and were then up to date: those
+    # runs wrote the data they had read already.
+    up_to_date: list[PlannedRun] = field(default_factory=list)
+    # "asset: why [partition]" of each asset partition planned again after it ran here:
+    # something it reads changed meanwhile (a shard registered during the run); the waves stop
+    # rather than run it twice.
+    stale_again: list[str] = field(default_factory=list)
+
+
+def _asset_partitions(run: PlannedRun) -> set[tuple[dg.AssetKey, str | None]]:
+    return {(key, run.partition_key) for key in run.asset_keys}
+
+
+def materialize_in_waves(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    selection: list[str] | None,
+    execute: Callable[[Wave], set[int]],
+) -> WavesOutcome:
+    """Plan, `execute` the wave of planned runs that read from no other planned run (it returns
+    the indices of the wave's runs that failed), plan again with the data versions those runs
+    wrote, and repeat until nothing is left to run. An asset partition runs at most once: one that
+    failed is not retried, and the runs that read from it are left (`skipped`)."""
+    outcome = WavesOutcome()
+    # Asset partitions run here: the running number of the run, and whether it succeeded.
+    attempted: dict[tuple[dg.AssetKey, str | None], tuple[int, bool]] = {}
+    waiting: list[PlannedRun] = []
+    while True:
+        runs = plan_runs(defs, instance, selection)
+        still_planned = set().union(*map(_asset_partitions, runs))
+        outcome.up_to_date += [r for r in waiting if not _asset_partitions(r) & still_planned]
+        # Plan index -> running numbers of the failed runs it is or reads from. Plan order puts
+        # every run after the runs it reads from.
+        blocked: dict[int, set[int]] = {}
+        for index, run in enumerate(runs):
+            failed = {
+                attempted[pair][0]
+                for pair in _asset_partitions(run)
+                if pair in attempted and not attempted[pair][1]
+            }
+            for earlier in run.reads_from:
+                failed |= blocked.get(earlier, set())
+            if failed:
+                blocked[index] = failed
+        # A failed partition planned again is reported once, as the failure it is.
+        retries = {i for i in blocked if _asset_partitions(runs[i]) <= attempted.keys()}
+        outcome.skipped = [
+            (runs[i], sorted(numbers)) for i, numbers in blocked.items() if i not in retries
+        ]
+        ready = [i for i, run in enumerate(runs) if not run.reads_from and i not in blocked]
+        outcome.stale_again = [
+            f"{reason} [{runs[i].partition_key}]"
+            for i in ready
+            for key, reason in zip(runs[i].asset_keys, runs[i].reasons, strict=True)
+            if (key, runs[i].partition_key) in attempted
+        ]
+        if not ready or outcome.stale_again:
+            return outcome
+        outcome.waves += 1
+        wave = Wave(
+            outcome.waves, [runs[i] for i in ready], outcome.ran + 1, len(runs) - len(retries)
+        )
+        failed_in_wave = execute(wave)
+        for offset, run in enumerate(wave.runs):
+            number = wave.first + offset
+            if offset in failed_in_wave:
+                outcome.failed.append(number)
+            for pair in _asset_partitions(run):
+                attempted[pair] = (number, offset not in failed_in_wave)
+        outcome.ran += len(wave.runs)
+        waiting = [run for i, run in enumerate(runs) if i not in ready and i not in blocked]
