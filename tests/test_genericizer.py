@@ -17,6 +17,7 @@ from fi_method.templating.rules_genericizer import (
     REQUEST_VERBS,
     STOPWORDS,
     TOPIC_DESCRIPTION,
+    filler_spans,
     rules_genericize,
     rules_output,
     slot_fillers,
@@ -332,3 +333,17 @@ def test_word_lists_other_modules_use_stay_lowercase_frozensets():
         assert all(word == word.lower() for word in words)
     assert {"the", "of", "don't", "it's"} <= STOPWORDS
     assert "explain" in REQUEST_VERBS
+
+
+def test_a_name_has_one_kind_in_a_document_the_one_its_mentions_mostly_have():
+    """English Wikipedia's "Afghanistan": in a list after "Herat" the small model reads
+    "Kandahar" as a people; the document calls it a city twice more, and a city it stays."""
+    text = (
+        "Other historical places include the cities of Herat, Kandahar, Ghazni, Mazar-i-Sharif, "
+        "and Zarang. A cloak reputedly worn by Islam's prophet Muhammad is kept inside the Shrine "
+        "of the Cloak in Kandahar, a city founded by Alexander and the first capital of "
+        "Afghanistan. In 2009 and 2010, a 5,000 OLPC – One Laptop Per Child schools deployment "
+        "took place in Kandahar with funding from an anonymous foundation."
+    )
+    kinds = [kind for start, end, kind in filler_spans(text) if text[start:end] == "Kandahar"]
+    assert kinds == ["a city or country"] * 3
