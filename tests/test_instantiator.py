@@ -24,6 +24,7 @@ from fi_method.synthesis.pairs import collect_instantiations, instantiate_by_ran
 from fi_method.synthesis.rules_instantiator import (
     REQUEST_LEAD,
     MemoizedEmbed,
+    names_many,
     points_back,
     reads_as_plural,
     rules_instantiate,
@@ -774,6 +775,19 @@ ALGERIA_PASSAGE = (
     "Morocco, to the southwest by Western Sahara, Mauritania, and Mali, to the southeast by Niger, "
     "and to the north by the Mediterranean Sea."
 )
+ALABAMA_PASSAGE = (
+    "The European-American naming of the Alabama River and state originates from the Alabama "
+    "people, a Muskogean-speaking tribe whose members lived just below the confluence of the Coosa "
+    "and Tallapoosa rivers on the upper reaches of the river. In the Alabama language, the word for "
+    "an Alabama person is Albaamo (or variously Albaama or Albàamo in different dialects; the plural "
+    "form is Albaamaha)."
+)
+ALBANIA_PASSAGE = (
+    "English, Italian and Greek are by far the most widely spoken foreign languages, which are "
+    "increasing due to migration return, and new Greek and Italian communities in the country. La "
+    "Francophonie states 320,000 French speakers can be found in Albania. Other spoken languages "
+    "include Serbian, Romanian, German, Turkish and Aromanian."
+)
 GROUP = "<fi>a nationality, religion or political group</fi>"
 
 
@@ -787,6 +801,8 @@ GROUP = "<fi>a nationality, religion or political group</fi>"
         # "what capital of argentina?" never had one.
         ("what capital of <fi>a city or country</fi>?", ALGERIA_PASSAGE, "no finite verb"),
         ("Hi <fi>a person</fi>", FOUNTAINHEAD_PASSAGE, "greeting"),
+        # "what language is spoken in greek?": the slot names what the question asks for.
+        ("what language is spoken in <fi>a language</fi>?", ALBANIA_PASSAGE, "names one in its"),
         # "explain difference kanban scrum": two things in one slot.
         ("explain difference <fi>a specific topic or concept</fi>", ALGAE_PASSAGE, "compares one"),
         # A passage copied word for word is not the book the request asks to write.
@@ -806,6 +822,12 @@ def test_a_template_the_passage_cannot_make_sense_of_gives_null(embed, template,
     ("template", "chunk", "instruction"),
     [
         (f"where do {GROUP} live?", ANDORRA_PASSAGE, "where do the Jews live?"),
+        # The tribe, not "Tallapoosa rivers", which the embedding of a people's kind let in.
+        (
+            "where did <fi>a kind of tribe</fi> live?",
+            ALABAMA_PASSAGE,
+            "where did a Muskogean-speaking tribe live?",
+        ),
         (
             "what countries are around <fi>a city or country</fi>?",
             ALGERIA_PASSAGE,
@@ -832,6 +854,21 @@ def test_a_plural_people_and_a_country_with_borders_are_kept(embed, template, ch
 )
 def test_a_people_is_plural_and_its_language_is_not(value, plural):
     assert reads_as_plural(value) is plural
+
+
+@pytest.mark.parametrize(
+    ("value", "many"),
+    [
+        # "where does <fi>a kind of team</fi> play?", "where <fi>a language</fi> is spoken?"
+        ("NFL teams", True),
+        ("Afroasiatic languages", True),
+        ("the United States", False),
+        ("Muslims", False),
+        ("the Eiffel Tower", False),
+    ],
+)
+def test_a_plural_common_noun_names_many_and_a_plural_name_one_thing(value, many):
+    assert names_many(value) is many
 
 
 def test_a_value_left_with_wiki_markup_is_no_filler():

@@ -70,7 +70,7 @@ from fi_method.text import sentence_spans, word_keys, words
 # of the rules below (or of the helpers they use) change. tests/goldens/instantiator.json holds
 # their outputs on real passages, and tests/test_goldens.py fails when they change while this does
 # not.
-RULES_VERSION = "rules-10"
+RULES_VERSION = "rules-11"
 # The released instantiator's answers are mostly long copies of the document, several paragraphs
 # of it; this is longer than a MiniLM passage (~190 words), so an excerpt may run on into the
 # document around its passage, as the released model, which reads the whole document, copies.
@@ -365,6 +365,9 @@ def _answered_by_the_value(asked: str, kind_of: dict[str, str], values: set[str]
 # "Albanian" ("Albanian was written ..."), nor "what language do <fi>a group</fi> speak" of
 # "Kurdish".
 _PLURAL_VERBS = frozenset({"are", "were", "do", "have"})
+# And of one of these singular: "where does <fi>a kind of team</fi> play" is not asked of "NFL
+# teams", nor "where <fi>a language</fi> is spoken" of "Afroasiatic languages".
+_SINGULAR_VERBS = frozenset({"is", "was", "does", "has"})
 # A plural filler the parser leaves without a number: a people named by its adjective ("the
 # French", "the Swiss", "Chinese"; "the" needed but for "-ese").
 _PEOPLE_ADJECTIVE = ("ch", "sh", "ss")
@@ -375,6 +378,8 @@ _FINITE_VERB_TAGS = frozenset({"VBZ", "VBP", "VBD", "MD"})
 _GREETINGS = frozenset({"hi", "hello", "hey", "thanks", "thank"})
 # A difference is between two things: "explain difference <fi>a topic</fi>" merged both into one.
 _COMPARING = frozenset({"difference", "differences", "versus", "vs", "compare", "contrast"})
+# "which city is bigger, <fi>a city</fi> or <fi>another city</fi>" asks to choose between them.
+_CHOICE = frozenset({"or", "than", "and", "between"})
 _SECOND_THING = frozenset({"and", "or", "between", "from", "with", "to", "versus", "vs"})
 # A passage copied word for word writes nothing new and rewrites nothing: requests to write or
 # rewrite (fi_method.templating.rules_genericizer's intents) are not answered by it.
@@ -392,8 +397,9 @@ class _TemplateReading(NamedTuple):
     lemmas: frozenset[str]
     # The role (_role) each slot description plays in the template's sentence.
     roles: dict[str, str | None]
-    # The slot descriptions the template makes the subject of a plural verb.
+    # The slot descriptions the template makes the subject of a plural verb, and of a singular.
     plural: frozenset[str]
+    singular: frozenset[str]
     # Why the template is not a whole question, or None: "what language do <fi>a group</fi>?"
     # and "where did al <fi>a kind of attack</fi>?" lost their verb to a slot or never had one.
     broken: str | None
@@ -409,14 +415,19 @@ def _template_reading(template: str) -> _TemplateReading:
     lemmas = frozenset({token.lower_ for token in own} | {token.lemma_.lower() for token in own})
     roles: dict[str, str | None] = dict.fromkeys(descriptions)
     plural: set[str] = set()
+    singular: set[str] = set()
     stand_ins = [token for token in doc if token.text == SLOT_STAND_IN]
     for description, token in zip(descriptions, stand_ins, strict=False):
         roles[description] = roles[description] or _role(token)
-        verb = token.head
-        if token.dep_ in ("nsubj", "nsubjpass") and any(
-            word.lower_ in _PLURAL_VERBS for word in (verb, *verb.children) if word.i != token.i
-        ):
+        if token.dep_ not in ("nsubj", "nsubjpass"):
+            continue
+        verbs = {word.lower_ for word in (token.head, *token.head.children) if word.i != token.i}
+        if verbs & _PLURAL_VERBS:
             plural.add(description)
+        elif verbs & _SINGULAR_VERBS:
+            singular.add(description)
+    # "what language is spoken in <fi>a language</fi>": the question asks for what its slot is.
+    asks_for = doc[1].lower_ if len(doc) > 1 and doc[0].lower_ in ("what", "which") else None
     broken = None
     # "do" that is the main verb ("what is there to do", "who did the voice of") supports none.
     support = next(
@@ -447,11 +458,21 @@ def _template_reading(template: str) -> _TemplateReading:
         broken = "the template's question has no finite verb"
     elif doc[0].lower_ in _GREETINGS:
         broken = "a greeting asks nothing a passage answers"
+    elif asks_for in {d.split(" ", 1)[-1] for d in descriptions} and not said & _CHOICE:
+        broken = f"the template asks which {asks_for} and names one in its slot"
     elif said & _COMPARING and len(set(descriptions)) == 1 and not said & _SECOND_THING:
         broken = "the template compares one thing"
     elif intent(doc) in _NOT_ANSWERED_BY_A_COPY:
         broken = "a passage copied word for word does not write or rewrite what the template asks"
-    return _TemplateReading(lemmas, roles, frozenset(plural), broken)
+    return _TemplateReading(lemmas, roles, frozenset(plural), frozenset(singular), broken)
+
+
+@lru_cache(maxsize=1 << 12)
+def names_many(value: str) -> bool:
+    """Whether a value is a plural common noun ("NFL teams", "Afroasiatic languages"); a plural
+    name ("the United States") is one thing."""
+    root = next(iter(parse(value).sents)).root
+    return root.tag_ == "NNS" and root.text.islower()
 
 
 @lru_cache(maxsize=1 << 12)
@@ -658,6 +679,17 @@ def _head(surface: str) -> str:
     return word_keys(found[-1:])[0] if found else ""
 
 
+def _head_fits(description: str, surface: str) -> bool:
+    """Whether a value may fill "a kind of X" by its words: a name, or a phrase whose head is an
+    X ("NFL teams" for "a kind of team"), not another common thing ("Tallapoosa rivers" for "a
+    kind of tribe", which the embedding of a people's kind lets through)."""
+    if not description.startswith("a kind of "):
+        return True
+    head = surface.split()[-1]
+    wanted = description.removeprefix("a kind of ").split()[-1]
+    return not head.islower() or word_keys([head.lower()]) == word_keys([wanted.lower()])
+
+
 def _assign(
     descriptions: list[str],
     fillers: list[tuple[str, str]],
@@ -689,6 +721,7 @@ def _assign(
             for row, description in enumerate(descriptions)
             for column, (surface, kind) in enumerate(fillers)
             if kind_fits(description, kind, similarity_of[description, kind])
+            and _head_fits(description, surface)
         )
     )
     value_of: dict[str, str] = {}
@@ -832,6 +865,9 @@ def rules_instantiate(
             continue
         if not all(reads_as_plural(value_of[d]) for d in reading.plural if d in value_of):
             reason = "a value is singular where the template's verb asks for many"
+            continue
+        if any(names_many(value_of[d]) for d in reading.singular if d in value_of):
+            reason = "a value names many where the template's verb asks for one"
             continue
         if needed and not all(linked(value, reading.roles[d]) for d, value in value_of.items()):
             reason = "the passage does not tie the values to its words as the template does"
