@@ -202,15 +202,15 @@ _ASKS = (
 )
 # Words of place that stopword lists drop although a template asks about them: "what countries
 # are around <fi>a country</fi>" asks for neighbours, which a passage names by their border. A
-# run of sentences answers only if it says one of the words each stands for (as word keys).
-_PLACE_RELATIONS = {
-    word: frozenset(
-        word_keys(
-            ["around", "near", "nearby", "border", "neighbour", "neighbor", "surround", "adjacent"]
-        )
+# run of sentences answers only if it says one of _NEIGHBOURING (as word keys).
+_PLACE_RELATIONS = frozenset(
+    {"around", "near", "nearby", "surrounding", "neighbouring", "neighboring"}
+)
+_NEIGHBOURING = frozenset(
+    word_keys(
+        ["around", "near", "nearby", "border", "neighbour", "neighbor", "surround", "adjacent"]
     )
-    for word in ("around", "near", "nearby", "surrounding", "neighbouring", "neighboring")
-}
+)
 Embed = Callable[[list[str]], np.ndarray]
 
 
@@ -397,6 +397,8 @@ class _TemplateReading(NamedTuple):
     lemmas: frozenset[str]
     # The role (_role) each slot description plays in the template's sentence.
     roles: dict[str, str | None]
+    # The words of place it says that a passage says in other words (_PLACE_RELATIONS).
+    relations: tuple[str, ...]
     # The slot descriptions the template makes the subject of a plural verb, and of a singular.
     plural: frozenset[str]
     singular: frozenset[str]
@@ -464,14 +466,22 @@ def _template_reading(template: str) -> _TemplateReading:
         broken = "the template compares one thing"
     elif intent(doc) in _NOT_ANSWERED_BY_A_COPY:
         broken = "a passage copied word for word does not write or rewrite what the template asks"
-    return _TemplateReading(lemmas, roles, frozenset(plural), frozenset(singular), broken)
+    relations = tuple(w for w in words(fixed_text(template)) if w in _PLACE_RELATIONS)
+    return _TemplateReading(
+        lemmas, roles, relations, frozenset(plural), frozenset(singular), broken
+    )
+
+
+def _root(value: str):
+    """The syntactic head of a value parsed alone (its first sentence's root)."""
+    return next(iter(parse(value).sents)).root
 
 
 @lru_cache(maxsize=1 << 12)
 def names_many(value: str) -> bool:
     """Whether a value is a plural common noun ("NFL teams", "Afroasiatic languages"); a plural
     name ("the United States") is one thing."""
-    root = next(iter(parse(value).sents)).root
+    root = _root(value)
     return root.tag_ == "NNS" and root.text.islower()
 
 
@@ -479,7 +489,7 @@ def names_many(value: str) -> bool:
 def reads_as_plural(value: str) -> bool:
     """Whether a value names many: a plural noun ("Armenians", "the Jews"), or a people by its
     adjective ("the Chinese")."""
-    root = next(iter(parse(value).sents)).root
+    root = _root(value)
     return (
         "Plur" in root.morph.get("Number")
         or root.tag_ in ("NNS", "NNPS")
@@ -770,8 +780,6 @@ def rules_instantiate(
     if reading.broken:
         return f"null: {reading.broken}"
     asked = asked_kind(template)
-    relation_words = [w for w in words(fixed_text(template)) if w in _PLACE_RELATIONS]
-    relations = [_PLACE_RELATIONS[w] for w in relation_words]
     at = offset + anchor * len(chunk)
     chunk_end = offset + len(chunk)
     # A template that asks about its value alone is answered from the passage itself; one with
@@ -789,13 +797,13 @@ def rules_instantiate(
     )
     reason = (
         f"no {WINDOW_SENTENCES} sentences of the passage say "
-        f"{_listing([*template_words(template), *relation_words])}"
+        f"{_listing([*template_words(template), *reading.relations])}"
     )
     for first in order:
         last = min(first + WINDOW_SENTENCES, len(sentences)) - 1
         run = sentences[first : last + 1]
         said = frozenset().union(*(s.keys for s in run))
-        if not needed <= said or not all(said & keys for keys in relations):
+        if not needed <= said or (reading.relations and not said & _NEIGHBOURING):
             continue
         start, end = _excerpt_around(sentences, first, last)
         excerpt = text[start:end]
