@@ -64,6 +64,28 @@ def fill_slots(template: str, value_of: dict[str, str]) -> str:
     return "".join(pieces)
 
 
+def slot_values(template: str, instruction: str) -> dict[str, str] | None:
+    """The value each slot description took in an instruction filled from `template` (the
+    inverse of fill_slots; case aside, as an article may be lower-cased inside a sentence), or
+    None when the instruction does not read as the template filled."""
+    slots = _slots(template)
+    pattern, cursor = "", 0
+    group_of: dict[str, str] = {}
+    for start, end, description in slots:
+        pattern += re.escape(template[cursor:start])
+        if description in group_of:
+            pattern += f"(?P={group_of[description]})"
+        else:
+            group_of[description] = f"v{len(group_of)}"
+            pattern += f"(?P<{group_of[description]}>.+?)"
+        cursor = end
+    pattern += re.escape(template[cursor:])
+    found = re.fullmatch(pattern, instruction, re.IGNORECASE | re.DOTALL)
+    if found is None:
+        return None
+    return {description: found.group(group) for description, group in group_of.items()}
+
+
 def fixed_text(template: str) -> str:
     """What the template says itself: its text with every slot replaced by a space."""
     return fill_slots(template, {description: " " for description in slot_descriptions(template)})

@@ -1,0 +1,257 @@
+"""What the rules judge reads in the parse of an answer's focus window (a sentence or two): whether
+it is about what a question asks about, and whether it says what the question asks of it. A
+passage that merely mentions a question's things ("major town centers in Albania are being
+redesigned" for "what is Albania?", "the CNT, founded in 1910" for "who founded the CNT?", "Achilles
+from Leuce island was venerated as master of the Pontic Sea" for "where is Leuce island?") names
+them without answering; these checks tell the two apart from the dependency parse, with no model
+beyond spaCy's small English pipeline."""
+
+from __future__ import annotations
+
+import re
+
+from spacy.tokens import Token
+
+from fi_method.templating.rules_genericizer import parse
+
+# The dependencies that make a mention what its clause is about or does something to: its
+# subject, what the subject is ("X is a Y", "the capital is X"), what the verb is done to, and an
+# apposition ("X, a city in Y"). A mention inside another noun's modifier ("the lives of
+# Albanians", "Albania's constitution") is a detail of that noun.
+_ARGUMENTS = frozenset({"nsubj", "nsubjpass", "attr", "dobj", "appos"})
+# Links a mention climbs to reach the phrase that plays its role: a conjunct ("Muslims, Sikhs and
+# Hindus live"), a name or adjective inside a longer name ("the Austroasiatic languages").
+_CLIMB = frozenset({"conj", "compound", "amod"})
+# What a place is given by: "in Y", "at Y", "located within Y", "came from Y", "east of Y".
+_PLACE_PREPOSITIONS = frozenset(
+    {"in", "at", "on", "near", "within", "inside", "between", "across", "throughout", "along"}
+    | {"off", "from", "around", "beside", "outside", "into", "under", "over", "among"}
+)
+_DIRECTIONS = frozenset(
+    {"north", "south", "east", "west", "northeast", "northwest", "southeast", "southwest"}
+    | {"northern", "southern", "eastern", "western", "part", "coast", "border", "side"}
+)
+# Verbs whose object or agent is a neighbouring place: "It borders Pakistan", "bordered by Libya".
+_BORDERING = frozenset({"border", "surround", "neighbour", "neighbor", "adjoin"})
+# What lies around a place: "near Y", "around Y", "next to Y"; or what borders it (_BORDERING).
+_BESIDE = frozenset({"near", "around", "beside", "to", "with"})
+_PLACE_LABELS = frozenset({"GPE", "LOC", "FAC"})
+# What a clause says of its subject besides the verb: "is a country located in Y", "is in Y".
+_PREDICATES = frozenset({"attr", "acomp", "oprd", "dobj", "xcomp", "prep", "advmod", "npadvmod"})
+# "X is called Y", "X is known as Y": what X is called.
+_NAMING = frozenset({"call", "name", "know", "term", "refer"})
+_RELATIVE = frozenset({"who", "which", "that", "whom"})
+_PERSONAL = frozenset({"he", "she", "they", "it", "we", "i"})
+# How far up a mention climbs to the phrase that plays its role.
+MAX_CLIMB = 4
+
+
+def _mentions(doc, value: str) -> list[Token]:
+    """The root token of each mention of `value` in a parsed window: where the window says it
+    (an article aside) and not as part of a longer name ("Princess Louise Caroline Alberta" does
+    not mention Alberta); for a value that ends on a common noun, also each token that is that
+    noun ("the earthquakes" for "Hindu Kush earthquakes")."""
+    name = re.sub(r"^(?:the|a|an)\s+", "", value.strip(), flags=re.IGNORECASE)
+    if not name:
+        return []
+    found = []
+    for match in re.finditer(rf"(?<!\w){re.escape(name)}(?!\w)", doc.text, re.IGNORECASE):
+        span = doc.char_span(match.start(), match.end(), alignment_mode="expand")
+        if span is None:
+            continue
+        root = span.root
+        inside = range(span.start, span.end)
+        longer = root.dep_ == "compound" and root.head.pos_ == "PROPN" and root.head.i not in inside
+        longer = longer or any(
+            child.dep_ == "compound" and child.i not in inside for child in root.children
+        )
+        if not longer:
+            found.append(root)
+    last = name.split()[-1]
+    if not found and last.islower():
+        found = [token for token in doc if token.lower_ == last]
+    return found
+
+
+def _as_argument(token: Token, asked: frozenset[str]) -> Token | None:
+    """The phrase through which a mention is an argument of its clause (_ARGUMENTS), or None:
+    it climbs conjuncts and names inside names, and "of" after one of the question's own nouns
+    ("the headquarters of X" for "where is the headquarters of X")."""
+    for _ in range(MAX_CLIMB):
+        if token.dep_ in _ARGUMENTS:
+            return token
+        if token.dep_ in _CLIMB and token.head.i != token.i:
+            token = token.head
+        elif (
+            token.dep_ == "pobj"
+            and token.head.lower_ == "of"
+            and token.head.head.lemma_.lower() in asked
+        ):
+            token = token.head.head
+        else:
+            return None
+    return None
+
+
+def _clause(token: Token) -> Token:
+    """The verb (or root) of the clause a token belongs to."""
+    while token.pos_ not in ("VERB", "AUX") and token.head.i != token.i:
+        token = token.head
+    return token
+
+
+def is_about(window: str, values: list[str], asked: frozenset[str]) -> bool:
+    """Whether the window is about one of `values`: it mentions one as the subject, the
+    predicate, the object or an apposition of a clause with a verb, not as a detail of another
+    noun nor in a heading. `asked`: the question's own words (lower-case, and their lemmas)."""
+    doc = parse(window)
+    for value in values:
+        for mention in _mentions(doc, value):
+            argument = _as_argument(mention, asked)
+            if argument is not None and _clause(argument).pos_ in ("VERB", "AUX"):
+                return True
+    return False
+
+
+def defines(window: str, thing: str) -> bool:
+    """Whether the window says what `thing` is: "X is a Y" (a noun after the copula), "Y is X",
+    "X, a Y", or a title before a name ("the current president Bujar Nishani"); not "X is named
+    after ..." nor "X's capital is ..."."""
+    doc = parse(window)
+    for mention in _mentions(doc, thing):
+        if mention.dep_ == "appos" or any(child.dep_ == "appos" for child in mention.children):
+            return True
+        head = mention.head
+        if mention.dep_ == "attr" and head.lemma_ == "be":
+            return True
+        if (
+            mention.dep_ in ("nsubj", "nsubjpass")
+            and head.lemma_ == "be"
+            and any(child.dep_ == "attr" for child in head.children)
+        ):
+            return True
+        if mention.dep_ == "compound" and head.pos_ == "PROPN" and mention.pos_ == "NOUN":
+            return True
+        # "X is called Y", "X is known as Y"; not "X is known by many" nor "X is named after Y".
+        if (
+            mention.dep_ == "nsubjpass"
+            and head.lemma_ in _NAMING
+            and not any(c.lower_ == "after" for c in head.children)
+            and any(
+                (c.dep_ in ("oprd", "attr") and c.pos_ == "PROPN") or c.lower_ == "as"
+                for c in head.children
+            )
+        ):
+            return True
+    return False
+
+
+def _doer(verb: Token) -> Token | None:
+    """Who does what a verb says: its subject; the agent of a passive ("founded by Y", wherever
+    the parser hangs "by Y" in the verb's phrase); a relative pronoun stands for the noun its
+    clause belongs to ("Y, who founded X"); a participle or a second verb without a subject
+    shares its clause's ("William conquered England, killing Harold")."""
+    for child in verb.children:
+        if child.dep_ in ("nsubj", "csubj"):
+            return verb.head if child.lower_ in _RELATIVE and verb.dep_ == "relcl" else child
+    if any(child.dep_ in ("auxpass", "nsubjpass") for child in verb.children) or verb.tag_ == "VBN":
+        for token in verb.subtree:
+            if token.lower_ == "by" and _clause(token).i == verb.i:
+                return next((c for c in token.children if c.dep_ == "pobj"), None)
+        return None
+    if verb.dep_ in ("conj", "advcl", "xcomp") and verb.head.pos_ in ("VERB", "AUX"):
+        return _doer(verb.head)
+    return None
+
+
+def names_the_doer(text: str, verb_lemma: str, asked: frozenset[str]) -> bool | None:
+    """For "who <verb> X?": whether the text says who did it, a doer of the verb that is not
+    one of the question's own words. None when the text does not use the verb (the question
+    may paraphrase its passage: other checks judge that)."""
+    doc = parse(text)
+    uses = [token for token in doc if token.pos_ == "VERB" and token.lemma_.lower() == verb_lemma]
+    if not uses:
+        return None
+    for verb in uses:
+        doer = _doer(verb)
+        if doer is None:
+            continue
+        if doer.lower_ in _PERSONAL or doer.pos_ in ("PROPN", "NOUN"):
+            # The doer's whole name: "Duke William II" is not the question's "Harold II".
+            name = [t for t in doer.subtree if t.i == doer.i or t.dep_ == "compound"]
+            if not all(t.lemma_.lower() in asked or t.lower_ in asked for t in name):
+                return True
+    return False
+
+
+def _attaches_to(token: Token, anchors: set[int], beside: bool = False) -> bool:
+    """Whether a place is said of an anchor: its phrase climbs through prepositions of place and
+    the nouns they qualify ("in the Kabylie region east of Algiers") to an anchor token."""
+    placed = False
+    for _ in range(2 * MAX_CLIMB):
+        if token.dep_ in ("conj", "appos", "compound"):
+            token = token.head
+            continue
+        if token.dep_ == "pobj":
+            preposition = token.head
+            if beside:
+                placed = placed or preposition.lower_ in _BESIDE
+            elif preposition.lower_ in _PLACE_PREPOSITIONS or (
+                preposition.lower_ == "of" and preposition.head.lower_ in _DIRECTIONS
+            ):
+                placed = True
+            if preposition.dep_ == "agent" and preposition.head.lemma_.lower() in _BORDERING:
+                placed = True
+            token = preposition.head
+            if placed and token.i in anchors:
+                return True
+            continue
+        if token.dep_ == "dobj" and token.head.lemma_.lower() in _BORDERING:
+            return token.head.i in anchors
+        if token.dep_ in ("npadvmod", "advmod") and token.lower_ in _DIRECTIONS and not beside:
+            # "north of Y" hangs from the verb: "lies north of Y".
+            token = token.head
+            if placed and token.i in anchors:
+                return True
+            continue
+        return False
+    return False
+
+
+def places(window: str, values: list[str], asked: frozenset[str], beside: bool = False) -> bool:
+    """For "where is X?": whether the window places one of `values` (a place named after a
+    preposition of place in X's own clause: "X is a country located within Y", "X, which
+    originated in Y", "Y's X borders Z"), not a place said of something else in the same
+    sentence ("Achilles from X was venerated as master of the Pontic Sea"). `beside`: the
+    question asks what lies around X, so only a place said to border it or lie near it counts."""
+    doc = parse(window)
+    places_found = [entity for entity in doc.ents if entity.label_ in _PLACE_LABELS]
+    if not places_found:
+        return False
+    for value in values:
+        for mention in _mentions(doc, value):
+            argument = _as_argument(mention, asked)
+            if argument is None:
+                continue
+            verb = _clause(argument)
+            # A subject's head is what the clause says of it, a verb or a noun ("makes Egypt a
+            # country with ...").
+            predicate = argument.head if argument.dep_ in ("nsubj", "nsubjpass") else verb
+            anchors = {argument.i, mention.i, verb.i, predicate.i}
+            for token in (verb, predicate, argument):
+                for child in token.children:
+                    if child.dep_ in _PREDICATES or child.dep_ in ("acl", "relcl"):
+                        anchors.add(child.i)
+                        # "is a country located within Y": the participle of the predicate.
+                        anchors.update(
+                            grand.i for grand in child.children if grand.dep_ in ("acl", "relcl")
+                        )
+            for place in places_found:
+                # A place inside the value or the question ("the Republic of Albania") is not
+                # where the answer puts it.
+                said = place.text.lower()
+                if said in value.lower() or all(w.lower() in asked for w in said.split()):
+                    continue
+                if _attaches_to(place.root, anchors, beside):
+                    return True
+    return False

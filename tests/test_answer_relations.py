@@ -1,0 +1,301 @@
+"""What the rules judge reads in an answer's parse: whether its focus is about the question's
+things, says what a thing is, names who did what a "who" question asks, and places what a
+"where" question asks about. Each sentence is from the demo's Wikipedia passages; each "no" case
+is a pair the pipeline instantiated and the judge at rules-5 kept."""
+
+import pytest
+
+from fi_method.synthesis.answer_relations import defines, is_about, names_the_doer, places
+from fi_method.synthesis.judge import MIN_JUDGE_SCORE, rules_judge
+from fi_method.templating.templates import slot_values
+
+
+@pytest.mark.parametrize(
+    ("window", "value", "about"),
+    [
+        ("Muslims, Sikhs, Buddhists, and Hindus live in Alberta.", "Muslims", True),
+        (
+            (
+                "The youngest person to fly in space is Gherman Titov, who was 25 years old when he "
+                "flew Vostok 2."
+            ),
+            "Gherman Titov",
+            True,
+        ),
+        ("Zosimos of Panopolis wrote the oldest known books on alchemy.", "books", True),
+        # A detail of another noun: the town centres, the constitution.
+        (
+            (
+                "As part of the reform, major town centers in Albania are being physically "
+                "redesigned and façades painted to reflect a more Mediterranean look."
+            ),
+            "Albania",
+            False,
+        ),
+        (
+            "Albania's Communist constitution did not allow taxes on individuals.",
+            "Albania",
+            False,
+        ),
+        # A heading says nothing of what it names.
+        ("=== Einstein–Cartan theory ===", "Einstein–Cartan theory", False),
+    ],
+)
+def test_a_window_is_about_a_value_it_makes_an_argument_of_a_clause(window, value, about):
+    assert is_about(window, [value], frozenset()) is about
+
+
+@pytest.mark.parametrize(
+    ("window", "thing", "defined"),
+    [
+        (
+            (
+                "Algeria ( ; Dzayer), officially People's Democratic Republic of Algeria, is a "
+                "sovereign state in North Africa on the Mediterranean coast."
+            ),
+            "Algeria",
+            True,
+        ),
+        (
+            "The current Albanian president Bujar Nishani was elected in July 2012.",
+            "president",
+            True,
+        ),
+        ("Alberta is named after Princess Louise Caroline Alberta (1848–1939).", "Alberta", False),
+        ("The capital of Alabama is Montgomery.", "Alabama", False),
+        ("English is known by many; its usage has grown due to tourism.", "English", False),
+        (
+            "The President of Azerbaijan appoints the governors of these units.",
+            "president",
+            False,
+        ),
+    ],
+)
+def test_a_definition_says_what_the_thing_is(window, thing, defined):
+    assert defines(window, thing) is defined
+
+
+@pytest.mark.parametrize(
+    ("text", "verb", "asked", "named"),
+    [
+        (
+            (
+                "One notable exception was the Berlin Society of Anthropology (1869) founded by "
+                "Rudolph Virchow, known for his vituperative attacks on the evolutionists."
+            ),
+            "found",
+            {"berlin", "society", "anthropology"},
+            True,
+        ),
+        (
+            "Ibn Manzur and Ibn Khaldoun, who wrote the Muqaddimah while staying in Algeria.",
+            "write",
+            {"muqaddimah"},
+            True,
+        ),
+        (
+            (
+                "In 1066, Duke William II of Normandy conquered England killing King Harold II at "
+                "the Battle of Hastings."
+            ),
+            "kill",
+            {"harold", "ii"},
+            True,
+        ),
+        # Founded, but by whom the passage never says.
+        (
+            (
+                "The most successful was the Confederación Nacional del Trabajo (CNT), founded in "
+                "1910. The CNT was affiliated with the International Workers Association, a "
+                "federation of anarcho-syndicalist trade unions founded in 1922."
+            ),
+            "found",
+            {"cnt"},
+            False,
+        ),
+        ("Alaska has few road connections compared to the rest of the U.S.", "found", set(), None),
+    ],
+)
+def test_who_did_it_is_the_doer_of_the_questions_verb(text, verb, asked, named):
+    assert names_the_doer(text, verb, frozenset(asked)) is named
+
+
+@pytest.mark.parametrize(
+    ("window", "value", "beside", "placed"),
+    [
+        (
+            (
+                "Afghanistan (Pashto/Dari: , Afġānistān), officially the Islamic Republic of "
+                "Afghanistan, is a landlocked country located within South Asia and Central Asia."
+            ),
+            "Afghanistan",
+            False,
+            True,
+        ),
+        (
+            (
+                "This makes Egypt a transcontinental country, with the Sinai peninsula in Asia and "
+                "the remainder of the country in Africa."
+            ),
+            "Egypt",
+            False,
+            True,
+        ),
+        (
+            (
+                "Islam, which originated in Saudi Arabia, is the largest and most widely spread "
+                "religion in Asia."
+            ),
+            "Islam",
+            False,
+            True,
+        ),
+        (
+            "Algeria is bordered to the northeast by Tunisia, to the east by Libya.",
+            "Algeria",
+            True,
+            True,
+        ),
+        # A place of something else in the sentence.
+        (
+            (
+                "Achilles from Leuce island was venerated as Pontarches the lord and master of the "
+                "Pontic Sea, the protector of sailors and navigation."
+            ),
+            "Leuce island",
+            False,
+            False,
+        ),
+        (
+            "Alaska has few road connections compared to the rest of the U.S.",
+            "Alaska",
+            False,
+            False,
+        ),
+        # In Europe, but not what lies around Albania.
+        (
+            (
+                "Albania, Cyprus, and Poland are the only countries in Europe that recorded economic "
+                "growth in the first quarter of 2010."
+            ),
+            "Albania",
+            True,
+            False,
+        ),
+    ],
+)
+def test_where_places_what_the_question_asks_about(window, value, beside, placed):
+    assert places(window, [value], frozenset(), beside) is placed
+
+
+def test_slot_values_read_back_what_filled_each_slot():
+    template = "who wrote <fi>a book or other written work</fi> of <fi>a person</fi>?"
+    assert slot_values(template, "who wrote alchemical books of Zosimos?") == {
+        "a book or other written work": "alchemical books",
+        "a person": "Zosimos",
+    }
+    assert slot_values(template, "where is Zosimos?") is None
+
+
+def _passage(*sentences):
+    # The instantiator's answers are passages of several sentences; the judge reads them whole.
+    filler = (
+        "The region has a long history of trade with its neighbours, and its economy grew "
+        "quickly during the twentieth century as new roads and railways were built."
+    )
+    return " ".join([*sentences, filler])
+
+
+@pytest.mark.parametrize(
+    ("template", "instruction", "answer", "fault"),
+    [
+        (
+            "what is <fi>a city or country</fi>?",
+            "what is Albania?",
+            _passage(
+                "As part of the reform, major town centers in Albania are being physically "
+                "redesigned and façades painted to reflect a more Mediterranean look."
+            ),
+            "it is about something else",
+        ),
+        (
+            "what is <fi>a city or country</fi>?",
+            "what is Alberta?",
+            _passage(
+                "Alberta is named after Princess Louise Caroline Alberta (1848–1939), the fourth "
+                "daughter of Victoria, Queen of Canada."
+            ),
+            'never says what "Alberta" is',
+        ),
+        (
+            "who founded <fi>an organization</fi>?",
+            "who founded the CNT?",
+            _passage(
+                "The most successful was the Confederación Nacional del Trabajo (National "
+                "Confederation of Labour: CNT), founded in 1910."
+            ),
+            'never says who did what "founded" says',
+        ),
+        (
+            "where is <fi>a kind of island</fi> located?",
+            "where is Leuce island located?",
+            _passage(
+                "Achilles from Leuce island was venerated as Pontarches the lord and master of "
+                "the Pontic Sea, the protector of sailors and navigation."
+            ),
+            "it is about something else",
+        ),
+        (
+            "what did <fi>a nationality, religion or political group</fi> live in?",
+            "what did Muslims live in?",
+            _passage("Muslims, Sikhs, Buddhists, and Hindus live in Alberta."),
+            "the answer gives a place",
+        ),
+        (
+            "what is <fi>a kind of city</fi>?",
+            "what is populous city?",
+            _passage("The state's most populous city is Anchorage, home to 278,700 people."),
+            "where it needs an article",
+        ),
+    ],
+)
+def test_the_judge_refuses_pipeline_pairs_that_name_the_things_without_answering(
+    template, instruction, answer, fault
+):
+    judgement = rules_judge(instruction, answer, answer, template)
+    assert judgement.score < MIN_JUDGE_SCORE, judgement
+    assert fault in judgement.feedback
+
+
+@pytest.mark.parametrize(
+    ("template", "instruction", "answer"),
+    [
+        (
+            "where is the country of <fi>a city or country</fi> located?",
+            "where is the country of Egypt located?",
+            _passage(
+                "This makes Egypt a transcontinental country, with the Sinai peninsula in Asia "
+                "and the remainder of the country in Africa."
+            ),
+        ),
+        (
+            "who wrote <fi>a book or other written work</fi>?",
+            "who wrote the Muqaddimah?",
+            _passage(
+                "The Middle Ages have known many Arabic writers, with authors like Ibn Manzur and "
+                "Ibn Khaldoun, who wrote the Muqaddimah while staying in Algeria."
+            ),
+        ),
+        (
+            "what countries are around <fi>a city or country</fi>?",
+            "what countries are around Algeria?",
+            _passage(
+                "Algeria is the largest country in Africa. Algeria is bordered to the northeast "
+                "by Tunisia, to the east by Libya, to the west by Morocco."
+            ),
+        ),
+    ],
+)
+def test_the_judge_keeps_pipeline_pairs_whose_passage_answers(template, instruction, answer):
+    judgement = rules_judge(instruction, answer, answer, template)
+    assert judgement.score >= MIN_JUDGE_SCORE, judgement
