@@ -37,7 +37,7 @@ _BORDERING = frozenset({"border", "surround", "neighbour", "neighbor", "adjoin"}
 _BESIDE = frozenset({"near", "around", "beside", "to", "with"})
 _PLACE_LABELS = frozenset({"GPE", "LOC", "FAC"})
 # What a clause says of its subject besides the verb: "is a country located in Y", "is in Y".
-_PREDICATES = frozenset({"attr", "acomp", "oprd", "dobj", "xcomp", "prep", "advmod", "npadvmod"})
+_PREDICATES = frozenset({"attr", "acomp", "oprd", "dobj", "xcomp", "advmod", "npadvmod"})
 # "X is called Y", "X is known as Y": what X is called.
 _NAMING = frozenset({"call", "name", "know", "term", "refer"})
 _RELATIVE = frozenset({"who", "which", "that", "whom"})
@@ -49,8 +49,8 @@ MAX_CLIMB = 4
 def _mentions(doc, value: str) -> list[Token]:
     """The root token of each mention of `value` in a parsed window: where the window says it
     (an article aside) and not as part of a longer name ("Princess Louise Caroline Alberta" does
-    not mention Alberta); for a value that ends on a common noun, also each token that is that
-    noun ("the earthquakes" for "Hindu Kush earthquakes")."""
+    not mention Alberta); where it never says it whole, for a value that ends on a common noun,
+    each token that is that noun ("the earthquakes" for "Hindu Kush earthquakes")."""
     name = re.sub(r"^(?:the|a|an)\s+", "", value.strip(), flags=re.IGNORECASE)
     if not name:
         return []
@@ -221,7 +221,7 @@ def _attaches_to(token: Token, anchors: set[int], beside: bool = False) -> bool:
 def places(window: str, values: list[str], asked: frozenset[str], beside: bool = False) -> bool:
     """For "where is X?": whether the window places one of `values` (a place named after a
     preposition of place in X's own clause: "X is a country located within Y", "X, which
-    originated in Y", "Y's X borders Z"), not a place said of something else in the same
+    originated in Y", "X is bordered by Y"), not a place said of something else in the same
     sentence ("Achilles from X was venerated as master of the Pontic Sea"). `beside`: the
     question asks what lies around X, so only a place said to border it or lie near it counts."""
     doc = parse(window)
