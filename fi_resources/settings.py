@@ -1,10 +1,13 @@
-"""Configuration shared by the CLI and the Dagster UI: environment variables `FI_*`, or one TOML
-file (`fi.toml` in the working directory, or the file named by `FI_CONFIG`). Environment variables
-win over the file; the file wins over the defaults below."""
+"""Configuration shared by the CLI and the Dagster UI: environment variables `FI_*`, a TOML file
+(`fi.toml` in the working directory, or the file named by `FI_CONFIG`), and `fi.toml` in the data
+root, where a command records settings later commands must share (`fi demo`'s training cap).
+Environment variables win over the files, the working directory's file over the data root's, and
+the files over the defaults below."""
 
 from __future__ import annotations
 
 import os
+import tomllib
 from functools import cache
 from pathlib import Path
 from typing import Literal
@@ -53,8 +56,34 @@ DEFAULT_OWNERS = {
 }
 
 
+CONFIG_FILE_NAME = "fi.toml"
+DEFAULT_HOME = Path("fi_home")
+
+
 def _config_file() -> Path:
-    return Path(os.environ.get("FI_CONFIG", "fi.toml"))
+    return Path(os.environ.get("FI_CONFIG", CONFIG_FILE_NAME))
+
+
+def data_root_config_file() -> Path:
+    """`fi.toml` in the data root (FI_HOME, else the working directory's file's `home`, else
+    fi_home): settings recorded there hold for every later command on that data root."""
+    home = os.environ.get("FI_HOME")
+    if home is None and _config_file().is_file():
+        with _config_file().open("rb") as file:
+            home = tomllib.load(file).get("home")
+    return Path(home or DEFAULT_HOME).expanduser() / CONFIG_FILE_NAME
+
+
+def record_in_data_root(key: str, value: int, why: str) -> Path:
+    """Add `key = value` to the data root's fi.toml (made if missing), after a comment saying
+    `why`; a key already there is left as it is. Returns the file."""
+    path = data_root_config_file()
+    recorded = tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if key not in recorded:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as file:
+            file.write(f"# {why}\n{key} = {value}\n")
+    return path
 
 
 class EngineSettings(EngineOptions):
@@ -89,7 +118,7 @@ class Settings(BaseSettings, EngineSettings):
     model_config = SettingsConfigDict(env_prefix="FI_", extra="ignore")
 
     home: Path = Field(
-        Path("fi_home"), description="Data root: inbox, tables, LanceDB, models, Dagster."
+        DEFAULT_HOME, description="Data root: inbox, tables, LanceDB, models, Dagster."
     )
     genericizer_engine: Engine = Field("rules", description="Engine of the query -> template role.")
     genericizer_model: str = Field(
@@ -262,7 +291,8 @@ class Settings(BaseSettings, EngineSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml = TomlConfigSettingsSource(settings_cls, toml_file=_config_file())
-        return (init_settings, env_settings, toml)
+        recorded = TomlConfigSettingsSource(settings_cls, toml_file=data_root_config_file())
+        return (init_settings, env_settings, toml, recorded)
 
     def model_post_init(self, _context) -> None:
         self.home = self.home.expanduser().resolve()

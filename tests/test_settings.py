@@ -1,9 +1,11 @@
-"""Engines and models are chosen by configuration: fi.toml, overridden by FI_* variables."""
+"""Engines and models are chosen by configuration: the working directory's fi.toml, then the data
+root's (where `fi demo` records its training cap), overridden by FI_* variables."""
 
 import dagster as dg
 import pydantic
 import pytest
 
+from fi_assets.cli import DEMO_TRAINING_TOKENS, record_demo_budget
 from fi_assets.definitions import build_definitions
 from fi_resources.settings import get_settings
 
@@ -43,3 +45,36 @@ def test_an_unknown_engine_is_refused(fi_home, monkeypatch):
     get_settings.cache_clear()
     with pytest.raises(pydantic.ValidationError, match="rules"):
         get_settings()
+
+
+def test_the_data_roots_file_holds_under_the_working_directorys_and_the_environment(
+    fi_home, tmp_path, monkeypatch
+):
+    fi_home.mkdir()
+    (fi_home / "fi.toml").write_text("max_training_tokens = 20480\nmin_judge_score = 3\n")
+    (tmp_path / "fi.toml").write_text("min_judge_score = 5\n")
+    settings = get_settings()
+    assert (settings.max_training_tokens, settings.min_judge_score) == (20480, 5)
+    monkeypatch.setenv("FI_MAX_TRAINING_TOKENS", "4096")
+    get_settings.cache_clear()
+    assert get_settings().max_training_tokens == 4096
+
+
+def test_the_demo_records_its_training_cap_for_later_commands(fi_home, monkeypatch):
+    monkeypatch.delenv("FI_MAX_TRAINING_TOKENS", raising=False)
+    monkeypatch.delenv("FI_TRAINING_TOKENS", raising=False)
+    settings = record_demo_budget(get_settings())
+    assert settings.max_training_tokens == DEMO_TRAINING_TOKENS
+    # A later command, in a new process, reads it from the data root.
+    get_settings.cache_clear()
+    assert get_settings().max_training_tokens == DEMO_TRAINING_TOKENS
+    text = (fi_home / "fi.toml").read_text()
+    assert text.count("max_training_tokens") == 1 and text.startswith("# fi demo:")
+    # Run again, it records nothing twice; a budget the user set is left alone.
+    record_demo_budget(get_settings())
+    assert (fi_home / "fi.toml").read_text() == text
+    (fi_home / "fi.toml").unlink()
+    monkeypatch.setenv("FI_TRAINING_TOKENS", "1000")
+    get_settings.cache_clear()
+    assert record_demo_budget(get_settings()).max_training_tokens is None
+    assert not (fi_home / "fi.toml").exists()

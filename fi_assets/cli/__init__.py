@@ -261,6 +261,26 @@ def lineage(
     typer.echo(render_lineage(record))
 
 
+def record_demo_budget(settings):
+    """The settings with `fi demo`'s training cap: unless a budget or a cap is already set, the
+    tiny models train on the smallest recipe's packed tokens, at most DEMO_TRAINING_TOKENS.
+    Recorded in the data root's fi.toml, so that a later `fi materialize` or the UI plans with
+    the same budget instead of retraining everything on a larger one."""
+    from fi_resources.settings import get_settings, record_in_data_root
+
+    if settings.training_tokens is not None or settings.max_training_tokens is not None:
+        return settings
+    recorded = record_in_data_root(
+        "max_training_tokens",
+        DEMO_TRAINING_TOKENS,
+        "fi demo: the tiny models train on at most this many tokens per recipe; delete this "
+        "line to train on the smallest recipe's whole packed total",
+    )
+    typer.echo(f"recorded max_training_tokens = {DEMO_TRAINING_TOKENS} in {recorded}")
+    get_settings.cache_clear()
+    return _settings()
+
+
 @app.command()
 def demo(
     full: Annotated[
@@ -279,10 +299,7 @@ def demo(
     from fi_method.samples import write_sample
     from fi_resources.storage import Storage
 
-    # A CPU trains the tiny models on a few steps' worth, the same for every recipe: the smallest
-    # recipe's packed tokens, at most DEMO_TRAINING_TOKENS.
-    os.environ.setdefault("FI_MAX_TRAINING_TOKENS", str(DEMO_TRAINING_TOKENS))
-    settings = _settings()
+    settings = record_demo_budget(_settings())
     started = time.perf_counter()
     sample = write_sample(settings.home / "samples", full=full)
     for queries in sample.query_files:
