@@ -12,7 +12,7 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -297,6 +297,36 @@ class Settings(BaseSettings, EngineSettings):
     def model_post_init(self, _context) -> None:
         self.home = self.home.expanduser().resolve()
         self.owners = {**DEFAULT_OWNERS, **self.owners}
+
+
+def _setting_source(field: str) -> str:
+    """Where a setting's value came from: the environment, or the config file that holds it."""
+    if f"FI_{field.upper()}" in os.environ:
+        return "environment"
+    for path in (_config_file(), data_root_config_file()):
+        if path.is_file():
+            with path.open("rb") as file:
+                if field in tomllib.load(file):
+                    return str(path.resolve())
+    return "default"
+
+
+def describe_invalid(error: ValidationError) -> list[str]:
+    """One line per invalid setting: its variable, the bad value, what it must be (pydantic's
+    words: the allowed values or the bound) and where the value came from."""
+    lines = []
+    for problem in error.errors(include_url=False):
+        message = problem["msg"].removeprefix("Value error, ")
+        if not problem["loc"]:
+            # A check across settings (an openai engine's URL) names its variable itself.
+            lines.append(message)
+            continue
+        field = str(problem["loc"][0])
+        lines.append(
+            f"FI_{field.upper()}={problem['input']!r} ({_setting_source(field)}): "
+            f"{message[0].lower()}{message[1:]}"
+        )
+    return lines
 
 
 @cache

@@ -4,8 +4,9 @@ root's (where `fi demo` records its training cap), overridden by FI_* variables.
 import dagster as dg
 import pydantic
 import pytest
+from typer.testing import CliRunner
 
-from fi_assets.cli import DEMO_TRAINING_TOKENS, record_demo_budget
+from fi_assets.cli import DEMO_TRAINING_TOKENS, app, record_demo_budget
 from fi_assets.definitions import build_definitions
 from fi_resources.settings import get_settings
 
@@ -78,3 +79,36 @@ def test_the_demo_records_its_training_cap_for_later_commands(fi_home, monkeypat
     get_settings.cache_clear()
     assert record_demo_budget(get_settings()).max_training_tokens is None
     assert not (fi_home / "fi.toml").exists()
+
+
+@pytest.mark.parametrize(
+    ("variables", "in_file", "expected"),
+    [
+        (
+            {"FI_JUDGE_ENGINE": "bogus"},
+            "",
+            (
+                "FI_JUDGE_ENGINE='bogus' (environment): input should be 'rules', 'transformers', "
+                "'vllm' or 'openai'"
+            ),
+        ),
+        ({}, "min_judge_score = 9\n", "FI_MIN_JUDGE_SCORE=9 ({file}): input should be less than"),
+        (
+            {"FI_GENERICIZER_ENGINE": "openai", "FI_OPENAI_BASE_URL": "localhost:8000"},
+            "",
+            "FI_OPENAI_BASE_URL: 'localhost:8000' is not an http(s) URL with a host",
+        ),
+    ],
+)
+def test_an_invalid_setting_is_one_line_naming_its_variable_value_and_source(
+    fi_home, tmp_path, monkeypatch, variables, in_file, expected
+):
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "fi.toml").write_text(in_file)
+    result = CliRunner().invoke(app, ["sql", "select 1"])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert lines[0].startswith("error: invalid setting: ")
+    assert expected.format(file=tmp_path / "fi.toml") in lines[0]

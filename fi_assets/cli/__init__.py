@@ -30,12 +30,14 @@ MAX_REJECTS_SHOWN = 20  # bad rows `fi judge` prints; the rejects table holds th
 def _settings():
     import pydantic
 
-    from fi_resources.settings import get_settings
+    from fi_resources.settings import describe_invalid, get_settings
 
     try:
         return get_settings()
     except pydantic.ValidationError as error:
-        raise _failure(f"invalid configuration (FI_* variables or fi.toml):\n{error}", 2) from error
+        raise _failure(
+            "invalid setting: " + "\nerror: invalid setting: ".join(describe_invalid(error)), 2
+        ) from error
 
 
 def _ingest(kind: str, source: str, shard: str | None) -> str:
