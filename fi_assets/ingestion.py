@@ -41,6 +41,10 @@ ingested_documents = dg.AssetSpec(
 )
 
 
+# Reasons a file with no good row names in its error; the rejects table holds every row.
+MAX_REASONS_SHOWN = 5
+
+
 class NoGoodRowsError(ValueError):
     """A source none of whose rows could be ingested."""
 
@@ -79,11 +83,15 @@ def ingest_shard(
     if not result.rows:
         reasons = Counter(str(r.get("detail") or r.get("reason")) for r in result.rejects)
         common = "; ".join(
-            f"{detail} ({n} row{'s' if n > 1 else ''})" for detail, n in reasons.most_common(2)
+            f"{detail} ({n} row{'s' if n > 1 else ''})"
+            for detail, n in reasons.most_common(MAX_REASONS_SHOWN)
         )
+        more = len(reasons) - MAX_REASONS_SHOWN
         raise NoGoodRowsError(
-            f"{source}: no row could be ingested ({len(result.rejects)} rejected: {common}; "
-            f"see: fi sql \"select * from rejects where shard = '{shard}'\")"
+            f"{source}: no row could be ingested ({len(result.rejects)} rejected: {common}"
+            + (f"; and {more} other reason{'s' if more > 1 else ''}" if more > 0 else "")
+            + f'). Each row with its line: fi sql "select * from rejects where shard = '
+            f"'{shard}'\"; fix the file and run fi ingest again"
         )
     frame = INGESTED[kind].frame(result.rows)
     path = storage.write_table(INGESTED[kind], shard, frame)

@@ -121,7 +121,7 @@ def test_materialize_on_a_test_instance_is_idempotent(fi_home, queries_file):
 
 def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeypatch):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"nope": 1}\nnot json\n')
+    bad.write_text('{"nope": 1}\nnot json\n{"query": ""}\n')
     result = runner.invoke(app, ["ingest", "queries", str(bad)])
     assert result.exit_code == 1 and "no row could be ingested" in result.output
     # The reason is in the error itself, not only in the rejects table.
@@ -129,6 +129,9 @@ def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeyp
         result.output
     )
     assert "Expecting value (1 row)" in result.output
+    # Every reason, and what to do next.
+    assert "empty_text (1 row)" in result.output
+    assert "fix the file and run fi ingest again" in result.output
 
     result = runner.invoke(app, ["ingest", "queries", str(queries_file), "--shard", "chat"])
     assert result.exit_code == 0, result.output
@@ -142,6 +145,9 @@ def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeyp
 
     result = runner.invoke(app, ["materialize", "packed_corpus"])
     assert result.exit_code == 0 and "everything is up to date" in result.output
+    # A table that is not there: the error lists every one that is, the call cache included.
+    missing = runner.invoke(app, ["sql", "select * from nothing"])
+    assert missing.exit_code == 1 and "judged_pairs, matched_pairs, model_calls" in missing.output
 
     pairs = runner.invoke(
         app,

@@ -126,7 +126,8 @@ def test_pairs_are_judged_traced_and_never_paid_twice(matched):
     for expected in (pair_id, row["instruction"], template["template"][0], template["query"][0]):
         assert expected in shown.output
     assert "query shard chat" in shown.output and "[[" in shown.output
-    assert runner.invoke(app, ["lineage", "nope"]).exit_code == 1
+    unknown = runner.invoke(app, ["lineage", "nope"])
+    assert unknown.exit_code == 1 and "list kept pairs' ids with: fi sql" in unknown.output
 
     # Packing: three recipes of the shard, none with more tokens than the documents themselves.
     packed = storage.read_all(tables.PACKED_CORPUS)

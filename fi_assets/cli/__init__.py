@@ -233,7 +233,11 @@ def sql(
     try:
         cursor = connection.execute(query)
     except duckdb.CatalogException as error:
-        tables = ", ".join(storage.table_names()) or "none yet (run `fi demo` or `fi materialize`)"
+        # What the connection can query: the stage tables, rejects and the call cache.
+        names = connection.execute(
+            "select table_name from information_schema.tables order by 1"
+        ).fetchall()
+        tables = ", ".join(n for (n,) in names) or "none yet (run `fi demo` or `fi materialize`)"
         raise _failure(
             f"{str(error).splitlines()[0]}\ntables under {settings.home.resolve()}: {tables}"
             "\n(FI_HOME, default ./fi_home, is relative to the working directory)",

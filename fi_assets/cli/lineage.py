@@ -58,7 +58,11 @@ def find_lineage(storage: Storage, pair_id: str) -> dict:
     names = [column[0] for column in cursor.description]
     rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
     if not rows:
-        raise LineageError(f"no pair {pair_id!r} in instantiated_pairs")
+        raise LineageError(
+            f"no pair {pair_id!r} in instantiated_pairs; list kept pairs' ids with: fi sql "
+            '"select pair_id, instruction from instantiated_pairs join judged_pairs using '
+            '(pair_id) where kept limit 10"'
+        )
     if len({row["pair_id"] for row in rows}) > 1:
         raise LineageError(f"{pair_id!r} is the start of {len(rows)} pair ids: give more of it")
     return rows[0]
