@@ -19,7 +19,7 @@ from fi_method.synthesis.answer_relations import defines, is_about, names_the_do
 from fi_method.synthesis.excerpts import MIN_EXCERPT_RATIO, excerpt_ratio
 from fi_method.templating.rules_genericizer import REQUEST_VERBS, STOPWORDS, parse
 from fi_method.templating.template_words import template_words
-from fi_method.templating.templates import slot_values
+from fi_method.templating.templates import slot_values, text_before_slot
 from fi_method.text import sentence_spans, word_keys, words
 
 FLOW_JUDGE = "flowaicom/Flow-Judge-v0.1"
@@ -896,7 +896,6 @@ _ASKS_WHAT_IS_BESIDE = re.compile(
 )
 # Values that name no subject of a sentence: numbers and dates.
 _NOT_A_SUBJECT = re.compile(r"^[\d\s.,/%-]+$")
-_QUESTION_WORDS = frozenset({"what", "which", "where", "when", "who", "whom", "whose", "how"})
 _NAMING_VERBS = frozenset({"call", "name", "know"})
 # Nouns that name a place an answer gives for "what did X live in?" ("the region of ...").
 _PLACE_NOUNS = frozenset(
@@ -904,9 +903,9 @@ _PLACE_NOUNS = frozenset(
 )
 # How much rarer than its singular a noun's plural may be and the noun still count things.
 COUNT_NOUN_PLURAL_ZIPF = 1.5
-# "what is X?" of a few words asks what X is; SQuAD's longer "what is the average discharge of
+# "what is X?" of a few tokens asks what X is; SQuAD's longer "what is the average discharge of
 # the Moselle ...?" asks for a fact about the N.
-MAX_DEFINITION_WORDS = 6
+MAX_DEFINITION_TOKENS = 6
 # A search query of a few words (tokens, its question mark counted) asks about its slot values,
 # so its answer's focus is about them; a longer request (a chat prompt) uses its values as
 # details ("the typical weather in Bali during December"), and its answer need not make them
@@ -974,8 +973,7 @@ def _lacks_a_determiner(template: str, description: str, value: str) -> bool:
     """Whether a value reads as a count noun without its article where the template puts it:
     "what is populous city?", "what is spoken Afroasiatic language?" (a singular noun led by a
     lower-case modifier, where the template gives no determiner before the slot)."""
-    before = template[: template.find(f"<fi>{description}</fi>")]
-    if _DETERMINED.search(before.lower()):
+    if _DETERMINED.search(text_before_slot(template, description).lower()):
         return False
     tokens = [t for t in parse(value) if not t.is_punct]
     if len(tokens) < 2 or not tokens[0].text.islower() or tokens[0].pos_ not in ("ADJ", "VERB"):
@@ -1012,11 +1010,12 @@ def _relation_fault(instruction: str, template: str | None, window: str, answer:
     )
     value_of = slot_values(template, instruction) if template is not None else None
     values = [v for v in (value_of or {}).values() if not _NOT_A_SUBJECT.match(v)]
-    repeated = [
-        (a, b) for a in values for b in values if a != b and f" {a.lower()} " in f" {b.lower()} "
-    ]
+    repeated = next(
+        ((a, b) for a in values for b in values if a != b and f" {a.lower()} " in f" {b.lower()} "),
+        None,
+    )
     if repeated:
-        return f'it fills "{repeated[0][0]}" twice: alone and inside "{repeated[0][1]}"'
+        return f'it fills "{repeated[0]}" twice: alone and inside "{repeated[1]}"'
     bare = [v for d, v in (value_of or {}).items() if _lacks_a_determiner(template, d, v)]
     if bare:
         return f'the query puts "{bare[0]}" where it needs an article'
@@ -1038,7 +1037,7 @@ def _relation_fault(instruction: str, template: str | None, window: str, answer:
     # A reader's longer "what is the N of X ..." asks about the N, not what it is; only a
     # template's "what is X" and a question of a few words ask for a definition.
     defined = _asked_to_define(question) if query_like else None
-    if defined and not values and (len(question) > MAX_DEFINITION_WORDS or defined.islower()):
+    if defined and not values and (len(question) > MAX_DEFINITION_TOKENS or defined.islower()):
         defined = None
     if defined and not defines(window, defined):
         return f'it never says what "{defined}" is'

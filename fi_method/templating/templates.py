@@ -86,6 +86,14 @@ def slot_values(template: str, instruction: str) -> dict[str, str] | None:
     return {description: found.group(group) for description, group in group_of.items()}
 
 
+def text_before_slot(template: str, description: str) -> str:
+    """The template's text before the first slot of `description` (the whole template when it
+    has none)."""
+    return next(
+        (template[:start] for start, _, d in _slots(template) if d == description), template
+    )
+
+
 def fixed_text(template: str) -> str:
     """What the template says itself: its text with every slot replaced by a space."""
     return fill_slots(template, {description: " " for description in slot_descriptions(template)})
