@@ -252,6 +252,45 @@ def _passage(*sentences):
             "the answer gives a place",
         ),
         (
+            (
+                "what are the two <fi>a specific topic or concept</fi> of <fi>a nationality, "
+                "religion or political group</fi>?"
+            ),
+            "what are the two Indian alchemical authors of Indian?",
+            _passage(
+                "Two famous early Indian alchemical authors were Nāgārjuna Siddha and "
+                "Nityanātha Siddha."
+            ),
+            'it fills "Indian" twice',
+        ),
+        (
+            "what did <fi>a person</fi> discovered as <fi>a specific topic or concept</fi>?",
+            "what did Einstein discovered as Louis de Broglie's work?",
+            _passage(
+                "Einstein discovered Louis de Broglie's work, and supported his ideas, which "
+                "were received skeptically at first."
+            ),
+            "the query is not grammatical",
+        ),
+        (
+            "what countries are around <fi>a city or country</fi>?",
+            "what countries are around Albania?",
+            _passage(
+                "Albania, Cyprus, and Poland are the only countries in Europe that recorded "
+                "economic growth in the first quarter of 2010."
+            ),
+            'it places nothing around "Albania"',
+        ),
+        (
+            "what is the president of <fi>a city or country</fi>?",
+            "what is the president of Azerbaijan?",
+            _passage(
+                "The President of Azerbaijan appoints the governors of these units, while "
+                "the government of Nakhchivan is elected by its parliament."
+            ),
+            'it never says what "president" is',
+        ),
+        (
             "what is <fi>a kind of city</fi>?",
             "what is populous city?",
             _passage("The state's most populous city is Anchorage, home to 278,700 people."),
