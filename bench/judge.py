@@ -25,7 +25,7 @@ import types
 from pathlib import Path
 
 from bench.common import load_module, parser, report, table
-from fi_method.synthesis import judge, squad
+from fi_method.synthesis import judge, rules_judge, squad
 from fi_method.synthesis.judge_calibration import (
     DEFAULT_SEED,
     KINDS,
@@ -76,20 +76,20 @@ def judge_at(revision: str) -> types.ModuleType:
         return load_module(str(path), name)
 
 
-def judgement(rules_judge, pair):
+def judgement(judge_pair, pair):
     """A rules judge's judgement of a labelled pair, with its template where the judge reads one."""
-    if "template" in inspect.signature(rules_judge).parameters:
-        return rules_judge(pair.instruction, pair.answer, pair.document, pair.template)
-    return rules_judge(pair.instruction, pair.answer, pair.document)
+    if "template" in inspect.signature(judge_pair).parameters:
+        return judge_pair(pair.instruction, pair.answer, pair.document, pair.template)
+    return judge_pair(pair.instruction, pair.answer, pair.document)
 
 
-def figures(name: str, rules_judge, halves: dict[str, list]) -> tuple[list[list], dict]:
+def figures(name: str, judge_pair, halves: dict[str, list]) -> tuple[list[list], dict]:
     """One table row per half: AUC, kept shares, pairs judged per second; and the held-out
     scores."""
     rows, scores = [], {}
     for half, pairs in halves.items():
         started = time.perf_counter()
-        scored = [judgement(rules_judge, p).score for p in pairs]
+        scored = [judgement(judge_pair, p).score for p in pairs]
         seconds = time.perf_counter() - started
         kept = kept_shares(pairs, scored, judge.MIN_JUDGE_SCORE)
         rows.append(
@@ -108,14 +108,14 @@ def figures(name: str, rules_judge, halves: dict[str, list]) -> tuple[list[list]
     return rows, scores
 
 
-def squad_figures(name: str, rules_judge, pairs: list) -> list[list]:
+def squad_figures(name: str, judge_pair, pairs: list) -> list[list]:
     """One table row per split of the SQuAD set: ROC AUC (positives against both kinds of
     negative), the share of each kind kept, pairs judged per second."""
     rows = []
     for split_name in squad.SPLITS:
         chosen = [p for p in pairs if p.split == split_name]
         started = time.perf_counter()
-        scored = [judgement(rules_judge, p).score for p in chosen]
+        scored = [judgement(judge_pair, p).score for p in chosen]
         seconds = time.perf_counter() - started
         kept = {
             kind: [s >= judge.MIN_JUDGE_SCORE for s, p in zip(scored, chosen) if p.kind == kind]
@@ -139,7 +139,7 @@ def squad_section() -> str:
     pairs = squad.load_pairs()
     before = judge_at(SQUAD_BEFORE)
     rows = squad_figures(f"{SQUAD_BEFORE} ({before.RULES_VERSION})", before.rules_judge, pairs)
-    rows += squad_figures(f"now ({judge.RULES_VERSION})", judge.rules_judge, pairs)
+    rows += squad_figures(f"now ({judge.RULES_VERSION})", rules_judge.rules_judge, pairs)
     sizes = "; ".join(
         f"{split_name}: "
         + ", ".join(
@@ -170,7 +170,7 @@ def examples(pairs: list, scores: list[int], kept: bool) -> list[str]:
     for kind in KINDS:
         for pair, score in zip(pairs, scores, strict=True):
             if pair.kind == kind and (score >= judge.MIN_JUDGE_SCORE) == kept:
-                feedback = judgement(judge.rules_judge, pair)
+                feedback = judgement(rules_judge.rules_judge, pair)
                 lines.append(
                     f"- **{kind}**, score {score}: instruction `{_short(pair.instruction)}`; "
                     f"answer `{_short(pair.answer)}`; feedback: {_short(feedback.feedback)}"
@@ -196,7 +196,7 @@ def main() -> None:
         rows_before += figures(f"{revision} ({before.RULES_VERSION})", before.rules_judge, halves)[
             0
         ]
-    rows_now, scores = figures("now, reading each pair's template", judge.rules_judge, halves)
+    rows_now, scores = figures("now, reading each pair's template", rules_judge.rules_judge, halves)
     columns = [
         "judge",
         "half",

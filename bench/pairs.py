@@ -15,8 +15,7 @@ from __future__ import annotations
 import argparse
 
 from bench.common import report, table
-from fi_assets.evaluation import fidelity_figures
-from fi_method.evaluation.fidelity import render_markdown
+from fi_assets.evaluation import fidelity_report
 from fi_resources.settings import get_settings
 from fi_resources.storage import Storage
 
@@ -105,11 +104,7 @@ def main() -> None:
         f"Largest template share: {uses} of {kept} kept pairs"
         + (f" ({uses / kept:.1%}): {template!r}" if kept else ""),
         # Tokens per recipe and the training budget, as the demo reports them.
-        render_markdown(
-            fidelity_figures(
-                storage, heldout, settings.training_tokens, settings.max_training_tokens
-            )
-        ),
+        fidelity_report(storage, settings),
         f"{args.sample} kept pairs drawn at random (seed {args.seed}):",
         table(
             ["#", "instruction", "template", f"answer (first {ANSWER_CHARS} characters)", "score"],

@@ -20,10 +20,10 @@ from fi_assets.reporting import (
     markdown_preview,
     png_markdown,
 )
-from fi_method.corpus.budget import plan_budget
+from fi_method.corpus.budget import ShardTokens, plan_budget
 from fi_method.corpus.packing import RECIPES, load_training_tokenizer, tokenize_sample
 from fi_method.evaluation import benchmarks as bench
-from fi_method.evaluation.eval_report import headline_table, plot, render_markdown
+from fi_method.evaluation.eval_report import headline_table_by_benchmark, plot, render_markdown
 from fi_method.evaluation.fidelity import (
     Figure,
     packing_figures,
@@ -180,6 +180,7 @@ def eval_scores(
     path = storage.write_table(EVAL_SCORES, partition, scores)
     return dg.MaterializeResult(
         metadata={
+            "partition": partition,
             "dagster/row_count": scores.height,
             "dagster/column_schema": column_schema(scores),
             "scores": dg.MetadataValue.md(
@@ -235,21 +236,14 @@ def eval_report(storage: Storage, settings: dg.ResourceParam[Settings]) -> dg.Ma
         raise FileNotFoundError("no eval_scores yet: materialize eval_scores first")
     rows = frame.to_dicts()
     reports = storage.root / "reports"
-    fidelity = render_fidelity(
-        fidelity_figures(
-            storage,
-            settings.heldout_doc_shard,
-            settings.training_tokens,
-            settings.max_training_tokens,
-        )
-    )
+    fidelity = fidelity_report(storage, settings)
     markdown = render_markdown(rows) + "\n\n## Fidelity to the method\n\n" + fidelity
     png = plot(rows, reports / "eval_report.png")
     (reports / "eval_report.md").write_text(markdown + "\n![plot](eval_report.png)\n")
     return dg.MaterializeResult(
         metadata={
             # The table in place; the legend and every metric behind the link.
-            "table": dg.MetadataValue.md(headline_table(rows)),
+            "table": dg.MetadataValue.md(headline_table_by_benchmark(rows)),
             "report": dg.MetadataValue.md(markdown),
             "fidelity": dg.MetadataValue.md(fidelity),
             "plot": png_markdown(png.read_bytes(), "eval report"),
@@ -260,16 +254,33 @@ def eval_report(storage: Storage, settings: dg.ResourceParam[Settings]) -> dg.Ma
     )
 
 
+def fidelity_report(storage: Storage, settings: Settings) -> str:
+    """The fidelity table as Markdown, under a line naming the shards it covers: the training
+    shards. The held-out shard is left out (no recipe trains on it), so its totals are smaller
+    than `fi sql`'s over every shard."""
+    counts = packed_counts(storage, settings.heldout_doc_shard)
+    shards = sorted({count.shard for count in counts})
+    covered = ", ".join(shards) if shards else "none packed yet"
+    caption = (
+        f"Training shards: {covered}; the held-out shard {settings.heldout_doc_shard} is left "
+        "out (no recipe trains on it)."
+    )
+    figures = fidelity_figures(
+        storage, counts, settings.training_tokens, settings.max_training_tokens
+    )
+    return caption + "\n\n" + render_fidelity(figures)
+
+
 def fidelity_figures(
     storage: Storage,
-    heldout_shard: str,
+    counts: list[ShardTokens],
     training_tokens: int | None = None,
     max_training_tokens: int | None = None,
 ) -> list[Figure]:
-    """The fidelity report over the training shards (all but `heldout_shard`): synthesis
-    figures, tokens per recipe packed, the training budget (`training_tokens`, FI_TRAINING_TOKENS,
-    or the smallest recipe's total) and what each recipe's model trained on."""
-    counts = packed_counts(storage, heldout_shard)
+    """The fidelity figures over the training shards that `counts` (`packed_counts`) covers:
+    synthesis figures, tokens per recipe packed, the training budget (`training_tokens`,
+    FI_TRAINING_TOKENS, or the smallest recipe's total) and what each recipe's model trained
+    on."""
     budget = plan_budget(counts, training_tokens or None, cap=max_training_tokens)
     packed_recipes = {count.recipe for count in counts}
     packed = {r: n for r, n in budget.packed_tokens.items() if r in packed_recipes}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from fi_assets.command import fi_command
 from fi_assets.partitions import doc_shards, query_shards
 from fi_assets.reporting import column_schema, frame_version, preview_metadata
 from fi_assets.versions import DATA_VERSION_TAG
@@ -90,8 +91,8 @@ def ingest_shard(
         raise NoGoodRowsError(
             f"{source}: no row could be ingested ({len(result.rejects)} rejected: {common}"
             + (f"; and {more} other reason{'s' if more > 1 else ''}" if more > 0 else "")
-            + f'). Each row with its line: fi sql "select * from rejects where shard = '
-            f"'{shard}'\"; fix the file and run fi ingest again"
+            + f'). Each row with its line: {fi_command()} sql "select * from rejects where '
+            f"shard = '{shard}'\"; fix the file and run {fi_command()} ingest again"
         )
     frame = INGESTED[kind].frame(result.rows)
     path = storage.write_table(INGESTED[kind], shard, frame)
@@ -100,6 +101,7 @@ def ingest_shard(
         asset_key=INGESTED[kind].key,
         partition=shard,
         metadata={
+            "partition": shard,
             "source": source,
             "dagster/row_count": frame.height,
             "dagster/column_schema": column_schema(frame),

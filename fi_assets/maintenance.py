@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import dagster as dg
 import polars as pl
 
+from fi_assets.command import fi_command
 from fi_assets.definitions import build_definitions, build_resources
 from fi_assets.ingestion import PARTITIONS
 from fi_assets.matching import chunk_vectors
@@ -77,7 +78,7 @@ def propose_similarity_threshold(
     resources = build_resources(settings)
     chunks = resources["storage"].read_all(DOCUMENT_CHUNKS)
     if chunks is None:
-        raise FileNotFoundError("no document_chunks yet: run fi materialize first")
+        raise FileNotFoundError(f"no document_chunks yet: run {fi_command()} materialize first")
     if chunks.height > sample:
         chunks = chunks.sample(sample, seed=0)
     vectors = chunk_vectors(chunks)

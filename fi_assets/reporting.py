@@ -161,7 +161,8 @@ def write_stage(
     checks: list[dg.AssetCheckResult] | None = None,
 ) -> dg.MaterializeResult:
     """Write one partition of a table asset and its rejects, and report them with the results of
-    the asset's checks on that partition."""
+    the asset's checks on that partition. The metadata starts with the partition its figures
+    cover: an asset's page in the UI shows one partition's latest materialization."""
     path = storage.write_table(table, partition, frame)
     storage.write_rejects(
         table.name, partition, [{**r, "stage": table.name, "shard": partition} for r in rejects]
@@ -171,6 +172,7 @@ def write_stage(
         reasons[reject["reason"]] = reasons.get(reject["reason"], 0) + 1
     return dg.MaterializeResult(
         metadata={
+            "partition": partition,
             "dagster/row_count": frame.height,
             "dagster/column_schema": column_schema(frame),
             "rejected": len(rejects),

@@ -111,6 +111,7 @@ def _index_shard(
     total = index.replace_shard(table, shard, templates.to_dicts(), vectors)
     return dg.MaterializeResult(
         metadata={
+            "partition": shard,
             "dagster/row_count": templates.height,
             "lancedb_table": table,
             "lancedb_uri": dg.MetadataValue.path(index.uri),

@@ -23,7 +23,8 @@ import polars as pl
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from fi_resources.model_calls import CACHE_FILE, ModelCallCache, open_model_call_cache
+from fi_resources.model_calls import ModelCallCache, open_model_call_cache
+from fi_resources.table_views import TABLES_DIR, connect_views, table_names
 from fi_resources.tables import REJECTS, Table
 
 _PARTITION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -71,7 +72,7 @@ class Storage(ConfigurableResource):
 
     @property
     def tables_dir(self) -> Path:
-        return self.root / "tables"
+        return self.root / TABLES_DIR
 
     @property
     def lancedb_dir(self) -> Path:
@@ -146,33 +147,11 @@ class Storage(ConfigurableResource):
 
     def table_names(self) -> list[str]:
         """Tables that have at least one partition written (rejects included)."""
-        if not self.tables_dir.exists():
-            return []
-        return sorted(
-            p.name for p in self.tables_dir.iterdir() if p.is_dir() and any(p.rglob("*.parquet"))
-        )
+        return table_names(self.root)
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB with one view per table (named after the asset) over all its
-        partitions, with a `shard` column naming each row's partition, plus `rejects` over every
-        stage's rejects and `model_calls` over the call cache."""
-        connection = duckdb.connect()
-        if self.model_calls_url or (self.root / CACHE_FILE).exists():
-            connection.register("model_calls", self.model_calls.frame().to_arrow())
-        for table in self.table_names():
-            if table == REJECTS.name:
-                files = (self.tables_dir / table / "*/*.parquet").as_posix().replace("'", "''")
-                source = f"read_parquet('{files}', union_by_name = true)"
-                connection.execute(f'CREATE VIEW "{table}" AS SELECT * FROM {source}')
-                continue
-            # Every table view gets a `shard` column: the partition its row was written by.
-            files = (self.tables_dir / table / "*.parquet").as_posix().replace("'", "''")
-            source = f"read_parquet('{files}', union_by_name = true, filename = true)"
-            connection.execute(
-                f'CREATE VIEW "{table}" AS SELECT * EXCLUDE (filename), '
-                f"regexp_extract(filename, '([^/]+)[.]parquet$', 1) AS shard FROM {source}"
-            )
-        return connection
+        """An in-memory DuckDB with one view per table (fi_resources.table_views)."""
+        return connect_views(self.root, self.model_calls_url)
 
 
 def _delete_existing(paths: list[Path]) -> int:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import dagster as dg
 import polars as pl
+
+if TYPE_CHECKING:
+    import dagster as dg
 
 # A declared type is a polars type, or a polars type class where the shape is a setting (the
 # vectors of a chunk: K+1 vectors of the embedder's dimension).
@@ -33,6 +36,9 @@ class Table:
     @property
     def key(self) -> dg.AssetKey:
         """The key of the asset that writes this table."""
+        # Imported here: `fi sql` reads the declarations without loading Dagster.
+        import dagster as dg
+
         return dg.AssetKey(self.written_by or self.name)
 
     @property

@@ -6,7 +6,8 @@ is a pair the pipeline instantiated and the judge at rules-5 kept."""
 import pytest
 
 from fi_method.synthesis.answer_relations import defines, is_about, names_the_doer, places
-from fi_method.synthesis.judge import MIN_JUDGE_SCORE, rules_judge
+from fi_method.synthesis.judge import MIN_JUDGE_SCORE
+from fi_method.synthesis.rules_judge import rules_judge
 from fi_method.templating.templates import slot_values
 
 

@@ -47,7 +47,7 @@ from fi_method.retrieval.documents import clean_documents
 from fi_method.retrieval.matching import TEMPLATES_PER_VECTOR, match_chunks, target_distribution
 from fi_method.roles import RulesAids
 from fi_method.samples import webquestions_questions, wikipedia_articles
-from fi_method.synthesis import continuations, instantiator, judge, squad
+from fi_method.synthesis import continuations, instantiator, judge, rules_judge, squad
 from fi_method.synthesis.pairs import collect_judgements, instantiate_by_rank
 from fi_method.templating import genericizer
 from fi_method.templating.ifbench import ifbench_queries
@@ -447,7 +447,7 @@ class Golden:
 
 
 GENERICIZER_VERSION = "fi_method.templating.genericizer.RULES_VERSION"
-INSTANTIATOR_VERSION = "fi_method.synthesis.rules_instantiator.RULES_VERSION"
+INSTANTIATOR_VERSION = "fi_method.synthesis.instantiator.RULES_VERSION"
 JUDGE_VERSION = "fi_method.synthesis.judge.RULES_VERSION"
 CHUNKING_VERSION = "fi_method.retrieval.chunking.CHUNKING_VERSION"
 HALVING_VERSION = "fi_method.synthesis.continuations.HALVING_VERSION"
@@ -626,7 +626,7 @@ GOLDEN_OF = {golden.name: golden for golden in GOLDENS}
 
 def test_a_rule_changed_under_the_same_version_is_named_with_its_version(inputs, monkeypatch):
     """A retuned threshold of the rules judge: every SQuAD pair under 200 words is now thin."""
-    monkeypatch.setattr(judge, "MIN_ANSWER_WORDS", 200)
+    monkeypatch.setattr(rules_judge, "MIN_ANSWER_WORDS", 200)
     outputs = judge.ROLE.rules.answer(inputs.judge_items, RulesAids())
     found = check(GOLDEN_OF["judge"], outputs, update=False)
     assert found is not None

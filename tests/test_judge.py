@@ -16,15 +16,8 @@ from fi_method.synthesis.judge import (
     RUBRIC,
     Judgement,
     build_messages,
-    coverage,
     format_output,
-    missing_specifics,
     parse_output,
-    repetition,
-    rules_judge,
-    template_words_mentioned,
-    truncated,
-    unanswered_asks,
 )
 from fi_method.synthesis.judge_calibration import (
     ENTITY_SWAP,
@@ -42,6 +35,15 @@ from fi_method.synthesis.judge_calibration import (
     split,
 )
 from fi_method.synthesis.pairs import FUNNEL_STAGES, collect_judgements, funnel
+from fi_method.synthesis.rules_judge import (
+    coverage,
+    missing_specifics,
+    repetition,
+    rules_judge,
+    template_words_mentioned,
+    truncated,
+    unanswered_asks,
+)
 
 # --- prompt ---------------------------------------------------------------------------------
 

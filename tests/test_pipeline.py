@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fi_assets.cli import app
+from fi_assets.command import fi_command
 from fi_assets.definitions import build_assets, build_resources
 from fi_assets.documents import documents
 from fi_assets.ingestion import ingest_shard
@@ -59,6 +60,8 @@ def test_raw_queries_and_documents_called_directly(fi_home, queries_file, docume
     result = raw_queries(dg.build_asset_context(partition_key="q1"), QueryFilterConfig(), storage)
     kept = storage.read_table(tables.RAW_QUERIES, "q1")
     assert kept.height == 4 and result.metadata["dagster/row_count"] == 4
+    # The UI shows one partition's materialization: its figures say which partition first.
+    assert next(iter(result.metadata.items())) == ("partition", "q1")
     columns = {c.name: c.type for c in result.metadata["dagster/column_schema"].columns}
     assert columns == {name: str(dtype) for name, dtype in kept.schema.items()}
     reasons = dict(
@@ -131,7 +134,7 @@ def test_cli_end_to_end(fi_home, queries_file, documents_file, tmp_path, monkeyp
     assert "Expecting value (1 row)" in result.output
     # Every reason, and what to do next.
     assert "empty_text (1 row)" in result.output
-    assert "fix the file and run fi ingest again" in result.output
+    assert f"fix the file and run {fi_command()} ingest again" in result.output
 
     result = runner.invoke(app, ["ingest", "queries", str(queries_file), "--shard", "chat"])
     assert result.exit_code == 0, result.output

@@ -4,7 +4,11 @@ characters), and the full preview behind its link."""
 import polars as pl
 
 from fi_assets.reporting import INLINE_MARKDOWN_CHARS, markdown_preview, preview_metadata
-from fi_method.evaluation.eval_report import headline_table, render_markdown
+from fi_method.evaluation.eval_report import (
+    headline_table,
+    headline_table_by_benchmark,
+    render_markdown,
+)
 
 
 def long_pairs(count: int) -> pl.DataFrame:
@@ -60,6 +64,13 @@ def test_the_eval_table_alone_fits_in_place():
         )
     ]
     table = headline_table(rows)
-    assert len(table) < INLINE_MARKDOWN_CHARS < len(render_markdown(rows))
     assert table in render_markdown(rows)
     assert table.splitlines()[2].startswith("| standard | 10.50")
+    # In place, a row per benchmark: four columns, not one per benchmark, which the UI cuts off.
+    in_place = headline_table_by_benchmark(rows)
+    assert len(in_place) < INLINE_MARKDOWN_CHARS < len(render_markdown(rows))
+    assert (
+        in_place.splitlines()[0]
+        == "| benchmark | standard | fineinstructions | non_instructional |"
+    )
+    assert in_place.splitlines()[2] == "| heldout_nll | 10.50 † | 10.50 † | 10.50 † |"

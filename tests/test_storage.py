@@ -1,9 +1,16 @@
 """Tables are replaced whole or not at all, and DuckDB sees one view per table plus rejects."""
 
+import os
+import subprocess
+import sys
+
 import polars as pl
 import pytest
 
+from fi_resources.engines import Generation
+from fi_resources.model_calls import CallSpec
 from fi_resources.storage import Storage, StorageLayoutError
+from fi_resources.table_views import connect_views, has_model_calls
 from fi_resources.tables import RAW_QUERIES, TableSchemaError
 
 
@@ -75,3 +82,46 @@ def test_a_frame_unlike_its_declaration_is_not_written(tmp_path):
 def test_reading_a_partition_never_written_names_the_asset_to_materialize(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"materialize raw_queries\[s9\] first"):
         Storage(home=str(tmp_path)).read_table(RAW_QUERIES, "s9")
+
+
+def test_fi_sql_starts_without_dagster_spacy_or_torch(tmp_path):
+    """`fi sql` and `fi lineage` read settings and Parquet only: none of the libraries that take
+    seconds to import (Dagster, spaCy, torch) may be loaded on their way, as the role modules'
+    defaults once pulled in spaCy through their rules engines."""
+    Storage(home=str(tmp_path)).write_table(RAW_QUERIES, "a", _queries("one"))
+    script = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from fi_assets.cli import app\n"
+        "runner = CliRunner()\n"
+        "assert runner.invoke(app, ['sql', 'select count(*) from raw_queries']).exit_code == 0\n"
+        "assert runner.invoke(app, ['lineage', 'ab']).exit_code == 1\n"
+        "print(sorted(m for m in ('dagster', 'spacy', 'torch', 'wordfreq') if m in sys.modules))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        env=os.environ | {"FI_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert run.stdout.strip() == "[]"
+
+
+def test_the_call_cache_is_a_table_only_for_queries_that_name_it(tmp_path):
+    storage = Storage(home=str(tmp_path))
+    storage.write_table(RAW_QUERIES, "a", _queries("one"))
+    spec = CallSpec("judge", "rules", "rules-6", "1", {})
+    storage.model_calls.call(
+        spec,
+        [spec.key("a pair")],
+        ["a pair"],
+        lambda batch: iter([[(0, Generation("<score>5</score>"))]]),
+        batch_size=1,
+    )
+    without = connect_views(tmp_path, model_calls=False)
+    tables = {name for (name,) in without.execute("show tables").fetchall()}
+    assert tables == {"raw_queries"}
+    assert has_model_calls(tmp_path)
+    with_calls = connect_views(tmp_path)
+    assert with_calls.execute("select count(*) from model_calls").fetchone() == (1,)

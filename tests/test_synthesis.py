@@ -19,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fi_assets.cli import app
+from fi_assets.command import fi_command
 from fi_assets.definitions import build_definitions
 from fi_method.samples import wikipedia_articles, write_sample
 from fi_resources import tables
@@ -127,7 +128,13 @@ def test_pairs_are_judged_traced_and_never_paid_twice(matched):
         assert expected in shown.output
     assert "query shard chat" in shown.output and "[[" in shown.output
     unknown = runner.invoke(app, ["lineage", "nope"])
-    assert unknown.exit_code == 1 and "list kept pairs' ids with: fi sql" in unknown.output
+    assert unknown.exit_code == 1 and f"list kept pairs' ids with: {fi_command()} sql" in (
+        unknown.output
+    )
+    # The hint runs as printed, in a shell (where a bare `fi` is a keyword).
+    hint = unknown.output.split("list kept pairs' ids with: ", 1)[1].strip()
+    listed = subprocess.run(["sh", "-c", hint], capture_output=True, text=True, check=True)
+    assert listed.stdout.startswith("pair_id,instruction\n") and len(listed.stdout) > 40
 
     # Packing: three recipes of the shard, none with more tokens than the documents themselves.
     packed = storage.read_all(tables.PACKED_CORPUS)

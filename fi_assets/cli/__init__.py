@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from fi_assets.command import fi_command
 
 # What `fi demo` trains each recipe on when FI_TRAINING_TOKENS is unset: 20 steps of 4 x 256.
 DEMO_TRAINING_TOKENS = 20_480
@@ -56,7 +57,7 @@ def _ingest(kind: str, source: str, shard: str | None) -> str:
     typer.echo(
         f"{kind} shard {ingested.shard}: {ingested.accepted} accepted, {ingested.rejected} rejected"
         + (
-            f" (see: fi sql \"select * from rejects where shard = '{ingested.shard}'\")"
+            f" (see: {fi_command()} sql \"select * from rejects where shard = '{ingested.shard}'\")"
             if ingested.rejected
             else ""
         )
@@ -203,14 +204,15 @@ def materialize(
     if outcome.stale_again:
         typer.secho(
             "stale again after running here (an upstream changed meanwhile): "
-            f"{'; '.join(outcome.stale_again)}; run `fi materialize` again",
+            f"{'; '.join(outcome.stale_again)}; run `{fi_command()} materialize` again",
             fg="red",
             err=True,
         )
     unsuccessful = len(outcome.failed) + len(outcome.skipped)
     if unsuccessful:
         typer.secho(
-            f"{unsuccessful} run(s) failed or skipped: open the UI (fi ui) for their logs",
+            f"{unsuccessful} run(s) failed or skipped: open the UI ({fi_command()} ui) for "
+            "their logs",
             fg="red",
             err=True,
         )
@@ -225,19 +227,28 @@ def sql(
     """Run SQL over the tables and print CSV with a header row."""
     import duckdb
 
-    from fi_resources.storage import Storage
+    from fi_resources.table_views import connect_views, has_model_calls
 
     settings = _settings()
-    storage = Storage.from_settings(settings)
-    connection = storage.connect()
+    # The call cache is copied into the connection whole (seconds for a large one): only for a
+    # query that names it.
+    reads_calls = "model_calls" in query.lower()
+    connection = connect_views(settings.home, settings.model_calls_url, model_calls=reads_calls)
     try:
         cursor = connection.execute(query)
     except duckdb.CatalogException as error:
         # What the connection can query: the stage tables, rejects and the call cache.
-        names = connection.execute(
-            "select table_name from information_schema.tables order by 1"
-        ).fetchall()
-        tables = ", ".join(n for (n,) in names) or "none yet (run `fi demo` or `fi materialize`)"
+        names = {
+            name
+            for (name,) in connection.execute(
+                "select table_name from information_schema.tables"
+            ).fetchall()
+        }
+        if has_model_calls(settings.home, settings.model_calls_url):
+            names.add("model_calls")
+        tables = ", ".join(sorted(names)) or (
+            f"none yet (run `{fi_command()} demo` or `{fi_command()} materialize`)"
+        )
         raise _failure(
             f"{str(error).splitlines()[0]}\ntables under {settings.home.resolve()}: {tables}"
             "\n(FI_HOME, default ./fi_home, is relative to the working directory)",
@@ -258,10 +269,11 @@ def lineage(
     and the document chunk it answers from with the copied spans marked, with the engine and
     model behind each step."""
     from fi_assets.cli.lineage import LineageError, find_lineage, render_lineage
-    from fi_resources.storage import Storage
+    from fi_resources.table_views import connect_views
 
+    settings = _settings()
     try:
-        record = find_lineage(Storage.from_settings(_settings()), pair_id)
+        record = find_lineage(connect_views(settings.home, model_calls=False), pair_id)
     except LineageError as error:
         raise _failure(error, 1) from error
     typer.echo(render_lineage(record))
@@ -300,8 +312,7 @@ def demo(
 ) -> None:
     """Ingest the bundled sample (real WildChat, WebQuestions and ShareGPT queries, real Wikipedia
     articles) and materialize everything."""
-    from fi_assets.evaluation import fidelity_figures
-    from fi_method.evaluation.fidelity import render_markdown
+    from fi_assets.evaluation import fidelity_report
     from fi_method.samples import write_sample
     from fi_resources.storage import Storage
 
@@ -313,7 +324,7 @@ def demo(
     _ingest("documents", str(sample.documents), None)
     _ingest("documents", str(sample.heldout_documents), settings.heldout_doc_shard)
     materialize(None)
-    fi = _command_name()
+    fi = fi_command()
     connection = Storage.from_settings(settings).connect()
     judged, kept, continued, example = connection.execute(
         "select (select count(*) from judged_pairs), "
@@ -324,19 +335,12 @@ def demo(
     storage = Storage.from_settings(settings)
     report = settings.home / "reports" / "eval_report.md"
     table = report.read_text().split("\n\n")[1] if report.exists() else "(no eval report)"
-    fidelity = render_markdown(
-        fidelity_figures(
-            storage,
-            settings.heldout_doc_shard,
-            settings.training_tokens,
-            settings.max_training_tokens,
-        )
-    )
+    fidelity = fidelity_report(storage, settings)
     typer.echo(
         f"\ndemo done in {time.perf_counter() - started:.0f}s. Data root: {settings.home}\n"
         f"Evaluation ({report}):\n{table}\n"
         f"{judged} pairs judged, {kept} kept; {continued} non-instructional continuations.\n"
-        f"Fidelity to the method (training shards):\n{fidelity}\n"
+        f"Fidelity to the method:\n{fidelity}\n"
         f'  {fi} sql "select n_tags, count(*) from instruction_templates group by 1 order by 1"\n'
         f'  {fi} sql "select stage, reason, count(*) from rejects group by all order by 3 desc"\n'
         f'  {fi} sql "select score, count(*) from judged_pairs group by 1 order by 1"\n'
@@ -416,7 +420,7 @@ def judge(
     if rejects:
         typer.echo("\n".join(render_rejects(str(file), rejects, MAX_REJECTS_SHOWN)), err=True)
         typer.echo(
-            f"{len(rejects)} row(s) rejected, see: {_command_name()} sql "
+            f"{len(rejects)} row(s) rejected, see: {fi_command()} sql "
             f"\"select * from rejects where stage = 'judge' and shard = '{shard}'\"",
             err=True,
         )
@@ -446,17 +450,6 @@ def _failure(error: Exception | str, code: int) -> typer.Exit:
     """Print `error` as the command's error, in red on stderr; the exit to raise, with `code`."""
     typer.secho(f"error: {error}", fg="red", err=True)
     return typer.Exit(code)
-
-
-def _command_name() -> str:
-    """How the user can call `fi` again from here: `.venv/bin/fi` when it is not on the PATH."""
-    executable = Path(sys.executable).with_name("fi")
-    if shutil.which("fi") == str(executable):
-        return "fi"
-    try:
-        return str(executable.relative_to(Path.cwd()))
-    except ValueError:
-        return str(executable)
 
 
 @app.command()

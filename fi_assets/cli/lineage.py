@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import textwrap
 
+import duckdb
+
+from fi_assets.command import fi_command
 from fi_method.synthesis.excerpts import excerpt_spans
-from fi_resources.storage import Storage
 
 MARK_OPEN, MARK_CLOSE = "[[", "]]"
 _PAIR_QUERY = """
@@ -36,9 +38,9 @@ class LineageError(LookupError):
     """No pair, or more than one, for the id given."""
 
 
-def find_lineage(storage: Storage, pair_id: str) -> dict:
-    """Everything a pair comes from, by its id or an unambiguous prefix of it."""
-    connection = storage.connect()
+def find_lineage(connection: duckdb.DuckDBPyConnection, pair_id: str) -> dict:
+    """Everything a pair comes from, by its id or an unambiguous prefix of it, over the views of
+    fi_resources.table_views."""
     tables = {row[0] for row in connection.execute("show tables").fetchall()}
     needed = {
         "instantiated_pairs",
@@ -48,7 +50,9 @@ def find_lineage(storage: Storage, pair_id: str) -> dict:
         "documents",
     }
     if missing := needed - tables:
-        raise LineageError(f"no {', '.join(sorted(missing))} yet: run fi materialize first")
+        raise LineageError(
+            f"no {', '.join(sorted(missing))} yet: run {fi_command()} materialize first"
+        )
     judged = "judged_pairs" in tables
     query = _PAIR_QUERY.format(
         judge=_JUDGE if judged else _NO_JUDGE,
@@ -59,7 +63,8 @@ def find_lineage(storage: Storage, pair_id: str) -> dict:
     rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
     if not rows:
         raise LineageError(
-            f"no pair {pair_id!r} in instantiated_pairs; list kept pairs' ids with: fi sql "
+            f"no pair {pair_id!r} in instantiated_pairs; list kept pairs' ids with: "
+            f"{fi_command()} sql "
             '"select pair_id, instruction from instantiated_pairs join judged_pairs using '
             '(pair_id) where kept limit 10"'
         )

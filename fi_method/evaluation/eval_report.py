@@ -57,6 +57,22 @@ def headline_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def headline_table_by_benchmark(rows: list[dict]) -> str:
+    """The same cells as `headline_table`, one row per benchmark and a column per recipe: four
+    columns, which fit the width the UI gives a metadata value (a column per benchmark does
+    not)."""
+    cells = headline_cells(rows)
+    recipes = [r for r in RECIPES if any(row["recipe"] == r for row in rows)]
+    lines = ["| benchmark | " + " | ".join(recipes) + " |", "|---|" + "---|" * len(recipes)]
+    for benchmark in BENCHMARKS:
+        lines.append(
+            f"| {benchmark} | "
+            + " | ".join(_cell(cells.get((recipe, benchmark))) for recipe in recipes)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 def render_markdown(rows: list[dict], title: str = "Evaluation report") -> str:
     """The report as Markdown: the recipe x benchmark table, what each column measures and who
     scored it, and every metric row underneath."""

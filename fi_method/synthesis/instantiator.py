@@ -22,12 +22,16 @@ from fi_method.synthesis.excerpts import (
     excerpt_ratio,
     expand_excerpts,
 )
-from fi_method.synthesis.rules_instantiator import RULES_VERSION, rules_instantiate_all
 from fi_method.templating.templates import FI_CLOSE, FI_OPEN
 
 RELEASED_INSTANTIATOR = "fineinstructions/template_instantiator"
 # Part of every cache key: change it whenever the prompt changes, so no stale answer is reused.
 PROMPT_VERSION = "1"
+# Part of every cache key and of instantiated_pairs' code version: change it whenever the outputs
+# of the rules in `rules_instantiator` (or of the helpers they use) change.
+# tests/goldens/instantiator.json holds their outputs on real passages, and tests/test_goldens.py
+# fails when they change while this does not.
+RULES_VERSION = "rules-11"
 # About 4k Llama-3 tokens: long documents are cut to the window around the matched chunk.
 MAX_DOCUMENT_CHARS = 16_000
 
@@ -217,6 +221,10 @@ def _request(item: dict, model: str) -> Request:
 
 
 def _rules_answer(items: list[dict], aids: RulesAids) -> list[str]:
+    # Imported on first use: the rules load spaCy, which commands that only read settings
+    # (`fi sql`) should not wait for.
+    from fi_method.synthesis.rules_instantiator import rules_instantiate_all
+
     # The rules read what a model reads, the document around the matched chunk, as a span of
     # the whole document, so that a document is parsed once for all its chunks.
     return rules_instantiate_all(

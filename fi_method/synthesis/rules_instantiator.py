@@ -66,11 +66,6 @@ from fi_method.templating.template_words import (
 from fi_method.templating.templates import FI_OPEN, fill_slots, fixed_text, slot_descriptions
 from fi_method.text import sentence_spans, word_keys, words
 
-# Part of every cache key and of instantiated_pairs' code version: change it whenever the outputs
-# of the rules below (or of the helpers they use) change. tests/goldens/instantiator.json holds
-# their outputs on real passages, and tests/test_goldens.py fails when they change while this does
-# not.
-RULES_VERSION = "rules-11"
 # The released instantiator's answers are mostly long copies of the document, several paragraphs
 # of it; this is longer than a MiniLM passage (~190 words), so an excerpt may run on into the
 # document around its passage, as the released model, which reads the whole document, copies.
