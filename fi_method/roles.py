@@ -31,6 +31,12 @@ class OutputFormat:
         """The format as plain data, for the cache key."""
         return {"json_schema": self.json_schema} if self.json_schema else {"regex": self.regex}
 
+    def vllm_structured_outputs(self) -> dict:
+        """The format as vLLM names it: the fields of its `StructuredOutputsParams`, which are
+        also the keys of the `structured_outputs` object its OpenAI-compatible server reads
+        (`json` or `regex`; `guided_json` and `guided_regex` before vLLM 0.12)."""
+        return {"json": self.json_schema} if self.json_schema else {"regex": self.regex}
+
 
 @dataclass(frozen=True)
 class Request:

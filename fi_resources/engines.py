@@ -492,7 +492,7 @@ class VLLMEngine(ModelEngine):
             from vllm.sampling_params import StructuredOutputsParams
 
             structured["structured_outputs"] = StructuredOutputsParams(
-                json=request.output_format.json_schema, regex=request.output_format.regex
+                **request.output_format.vllm_structured_outputs()
             )
         return SamplingParams(temperature=0.0, max_tokens=max_new_tokens, **structured)
 
@@ -605,7 +605,7 @@ class OpenAIEngine(ModelEngine):
         if output_format is None or mode == "off":
             return {}
         if mode == "vllm":
-            return {"extra_body": {"structured_outputs": output_format.describe()}}
+            return {"extra_body": {"structured_outputs": output_format.vllm_structured_outputs()}}
         if output_format.json_schema is None:
             return {}  # the OpenAI API has no regular-expression format
         return {
@@ -708,6 +708,17 @@ def _answer_text(response) -> str:
     return text or ""
 
 
+def _error_detail(error) -> str:
+    """What a server's error body says: OpenAI's and vLLM's `message`, or the `detail` of a
+    FastAPI server (`transformers serve`, request validation), else the client's summary."""
+    body = getattr(error, "body", None)
+    if isinstance(body, dict):
+        said = body.get("message") or body.get("detail")
+        if said:
+            return str(said)
+    return str(getattr(error, "message", "") or "")
+
+
 def _status_advice(url: str, model: str, error, api_key: str) -> str:
     status = error.status_code
     hint = {
@@ -719,7 +730,7 @@ def _status_advice(url: str, model: str, error, api_key: str) -> str:
     }.get(status, "see the server's log")
     # The body says what the server objects to; on an authentication error it may quote part of
     # the key, so it is left out there, and the key is cut out of any other.
-    detail = "" if status in (401, 403) else str(getattr(error, "message", "") or "")[:300]
+    detail = "" if status in (401, 403) else _error_detail(error)[:300]
     detail = detail.replace(api_key, "***") if api_key != "EMPTY" else detail
     return f"{url} answered HTTP {status}{': ' + detail if detail else ''} ({hint})"
 

@@ -36,13 +36,15 @@ QUERIES = [
 SECRET = "sk-test-0123456789abcdef"
 
 
-class AuthGateway(ThreadingHTTPServer):
-    """An API-key check in front of a real server, as hosted APIs and `vllm serve --api-key`
-    do: a request without the right bearer key gets 401, the others are forwarded."""
+class Gateway(ThreadingHTTPServer):
+    """A pass-through in front of a real server that keeps every request body it forwards, and
+    with a `key`, checks it as hosted APIs and `vllm serve --api-key` do: a request without the
+    right bearer key gets 401."""
 
-    def __init__(self, upstream: str, key: str):
+    def __init__(self, upstream: str, key: str | None = None):
         super().__init__(("127.0.0.1", 0), _GatewayHandler)
         self.upstream, self.key = upstream.removesuffix("/v1"), key
+        self.bodies: list[dict] = []
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
     @property
@@ -63,7 +65,9 @@ class _GatewayHandler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        if self.headers.get("Authorization") != f"Bearer {self.server.key}":
+        self.server.bodies.append(json.loads(body))
+        key = self.server.key
+        if key is not None and self.headers.get("Authorization") != f"Bearer {key}":
             error = {"message": "Incorrect API key provided", "code": "invalid_api_key"}
             self._answer(401, json.dumps({"error": error}).encode())
             return
@@ -204,7 +208,7 @@ def test_an_unreachable_server_fails_clearly_and_writes_nothing(
 def test_a_401_names_the_key_setting_and_writes_nothing(
     fi_home, tmp_path, monkeypatch, model_server
 ):
-    gateway = AuthGateway(model_server.url, key=SECRET)
+    gateway = Gateway(model_server.url, key=SECRET)
     try:
         use_server(
             monkeypatch,
@@ -228,5 +232,34 @@ def test_a_401_names_the_key_setting_and_writes_nothing(
             use_server(monkeypatch, gateway.url, openai_api_key=SECRET)
             assert materialize_templates(instance, storage, queries, "q1").success
             assert open_model_call_cache(fi_home).frame().height == 1
+    finally:
+        gateway.shutdown()
+
+
+def test_vllm_mode_names_the_schema_as_vllm_reads_it(fi_home, tmp_path, monkeypatch, model_server):
+    """FI_OPENAI_STRUCTURED=vllm puts the genericizer's JSON schema in `structured_outputs.json`,
+    the field vLLM's server reads (its StructuredOutputsParams: `json`, `regex`, ...; an unknown
+    key such as `json_schema` is dropped, and the request refused for having no constraint).
+    `transformers serve` has no such field, refuses it, and the step says so."""
+    gateway = Gateway(model_server.url)
+    try:
+        use_server(
+            monkeypatch,
+            gateway.url,
+            genericizer_model=model_server.model,
+            openai_structured="vllm",
+            openai_max_retries=0,
+            max_new_tokens=16,
+        )
+        storage = Storage(home=str(fi_home))
+        queries = write_queries(tmp_path / "q.jsonl", QUERIES[:1])
+        with dg.instance_for_test() as instance:
+            result = materialize_templates(instance, storage, queries, "q1")
+        (body,) = gateway.bodies
+        assert set(body["structured_outputs"]) == {"json"}
+        schema = body["structured_outputs"]["json"]
+        assert schema["type"] == "object" and "template" in schema["properties"]
+        assert "response_format" not in body
+        assert not result.success and "structured_outputs" in step_failure(result)
     finally:
         gateway.shutdown()
