@@ -92,6 +92,13 @@ class EngineOptions(BaseModel):
         description="Retries of an openai request on 408/409/429/5xx, connection errors and "
         "timeouts, with exponential backoff and jitter.",
     )
+    openai_failover_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a server of the openai engine's fleet stays out of the rotation "
+        "after it failed a request for good (unreachable, timed out or 5xx after the retries); "
+        "its requests go to the others meanwhile.",
+    )
     openai_structured: StructuredMode = Field(
         "response_format",
         description="How the openai engine asks for structured output: response_format (JSON "
@@ -559,17 +566,61 @@ class ServerError(RuntimeError):
     """A request the server never answered, after every retry."""
 
 
+class ServerDown(ServerError):
+    """A server that failed a request in a way another server may not: unreachable, timed out,
+    or a 5xx, after the client's retries."""
+
+
+class Fleet:
+    """The servers of FI_OPENAI_BASE_URL and which of them are in the rotation: one that fails a
+    request for good is left out for `failover_s` seconds, then tried again. Thread-safe."""
+
+    def __init__(self, urls: list[str], failover_s: float):
+        self.urls, self.failover_s = urls, failover_s
+        self._down_until = [0.0] * len(urls)
+        self._last_error: list[str | None] = [None] * len(urls)
+        self._lock = threading.Lock()
+
+    def choose(self, index: int, tried: set[int]) -> int:
+        """The server for a request's next try: round-robin by the request's `index`, skipping
+        those it `tried` and those out of the rotation. Raises ServerError naming every server
+        and its last error when none is left."""
+        now = time.monotonic()
+        with self._lock:
+            for step in range(len(self.urls)):
+                slot = (index + step) % len(self.urls)
+                if slot not in tried and self._down_until[slot] <= now:
+                    return slot
+            failures = "; ".join(
+                f"{url}: {error or 'out of the rotation'}"
+                for url, error in zip(self.urls, self._last_error, strict=True)
+            )
+        raise ServerError(
+            f"every server failed ({failures})"
+            if len(self.urls) > 1
+            else self._last_error[0] or f"{self.urls[0]} failed"
+        )
+
+    def failed(self, slot: int, error: str) -> None:
+        """Take server `slot` out of the rotation for `failover_s` seconds."""
+        with self._lock:
+            self._down_until[slot] = time.monotonic() + self.failover_s
+            self._last_error[slot] = error
+
+
 class OpenAIEngine(ModelEngine):
     """Any OpenAI-compatible endpoint through the `openai` client: requests spread round-robin
     over the URLs of FI_OPENAI_BASE_URL, at most FI_OPENAI_MAX_CONCURRENCY in flight. The client
     retries 408, 409, 429, 5xx, connection errors and timeouts with exponential backoff and
-    jitter (honouring Retry-After), FI_OPENAI_MAX_RETRIES times."""
+    jitter (honouring Retry-After), FI_OPENAI_MAX_RETRIES times; a server that still fails leaves
+    the rotation for FI_OPENAI_FAILOVER_S seconds and the request goes to another (`Fleet`)."""
 
     name = "openai"
 
     def __init__(self, config: EngineConfig):
         super().__init__(config)
         self.urls = parse_base_urls(config.openai_base_url)
+        self.fleet = Fleet(self.urls, config.openai_failover_s)
         self.pacer = RequestPacer(config.openai_requests_per_minute)
         self.clients: list | None = None
 
@@ -615,11 +666,21 @@ class OpenAIEngine(ModelEngine):
             }
         }
 
-    def _ask(self, index: int, request: Request, max_new_tokens: int):
+    def _ask(self, index: int, request: Request, max_new_tokens: int) -> Generation:
+        """One request's answer from the first server of the fleet that gives one."""
+        tried: set[int] = set()
+        while True:
+            slot = self.fleet.choose(index, tried)
+            try:
+                return self._ask_server(slot, request, max_new_tokens)
+            except ServerDown as error:
+                self.fleet.failed(slot, str(error))
+                tried.add(slot)
+
+    def _ask_server(self, slot: int, request: Request, max_new_tokens: int) -> Generation:
         import openai
 
         structured = self._structured(request.output_format)
-        slot = index % len(self.clients)
         client, url = self.clients[slot], self.urls[slot]
         self.pacer.wait()
         try:
@@ -639,15 +700,16 @@ class OpenAIEngine(ModelEngine):
                     temperature=0.0,
                 )
         except openai.APIStatusError as error:
-            raise ServerError(_status_advice(url, self.model, error, self._api_key)) from None
+            kind = ServerDown if error.status_code >= 500 else ServerError
+            raise kind(_status_advice(url, self.model, error, self._api_key)) from None
         except openai.APITimeoutError:
-            raise ServerError(
+            raise ServerDown(
                 f"{url} did not answer within {self.config.openai_timeout_s:g} s, "
                 f"{self.config.openai_max_retries} retries included: raise FI_OPENAI_TIMEOUT_S "
                 "or lower FI_OPENAI_MAX_CONCURRENCY"
             ) from None
         except openai.APIConnectionError as error:
-            raise ServerError(
+            raise ServerDown(
                 f"cannot reach {url} ({error.__cause__ or error}) after "
                 f"{self.config.openai_max_retries} retries: is the server up, and is "
                 "FI_OPENAI_BASE_URL right?"

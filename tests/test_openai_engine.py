@@ -79,6 +79,9 @@ class _GatewayHandler(BaseHTTPRequestHandler):
                 self._answer(answer.status, answer.read())
         except urllib.error.HTTPError as error:
             self._answer(error.code, error.read())
+        except (urllib.error.URLError, ConnectionError) as error:
+            # What a proxy in front of a dead server answers.
+            self._answer(502, json.dumps({"error": {"message": str(error)}}).encode())
 
 
 def write_queries(path, queries):
@@ -263,3 +266,51 @@ def test_vllm_mode_names_the_schema_as_vllm_reads_it(fi_home, tmp_path, monkeypa
         assert not result.success and "structured_outputs" in step_failure(result)
     finally:
         gateway.shutdown()
+
+
+def test_a_fleet_survives_a_dead_server(fi_home, model_server, own_model_server):
+    """Two real servers, each behind a pass-through that counts what it forwards; one dies
+    after answering twice. Its requests go to the other: the step finishes, every answer is in
+    the cache once, and the dead server is left out of the rotation instead of being asked each
+    time."""
+    dying, living = Gateway(own_model_server.url), Gateway(model_server.url)
+    try:
+        genericizer = Genericizer(
+            engine="openai",
+            model=own_model_server.model,
+            home=str(fi_home),
+            max_new_tokens=16,
+            openai_base_url=f"{dying.url},{living.url}",
+            openai_max_concurrency=2,
+            openai_max_retries=1,
+            openai_timeout_s=300,
+        )
+        items = [{"query": q} for q in QUERIES]
+        cache = open_model_call_cache(fi_home)
+
+        def kill_after_two_answers():
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and cache.frame().height < 2:
+                time.sleep(0.2)
+            own_model_server.kill()
+
+        killer = threading.Thread(target=kill_after_two_answers)
+        killer.start()
+        started = time.monotonic()
+        result = genericizer.call(items)
+        seconds = time.monotonic() - started
+        killer.join()
+        assert (result.made, result.cached) == (len(items), 0)
+        assert all(isinstance(output, str) for output in result.outputs)
+        assert cache.frame().height == len(items)
+        # Every request reached the living server, or the dying one before it died; the dying
+        # one was asked at most once more per request in flight (and its retry) after that.
+        assert len(living.bodies) >= len(items) - 2
+        assert len(dying.bodies) <= len(items) // 2 + 2 * 2
+        print(
+            f"fleet: {len(dying.bodies)} requests to the dying server, {len(living.bodies)} to "
+            f"the living one, {cache.frame().height} answers cached, {seconds:.1f} s"
+        )
+    finally:
+        dying.shutdown()
+        living.shutdown()
