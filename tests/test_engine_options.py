@@ -33,6 +33,7 @@ CHANGED = {
     "openai_timeout_s": 30.0,
     "openai_requests_per_minute": 120,
     "openai_max_retries": 1,
+    "openai_failover_s": 5.0,
     "openai_structured": "vllm",
     "generation_batch_size": 4,
     "vllm_batch_size": 64,

@@ -93,7 +93,7 @@ def test_role_versions_follow_prompt_engine_model_and_thresholds(monkeypatch):
     served = role_version("judge", Settings())
     assert served == (
         f"judge:prompt-{judge.PROMPT_VERSION}|openai:flowaicom/Flow-Judge-v0.1|decoding=greedy"
-        "|max_new_tokens=512|structured=openai:response_format|min_judge_score=5"
+        "|max_new_tokens=1000|structured=openai:response_format|min_judge_score=5"
     )
     # The genericizer's rules do not read the prompt: a prompt change leaves them be.
     assert role_version("genericizer", Settings()) == "genericizer:rules-2"

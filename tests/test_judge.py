@@ -5,6 +5,7 @@ set's building and loading, and the collection of judgements into rows, rejects 
 
 import gzip
 import json
+import re
 
 import pytest
 
@@ -12,6 +13,7 @@ from fi_method.llm_output import OutputParseError
 from fi_method.synthesis import squad
 from fi_method.synthesis.judge import (
     MIN_JUDGE_SCORE,
+    OUTPUT_REGEX,
     ROLE,
     RUBRIC,
     Judgement,
@@ -723,3 +725,23 @@ def test_funnel_after_an_empty_stage_has_no_share_of_previous():
     rows = funnel({"matched": 8, "instantiated": 0})
     assert [row["of_matched"] for row in rows] == ["100.0%", "0.0%", "0.0%", "0.0%", "0.0%"]
     assert [row["of_previous"] for row in rows] == ["100.0%", "0.0%", "-", "-", "-"]
+
+
+def test_the_output_grammar_lets_feedback_quote_a_comparison_and_ends_it_at_its_closing_tag():
+    """Constrained decoding holds Flow Judge to OUTPUT_REGEX. Feedback that compares ("3 < 5")
+    or quotes a tag must fit (the old grammar forbade every "<", so such feedback closed early);
+    a closing tag inside it must not, since that is where the feedback ends. The grammar
+    library the transformers engine uses compiles it (no lookahead)."""
+    import xgrammar
+
+    xgrammar.Grammar.from_regex(OUTPUT_REGEX)
+    comparing = (
+        "<feedback>The answer says 3 < 5 and quotes <b> once; it addresses the query.</feedback>"
+        "\n<score>4</score>"
+    )
+    assert re.fullmatch(OUTPUT_REGEX, comparing)
+    assert parse_output(comparing) == Judgement(
+        4, "The answer says 3 < 5 and quotes <b> once; it addresses the query."
+    )
+    assert not re.fullmatch(OUTPUT_REGEX, "<feedback>ends</b> early</feedback><score>4</score>")
+    assert ROLE.max_new_tokens == 1000  # Flow Judge's own client's budget

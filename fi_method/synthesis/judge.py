@@ -122,7 +122,13 @@ def format_output(judgement: Judgement) -> str:
 # The role
 
 # Flow Judge's output format, which its card documents: feedback, then one score on the scale.
-OUTPUT_REGEX = r"<feedback>[^<]+</feedback>[ \n]*<score>[ \n]*[1-5][ \n]*</score>"
+# The feedback may hold "<" (a comparison, a tag it quotes) but no closing tag, which is where
+# the feedback ends: grammar engines take no lookahead, so "anything but </feedback>" is written
+# as "no </".
+OUTPUT_REGEX = r"<feedback>(?:[^<]|<[^/])+</feedback>[ \n]*<score>[ \n]*[1-5][ \n]*</score>"
+# Flow Judge's own client's budget: its feedback runs to several hundred tokens, and one cut off
+# before <score> is a pair lost as no_score.
+MAX_NEW_TOKENS = 1000
 
 
 def _request(item: dict, _model: str) -> Request:
@@ -146,7 +152,7 @@ ROLE = Role(
     name="judge",
     prompt_version=PROMPT_VERSION,
     default_model=FLOW_JUDGE,
-    max_new_tokens=512,
+    max_new_tokens=MAX_NEW_TOKENS,
     request=_request,
     parse=parse_output,
     output_format=lambda _item: OutputFormat(regex=OUTPUT_REGEX),
