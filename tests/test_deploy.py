@@ -300,3 +300,33 @@ def test_a_cluster_backfills_the_model_assets_one_shard_per_run():
     assert one_machine["judged_pairs"] is None and set(one_machine.values()) == {None}
     cluster = policies(Settings(backfill_shards_per_run=1))
     assert cluster.keys() == one_machine.keys() and set(cluster.values()) == {1}
+
+
+def _pins(lock: Path) -> dict[str, str]:
+    """Package -> version of a `uv pip compile` lock."""
+    found = re.findall(r"^([A-Za-z0-9_.-]+)==([^\s;]+)", lock.read_text(), flags=re.MULTILINE)
+    return {name.lower().replace("_", "-"): version for name, version in found}
+
+
+def test_the_gpu_lock_holds_vllm_with_the_core_pins_and_the_image_matches_its_cuda():
+    """`make install-gpu` and the deploy image install requirements-gpu.lock: it must hold vLLM
+    at a version whose structured-output API the engines use (>= 0.12), every exact pin of the
+    project's core dependencies at the same version (a core pin bumped without `make lock`
+    fails here), and CUDA libraries of the major the image's base carries."""
+    root = DEPLOY.parents[1]
+    pins = _pins(root / "requirements-gpu.lock")
+    vllm_version = tuple(int(part) for part in pins["vllm"].split(".")[:2])
+    assert vllm_version >= (0, 12)
+    core = re.search(
+        r"^dependencies = \[(.*?)^\]",
+        (root / "pyproject.toml").read_text(),
+        re.MULTILINE | re.DOTALL,
+    )
+    exact = dict(re.findall(r'"([A-Za-z0-9_.-]+)==([^"]+)"', core.group(1)))
+    assert exact and {name: pins.get(name.lower()) for name in exact} == exact
+    cuda_major = pins["nvidia-cuda-runtime"].split(".")[0]
+    base = re.search(
+        r"^FROM nvidia/cuda:(\d+)\.", (DEPLOY / "Dockerfile").read_text(), re.MULTILINE
+    )
+    assert base.group(1) == cuda_major
+    assert "--constraint requirements-gpu.lock" in (DEPLOY / "Dockerfile").read_text()
