@@ -314,3 +314,24 @@ def test_a_fleet_survives_a_dead_server(fi_home, model_server, own_model_server)
     finally:
         dying.shutdown()
         living.shutdown()
+
+
+def test_doctor_asks_a_real_server_for_the_model(fi_home, monkeypatch, model_server):
+    """`fi doctor` lists the server's models: the served one passes, another name fails with the
+    names the server does serve."""
+    from typer.testing import CliRunner
+
+    from fi_assets.cli import app
+
+    use_server(monkeypatch, model_server.url, genericizer_model=model_server.model)
+    served = CliRunner().invoke(app, ["doctor"])
+    assert served.exit_code == 0, served.output
+    assert f"ok   genericizer at {model_server.url}: serves {model_server.model}" in served.output
+
+    use_server(monkeypatch, model_server.url, genericizer_model="Qwen/Qwen2.5-7B-Instruct")
+    other = CliRunner().invoke(app, ["doctor"])
+    assert other.exit_code == 1
+    assert (
+        f"FAIL genericizer at {model_server.url}: does not serve 'Qwen/Qwen2.5-7B-Instruct' "
+        f"(it serves: {model_server.model}" in other.output
+    )

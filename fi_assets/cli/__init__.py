@@ -453,6 +453,22 @@ def _failure(error: Exception | str, code: int) -> typer.Exit:
 
 
 @app.command()
+def doctor() -> None:
+    """Check before a long run: the data root, call cache and Dagster instance; each role's
+    engine and model (a server lists it; a model's config and tokenizer load); the embedder; a
+    GPU where one is needed. One line per check; exits 1 when one fails."""
+    from fi_assets.cli.doctor import run_checks
+
+    checks = run_checks(_settings())
+    for check in checks:
+        typer.secho(check.line(), fg=None if check.ok else "red")
+    failed = [check for check in checks if not check.ok]
+    if failed:
+        raise _failure(f"{len(failed)} of {len(checks)} checks failed", 1)
+    typer.echo(f"all {len(checks)} checks passed")
+
+
+@app.command()
 def calibrate(
     vector_share: Annotated[
         float, typer.Option(help="share of document vectors that should keep a candidate")
