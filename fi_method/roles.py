@@ -34,8 +34,13 @@ class OutputFormat:
     def vllm_structured_outputs(self) -> dict:
         """The format as vLLM names it: the fields of its `StructuredOutputsParams`, which are
         also the keys of the `structured_outputs` object its OpenAI-compatible server reads
-        (`json` or `regex`; `guided_json` and `guided_regex` before vLLM 0.12)."""
-        return {"json": self.json_schema} if self.json_schema else {"regex": self.regex}
+        (`json` or `regex`; `guided_json` and `guided_regex` before vLLM 0.12). JSON is compact
+        (`disable_any_whitespace`), as the transformers engine compiles it with xgrammar
+        (`any_whitespace=False`): one grammar on every engine, and no whitespace for a weak
+        model to pad its budget with."""
+        if self.json_schema:
+            return {"json": self.json_schema, "disable_any_whitespace": True}
+        return {"regex": self.regex}
 
 
 @dataclass(frozen=True)

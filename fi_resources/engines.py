@@ -474,6 +474,14 @@ class VLLMEngine(ModelEngine):
     name = "vllm"
     llm = None
 
+    def params(self, role: Role) -> dict:
+        params = super().params(role)
+        if "structured" in params:
+            # Compact JSON (OutputFormat.vllm_structured_outputs): outputs of the grammar that
+            # allowed any whitespace are not reused.
+            params["structured"] = "vllm:compact"
+        return params
+
     def load(self) -> None:
         """The vLLM engine, on the first generation (keys need none)."""
         if self.llm is not None:
@@ -648,7 +656,9 @@ class OpenAIEngine(ModelEngine):
     def params(self, role: Role) -> dict:
         params = super().params(role)
         if "structured" in params:
-            params["structured"] = f"openai:{self.config.openai_structured}"
+            mode = self.config.openai_structured
+            # vLLM's fields ask for compact JSON (OutputFormat.vllm_structured_outputs).
+            params["structured"] = f"openai:{mode}" + (":compact" if mode == "vllm" else "")
         return params
 
     def _structured(self, output_format: OutputFormat | None) -> dict:

@@ -259,7 +259,9 @@ def test_vllm_mode_names_the_schema_as_vllm_reads_it(fi_home, tmp_path, monkeypa
         with dg.instance_for_test() as instance:
             result = materialize_templates(instance, storage, queries, "q1")
         (body,) = gateway.bodies
-        assert set(body["structured_outputs"]) == {"json"}
+        # Compact JSON, the grammar the transformers engine compiles (no free whitespace).
+        assert set(body["structured_outputs"]) == {"json", "disable_any_whitespace"}
+        assert body["structured_outputs"]["disable_any_whitespace"] is True
         schema = body["structured_outputs"]["json"]
         assert schema["type"] == "object" and "template" in schema["properties"]
         assert "response_format" not in body
