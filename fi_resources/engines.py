@@ -47,6 +47,9 @@ class Generation:
 Chunk = list[tuple[int, Generation]]
 
 
+VLLMDtype = Literal["auto", "bfloat16", "float16", "float32"]
+
+
 class EngineOptions(BaseModel):
     """The engines' options, declared once: `Settings` takes them as FI_* variables and fi.toml
     keys, each role's resource (fi_resources.roles.RoleModel) as its Dagster config, and each
@@ -61,7 +64,7 @@ class EngineOptions(BaseModel):
         None,
         ge=16,
         description="Output tokens per model call, every role; default per role: genericizer 256, "
-        "instantiator 1024, judge 512, continuation 1024.",
+        "instantiator 1024, judge 1000, continuation 1024.",
     )
     structured_outputs: bool = Field(
         True,
@@ -74,6 +77,23 @@ class EngineOptions(BaseModel):
         le=1.0,
         description="Share of GPU memory a vLLM engine takes; eval gives the candidate and the "
         "judge half each when both are vLLM.",
+    )
+    vllm_tensor_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="GPUs a vLLM engine shards its model over (tensor parallelism); per role "
+        "in vllm_roles.",
+    )
+    vllm_max_model_len: int | None = Field(
+        None,
+        ge=256,
+        description="Context length a vLLM engine allocates for (prompt and output); default: "
+        "the model's. Per role in vllm_roles.",
+    )
+    vllm_dtype: VLLMDtype = Field(
+        "auto",
+        description="Weights' and activations' dtype of a vLLM engine; auto: the model's. Per "
+        "role in vllm_roles.",
     )
     openai_base_url: str = Field(
         "",
@@ -480,7 +500,25 @@ class VLLMEngine(ModelEngine):
             # Compact JSON (OutputFormat.vllm_structured_outputs): outputs of the grammar that
             # allowed any whitespace are not reused.
             params["structured"] = "vllm:compact"
+        if self.config.vllm_dtype != "auto":
+            params["dtype"] = self.config.vllm_dtype
         return params
+
+    def llm_kwargs(self) -> dict:
+        """What `vllm.LLM()` is given: the model, where it downloads, its share of GPU memory,
+        and the role's tensor parallelism, context length and dtype."""
+        return {
+            "model": self.config.model,
+            "download_dir": str(self.config.models_dir),
+            "gpu_memory_utilization": self.config.vllm_gpu_memory_share,
+            "tensor_parallel_size": self.config.vllm_tensor_parallel_size,
+            "dtype": self.config.vllm_dtype,
+            **(
+                {"max_model_len": self.config.vllm_max_model_len}
+                if self.config.vllm_max_model_len
+                else {}
+            ),
+        }
 
     def load(self) -> None:
         """The vLLM engine, on the first generation (keys need none)."""
@@ -493,11 +531,7 @@ class VLLMEngine(ModelEngine):
                 "the vllm engine needs vLLM on a CUDA machine: make install-gpu (the "
                 "project with vLLM at the versions of requirements-gpu.lock)"
             ) from error
-        self.llm = LLM(
-            model=self.config.model,
-            download_dir=str(self.config.models_dir),
-            gpu_memory_utilization=self.config.vllm_gpu_memory_share,
-        )
+        self.llm = LLM(**self.llm_kwargs())
 
     @staticmethod
     def _sampling(request: Request, max_new_tokens: int):

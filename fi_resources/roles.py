@@ -242,6 +242,8 @@ def role_resource(resource: type[RoleModel], settings: Settings, **extra) -> Rol
     }
     if model_setting is not None:
         fields["model"] = getattr(settings, model_setting)
+    if resource.ROLE_NAME in settings.vllm_roles:
+        fields |= settings.vllm_roles[resource.ROLE_NAME].engine_options()
     if resource is BenchmarkJudge and settings.eval_judge_base_url:
         fields["openai_api_key_env"] = "FI_EVAL_JUDGE_API_KEY"
     both_vllm = settings.eval_engine == settings.eval_judge_engine == "vllm"

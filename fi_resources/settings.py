@@ -12,7 +12,7 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -30,7 +30,7 @@ from fi_method.synthesis.instantiator import RELEASED_INSTANTIATOR
 from fi_method.synthesis.judge import FLOW_JUDGE, MIN_JUDGE_SCORE
 from fi_method.synthesis.pairs import MAX_TEMPLATE_USES
 from fi_method.templating.genericizer import RELEASED_TEMPLATIZER
-from fi_resources.engines import EngineName, EngineOptions, parse_base_urls
+from fi_resources.engines import EngineName, EngineOptions, VLLMDtype, parse_base_urls
 from fi_resources.models import MINILM
 
 Engine = EngineName
@@ -86,6 +86,24 @@ def record_in_data_root(key: str, value: int, why: str) -> Path:
     return path
 
 
+# The roles by name, as ROLE_SETTINGS declares them.
+RoleName = Literal[tuple(ROLE_SETTINGS)]
+
+
+class VLLMRoleOptions(BaseModel):
+    """One role's vLLM options; what is left out is the engines' setting (vllm_*)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tensor_parallel_size: int | None = Field(None, ge=1)
+    max_model_len: int | None = Field(None, ge=256)
+    dtype: VLLMDtype | None = None
+
+    def engine_options(self) -> dict:
+        """These options under the engines' names (vllm_*), the ones set only."""
+        return {f"vllm_{name}": value for name, value in self if value is not None}
+
+
 class EngineSettings(EngineOptions):
     """The settings of the engines: the options every engine is given (EngineOptions) and the
     batch size of each engine, which becomes the `batch_size` of a role on it."""
@@ -132,6 +150,13 @@ class Settings(BaseSettings, EngineSettings):
         "rules", description="Teacher of non-instructional pairs; rules: none (teacher-free)."
     )
     continuation_model: str = Field("Qwen/Qwen2.5-7B-Instruct")
+    vllm_roles: dict[RoleName, VLLMRoleOptions] = Field(
+        default_factory=dict,
+        description="A role's own vLLM options over vllm_tensor_parallel_size, "
+        "vllm_max_model_len and vllm_dtype, e.g. a judge sharded over 2 GPUs: "
+        '[vllm_roles.judge] tensor_parallel_size = 2 in fi.toml, or FI_VLLM_ROLES=\'{"judge": '
+        '{"tensor_parallel_size": 2}}\'.',
+    )
     min_excerpt_ratio: float = Field(
         MIN_EXCERPT_RATIO,
         ge=0.0,

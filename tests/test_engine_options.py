@@ -15,9 +15,9 @@ import pytest
 
 from fi_method.roles import RulesAids
 from fi_resources import engines
-from fi_resources.engines import ENGINES, EngineConfig, EngineOptions
-from fi_resources.roles import Judge, role_resource, role_version
-from fi_resources.settings import EngineSettings, Settings
+from fi_resources.engines import ENGINES, EngineConfig, EngineOptions, VLLMEngine
+from fi_resources.roles import Genericizer, Judge, role_resource, role_version
+from fi_resources.settings import EngineSettings, Settings, get_settings
 
 README = Path(__file__).parents[1] / "README.md"
 # Nothing listens there: no call is made, only specs and keys are built.
@@ -28,6 +28,9 @@ CHANGED = {
     "max_new_tokens": 64,
     "structured_outputs": False,
     "vllm_gpu_memory_share": 0.5,
+    "vllm_tensor_parallel_size": 2,
+    "vllm_max_model_len": 4096,
+    "vllm_dtype": "bfloat16",
     "openai_base_url": "http://127.0.0.1:10/v1",
     "openai_max_concurrency": 3,
     "openai_timeout_s": 30.0,
@@ -43,7 +46,7 @@ CHANGED = {
 DECIDE_OUTPUTS = {
     "rules": set(),
     "transformers": {"max_new_tokens", "structured_outputs"},
-    "vllm": {"max_new_tokens", "structured_outputs"},
+    "vllm": {"max_new_tokens", "structured_outputs", "vllm_dtype"},
     "openai": {"max_new_tokens", "structured_outputs", "openai_structured"},
 }
 PAIR = {
@@ -163,3 +166,31 @@ def test_a_setting_changes_the_version_exactly_when_it_changes_the_calls_spec(en
             assert new_key != key, name
             deciding.add(name)
     assert deciding == DECIDE_OUTPUTS[engine]
+
+
+def test_a_role_s_own_vllm_options_reach_its_llm_and_no_other(environment, tmp_path):
+    """A judge larger than one GPU: `[vllm_roles.judge]` in fi.toml shards it over two GPUs with
+    its own context length and dtype; the genericizer keeps the engines' options. What vLLM's
+    `LLM()` is given is read from the engine (`llm_kwargs`), no vLLM needed."""
+    (tmp_path / "fi.toml").write_text(
+        "judge_engine = 'vllm'\ngenericizer_engine = 'vllm'\nvllm_max_model_len = 4096\n"
+        "[vllm_roles.judge]\ntensor_parallel_size = 2\nmax_model_len = 8192\n"
+        "dtype = 'bfloat16'\n"
+    )
+    environment.chdir(tmp_path)
+    get_settings.cache_clear()
+    settings = get_settings()
+    judge = VLLMEngine(role_resource(Judge, settings).engine_config()).llm_kwargs()
+    templater = VLLMEngine(role_resource(Genericizer, settings).engine_config()).llm_kwargs()
+    assert (judge["tensor_parallel_size"], judge["max_model_len"], judge["dtype"]) == (
+        2,
+        8192,
+        "bfloat16",
+    )
+    assert (templater["tensor_parallel_size"], templater["max_model_len"]) == (1, 4096)
+    assert templater["dtype"] == "auto" and templater["model"] == settings.genericizer_model
+    # Another dtype decides the judge's outputs: its calls are keyed apart.
+    toml = tmp_path / "fi.toml"
+    toml.write_text(toml.read_text().replace("dtype = 'bfloat16'\n", ""))
+    get_settings.cache_clear()
+    assert role_version("judge", get_settings()) != role_version("judge", settings)
