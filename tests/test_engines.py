@@ -157,8 +157,10 @@ def test_the_role_formats_compile_for_a_real_tokenizer(tiny_engine):
     item = {"query": "What did Nikola Tesla invent in 1891?"}
     for role in (genericizer.ROLE, instantiator.ROLE, judge.ROLE):
         assert tiny_engine._grammar(role.output_format(item)) is not None
-    # The released instantiator does not say its keys: it decodes freely.
+    # The released instantiator and templatizer do not say their keys: they decode freely.
     assert not instantiator.ROLE.constrained(instantiator.RELEASED_INSTANTIATOR)
+    assert not genericizer.ROLE.constrained(genericizer.RELEASED_TEMPLATIZER)
+    assert genericizer.ROLE.constrained("HuggingFaceTB/SmolLM2-135M-Instruct")
     assert judge.ROLE.constrained(judge.FLOW_JUDGE)
 
 

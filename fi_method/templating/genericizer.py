@@ -160,4 +160,8 @@ ROLE = Role(
     parse=parse_output,
     output_format=lambda item: OutputFormat(json_schema=output_schema(item["query"])),
     rules=Rules(version=RULES_VERSION, reads=("query",), implementation=_rules_answer),
+    # The released templatizer's card does not spell out its output's keys or their order:
+    # held to this schema (exactly two keys, no others) it could be bent off what it was trained
+    # to write, so it decodes freely and the parser reads the first JSON object in its text.
+    unconstrained_models=(RELEASED_TEMPLATIZER,),
 )
