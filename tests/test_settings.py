@@ -1,6 +1,10 @@
 """Engines and models are chosen by configuration: the working directory's fi.toml, then the data
 root's (where `fi demo` records its training cap), overridden by FI_* variables."""
 
+import os
+import subprocess
+import sys
+
 import dagster as dg
 import pydantic
 import pytest
@@ -112,3 +116,26 @@ def test_an_invalid_setting_is_one_line_naming_its_variable_value_and_source(
     assert len(lines) == 1 and "Traceback" not in result.output, result.output
     assert lines[0].startswith("error: invalid setting: ")
     assert expected.format(file=tmp_path / "fi.toml") in lines[0]
+
+
+@pytest.mark.parametrize(
+    "command", [["materialize", "judged_pairs"], ["remove", "queries", "q1"], ["calibrate"]]
+)
+def test_a_bad_setting_is_one_line_in_a_fresh_process_too(fi_home, command):
+    """The commands that load the asset definitions, whose module reads the settings as it
+    loads: in a process of their own (as a user runs them) the bad setting is still one line
+    and exit 2, not a traceback."""
+    run = subprocess.run(
+        [sys.executable, "-m", "fi_assets.cli", *command],
+        env=os.environ | {"FI_JUDGE_ENGINE": "bogus"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().splitlines() == [
+        (
+            "error: invalid setting: FI_JUDGE_ENGINE='bogus' (environment): input should be 'rules', "
+            "'transformers', 'vllm' or 'openai'"
+        )
+    ]

@@ -102,13 +102,15 @@ def remove(
 ) -> None:
     """Remove a shard: its partition, every table partition and rejects derived from it, and its
     templates in the LanceDB index. `fi materialize` then re-runs what read it."""
+    # First: the definitions module the removal imports reads the settings as it loads.
+    settings = _settings()
     from fi_assets.ingestion import PARTITIONS
     from fi_assets.maintenance import UnknownShardError, remove_shard
 
     if kind not in PARTITIONS:
         raise _failure("KIND is queries or documents", 2)
     try:
-        removed = remove_shard(_settings(), kind, shard)
+        removed = remove_shard(settings, kind, shard)
     except UnknownShardError as error:
         raise _failure(error, 1) from error
     typer.echo(
@@ -131,12 +133,13 @@ def materialize(
     Dagster instance under FI_HOME (they show in the UI). Runs go in waves: those that read from
     no other planned run, then a fresh plan, so that what reads an upstream that wrote the same
     data again is found up to date and not run."""
+    # First: the definitions module reads the settings as it loads.
+    settings = _settings()
     from fi_assets.cli.execution import RunOutcome, execute_all
     from fi_assets.cli.planning import materialize_in_waves
     from fi_assets.definitions import build_definitions
     from fi_resources.instance import on_sqlite, open_instance, release_dead_runs
 
-    settings = _settings()
     instance = open_instance(settings.home)
     if workers > 1 and on_sqlite(instance):
         raise _failure(
@@ -477,9 +480,10 @@ def calibrate(
 ) -> None:
     """Propose a similarity threshold for the configured embedder from the materialized document
     chunks and template index: the (1 - share) quantile of each vector's best template match."""
+    # First: the definitions module the proposal imports reads the settings as it loads.
+    settings = _settings()
     from fi_assets.maintenance import propose_similarity_threshold
 
-    settings = _settings()
     try:
         proposal = propose_similarity_threshold(settings, vector_share, sample)
     except (FileNotFoundError, ValueError) as error:
