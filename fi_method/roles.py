@@ -52,11 +52,14 @@ class Request:
     messages: Messages | None = None
     prompt: str | None = None
     output_format: OutputFormat | None = None
+    # This request's own output budget, where its input needs more than the engine's.
+    max_new_tokens: int | None = None
 
     def key(self) -> object:
         """The part of the request that enters the call cache's key."""
         asked = self.messages if self.messages is not None else self.prompt
-        return asked if self.output_format is None else [asked, self.output_format.describe()]
+        key = asked if self.output_format is None else [asked, self.output_format.describe()]
+        return key if self.max_new_tokens is None else [key, {"budget": self.max_new_tokens}]
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,9 @@ class Role:
     # A released fine-tune whose exact output keys are not documented is left unconstrained:
     # forcing other keys on it would move it off what it was trained to write.
     unconstrained_models: tuple[str, ...] = field(default=())
+    # The output budget one input needs, where its output grows with it (the genericizer restates
+    # its query): given the input and the engine's budget, a budget at least as large.
+    output_budget: Callable[[dict, int], int] | None = None
 
     def constrained(self, model: str) -> bool:
         """Whether `model`'s decoding is held to the role's output structure."""

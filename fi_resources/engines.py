@@ -200,23 +200,37 @@ class ModelEngine(Engine):
         params = {"max_new_tokens": self.config.max_new_tokens, "decoding": "greedy"}
         if self._constrained(role):
             params["structured"] = self.name
+        if role.output_budget is not None:
+            # Long inputs get budgets of their own (Request.max_new_tokens).
+            params["budget"] = "grows-with-input"
         return params
 
     def prepare(self, role: Role, items: Sequence[dict]) -> list[Request]:
         constrained = self._constrained(role)
-        return [
-            replace(role.request(item, self.model), output_format=role.output_format(item))
-            if constrained
-            else role.request(item, self.model)
-            for item in items
-        ]
+        return [self._request(role, item, constrained) for item in items]
+
+    def _request(self, role: Role, item: dict, constrained: bool) -> Request:
+        request = role.request(item, self.model)
+        if constrained:
+            request = replace(request, output_format=role.output_format(item))
+        base = self.config.max_new_tokens
+        budget = role.output_budget(item, base) if role.output_budget is not None else base
+        return replace(request, max_new_tokens=budget) if budget > base else request
 
     def key(self, role: Role, prepared: Request) -> object:
         # A request's own structure is in its key.
         return prepared.key()
 
     def answer(self, role: Role, prepared: Sequence[Request]) -> Iterator[Chunk]:
-        yield from self.generate(prepared, self.config.max_new_tokens)
+        """Answers to `prepared`, generated in groups of one output budget each (the engine's,
+        or a request's own larger one), with each answer's index in `prepared`."""
+        groups: dict[int, list[int]] = {}
+        for index, request in enumerate(prepared):
+            budget = request.max_new_tokens or self.config.max_new_tokens
+            groups.setdefault(budget, []).append(index)
+        for budget, indices in sorted(groups.items()):
+            for chunk in self.generate([prepared[i] for i in indices], budget):
+                yield [(indices[row], generation) for row, generation in chunk]
 
     @abstractmethod
     def generate(self, requests: Sequence[Request], max_new_tokens: int) -> Iterator[Chunk]:

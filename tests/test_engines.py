@@ -2,6 +2,7 @@
 decoding on the transformers engine (a random model must still write the structure), and what a
 server's odd answers become."""
 
+import dataclasses
 import json
 import re
 import time
@@ -225,3 +226,28 @@ def test_a_vllm_candidate_and_judge_share_the_gpu(monkeypatch, tmp_path):
     ]
     assert shares == [0.45, 0.45]
     assert role_resource(Judge, settings).vllm_gpu_memory_share == 0.9
+
+
+def test_a_long_query_gets_a_budget_that_holds_its_restatement(tiny_engine):
+    """The genericizer restates its query: a 723-character query needs ~233 tokens, over the
+    role's 256 with its description, and a 4,000-character one far more. Such a query's request
+    carries its own budget, keyed with it, and the engine generates it in a group of that
+    budget; a short query keeps the engine's budget and its key."""
+    short, long = "Who painted the Sistine Chapel?", "Explain this contract clause. " * 120
+    assert genericizer.output_budget({"query": short}, 256) == 256
+    assert genericizer.output_budget({"query": "x" * 723}, 256) == 512
+    assert genericizer.output_budget({"query": long}, 256) == 2048
+    engine = TransformersEngine(tiny_engine.config.model_copy(update={"max_new_tokens": 8}))
+    # The role's budget rule on a raw prompt (the random model has no chat template).
+    role = dataclasses.replace(
+        genericizer.ROLE,
+        request=lambda item, _model: Request(prompt=item["query"]),
+        output_format=None,
+        output_budget=lambda item, base: base + len(item["query"]) // 100,
+    )
+    prepared = engine.prepare(role, [{"query": short}, {"query": long}])
+    assert prepared[0].max_new_tokens is None and prepared[1].max_new_tokens == 8 + 36
+    assert prepared[0].key() == Request(prompt=short).key()
+    found = dict(pair for chunk in engine.answer(role, prepared) for pair in chunk)
+    assert 0 < found[0].completion_tokens <= 8 < found[1].completion_tokens <= 44
+    assert engine.params(role)["budget"] == "grows-with-input"
