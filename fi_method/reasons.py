@@ -52,6 +52,8 @@ class RejectReason(StrEnum):
     DUPLICATE_PAIR = "duplicate_pair"
     # The template already made FI_MAX_TEMPLATE_USES pairs of the shard.
     TEMPLATE_OVERUSED = "template_overused"
+    # The document already has a pair asking the same (case, accents and punctuation aside).
+    DUPLICATE_INSTRUCTION = "duplicate_instruction"
 
     # The judge's output holds no `<score>`.
     NO_SCORE = "no_score"
@@ -88,6 +90,7 @@ NOT_GROUNDED = frozenset(
         RejectReason.MALFORMED_EXCERPT,
         RejectReason.DUPLICATE_PAIR,
         RejectReason.TEMPLATE_OVERUSED,
+        RejectReason.DUPLICATE_INSTRUCTION,
     }
 )
 # The judge's output says nothing usable about the pair.

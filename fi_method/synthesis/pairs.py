@@ -12,7 +12,7 @@ from fi_method.synthesis import judge
 from fi_method.synthesis.excerpts import ExcerptError
 from fi_method.synthesis.instantiator import GroundingError, ground, parse_output
 from fi_method.synthesis.quality import TEMPLATE_SHARE_SLACK
-from fi_method.text import content_hash
+from fi_method.text import content_hash, fold_for_matching
 
 # No template may make more pairs of a shard than this: with every template at most this many
 # times, none holds more than TEMPLATE_SHARE_SLACK times a uniform share of the shard's distinct
@@ -22,7 +22,7 @@ MAX_TEMPLATE_USES = TEMPLATE_SHARE_SLACK
 # collect_instantiations and instantiate_by_rank, with the parser and `ground` they use. Change it
 # whenever those rows change; tests/goldens/pairs.json holds them for real passages, and
 # tests/test_goldens.py fails when they change while this does not.
-PAIRS_VERSION = "1"
+PAIRS_VERSION = "2"
 # The same for judged_pairs' rows from the judge's outputs: collect_judgements and the parser,
 # and what the judge is given (2: each pair's template beside its instruction and answer).
 JUDGEMENTS_VERSION = "2"
@@ -112,15 +112,19 @@ def instantiate_by_rank(
     tries its template of rank 0, then, while it has no pair, its alternates in rank order, so a
     passage gets at most one pair per vector. A template makes at most `max_template_uses` pairs
     of the shard: a vector whose template is used up tries its next one, and a pair past the cap
-    is rejected as TEMPLATE_OVERUSED (in the order of `requests`). `instantiate` maps a batch of
-    requests to outputs (one call per round). Returns the kept pairs, the rejects, how many
-    outputs were instantiated and how many requests were tried."""
+    is rejected as TEMPLATE_OVERUSED (in the order of `requests`). A pair asking what an earlier
+    pair of its document asks (compared folded: case, accents and punctuation aside; templates
+    that differ in a word can instantiate alike) is rejected as DUPLICATE_INSTRUCTION, and its
+    vector tries its next template. `instantiate` maps a batch of requests to outputs (one call
+    per round). Returns the kept pairs, the rejects, how many outputs were instantiated and how
+    many requests were tried."""
     kept: list[dict] = []
     rejects: list[dict] = []
     instantiated = tried = 0
     seen: set[str] = set()
     filled: set[tuple[str, int]] = set()
     uses: Counter[str] = Counter()
+    asked: dict[tuple[str, str], str] = {}
     for rank in sorted({request["rank"] for request in requests}):
         batch = [
             request
@@ -140,18 +144,32 @@ def instantiate_by_rank(
         request_of = {(r["chunk_id"], r["template_id"]): r for r in batch}
         for pair in made:
             request = request_of[pair["chunk_id"], pair["template_id"]]
+            origin = {
+                "source": request["source"],
+                "line": None,
+                "item_id": f"{pair['doc_id']}:{pair['template_id']}",
+            }
             if uses[pair["template_id"]] >= max_template_uses:
                 rejects.append(
                     {
-                        "source": request["source"],
-                        "line": None,
-                        "item_id": f"{pair['doc_id']}:{pair['template_id']}",
+                        **origin,
                         "reason": RejectReason.TEMPLATE_OVERUSED,
                         "detail": f"its template already made {max_template_uses} pairs of the "
                         "shard (FI_MAX_TEMPLATE_USES)",
                     }
                 )
                 continue
+            question = (pair["doc_id"], fold_for_matching(pair["instruction"]))
+            if question in asked:
+                rejects.append(
+                    {
+                        **origin,
+                        "reason": RejectReason.DUPLICATE_INSTRUCTION,
+                        "detail": f"pair {asked[question]} of the document asks the same",
+                    }
+                )
+                continue
+            asked[question] = pair["pair_id"]
             uses[pair["template_id"]] += 1
             filled.add((request["chunk_id"], request["vector_index"]))
             kept.append(pair)
