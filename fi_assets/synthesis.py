@@ -34,6 +34,7 @@ from fi_method.synthesis.pairs import (
     funnel,
     funnel_counts,
     instantiate_by_rank,
+    one_pair_per_question,
 )
 from fi_method.synthesis.quality import (
     MAX_JUDGE_PASS_RATE,
@@ -258,8 +259,9 @@ def _judge_shard(
         progress=log_progress(context, "judged"),
         caller=_caller(context, shard),
     )
-    judged, rejects = collect_judgements(
-        rows, calls.outputs, judge.min_score, judge.engine, judge.model_name
+    judged, rejects = one_pair_per_question(
+        rows,
+        *collect_judgements(rows, calls.outputs, judge.min_score, judge.engine, judge.model_name),
     )
     frame = JUDGED_PAIRS.frame(judged)
     scores = frame.group_by("score").len().sort("score")

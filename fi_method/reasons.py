@@ -52,8 +52,6 @@ class RejectReason(StrEnum):
     DUPLICATE_PAIR = "duplicate_pair"
     # The template already made FI_MAX_TEMPLATE_USES pairs of the shard.
     TEMPLATE_OVERUSED = "template_overused"
-    # The document already has a pair asking the same (case, accents and punctuation aside).
-    DUPLICATE_INSTRUCTION = "duplicate_instruction"
 
     # The judge's output holds no `<score>`.
     NO_SCORE = "no_score"
@@ -62,6 +60,9 @@ class RejectReason(StrEnum):
 
     # The judge scored the pair below FI_MIN_JUDGE_SCORE: judged, not kept.
     LOW_JUDGE_SCORE = "low_judge_score"
+    # Another pair of the document asks the same (case, accents and punctuation aside) and the
+    # judge scored it as high or higher: judged, not kept.
+    DUPLICATE_INSTRUCTION = "duplicate_instruction"
 
 
 # Where each reason leaves the funnel matched -> tried -> instantiated -> grounded -> judged ->
@@ -90,12 +91,11 @@ NOT_GROUNDED = frozenset(
         RejectReason.MALFORMED_EXCERPT,
         RejectReason.DUPLICATE_PAIR,
         RejectReason.TEMPLATE_OVERUSED,
-        RejectReason.DUPLICATE_INSTRUCTION,
     }
 )
 # The judge's output says nothing usable about the pair.
 NOT_JUDGED = frozenset({RejectReason.NO_SCORE, RejectReason.SCORE_OUT_OF_RANGE})
-NOT_KEPT = frozenset({RejectReason.LOW_JUDGE_SCORE})
+NOT_KEPT = frozenset({RejectReason.LOW_JUDGE_SCORE, RejectReason.DUPLICATE_INSTRUCTION})
 LOST_BEFORE: dict[str, frozenset[RejectReason]] = {
     "tried": NOT_TRIED,
     "instantiated": NOT_INSTANTIATED,

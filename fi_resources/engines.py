@@ -639,15 +639,20 @@ class Fleet:
         self._lock = threading.Lock()
 
     def choose(self, index: int, tried: set[int]) -> int:
-        """The server for a request's next try: round-robin by the request's `index`, skipping
-        those it `tried` and those out of the rotation. Raises ServerError naming every server
-        and its last error when none is left."""
+        """The server for a request's next try: round-robin by the request's `index` among those
+        it has not `tried`, those in the rotation first, else the one back soonest (a server
+        out of the rotation may be up again: a request fails only once it has tried every
+        server). Raises ServerError naming every server and its last error when none is left."""
         now = time.monotonic()
         with self._lock:
-            for step in range(len(self.urls)):
-                slot = (index + step) % len(self.urls)
-                if slot not in tried and self._down_until[slot] <= now:
-                    return slot
+            untried = [
+                (index + step) % len(self.urls)
+                for step in range(len(self.urls))
+                if (index + step) % len(self.urls) not in tried
+            ]
+            live = [slot for slot in untried if self._down_until[slot] <= now]
+            if untried:
+                return live[0] if live else min(untried, key=self._down_until.__getitem__)
             failures = "; ".join(
                 f"{url}: {error or 'out of the rotation'}"
                 for url, error in zip(self.urls, self._last_error, strict=True)

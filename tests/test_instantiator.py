@@ -694,37 +694,6 @@ def test_a_template_makes_at_most_its_cap_of_pairs_in_a_shard(embed):
     ]
 
 
-def test_a_document_is_asked_the_same_question_once(embed):
-    """Two chunks of one document fill the same template alike ("What is Tower Bridge known
-    for?" twice, answered from each chunk): the document keeps the first; the second chunk's
-    vector stays open for its alternates (as past a template's cap). Another document may ask
-    the same."""
-    second = (
-        "The Eiffel Tower is known for the views of Paris it offers from its three levels, which "
-        "are open to visitors; restaurants occupy the first and second levels, and about seven "
-        "million people ascend the tower every year, which makes it the most visited paid "
-        "monument in the world."
-    )
-    template = "What is <fi>a place</fi> known for?"
-    requests = [
-        ranked("c1", 0, 0, template, "known"),
-        {**ranked("c2", 0, 0, template, "known"), "chunk": second},
-        ranked("c3", 0, 0, template, "known", "d2"),
-    ]
-
-    def instantiate(batch):
-        return [rules_instantiate(r["template"], r["chunk"], embed) for r in batch]
-
-    documents = {"d1": CHUNK + "\n\n" + second, "d2": CHUNK}
-    kept, rejects, _, _ = instantiate_by_rank(
-        requests, instantiate, documents, 0.8, "rules", "minilm"
-    )
-    assert [(pair["chunk_id"], pair["doc_id"]) for pair in kept] == [("c1", "d1"), ("c3", "d2")]
-    assert kept[0]["instruction"] == kept[1]["instruction"] == "What is the Eiffel Tower known for?"
-    assert [(r["item_id"], r["reason"]) for r in rejects] == [("d1:known", "duplicate_instruction")]
-    assert kept[0]["pair_id"] in rejects[0]["detail"]
-
-
 def test_collect_refuses_mismatched_lengths():
     with pytest.raises(ValueError):
         collect([request("c1"), request("c2")], [OUTPUT])

@@ -36,7 +36,12 @@ from fi_method.synthesis.judge_calibration import (
     roc_auc,
     split,
 )
-from fi_method.synthesis.pairs import FUNNEL_STAGES, collect_judgements, funnel
+from fi_method.synthesis.pairs import (
+    FUNNEL_STAGES,
+    collect_judgements,
+    funnel,
+    one_pair_per_question,
+)
 from fi_method.synthesis.rules_judge import (
     coverage,
     missing_specifics,
@@ -690,6 +695,43 @@ def test_collect_keeps_every_judged_pair_and_rejects_low_scores_and_unparseable_
     ]
     assert rejects[0]["detail"].startswith("score 3 < 4: Partial.")
     assert all(r["source"] == "unit" for r in rejects)
+
+
+def test_a_document_keeps_its_best_pair_per_question():
+    """Pairs the --full run kept side by side: one template on two chunks of the Albania article
+    ("what do Albanians speak?"), and a near-twin spelled otherwise. The best-scored stays kept
+    (a tie goes to the lowest pair_id); another article may ask the same."""
+    asked = {
+        "a1": ("albania", "what do Albanians speak?"),
+        "a2": ("albania", "What do Albanians speak"),
+        "a3": ("albania", "what do albanians speak?"),
+        "a4": ("albania", "what language do the Albanians speak?"),
+        "k1": ("kosovo", "what do Albanians speak?"),
+        "a5": ("albania", "what do Albanians speak?"),
+    }
+    pairs = [
+        {"pair_id": pair_id, "doc_id": doc, "instruction": question, "source": "unit"}
+        for pair_id, (doc, question) in asked.items()
+    ]
+    scores = {"a1": 4, "a2": 5, "a3": 5, "a4": 5, "k1": 4, "a5": 2}
+    outputs = [f"<feedback>x</feedback><score>{scores[p]}</score>" for p in asked]
+    rows, rejects = one_pair_per_question(pairs, *collect_judgements(pairs, outputs, 4, "r", "r"))
+    assert {row["pair_id"]: row["kept"] for row in rows} == {
+        "a1": False,
+        "a2": True,
+        "a3": False,
+        "a4": True,
+        "k1": True,
+        "a5": False,
+    }
+    duplicates = [
+        (r["item_id"], r["detail"]) for r in rejects if r["reason"] == "duplicate_instruction"
+    ]
+    assert duplicates == [
+        ("a3", "pair a2 of the document asks the same and scored 5"),
+        ("a1", "pair a2 of the document asks the same and scored 5"),
+    ]
+    assert [r["item_id"] for r in rejects if r["reason"] == "low_judge_score"] == ["a5"]
 
 
 @pytest.mark.parametrize(("min_score", "kept"), [(1, 3), (3, 2), (4, 1), (5, 1), (6, 0)])

@@ -40,8 +40,8 @@ def test_config_file_then_environment(fi_home, tmp_path, monkeypatch):
     )
     versions = defs.resolve_asset_graph().get(dg.AssetKey("instruction_templates")).code_version
     assert (
-        "|transformers:HuggingFaceTB/SmolLM2-135M-Instruct|decoding=greedy|max_new_tokens=256"
-        "|structured=transformers" in versions
+        "|transformers:HuggingFaceTB/SmolLM2-135M-Instruct|budget=grows-with-input"
+        "|decoding=greedy|max_new_tokens=256|structured=transformers" in versions
     )
 
 

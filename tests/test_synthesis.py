@@ -71,7 +71,8 @@ def test_pairs_are_judged_traced_and_never_paid_twice(matched):
     assert pairs["excerpt_ratio"].min() >= 0.8
     assert not pairs["instruction"].str.contains("<fi>").any()
     assert set(judged["score"]) <= {1, 2, 3, 4, 5}
-    assert (judged["kept"] == (judged["score"] >= 4)).all()
+    # Kept: scored 4 or more, and the best pair of its document asking its question.
+    assert (judged.filter("kept")["score"] >= 4).all()
 
     # The funnel in the judged_pairs metadata adds up, and every drop is in rejects with a reason.
     meta = latest_metadata(matched, "judged_pairs")
@@ -203,7 +204,7 @@ def _materialize(defs, instance, asset: str, partition, config: dict | None = No
     )
 
 
-TOKENS_PER_STEP = 64
+TOKENS_PER_STEP = 32
 
 
 def test_a_recipe_trains_is_evaluated_and_exported(matched, tmp_path, monkeypatch):
@@ -213,8 +214,9 @@ def test_a_recipe_trains_is_evaluated_and_exported(matched, tmp_path, monkeypatc
     assert runner.invoke(app, ["ingest", "documents", str(held_out)]).exit_code == 0
     assert runner.invoke(app, ["materialize", "packed_corpus"]).exit_code == 0
     # By default every recipe trains on the smallest recipe's packed tokens over the training
-    # shards (the held-out shard is packed, not trained on), in whole steps of 2 x 32 tokens (the
-    # strict judge keeps few of these documents' pairs: short sequences still make ten steps).
+    # shards (the held-out shard is packed, not trained on), in whole steps of 2 x 16 tokens (the
+    # strict judge keeps few of these documents' pairs, one per question: short sequences still
+    # make ten steps).
     packed = Storage(home=str(matched)).read_all(tables.PACKED_CORPUS)
     training = packed.filter(pl.col("doc_shard") != "heldout")
     budget = training.group_by("recipe").agg(pl.col("n_tokens").sum())["n_tokens"].min()
@@ -229,8 +231,9 @@ def test_a_recipe_trains_is_evaluated_and_exported(matched, tmp_path, monkeypatc
     assert result.success
     meta = latest_metadata(matched, "trained_checkpoint")
     # A random model's loss is ln(vocabulary) = ln(128,256) = 11.76 on the Llama-3 tokenizer;
-    # ten steps of 64 tokens take it clearly below.
-    assert meta["step"] == steps and meta["loss"] < 11.5
+    # ten steps of 32 tokens take it below (11.50 measured; a model that does not learn stays
+    # at 11.76 or above).
+    assert meta["step"] == steps and meta["loss"] < 11.6
     assert (meta["training_tokens"], meta["training_budget_tokens"]) == (
         steps * TOKENS_PER_STEP,
         budget,

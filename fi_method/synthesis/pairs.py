@@ -22,10 +22,10 @@ MAX_TEMPLATE_USES = TEMPLATE_SHARE_SLACK
 # collect_instantiations and instantiate_by_rank, with the parser and `ground` they use. Change it
 # whenever those rows change; tests/goldens/pairs.json holds them for real passages, and
 # tests/test_goldens.py fails when they change while this does not.
-PAIRS_VERSION = "2"
+PAIRS_VERSION = "1"
 # The same for judged_pairs' rows from the judge's outputs: collect_judgements and the parser,
 # and what the judge is given (2: each pair's template beside its instruction and answer).
-JUDGEMENTS_VERSION = "2"
+JUDGEMENTS_VERSION = "3"
 
 
 def collect_instantiations(
@@ -112,19 +112,15 @@ def instantiate_by_rank(
     tries its template of rank 0, then, while it has no pair, its alternates in rank order, so a
     passage gets at most one pair per vector. A template makes at most `max_template_uses` pairs
     of the shard: a vector whose template is used up tries its next one, and a pair past the cap
-    is rejected as TEMPLATE_OVERUSED (in the order of `requests`). A pair asking what an earlier
-    pair of its document asks (compared folded: case, accents and punctuation aside; templates
-    that differ in a word can instantiate alike) is rejected as DUPLICATE_INSTRUCTION, and its
-    vector tries its next template. `instantiate` maps a batch of requests to outputs (one call
-    per round). Returns the kept pairs, the rejects, how many outputs were instantiated and how
-    many requests were tried."""
+    is rejected as TEMPLATE_OVERUSED (in the order of `requests`). `instantiate` maps a batch of
+    requests to outputs (one call per round). Returns the kept pairs, the rejects, how many
+    outputs were instantiated and how many requests were tried."""
     kept: list[dict] = []
     rejects: list[dict] = []
     instantiated = tried = 0
     seen: set[str] = set()
     filled: set[tuple[str, int]] = set()
     uses: Counter[str] = Counter()
-    asked: dict[tuple[str, str], str] = {}
     for rank in sorted({request["rank"] for request in requests}):
         batch = [
             request
@@ -144,32 +140,18 @@ def instantiate_by_rank(
         request_of = {(r["chunk_id"], r["template_id"]): r for r in batch}
         for pair in made:
             request = request_of[pair["chunk_id"], pair["template_id"]]
-            origin = {
-                "source": request["source"],
-                "line": None,
-                "item_id": f"{pair['doc_id']}:{pair['template_id']}",
-            }
             if uses[pair["template_id"]] >= max_template_uses:
                 rejects.append(
                     {
-                        **origin,
+                        "source": request["source"],
+                        "line": None,
+                        "item_id": f"{pair['doc_id']}:{pair['template_id']}",
                         "reason": RejectReason.TEMPLATE_OVERUSED,
                         "detail": f"its template already made {max_template_uses} pairs of the "
                         "shard (FI_MAX_TEMPLATE_USES)",
                     }
                 )
                 continue
-            question = (pair["doc_id"], fold_for_matching(pair["instruction"]))
-            if question in asked:
-                rejects.append(
-                    {
-                        **origin,
-                        "reason": RejectReason.DUPLICATE_INSTRUCTION,
-                        "detail": f"pair {asked[question]} of the document asks the same",
-                    }
-                )
-                continue
-            asked[question] = pair["pair_id"]
             uses[pair["template_id"]] += 1
             filled.add((request["chunk_id"], request["vector_index"]))
             kept.append(pair)
@@ -208,6 +190,38 @@ def collect_judgements(
                 "kept": kept,
                 "engine": engine,
                 "model": model,
+            }
+        )
+    return rows, rejects
+
+
+def one_pair_per_question(
+    pairs: list[dict], rows: list[dict], rejects: list[dict]
+) -> tuple[list[dict], list[dict]]:
+    """A document keeps one pair per question. Of the kept `rows` (collect_judgements') whose
+    pairs (`doc_id`, `instruction`) ask the same, case, accents and punctuation aside (templates
+    that differ in a word, or one template on two chunks, instantiate alike), the best-scored
+    stays kept (then the lowest `pair_id`); the others are no longer kept and are added to
+    `rejects` as DUPLICATE_INSTRUCTION. Returns the rows and the rejects."""
+    pair_of = {pair["pair_id"]: pair for pair in pairs}
+    best: dict[tuple[str, str], dict] = {}
+    for row in sorted(rows, key=lambda row: (-row["score"], row["pair_id"])):
+        if not row["kept"]:
+            continue
+        pair = pair_of[row["pair_id"]]
+        question = (pair["doc_id"], fold_for_matching(pair["instruction"]))
+        if question not in best:
+            best[question] = row
+            continue
+        row["kept"] = False
+        rejects.append(
+            {
+                "source": pair.get("source"),
+                "line": None,
+                "item_id": row["pair_id"],
+                "reason": RejectReason.DUPLICATE_INSTRUCTION,
+                "detail": f"pair {best[question]['pair_id']} of the document asks the same "
+                f"and scored {best[question]['score']}",
             }
         )
     return rows, rejects

@@ -124,14 +124,17 @@ def max_template_chars(query: str) -> int:
 # around them take ~100 tokens more.
 QUERY_CHARS_PER_TOKEN = 2
 DESCRIPTION_AND_JSON_TOKENS = 96
+MAX_NEW_TOKENS = 256
 
 
 def output_budget(item: dict, base: int) -> int:
-    """The output budget for genericizing `item["query"]`: the engine's `base`, or for a long
-    query a budget that holds its restatement, rounded up to a power of two so that a step
-    makes few groups of one budget each."""
+    """The output budget for genericizing `item["query"]`: the engine's `base` (the role's
+    MAX_NEW_TOKENS, or what FI_MAX_NEW_TOKENS sets), plus, for a query longer than the role's
+    budget holds, the tokens its restatement needs beyond that, rounded up to a power of two so
+    that a step makes few groups of one budget each."""
     needed = len(item["query"]) // QUERY_CHARS_PER_TOKEN + DESCRIPTION_AND_JSON_TOKENS
-    return base if needed <= base else 1 << (needed - 1).bit_length()
+    beyond = needed - MAX_NEW_TOKENS
+    return base if beyond <= 0 else 1 << (base + beyond - 1).bit_length()
 
 
 def output_schema(query: str) -> dict:
@@ -171,7 +174,7 @@ ROLE = Role(
     name="genericizer",
     prompt_version=PROMPT_VERSION,
     default_model=RELEASED_TEMPLATIZER,
-    max_new_tokens=256,
+    max_new_tokens=MAX_NEW_TOKENS,
     request=_request,
     parse=parse_output,
     output_format=lambda item: OutputFormat(json_schema=output_schema(item["query"])),
