@@ -645,11 +645,8 @@ class Fleet:
         server). Raises ServerError naming every server and its last error when none is left."""
         now = time.monotonic()
         with self._lock:
-            untried = [
-                (index + step) % len(self.urls)
-                for step in range(len(self.urls))
-                if (index + step) % len(self.urls) not in tried
-            ]
+            order = [(index + step) % len(self.urls) for step in range(len(self.urls))]
+            untried = [slot for slot in order if slot not in tried]
             live = [slot for slot in untried if self._down_until[slot] <= now]
             if untried:
                 return live[0] if live else min(untried, key=self._down_until.__getitem__)

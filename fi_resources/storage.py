@@ -24,7 +24,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from fi_resources.model_calls import ModelCallCache, open_model_call_cache
-from fi_resources.table_views import TABLES_DIR, connect_views, table_names
+from fi_resources.table_views import TABLES_DIR, connect_views
 from fi_resources.tables import REJECTS, Table
 
 _PARTITION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -144,10 +144,6 @@ class Storage(ConfigurableResource):
             if files
             else None
         )
-
-    def table_names(self) -> list[str]:
-        """Tables that have at least one partition written (rejects included)."""
-        return table_names(self.root)
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB with one view per table (fi_resources.table_views)."""

@@ -156,6 +156,20 @@ def test_a_role_end_to_end_through_a_real_server(fi_home, tmp_path, monkeypatch,
         assert metadata["model_calls_cached"].value == 4
 
 
+def kill_after_two_answers(server, cache) -> threading.Thread:
+    """A started thread that kills `server` once the call cache holds two answers."""
+
+    def kill():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and cache.frame().height < 2:
+            time.sleep(0.2)
+        server.kill()
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    return killer
+
+
 def test_a_killed_server_loses_nothing_answered(fi_home, own_model_server):
     genericizer = Genericizer(
         engine="openai",
@@ -170,15 +184,7 @@ def test_a_killed_server_loses_nothing_answered(fi_home, own_model_server):
     )
     items = [{"query": q} for q in QUERIES[:5]]
     cache = open_model_call_cache(fi_home)
-
-    def kill_after_two_answers():
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and cache.frame().height < 2:
-            time.sleep(0.2)
-        own_model_server.kill()
-
-    killer = threading.Thread(target=kill_after_two_answers)
-    killer.start()
+    killer = kill_after_two_answers(own_model_server, cache)
     with pytest.raises(ServerError, match=f"cannot reach {own_model_server.url}"):
         genericizer.call(items)
     killer.join()
@@ -289,15 +295,7 @@ def test_a_fleet_survives_a_dead_server(fi_home, model_server, own_model_server)
         )
         items = [{"query": q} for q in QUERIES]
         cache = open_model_call_cache(fi_home)
-
-        def kill_after_two_answers():
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline and cache.frame().height < 2:
-                time.sleep(0.2)
-            own_model_server.kill()
-
-        killer = threading.Thread(target=kill_after_two_answers)
-        killer.start()
+        killer = kill_after_two_answers(own_model_server, cache)
         started = time.monotonic()
         result = genericizer.call(items)
         seconds = time.monotonic() - started

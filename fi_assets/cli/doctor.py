@@ -151,30 +151,26 @@ def _model_check(name: str, engine: str, model: str, models_dir: Path) -> list[C
 
 
 def role_checks(settings: Settings) -> list[Check]:
-    """Each role's engine and model, checked as its engine will use it."""
-    from fi_resources.roles import declared_roles
+    """Each role's engine and model, checked as its engine will use it: through the role's
+    resource, as the assets build it (its model, URLs and key variable)."""
+    from fi_resources.engines import parse_base_urls
+    from fi_resources.roles import ROLE_RESOURCES, role_resource
 
     checks = []
-    for role, (engine_setting, model_setting) in ROLE_SETTINGS.items():
-        engine = getattr(settings, engine_setting)
-        model = getattr(settings, model_setting) if model_setting else "the trained checkpoints"
+    for role, (_, model_setting) in ROLE_SETTINGS.items():
+        resource = role_resource(ROLE_RESOURCES[role], settings)
+        engine, model = resource.engine, resource.model_name
         if engine == "rules":
-            rules = declared_roles()[role].rules is not None
+            rules = resource.role.rules is not None
             found = "rules engine (offline, deterministic)" if rules else "rules: no model"
             checks.append(Check(role, True, found))
-        elif engine == "openai":
-            for url in settings.base_url_for(role).split(","):
-                key_env = (
-                    "FI_EVAL_JUDGE_API_KEY"
-                    if role == "benchmark_judge" and settings.eval_judge_base_url
-                    else "FI_OPENAI_API_KEY"
-                )
-                if model_setting is None:
-                    checks.append(Check(role, True, f"openai at {url.strip()} (checkpoints)"))
-                else:
-                    checks.append(_server_check(role, url.strip(), model, key_env))
         elif model_setting is None:
             checks.append(Check(role, True, f"{engine} on the trained checkpoints"))
+        elif engine == "openai":
+            checks += [
+                _server_check(role, url, model, resource.openai_api_key_env)
+                for url in parse_base_urls(resource.openai_base_url)
+            ]
         else:
             checks += _model_check(role, engine, model, settings.home / "models")
     return checks

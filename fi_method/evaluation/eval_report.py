@@ -45,32 +45,32 @@ def _cell(row: dict | None) -> str:
     return f"{row['value']:.2f}{mark}"
 
 
-def headline_table(rows: list[dict]) -> str:
-    """The recipe x benchmark table alone, as Markdown (the paper's Table 1)."""
+def _headline_grid(rows: list[dict], by_benchmark: bool) -> str:
+    """The headline cells as a Markdown table: a row per recipe and a column per benchmark, or
+    transposed."""
     cells = headline_cells(rows)
     recipes = [r for r in RECIPES if any(row["recipe"] == r for row in rows)]
-    lines = ["| recipe | " + " | ".join(BENCHMARKS) + " |", "|---|" + "---|" * len(BENCHMARKS)]
-    for recipe in recipes:
-        lines.append(
-            f"| {recipe} | " + " | ".join(_cell(cells.get((recipe, b))) for b in BENCHMARKS) + " |"
-        )
+    lines_of, columns = (BENCHMARKS, recipes) if by_benchmark else (recipes, BENCHMARKS)
+    lines = [
+        f"| {'benchmark' if by_benchmark else 'recipe'} | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for line in lines_of:
+        keys = [(column, line) if by_benchmark else (line, column) for column in columns]
+        lines.append(f"| {line} | " + " | ".join(_cell(cells.get(k)) for k in keys) + " |")
     return "\n".join(lines)
+
+
+def headline_table(rows: list[dict]) -> str:
+    """The recipe x benchmark table alone, as Markdown (the paper's Table 1)."""
+    return _headline_grid(rows, by_benchmark=False)
 
 
 def headline_table_by_benchmark(rows: list[dict]) -> str:
     """The same cells as `headline_table`, one row per benchmark and a column per recipe: four
     columns, which fit the width the UI gives a metadata value (a column per benchmark does
     not)."""
-    cells = headline_cells(rows)
-    recipes = [r for r in RECIPES if any(row["recipe"] == r for row in rows)]
-    lines = ["| benchmark | " + " | ".join(recipes) + " |", "|---|" + "---|" * len(recipes)]
-    for benchmark in BENCHMARKS:
-        lines.append(
-            f"| {benchmark} | "
-            + " | ".join(_cell(cells.get((recipe, benchmark))) for recipe in recipes)
-            + " |"
-        )
-    return "\n".join(lines)
+    return _headline_grid(rows, by_benchmark=True)
 
 
 def render_markdown(rows: list[dict], title: str = "Evaluation report") -> str:
