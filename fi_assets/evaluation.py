@@ -143,7 +143,7 @@ def eval_scores(
                     caller=(context.run_id, context.partition_key),
                 )
             )
-            return judge_calls[-1].outputs
+            return judge_calls[-1].texts()
 
         judging = BenchmarkJudging(ask, benchmark_judge.label, benchmark_judge.is_llm, config.seed)
         baseline, baseline_name = (
@@ -218,7 +218,7 @@ def _answers(context, storage: Storage, recipe: str, items, config: EvalConfig, 
         # A retrained checkpoint in the same folder is asked afresh.
         params={"weights": weights_hash(folder)},
     )
-    return [bench.clean_response(output) for output in calls.outputs], calls
+    return [bench.clean_response(output) for output in calls.texts()], calls
 
 
 @dg.asset(

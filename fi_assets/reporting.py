@@ -256,8 +256,9 @@ def log_progress(context: dg.AssetExecutionContext, verb: str):
 
 
 def call_metadata(calls: CallResult) -> dict:
-    """What a step's model calls cost: made, answered by the cache, the rate of new calls, and
-    the tokens the new calls used where the engine counts them."""
+    """What a step's model calls cost: made, answered by the cache, refused as too long for the
+    model's window, the rate of new calls, and the tokens the new calls used where the engine
+    counts them."""
     tokens = {
         f"model_{kind}_tokens": count
         for kind, count in (
@@ -269,6 +270,7 @@ def call_metadata(calls: CallResult) -> dict:
     return {
         "model_calls_made": calls.made,
         "model_calls_cached": calls.cached,
+        "model_calls_too_long": calls.refused,
         "model_call_seconds": round(calls.seconds, 2),
         "model_calls_per_second": round(calls.made / calls.seconds, 2) if calls.made else 0.0,
         **tokens,

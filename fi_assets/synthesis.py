@@ -23,6 +23,7 @@ from fi_assets.reporting import (
     write_stage,
 )
 from fi_method.evaluation.fidelity import render_markdown, synthesis_figures
+from fi_method.llm_output import Refused
 from fi_method.reasons import RejectReason
 from fi_method.roles import RulesAids
 from fi_method.synthesis import continuations as halving
@@ -144,7 +145,7 @@ def _instantiate_shard(
     )
     rounds: list[CallResult] = []
 
-    def instantiate(batch: list[dict]) -> list[str]:
+    def instantiate(batch: list[dict]) -> list[str | Refused]:
         rounds.append(
             instantiator.call(
                 batch,
@@ -385,13 +386,26 @@ def _continue_shard(
             progress=log_progress(context, "continued"),
             caller=_caller(context, shard),
         )
-        answers = [text.strip() for text in calls.outputs]
+        answers = [
+            output if isinstance(output, Refused) else output.strip() for output in calls.outputs
+        ]
         metadata |= call_metadata(calls)
     rows, rejects = [], []
     origins = docs.select("doc_id", "source", "line").rows()
     for (doc_id, source, line), instruction, answer in zip(
         origins, instructions, answers, strict=True
     ):
+        if isinstance(answer, Refused):
+            rejects.append(
+                {
+                    "source": source,
+                    "line": line,
+                    "item_id": doc_id,
+                    "reason": RejectReason.PROMPT_TOO_LONG,
+                    "detail": answer.detail,
+                }
+            )
+            continue
         if not instruction or not answer:
             reason = "no_boundary" if not instruction else "empty_continuation"
             rejects.append({"source": source, "line": line, "item_id": doc_id, "reason": reason})

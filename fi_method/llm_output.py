@@ -1,11 +1,12 @@
 """What every LLM role shares: reading a JSON object out of free-form model output, the error a
-parser raises, and telling a released fine-tune (which expects its bare training prompt) from a
+parser raises, the place of a call the model could not take (`Refused`), and telling a released fine-tune (which expects its bare training prompt) from a
 general instruction-tuned model (which needs instructions and examples)."""
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Literal
 
 from fi_method.reasons import RejectReason
@@ -19,6 +20,24 @@ class OutputParseError(ValueError):
     def __init__(self, reason: RejectReason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The output of a call that was not answered because its prompt and output budget do not
+    fit the model's context window: measured before sending, or said by the server. It stands in
+    a role's outputs where the text would be, and is never cached (a model with a larger window
+    answers it)."""
+
+    detail: str
+
+
+def answered_text(output: str | Refused, reason: RejectReason) -> str:
+    """The text of one role output, or OutputParseError `reason` (the role's over-long reason)
+    where the call was refused."""
+    if isinstance(output, Refused):
+        raise OutputParseError(reason, output.detail)
+    return output
 
 
 # strict=False lets strings hold raw newlines, which models often emit inside long values.

@@ -21,6 +21,9 @@ class RejectReason(StrEnum):
     # not tried.
     TEMPLATE_REMOVED = "template_removed"
 
+    # The role's prompt and output budget do not fit the model's context window (measured with
+    # the model's tokenizer, or said by the server): not asked, its neighbours are.
+    PROMPT_TOO_LONG = "prompt_too_long"
     # The instantiator answered `null`: the template does not fit the passage.
     TEMPLATE_DOES_NOT_FIT = "template_does_not_fit"
     # The output holds no JSON object (and no `null`).
@@ -53,6 +56,9 @@ class RejectReason(StrEnum):
     # The template already made FI_MAX_TEMPLATE_USES pairs of the shard.
     TEMPLATE_OVERUSED = "template_overused"
 
+    # The judge's prompt (the pair, its document and the rubric) does not fit the judge model's
+    # context window: the pair is grounded but not judged.
+    JUDGE_PROMPT_TOO_LONG = "judge_prompt_too_long"
     # The judge's output holds no `<score>`.
     NO_SCORE = "no_score"
     # The judge's score is not on the rubric's scale, 1..5.
@@ -68,9 +74,10 @@ class RejectReason(StrEnum):
 # Where each reason leaves the funnel matched -> tried -> instantiated -> grounded -> judged ->
 # kept: the first count its pairs do not reach.
 NOT_TRIED = frozenset({RejectReason.TEMPLATE_REMOVED})
-# Parse failures and `null`: the output never became an (instruction, answer).
+# Not asked, parse failures and `null`: the output never became an (instruction, answer).
 NOT_INSTANTIATED = frozenset(
     {
+        RejectReason.PROMPT_TOO_LONG,
         RejectReason.TEMPLATE_DOES_NOT_FIT,
         RejectReason.NO_JSON,
         RejectReason.INVALID_JSON,
@@ -94,7 +101,9 @@ NOT_GROUNDED = frozenset(
     }
 )
 # The judge's output says nothing usable about the pair.
-NOT_JUDGED = frozenset({RejectReason.NO_SCORE, RejectReason.SCORE_OUT_OF_RANGE})
+NOT_JUDGED = frozenset(
+    {RejectReason.JUDGE_PROMPT_TOO_LONG, RejectReason.NO_SCORE, RejectReason.SCORE_OUT_OF_RANGE}
+)
 NOT_KEPT = frozenset({RejectReason.LOW_JUDGE_SCORE, RejectReason.DUPLICATE_INSTRUCTION})
 LOST_BEFORE: dict[str, frozenset[RejectReason]] = {
     "tried": NOT_TRIED,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from fi_method.llm_output import prompt_style_for
 
@@ -134,6 +134,10 @@ class Role:
     # The output budget one input needs, where its output grows with it (the genericizer restates
     # its query): given the input and the engine's budget, a budget at least as large.
     output_budget: Callable[[dict, int], int] | None = None
+    # What a model engine does with an input whose prompt and output budget do not fit the
+    # model's context window: refuse it (the role's step rejects that row as too long) or, for a
+    # role that answers from the end of its prompt, cut the prompt's start.
+    over_long_input: Literal["refuse", "keep_end"] = "refuse"
 
     def constrained(self, model: str) -> bool:
         """Whether `model`'s decoding is held to the role's output structure."""

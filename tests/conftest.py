@@ -138,3 +138,23 @@ def own_model_server(smollm2_home, tmp_path):
     server.start()
     yield server
     server.kill()
+
+
+# llama.cpp's window for the tests: a short query's genericizer prompt and answer fit, a
+# 3,500-character one does not.
+LLAMA_CPP_CONTEXT_TOKENS = 1024
+
+
+@pytest.fixture(scope="module")
+def llama_cpp_server(tmp_path_factory):
+    """SmolLM2's GGUF behind llama.cpp's OpenAI-compatible server, whose context window
+    (LLAMA_CPP_CONTEXT_TOKENS) it enforces as vLLM does: its URL and model name."""
+    from fi_resources import model_server
+    from fi_resources.models import SMOLLM2_GGUF
+
+    port = _free_port()
+    log = tmp_path_factory.mktemp("llama_cpp") / "serve.log"
+    process = model_server.start_llama_cpp(port, LLAMA_CPP_CONTEXT_TOKENS, log)
+    yield f"http://127.0.0.1:{port}/v1", SMOLLM2_GGUF
+    process.kill()
+    process.wait(timeout=30)

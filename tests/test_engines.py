@@ -11,19 +11,23 @@ from types import SimpleNamespace
 import pytest
 
 from fi_method.corpus.packing import load_training_tokenizer
+from fi_method.llm_output import Refused
 from fi_method.roles import OutputFormat, Request
 from fi_method.synthesis import instantiator, judge
+from fi_method.synthesis.pairs import collect_judgements
 from fi_method.templating import genericizer
 from fi_method.templating.instruction_templates import collect_templates
 from fi_resources import engines
 from fi_resources.engines import (
     ENGINES,
     EngineConfig,
+    Generation,
     RequestPacer,
     TransformersEngine,
     _answer_text,
     parse_base_urls,
 )
+from fi_resources.model_calls import CallSpec, open_model_call_cache
 from fi_resources.roles import (
     BenchmarkJudge,
     Candidate,
@@ -100,14 +104,12 @@ def test_role_versions_follow_prompt_engine_model_and_thresholds(monkeypatch):
     assert role_version("genericizer", Settings()) == "genericizer:rules-2"
 
 
-@pytest.fixture(scope="module")
-def tiny_engine(tmp_path_factory):
-    """A random two-layer Llama with the real Llama-3 tokenizer: what it writes is noise, so
-    any structure in its output comes from the grammar."""
+def tiny_model(folder, **config) -> TransformersEngine:
+    """A random two-layer Llama with the real Llama-3 tokenizer, saved in `folder` (`config`
+    overrides its LlamaConfig), behind a CPU transformers engine."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    folder = tmp_path_factory.mktemp("tiny")
     tokenizer = AutoTokenizer.from_pretrained(load_training_tokenizer().source)
     torch.manual_seed(0)
     model = LlamaForCausalLM(
@@ -120,6 +122,7 @@ def tiny_engine(tmp_path_factory):
             num_key_value_heads=2,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
+            **config,
         )
     )
     model.save_pretrained(folder)
@@ -127,6 +130,13 @@ def tiny_engine(tmp_path_factory):
     return TransformersEngine(
         EngineConfig(engine="transformers", model=str(folder), home=str(folder), device="cpu")
     )
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tmp_path_factory):
+    """A random tiny model: what it writes is noise, so any structure in its output comes from
+    the grammar."""
+    return tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 def answers(engine, prompts, max_new_tokens, output_format):
@@ -251,3 +261,48 @@ def test_a_long_query_gets_a_budget_that_holds_its_restatement(tiny_engine):
     found = dict(pair for chunk in engine.answer(role, prepared) for pair in chunk)
     assert 0 < found[0].completion_tokens <= 8 < found[1].completion_tokens <= 44
     assert engine.params(role)["budget"] == "grows-with-input"
+
+
+def test_a_prompt_over_the_window_is_refused_and_its_neighbours_answered(tmp_path):
+    """A model with a 64-token window and an 8-token budget: a 200-token passage cannot be asked.
+    The judge's row is refused before any generation (never cached, so a model with a larger
+    window answers it later) and rejected as judge_prompt_too_long; the rows beside it are answered
+    and cached. A role that answers from its prompt's end (the candidate) gets the end instead.
+    Before, the engine cut every over-long prompt from its start, judging a pair it never saw."""
+    small = tiny_model(tmp_path / "small_window", max_position_embeddings=64)
+    engine = TransformersEngine(small.config.model_copy(update={"max_new_tokens": 8}))
+    long_passage = "The river floods every spring and the town moves uphill. " * 20
+    pairs = [
+        {"pair_id": f"p{i}", "source": "s", "instruction": "Why?", "answer": answer}
+        for i, answer in enumerate(["Floods.", long_passage, "Rain."])
+    ]
+    # The judge's role on a raw prompt (the random model has no chat template).
+    role = dataclasses.replace(
+        judge.ROLE,
+        request=lambda item, _model: Request(prompt=f"{item['instruction']} {item['answer']}"),
+        output_format=None,
+    )
+    prepared = engine.prepare(role, pairs)
+    cache = open_model_call_cache(tmp_path)
+    spec = CallSpec("judge", "transformers", "tiny", "test", {})
+    keys = [spec.key(engine.key(role, request)) for request in prepared]
+    calls = cache.call(spec, keys, prepared, lambda batch: engine.answer(role, batch), 8)
+
+    refused = calls.outputs[1]
+    assert isinstance(refused, Refused)
+    assert "+ output budget of 8 > the model's context window of 64 tokens" in refused.detail
+    assert isinstance(calls.outputs[0], str) and isinstance(calls.outputs[2], str)
+    assert (calls.made, calls.refused) == (2, 1)
+    assert set(cache.lookup(keys)) == {keys[0], keys[2]}
+    rows, rejects = collect_judgements(pairs, calls.outputs, 4, "transformers", "tiny")
+    assert ("p1", "judge_prompt_too_long") in [(r["item_id"], r["reason"]) for r in rejects]
+    assert "p1" not in {row["pair_id"] for row in rows}
+    # A role that reads its prompt's end is answered from the last 64 - 8 tokens.
+    keep_end = dataclasses.replace(role, over_long_input="keep_end")
+    answered = [
+        pair
+        for chunk in engine.answer(keep_end, engine.prepare(keep_end, pairs[1:2]))
+        for pair in chunk
+    ]
+    assert len(answered) == 1 and isinstance(answered[0][1], Generation)
+    assert answered[0][1].prompt_tokens == 64 - 8

@@ -156,6 +156,42 @@ def test_a_role_end_to_end_through_a_real_server(fi_home, tmp_path, monkeypatch,
         assert metadata["model_calls_cached"].value == 4
 
 
+def test_a_query_too_long_for_the_servers_window_is_one_reject(
+    fi_home, tmp_path, monkeypatch, llama_cpp_server
+):
+    """llama.cpp with a 1,024-token window answers a prompt over it with HTTP 400
+    context_length_exceeded, as vLLM and OpenAI do. That query alone is rejected as prompt_too_long,
+    with the server's words; its neighbours are answered, the step succeeds, and the refusal is
+    not cached (a server with a larger window answers it on a rerun). Before, the 400 failed the
+    whole step."""
+    url, model = llama_cpp_server
+    # llama-cpp-python's server takes no `json_schema` response format.
+    use_server(
+        monkeypatch, url, genericizer_model=model, max_new_tokens=32, openai_structured="off"
+    )
+    storage = Storage(home=str(fi_home))
+    long_query = "Summarise the history of " + ", ".join(
+        f"the {word} guild of medieval {town}"
+        for word in ("weavers'", "masons'", "bakers'", "tanners'", "dyers'", "coopers'")
+        for town in ("Ghent", "Bruges", "Ypres", "Lille", "Arras", "Tournai", "Douai", "Mons")
+        for _ in range(2)
+    )
+    assert 3_000 < len(long_query) < 4_000  # raw_queries keeps queries up to 4,000 characters
+    queries = write_queries(tmp_path / "q.jsonl", [QUERIES[0], long_query, QUERIES[1]])
+    with dg.instance_for_test() as instance:
+        result = materialize_templates(instance, storage, queries, "q1")
+        assert result.success
+        metadata = result.asset_materializations_for_node("instruction_templates")[0].metadata
+        assert metadata["model_calls_made"].value == 2
+        assert metadata["model_calls_too_long"].value == 1
+    rejects = storage.read_rejects("instruction_templates", "q1")
+    too_long = rejects.filter(rejects["reason"] == "prompt_too_long")
+    assert too_long.height == 1 and "maximum context length is 1024" in too_long["detail"][0]
+    templates = storage.read_table(tables.INSTRUCTION_TEMPLATES, "q1")
+    assert templates.height + rejects.height == 3
+    assert open_model_call_cache(fi_home).frame().height == 2
+
+
 def kill_after_two_answers(server, cache) -> threading.Thread:
     """A started thread that kills `server` once the call cache holds two answers."""
 

@@ -49,16 +49,16 @@ def test_a_rejects_table_holding_every_reason_once_counts_each_once(tmp_path):
 
     counts = funnel_counts(matched=40, grounded=30, reasons=reasons)
 
-    # 9 grounding, duplicate and overuse rejects; 6 nulls and parse failures; 2 unreadable
-    # judgements; a low score and a question its document already asks; the removed template is
-    # never tried.
+    # 9 grounding, duplicate and overuse rejects; 7 prompts too long, nulls and parse failures;
+    # a prompt too long to judge and 2 unreadable judgements; a low score and a question its
+    # document already asks; the removed template is never tried.
     assert counts == {
         "matched": 40,
-        "tried": 45,
+        "tried": 46,
         "instantiated": 39,
         "grounded": 30,
-        "judged": 28,
-        "kept": 26,
+        "judged": 27,
+        "kept": 25,
         "null": 1,
     }
     assert counts["tried"] - counts["kept"] == len(RejectReason) - len(NOT_TRIED)

@@ -368,7 +368,9 @@ def win_rates(
 
 # A trained checkpoint answering benchmark prompts: raw continuations of `Instruction: ...\n\n
 # Answer:`, with no chat template, because that is the format it was pre-trained on. The model is
-# the checkpoint's export folder; eval_scores adds a hash of its weights to the cache key.
+# the checkpoint's export folder; eval_scores adds a hash of its weights to the cache key. A small
+# pre-trained model's window (256 tokens for the demo's) is shorter than many benchmark prompts:
+# their start is cut, keeping the question's end and the `Answer:` it continues.
 CANDIDATE = Role(
     name="candidate",
     prompt_version=MODEL_PROMPT_VERSION,
@@ -376,6 +378,7 @@ CANDIDATE = Role(
     max_new_tokens=64,
     request=lambda item, _model: Request(prompt=model_prompt(item["question"])),
     parse=clean_response,
+    over_long_input="keep_end",
 )
 
 # The judge of the generative benchmarks: each benchmark's own protocol builds the messages

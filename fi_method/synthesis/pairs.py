@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable
 
-from fi_method.llm_output import OutputParseError
+from fi_method.llm_output import OutputParseError, Refused, answered_text
 from fi_method.reasons import RejectReason, losses
 from fi_method.synthesis import judge
 from fi_method.synthesis.excerpts import ExcerptError
@@ -30,7 +30,7 @@ JUDGEMENTS_VERSION = "3"
 
 def collect_instantiations(
     requests: list[dict],
-    outputs: list[str],
+    outputs: list[str | Refused],
     documents: dict[str, str],
     min_excerpt_ratio: float,
     engine: str,
@@ -48,13 +48,14 @@ def collect_instantiations(
     rejects: list[dict] = []
     instantiated = 0
     seen = set() if seen is None else seen
-    for request, text in zip(requests, outputs, strict=True):
+    for request, output in zip(requests, outputs, strict=True):
         origin = {
             "source": request["source"],
             "line": None,
             "item_id": f"{request['doc_id']}:{request['template_id']}",
         }
         try:
+            text = answered_text(output, RejectReason.PROMPT_TOO_LONG)
             found = parse_output(text)
         except ValueError as error:
             reason = getattr(error, "reason", RejectReason.INVALID_OUTPUT)
@@ -101,7 +102,7 @@ def collect_instantiations(
 
 def instantiate_by_rank(
     requests: list[dict],
-    instantiate: Callable[[list[dict]], list[str]],
+    instantiate: Callable[[list[dict]], list[str | Refused]],
     documents: dict[str, str],
     min_excerpt_ratio: float,
     engine: str,
@@ -159,17 +160,17 @@ def instantiate_by_rank(
 
 
 def collect_judgements(
-    pairs: list[dict], outputs: list[str], min_score: int, engine: str, model: str
+    pairs: list[dict], outputs: list[str | Refused], min_score: int, engine: str, model: str
 ) -> tuple[list[dict], list[dict]]:
     """Parse each judge output. Every judged pair is a row (`pair_id`, `score`, `feedback`,
     `kept` = score >= min_score); a pair the judge's output says nothing usable about, or one
     below `min_score`, is also in the rejects with its reason."""
     rows: list[dict] = []
     rejects: list[dict] = []
-    for pair, text in zip(pairs, outputs, strict=True):
+    for pair, output in zip(pairs, outputs, strict=True):
         origin = {"source": pair.get("source"), "line": None, "item_id": pair["pair_id"]}
         try:
-            found = judge.parse_output(text)
+            found = judge.parse_output(answered_text(output, RejectReason.JUDGE_PROMPT_TOO_LONG))
         except OutputParseError as error:
             rejects.append({**origin, "reason": error.reason, "detail": str(error)[:500]})
             continue

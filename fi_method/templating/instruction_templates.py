@@ -3,6 +3,7 @@ same way whichever engine produced it, and every failure is kept with its reason
 
 from __future__ import annotations
 
+from fi_method.llm_output import Refused, answered_text
 from fi_method.reasons import RejectReason
 from fi_method.templating.genericizer import parse_output
 from fi_method.templating.templates import count_tags, validate_template
@@ -15,7 +16,7 @@ TEMPLATES_VERSION = "1"
 
 
 def collect_templates(
-    queries: list[dict], outputs: list[str], engine: str, model: str
+    queries: list[dict], outputs: list[str | Refused], engine: str, model: str
 ) -> tuple[list[dict], list[dict]]:
     """Pair each query row (`query_id`, `query`, `source`, `line`) with its genericizer output
     (the raw text, parsed here). Kept rows: `template_id` (content hash of the template),
@@ -25,10 +26,10 @@ def collect_templates(
     kept: list[dict] = []
     rejects: list[dict] = []
     seen: dict[str, str] = {}
-    for row, text in zip(queries, outputs, strict=True):
+    for row, answer in zip(queries, outputs, strict=True):
         origin = {"source": row["source"], "line": row["line"], "item_id": row["query_id"]}
         try:
-            output = parse_output(text)
+            output = parse_output(answered_text(answer, RejectReason.PROMPT_TOO_LONG))
             validate_template(output.template, output.compatible_document_description, row["query"])
         except ValueError as error:
             reason = getattr(error, "reason", RejectReason.INVALID_OUTPUT)
