@@ -2,7 +2,7 @@
 sets. First SQuAD 2.0's (fi_method.synthesis.squad: a question with its own paragraph, with another
 paragraph of the same article, and an unanswerable question with its paragraph; tuning split =
 train articles, held out = dev articles): per kind and split, the share kept before (the rules
-judge as of git HEAD, rules-2) and now, and ROC AUC. Then the calibration set of fi_method.synthesis.judge_calibration (real AlpacaEval and MT-Bench-101 pairs
+judge as of SQUAD_BEFORE: rules-2, and rules-6) and now, and ROC AUC. Then the calibration set of fi_method.synthesis.judge_calibration (real AlpacaEval and MT-Bench-101 pairs
 against swapped answers, truncated answers, repeated sentences and entity-swapped instructions,
 each pair's answer as its document), scored by the judge before (the rules judge as of --before,
 read from git) and now. Prints ROC AUC, the share of positives kept (score >= MIN_JUDGE_SCORE) and
@@ -18,6 +18,7 @@ CPU only (Python and spaCy's small English model): no device to choose.
 from __future__ import annotations
 
 import inspect
+import re
 import subprocess
 import tempfile
 import time
@@ -41,34 +42,48 @@ from fi_method.synthesis.judge_calibration import (
 REPOSITORY = Path(__file__).resolve().parent.parent
 # The last commits with the first rules judge (rules-1), which scored by coverage, grounding and
 # length alone, and with rules-2, which did not read the pair's template; and the commit before the
-# focus (rules-2 reading templates when given), the "before" of the SQuAD figures.
+# focus (rules-2 reading templates when given); 03799a3 and the last commit of rules-6 (the focus
+# before names apart and opposites) are the "before" of the SQuAD figures.
 BEFORE = ("767bca8", "816d1d2", "03799a3")
-SQUAD_BEFORE = "03799a3"
+SQUAD_BEFORE = ("03799a3", "0f3c126")
 # Where the judge's module lived: it moved to the synthesis stage's folder.
 JUDGE_PATHS = ("fi_method/synthesis/judge.py", "fi_method/judge.py")
+# Where the rules judge has lived since it left the judge's module.
+RULES_JUDGE_PATH = "fi_method/synthesis/rules_judge.py"
 EXAMPLE_CHARS = 150
 
 
+def _shown(revision: str, path: str) -> str | None:
+    shown = subprocess.run(
+        ["git", "show", f"{revision}:{path}"],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return shown.stdout if shown.returncode == 0 else None
+
+
 def judge_at(revision: str) -> types.ModuleType:
-    """The judge's module (fi_method/synthesis/judge.py, before that fi_method/judge.py) as it
-    was at a git revision, imported as a module of its own."""
+    """The rules judge as it was at a git revision, imported as a module of its own: its own
+    module (RULES_JUDGE_PATH) where it had one, with the version its judge module declared; before
+    that, the judge's module (fi_method/synthesis/judge.py, before that fi_method/judge.py)."""
     for path in JUDGE_PATHS:
-        shown = subprocess.run(
-            ["git", "show", f"{revision}:{path}"],
-            cwd=REPOSITORY,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if shown.returncode == 0:
-            # Only the rules judge is read: the role declared at the end of an old module was
-            # written against the roles API of its day.
-            source = shown.stdout.split("\nROLE = ", 1)[0]
+        judge_source = _shown(revision, path)
+        if judge_source is not None:
             break
     else:
         raise SystemExit(
             f"git revision {revision} has no judge module at {' or '.join(JUDGE_PATHS)}"
         )
+    rules_source = _shown(revision, RULES_JUDGE_PATH)
+    if rules_source is not None:
+        version = re.search(r'^RULES_VERSION = "([^"]+)"', judge_source, re.MULTILINE).group(1)
+        source = f"{rules_source}\nRULES_VERSION = {version!r}\n"
+    else:
+        # Only the rules judge is read: the role declared at the end of an old module was
+        # written against the roles API of its day.
+        source = judge_source.split("\nROLE = ", 1)[0]
     name = f"judge_at_{revision}"
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"{name}.py"
@@ -137,8 +152,10 @@ def squad_figures(name: str, judge_pair, pairs: list) -> list[list]:
 def squad_section() -> str:
     """The SQuAD figures before and now, with the split sizes, as Markdown."""
     pairs = squad.load_pairs()
-    before = judge_at(SQUAD_BEFORE)
-    rows = squad_figures(f"{SQUAD_BEFORE} ({before.RULES_VERSION})", before.rules_judge, pairs)
+    rows = []
+    for revision in SQUAD_BEFORE:
+        before = judge_at(revision)
+        rows += squad_figures(f"{revision} ({before.RULES_VERSION})", before.rules_judge, pairs)
     rows += squad_figures(f"now ({judge.RULES_VERSION})", rules_judge.rules_judge, pairs)
     sizes = "; ".join(
         f"{split_name}: "

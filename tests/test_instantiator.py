@@ -503,6 +503,17 @@ def test_a_value_must_be_tied_to_the_templates_words_as_the_template_ties_them(e
                 "book on widely held spiritual values and ideas, and it sold well in many countries."
             ),
         ),
+        # The passage calls the value what the question asks for: Mimouni is the vice-president.
+        (
+            "who was the vice president under <fi>a person</fi>?",
+            (
+                "Famous novelists of the 20th century include Mohammed Dib, Albert Camus, Kateb "
+                "Yacine and Ahlam Mosteghanemi while Assia Djebar is widely translated. Among the "
+                "important novelists of the 1980s were Rachid Mimouni, later vice-president of "
+                "Amnesty International, and Tahar Djaout, murdered by an Islamist group in 1993 "
+                "for his secularist views."
+            ),
+        ),
         # The value holds the template's own word.
         (
             "Where is <fi>an organization</fi> based?",

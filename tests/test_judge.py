@@ -197,7 +197,7 @@ def test_rules_judgements_parse_back_through_the_judge_parser():
     ("instruction", "answer", "expected"),
     [
         ("Who built the Eiffel Tower?", "Gustave Eiffel built the Eiffel Tower.", 1.0),
-        # Content words match on their first five letters: inflections count.
+        # Content words match on their first five letters or their stems: inflections count.
         ("How are bridges constructed?", "A bridge is built by construction crews.", 1.0),
         ("Who built the Eiffel Tower?", "Sourdough needs flour and water.", 0.0),
         # A name of several words is one term, found only as written: "Eiffel" alone is not
@@ -205,7 +205,7 @@ def test_rules_judgements_parse_back_through_the_judge_parser():
         ("Who built the Eiffel Tower?", "Eiffel himself built a house in Dijon.", 0.22),
         ("Who built the Eiffel Tower?", "Gustave Eiffel built the tower.", 0.22),
         # Numbers are terms, matched whole.
-        ("Why did it rain in 2024?", "It rained in 2023.", 0.0),
+        ("Why did it rain in 2024?", "It snowed in 2023.", 0.0),
         # Nothing but stopwords, request verbs and short words: nothing to cover.
         ("Explain what it is to me.", "Anything at all.", 1.0),
     ],
@@ -552,6 +552,32 @@ def squad_tuning():
 def test_a_number_or_a_negation_the_passage_does_not_state_is_not_kept(
     squad_tuning, question_id, kind, kept, fault
 ):
+    pair = _by_id(squad_tuning, question_id, kind)
+    judgement = rules_judge(pair.question, pair.paragraph, pair.paragraph)
+    assert (judgement.score >= MIN_JUDGE_SCORE) is kept, judgement
+    assert fault is None or fault in judgement.feedback
+
+
+@pytest.mark.parametrize(
+    ("question_id", "kind", "kept", "fault"),
+    [
+        # The paragraph: "The production faced opposition from ... city authorities".
+        ("5ad22fe9d7d075001a4286a5", squad.UNANSWERABLE, False, '"support", the answer says "opp'),
+        # The paragraph: "Oberhauser's father, Hannes, became his temporary guardian".
+        ("5ad224b1d7d075001a42852c", squad.UNANSWERABLE, False, '"mother", the answer says "fa'),
+        # The paragraph: "describing Spectre as inconsistent and unable to capitalise".
+        ("5ad246ecd7d075001a428b0a", squad.UNANSWERABLE, False, 'answer says "inconsistent"'),
+        # The paragraph: "When Link enters the Twilight Realm ... he transforms into a wolf"; it
+        # names Epona in another sentence.
+        ("5a8d89b5df8bba001a0f9af7", squad.UNANSWERABLE, False, 'names "Epona" only apart'),
+        # The paragraph: "a Dutch fur trading settlement on Governors Island": "trade" is "trading".
+        ("56cedbb9aab44d1400b88b0f", squad.POSITIVE, True, None),
+        ("56bf8fc1a10cfb1400551176", squad.POSITIVE, True, None),
+    ],
+)
+def test_an_opposite_or_a_name_said_apart_is_not_kept(squad_tuning, question_id, kind, kept, fault):
+    """rules-7: questions SQuAD 2.0 made unanswerable by an antonym or a swapped entity, which
+    rules-6 kept (score 4 or 5), are refused, and positives are still kept."""
     pair = _by_id(squad_tuning, question_id, kind)
     judgement = rules_judge(pair.question, pair.paragraph, pair.paragraph)
     assert (judgement.score >= MIN_JUDGE_SCORE) is kept, judgement

@@ -347,6 +347,34 @@ def _role(token) -> str | None:
     return None
 
 
+# A value the passage itself calls what a "who" question asks for answers the question with its
+# own slot: "who was the vice president under <fi>a person</fi>?" is not asked of "Rachid
+# Mimouni, later vice-president of Amnesty International", nor "who wrote <fi>a book</fi> of
+# <fi>a person</fi>?" of "Zosimos of Panopolis wrote the oldest known books". The template's word
+# follows the value's mention, after the "of" tail of its name, a comma and these words; a form of
+# "be" is not among them, since "Galt was captured" is said of the one captured.
+_CALLED = re.compile(
+    r"(?:\s+of\s+[A-Z][\w-]*)*\s*,?\s*"
+    r"(?:(?:later|now|then|formerly|former|also|future|current|the|a|an)\s+)*"
+    r"([\w-]+)"
+)
+
+
+def _called_what_is_asked(
+    text: str, run: tuple[_Sentence, ...], surface: str, needed: set[str]
+) -> bool:
+    """Whether the run names a value as the template's own words (`needed` keys) describe what
+    the question asks for: one of them right after a mention of the value as written."""
+    for sentence in run:
+        at = text.find(surface, sentence.start, sentence.end)
+        while at >= 0:
+            following = _CALLED.match(text, at + len(surface), sentence.end)
+            if following and needed & set(word_keys(following.group(1).lower().split("-"))):
+                return True
+            at = text.find(surface, at + len(surface), sentence.end)
+    return False
+
+
 def _answered_by_the_value(asked: str, kind_of: dict[str, str], values: set[str]) -> bool:
     """Whether a question about its value alone is answered by an excerpt about that value: "who
     is X", and "where is X" of a place; "where is <fi>an organization</fi> located" asks for a
@@ -845,6 +873,13 @@ def rules_instantiate(
             # the place, not a place two clauses away; and it is not part of a value ("who
             # wrote Huxley's book?" does not ask for Huxley).
             what, kinds = asked
+            called = [v for v in values if _called_what_is_asked(text, run, v, needed)]
+            if what == "a person" and called:
+                reason = (
+                    f'the passage calls {called[0]} "{" ".join(own_words)}": the value is what '
+                    "the question asks for"
+                )
+                continue
             close = _near_words(text, run, needed) if needed else lambda _surface: True
             if not any(
                 kind in kinds and not any(surface in value for value in values) and close(surface)
