@@ -17,6 +17,7 @@ from fi_method.retrieval.chunking import CHUNKING_VERSION, chunk_document
 from fi_method.retrieval.matching import (
     CANDIDATES_PER_VECTOR,
     MATCHING_VERSION,
+    complexity_shares,
     match_chunks,
     target_distribution,
 )
@@ -176,12 +177,12 @@ def _match_shard(
     templates_per_vector: int,
 ) -> dg.MaterializeResult:
     chunks = storage.read_table(DOCUMENT_CHUNKS, shard)
-    templates = storage.read_all(INSTRUCTION_TEMPLATES)
-    target = (
-        target_distribution(templates["n_tags"].to_list())
-        if templates is not None and templates.height
-        else {}
+    # The library's complexities, counted without reading its templates.
+    templates = storage.scan_all(INSTRUCTION_TEMPLATES)
+    counts = (
+        {} if templates is None else dict(templates.group_by("n_tags").len().collect().iter_rows())
     )
+    target = complexity_shares(counts) if counts else {}
     threshold = embedder.threshold
     hits = index.search(
         table_name_for(embedder.model), chunk_vectors(chunks), CANDIDATES_PER_VECTOR

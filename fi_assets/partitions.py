@@ -56,9 +56,18 @@ def keys_along(
     """The keys of a multi-partitions definition whose dimension partitioned by `dimension_def`
     is `key` (packed_corpus keys of one doc shard, or of one recipe); none when it has no such
     dimension."""
+    return keys_with(partition_keys(instance, multi), multi, dimension_def, key)
+
+
+def keys_with(
+    keys: list,
+    multi: dg.MultiPartitionsDefinition,
+    dimension_def: dg.PartitionsDefinition,
+    key: str,
+) -> list[str]:
+    """Those of `keys` (keys of `multi`) whose dimension partitioned by `dimension_def` is
+    `key`."""
     names = [d.name for d in multi.partitions_defs if d.partitions_def == dimension_def]
     return [
-        partition
-        for partition in partition_keys(instance, multi)
-        if names and partition.keys_by_dimension[names[0]] == key
+        partition for partition in keys if names and partition.keys_by_dimension[names[0]] == key
     ]

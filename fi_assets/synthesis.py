@@ -99,14 +99,17 @@ def instantiated_pairs(
     )
 
 
-def _templates(storage: Storage) -> pl.DataFrame:
-    """template_id, query_id and template of every template. Two query shards can yield the same
+def _templates(storage: Storage, template_ids: pl.Series) -> pl.DataFrame:
+    """template_id, query_id and template of the templates `template_ids` names, read alone from
+    every query shard (a library of millions stays on disk). Two query shards can yield the same
     template: the first query (by id) stands for it."""
     return (
-        storage.read_all(INSTRUCTION_TEMPLATES)
+        storage.scan_all(INSTRUCTION_TEMPLATES)
         .select("template_id", "query_id", "template")
+        .filter(pl.col("template_id").is_in(template_ids.unique().to_list()))
         .sort("template_id", "query_id")
         .unique("template_id", keep="first", maintain_order=True)
+        .collect()
     )
 
 
@@ -122,7 +125,7 @@ def _instantiate_shard(
     docs = storage.read_table(DOCUMENTS, shard).select("doc_id", "source", "text")
     chunks = storage.read_table(DOCUMENT_CHUNKS, shard).select("chunk_id", "text")
     requests = (
-        matched.join(_templates(storage), on="template_id", how="left")
+        matched.join(_templates(storage, matched["template_id"]), on="template_id", how="left")
         .join(chunks.rename({"text": "chunk"}), on="chunk_id", how="left")
         .join(docs.select("doc_id", "source"), on="doc_id", how="left")
         # The order in which templates reach their cap of uses.
@@ -251,7 +254,11 @@ def _judge_shard(
         pairs.join(docs.rename({"text": "document"}), on="doc_id", how="left")
         # The rules judge reads what the template asks beside its slot values; a template_id is
         # a hash of its text, so the pair's template_id stands for it in the lineage.
-        .join(_templates(storage).select("template_id", "template"), on="template_id", how="left")
+        .join(
+            _templates(storage, pairs["template_id"]).select("template_id", "template"),
+            on="template_id",
+            how="left",
+        )
         .to_dicts()
     )
     context.log.info(f"judging {len(rows)} pairs with {judge.label}")

@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from fi_method.ingest import SHARD_DOCUMENTS, SHARD_QUERIES
 from fi_method.retrieval.matching import (
     CANDIDATES_PER_VECTOR,
     GAUSSIAN_POOLING_K,
@@ -137,6 +138,15 @@ class Settings(BaseSettings, EngineSettings):
 
     home: Path = Field(
         DEFAULT_HOME, description="Data root: inbox, tables, LanceDB, models, Dagster."
+    )
+    shard_documents: int = Field(
+        SHARD_DOCUMENTS,
+        ge=1,
+        description="Most documents one ingested shard (partition) holds: a larger input becomes "
+        "shards NAME-00000, NAME-00001, ... read as a stream, so no file is ever in memory whole.",
+    )
+    shard_queries: int = Field(
+        SHARD_QUERIES, ge=1, description="Most queries one ingested shard holds (the same way)."
     )
     genericizer_engine: Engine = Field("rules", description="Engine of the query -> template role.")
     genericizer_model: str = Field(

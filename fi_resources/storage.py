@@ -138,9 +138,15 @@ class Storage(ConfigurableResource):
 
     def read_all(self, table: Table) -> pl.DataFrame | None:
         """Every partition of a table, or None when none is written yet."""
+        scan = self.scan_all(table)
+        return None if scan is None else scan.collect()
+
+    def scan_all(self, table: Table) -> pl.LazyFrame | None:
+        """Every partition of a table as one lazy scan, which reads only the columns and rows a
+        query over it keeps; None when none is written yet."""
         files = self.partition_files(table)
         return (
-            pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+            pl.concat([pl.scan_parquet(f) for f in files], how="diagonal_relaxed")
             if files
             else None
         )

@@ -6,7 +6,7 @@ import json
 import dagster as dg
 
 from fi_assets.definitions import build_definitions
-from fi_assets.ingestion import ingest_shard
+from fi_assets.ingestion import ingest_shards
 from fi_method.samples import wikipedia_articles
 from fi_resources.settings import get_settings
 from fi_resources.storage import Storage
@@ -22,7 +22,7 @@ def requested(result) -> set[str]:
 
 
 def ingest(instance, storage, kind, path, shard):
-    ingested = ingest_shard(storage, kind, str(path), shard)
+    [ingested] = ingest_shards(storage, kind, str(path), shard)
     instance.add_dynamic_partitions("query_shards" if kind == "queries" else "doc_shards", [shard])
     instance.report_runless_asset_event(ingested.event)
 

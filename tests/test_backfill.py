@@ -9,7 +9,7 @@ from dagster._core.storage.tags import (
 )
 
 from fi_assets.definitions import build_definitions
-from fi_assets.ingestion import ingest_shard
+from fi_assets.ingestion import ingest_shards
 from fi_method.samples import wikipedia_articles
 from fi_resources import tables
 from fi_resources.settings import get_settings
@@ -23,7 +23,7 @@ def test_document_chunks_backfill_runs_two_shards_in_one_step(fi_home, tmp_path)
         for number, article in enumerate(articles, start=1):
             path = tmp_path / f"d{number}.jsonl"
             path.write_text(json.dumps(article) + "\n")
-            ingest_shard(storage, "documents", str(path), f"d{number}")
+            list(ingest_shards(storage, "documents", str(path), f"d{number}"))
             instance.add_dynamic_partitions("doc_shards", [f"d{number}"])
             assert dg.materialize(
                 list(defs.assets),

@@ -5,10 +5,23 @@ import json
 
 import polars as pl
 import pytest
+from typer.testing import CliRunner
 
 import fi_method.ingest
-from fi_method.ingest import RowError, document_fields, ingest_source, iter_records, query_texts
+from fi_assets.cli import app
+from fi_method.ingest import (
+    RowError,
+    document_fields,
+    ingest_batches,
+    ingest_source,
+    iter_records,
+    query_texts,
+)
 from fi_method.samples import sharegpt_file, webquestions_files
+from fi_resources.instance import open_instance
+from fi_resources.settings import get_settings
+from fi_resources.storage import Storage
+from fi_resources.tables import INGESTED_DOCUMENTS
 
 GOOD = "How do I keep sourdough starter alive while traveling for two weeks?"
 
@@ -254,3 +267,62 @@ def test_webquestions_as_published_read_from_qtext(tmp_path):
     assert [(r["line"], r["reason"]) for r in result.rejects] == [(4, "missing_text")]
     assert "'qText'" in result.rejects[0]["detail"]
     assert "'conversations'" in result.rejects[0]["detail"]
+
+
+def test_a_source_streams_in_batches_of_at_most_max_rows(tmp_path):
+    """Eight good rows, a malformed one and, last, a copy of the first, in batches of three:
+    every batch but the last is full, the copy is found across batches, and each reject goes
+    with the batch being filled when it is read."""
+    lines = [json.dumps({"text": f"Document number {i} of the news."}) for i in range(8)]
+    lines.insert(4, "{not json")
+    lines.append(lines[0])
+    path = tmp_path / "news.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    batches = list(ingest_batches("documents", str(path), max_rows=3))
+    assert [[row["line"] for row in batch.rows] for batch in batches] == [
+        [1, 2, 3],
+        [4, 6, 7],
+        [8, 9],
+    ]
+    assert [batch.last for batch in batches] == [False, False, True]
+    assert [[(r["line"], r["reason"]) for r in batch.rejects] for batch in batches] == [
+        [],
+        [(5, "malformed_json")],
+        [(10, "duplicate")],
+    ]
+    whole = ingest_source("documents", str(path))
+    assert [row["line"] for row in whole.rows] == [1, 2, 3, 4, 6, 7, 8, 9] and whole.last
+
+
+def test_an_input_over_the_shard_size_is_numbered_shards_and_again_the_same(
+    fi_home, tmp_path, monkeypatch
+):
+    """FI_SHARD_DOCUMENTS=2: five documents are shards news-00000..news-00002, each registered
+    as it is written; ingesting the file again gives the same shards with the same rows; a file
+    that fits keeps its plain name."""
+    monkeypatch.setenv("FI_SHARD_DOCUMENTS", "2")
+    get_settings.cache_clear()
+    news = tmp_path / "news.jsonl"
+    news.write_text(
+        "".join(
+            json.dumps({"text": f"Report {i}: the river rose overnight."}) + "\n" for i in range(5)
+        )
+    )
+    storage = Storage(home=str(fi_home))
+    shards = ["news-00000", "news-00001", "news-00002"]
+    tables = []
+    for _ in range(2):
+        result = CliRunner().invoke(app, ["ingest", "documents", str(news)])
+        assert result.exit_code == 0, result.output
+        assert [line.split(":")[0] for line in result.output.splitlines()] == [
+            f"documents shard {shard}" for shard in shards
+        ]
+        assert "news-00002: 1 accepted" in result.output
+        assert open_instance(fi_home).get_dynamic_partitions("doc_shards") == shards
+        tables.append([storage.read_table(INGESTED_DOCUMENTS, shard) for shard in shards])
+    assert [t["line"].to_list() for t in tables[0]] == [[1, 2], [3, 4], [5]]
+    assert all(a.equals(b) for a, b in zip(*tables, strict=True))
+    brief = tmp_path / "brief.jsonl"
+    brief.write_text(news.read_text().splitlines()[0] + "\n")
+    result = CliRunner().invoke(app, ["ingest", "documents", str(brief)])
+    assert result.exit_code == 0 and "documents shard brief: 1 accepted" in result.output

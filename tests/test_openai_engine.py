@@ -15,7 +15,7 @@ import dagster as dg
 import pytest
 
 from fi_assets.definitions import build_definitions
-from fi_assets.ingestion import ingest_shard
+from fi_assets.ingestion import ingest_shards
 from fi_resources import tables
 from fi_resources.engines import ServerError
 from fi_resources.model_calls import open_model_call_cache
@@ -92,7 +92,7 @@ def write_queries(path, queries):
 def materialize_templates(instance, storage, queries_file, shard):
     """Ingest a query shard and materialize its templates with the current settings."""
     defs = build_definitions(get_settings())
-    ingested = ingest_shard(storage, "queries", str(queries_file), shard)
+    [ingested] = ingest_shards(storage, "queries", str(queries_file), shard)
     instance.add_dynamic_partitions("query_shards", [shard])
     instance.report_runless_asset_event(ingested.event)
     return dg.materialize(

@@ -12,12 +12,12 @@ from fi_assets.cli import app
 from fi_assets.command import fi_command
 from fi_assets.definitions import build_assets, build_resources
 from fi_assets.documents import documents
-from fi_assets.ingestion import ingest_shard
+from fi_assets.ingestion import ingest_shards
 from fi_assets.queries import QueryFilterConfig, raw_queries
 from fi_method.samples import wikipedia_articles
 from fi_resources import tables
 from fi_resources.models import MINILM, sentence_transformer_source
-from fi_resources.settings import get_settings
+from fi_resources.settings import Settings, get_settings
 from fi_resources.storage import Storage
 from fi_resources.template_index import TemplateIndex, table_name_for
 
@@ -54,8 +54,8 @@ def documents_file(tmp_path):
 
 def test_raw_queries_and_documents_called_directly(fi_home, queries_file, documents_file):
     storage = Storage(home=str(fi_home))
-    ingest_shard(storage, "queries", str(queries_file), "q1")
-    ingest_shard(storage, "documents", str(documents_file), "d1")
+    list(ingest_shards(storage, "queries", str(queries_file), "q1"))
+    list(ingest_shards(storage, "documents", str(documents_file), "d1"))
 
     result = raw_queries(dg.build_asset_context(partition_key="q1"), QueryFilterConfig(), storage)
     kept = storage.read_table(tables.RAW_QUERIES, "q1")
@@ -81,7 +81,7 @@ def test_raw_queries_and_documents_called_directly(fi_home, queries_file, docume
 def test_materialize_on_a_test_instance_is_idempotent(fi_home, queries_file):
     settings = get_settings()
     storage = Storage(home=str(fi_home))
-    ingest_shard(storage, "queries", str(queries_file), "q1")
+    list(ingest_shards(storage, "queries", str(queries_file), "q1"))
     resources = build_resources(settings)
     selection = ["raw_queries", "instruction_templates", "template_index"]
     with dg.instance_for_test() as instance:
@@ -248,21 +248,26 @@ def test_inbox_sensor_registers_dropped_files(fi_home, queries_file):
     (inbox / "garbage.jsonl").write_text("not json\n{}\n")
     with dg.instance_for_test() as instance:
         storage = Storage(home=str(fi_home))
-        context = dg.build_sensor_context(instance=instance, resources={"storage": storage})
+        # Shards of at most 4 queries: the 7 of the dropped file make two.
+        resources = {"storage": storage, "settings": Settings(home=fi_home, shard_queries=4)}
+        context = dg.build_sensor_context(instance=instance, resources=resources)
         result = inbox_sensor(context)
-        assert [r.partition_keys for r in result.dynamic_partitions_requests] == [["dropped"]]
-        assert result.asset_events[0].partition == "dropped"
-        assert (
-            pl.read_parquet(fi_home / "tables" / "ingested_queries" / "dropped.parquet").height == 7
-        )
+        assert [r.partition_keys for r in result.dynamic_partitions_requests] == [
+            ["dropped-00000", "dropped-00001"]
+        ]
+        assert [event.partition for event in result.asset_events] == [
+            "dropped-00000",
+            "dropped-00001",
+        ]
+        shards = fi_home / "tables" / "ingested_queries"
+        heights = [pl.read_parquet(shards / f"dropped-0000{i}.parquet").height for i in (0, 1)]
+        assert heights == [4, 3]
         garbage_rejects = pl.read_parquet(
             fi_home / "tables" / "rejects" / "ingest_queries" / "garbage.parquet"
         )
         assert garbage_rejects["reason"].to_list() == ["malformed_json", "missing_text"]
         # Files already seen (good or not) are not ingested again until they change.
         again = inbox_sensor(
-            dg.build_sensor_context(
-                instance=instance, cursor=result.cursor, resources={"storage": storage}
-            )
+            dg.build_sensor_context(instance=instance, cursor=result.cursor, resources=resources)
         )
         assert not again.asset_events and not again.dynamic_partitions_requests

@@ -24,7 +24,10 @@ app.add_typer(ingest_app, name="ingest")
 
 SOURCE_HELP = "JSONL, JSON, Parquet or CSV file, or hf:NAME[@SPLIT] for a Hugging Face dataset"
 UI_STOP_GRACE_S = 20.0  # how long dg dev gets to stop its webserver and daemon
-SHARD_HELP = "shard (partition) name; default: the file name without extension"
+SHARD_HELP = (
+    "shard (partition) name; default: the file name without extension. An input over "
+    "FI_SHARD_DOCUMENTS documents (FI_SHARD_QUERIES queries) becomes NAME-00000, NAME-00001, ..."
+)
 MAX_REJECTS_SHOWN = 20  # bad rows `fi judge` prints; the rejects table holds them all
 
 
@@ -41,28 +44,28 @@ def _settings():
         ) from error
 
 
-def _ingest(kind: str, source: str, shard: str | None) -> str:
-    from fi_assets.ingestion import PARTITIONS, NoGoodRowsError, ingest_shard
+def _ingest(kind: str, source: str, shard: str | None) -> None:
+    """Ingest `source` as one shard, or several of at most FI_SHARD_DOCUMENTS (FI_SHARD_QUERIES)
+    rows, each registered as soon as it is written, with a line per shard."""
+    from fi_assets.ingestion import PARTITIONS, NoGoodRowsError, ingest_shards, shard_sizes
     from fi_resources.instance import open_instance
     from fi_resources.storage import Storage, StorageLayoutError
 
     settings = _settings()
+    instance = open_instance(settings.home)
+    storage = Storage.from_settings(settings)
     try:
-        ingested = ingest_shard(Storage.from_settings(settings), kind, source, shard)
+        for ingested in ingest_shards(storage, kind, source, shard, shard_sizes(settings)[kind]):
+            instance.add_dynamic_partitions(PARTITIONS[kind].name, [ingested.shard])
+            instance.report_runless_asset_event(ingested.event)
+            rejects = f"select * from rejects where shard = '{ingested.shard}'"
+            typer.echo(
+                f"{kind} shard {ingested.shard}: {ingested.accepted} accepted, "
+                f"{ingested.rejected} rejected"
+                + (f' (see: {fi_command()} sql "{rejects}")' if ingested.rejected else "")
+            )
     except (NoGoodRowsError, StorageLayoutError, FileNotFoundError, ValueError) as error:
         raise _failure(error, 1) from error
-    instance = open_instance(settings.home)
-    instance.add_dynamic_partitions(PARTITIONS[kind].name, [ingested.shard])
-    instance.report_runless_asset_event(ingested.event)
-    typer.echo(
-        f"{kind} shard {ingested.shard}: {ingested.accepted} accepted, {ingested.rejected} rejected"
-        + (
-            f" (see: {fi_command()} sql \"select * from rejects where shard = '{ingested.shard}'\")"
-            if ingested.rejected
-            else ""
-        )
-    )
-    return ingested.shard
 
 
 @ingest_app.command("queries")

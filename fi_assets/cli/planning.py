@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from fi_assets.checks import FAILED_CHECKS_TAG
-from fi_assets.partitions import keys_along, partition_keys, partitions_label
+from fi_assets.partitions import keys_with, partition_keys, partitions_label
 from fi_assets.versions import (
     CODE_VERSION_TAG,
     DATA_VERSION_TAG,
@@ -53,7 +53,59 @@ def _latest(
     return record.storage_id, dict(record.asset_materialization.tags or {})
 
 
-def _parent_partitions(instance, graph, key, parent, partition) -> list[str]:
+# Materialization records one instance query fetches.
+RECORDS_PER_QUERY = 500
+
+
+class _PlanState:
+    """What one plan reads from the instance, each read once: the dynamic partitions of each
+    definition, the keys of each partitions definition, and the latest materialization of every partition of an asset, read per asset,
+    newest first, RECORDS_PER_QUERY records a query, rather than one to three queries per
+    partition and parent: a plan over thousands of shards makes about as many instance queries
+    as one over ten. Nothing is written during a plan, so what was read stays true for it."""
+
+    def __init__(self, instance: dg.DagsterInstance) -> None:
+        self.instance = instance
+        self._keys: dict[int, list] = {}
+        self._by_partition: dict[dg.AssetKey, dict[str, tuple[int, dict[str, str]]]] = {}
+        self._unpartitioned: dict[dg.AssetKey, tuple[int, dict[str, str]] | None] = {}
+
+    def keys(self, partitions: dg.PartitionsDefinition | None) -> list:
+        """The keys of a partitions definition (its dynamic partitions read once per plan)."""
+        if id(partitions) not in self._keys:
+            self._keys[id(partitions)] = partition_keys(self.instance, partitions)
+        return self._keys[id(partitions)]
+
+    def latest(self, key: dg.AssetKey, partition: str | None) -> tuple[int, dict[str, str]] | None:
+        """(storage id, tags) of the latest materialization of one partition, as `_latest`."""
+        if partition is None:
+            if key not in self._unpartitioned:
+                self._unpartitioned[key] = _latest(self.instance, key, None)
+            return self._unpartitioned[key]
+        if key not in self._by_partition:
+            self._by_partition[key] = self._load(key)
+        return self._by_partition[key].get(partition)
+
+    def _load(self, key: dg.AssetKey) -> dict[str, tuple[int, dict[str, str]]]:
+        found: dict[str, tuple[int, dict[str, str]]] = {}
+        cursor = None
+        while True:
+            result = self.instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=key),
+                limit=RECORDS_PER_QUERY,
+                cursor=cursor,
+                ascending=False,
+            )
+            for record in result.records:
+                event = record.asset_materialization
+                if event.partition is not None and event.partition not in found:
+                    found[event.partition] = (record.storage_id, dict(event.tags or {}))
+            if not result.has_more:
+                return found
+            cursor = result.cursor
+
+
+def _parent_partitions(state: _PlanState, graph, key, parent, partition) -> list[str]:
     """The parent partitions one partition reads: the same key; its own dimension of a
     multi-partition key (packed_corpus[shard|recipe] reads documents[shard]); the partitions of a
     multi-partitioned parent that share its key; or all of them when
@@ -71,8 +123,8 @@ def _parent_partitions(instance, graph, key, parent, partition) -> list[str]:
         dimension.partitions_def == own for dimension in parent_partitions.partitions_defs
     ):
         # trained_checkpoint[recipe] reads packed_corpus[every shard|recipe].
-        return keys_along(instance, parent_partitions, own, partition)
-    return partition_keys(instance, parent_partitions)
+        return keys_with(state.keys(parent_partitions), parent_partitions, own, partition)
+    return state.keys(parent_partitions)
 
 
 def plan_runs(
@@ -91,6 +143,7 @@ def plan_runs(
     else:
         wanted = materializable
 
+    state = _PlanState(instance)
     runs: list[PlannedRun] = []
     open_run: dict[tuple[str, str], int] = {}
     run_of: dict[tuple[dg.AssetKey, str], int] = {}
@@ -99,8 +152,8 @@ def plan_runs(
             continue
         partitions = graph.get(key).partitions_def
         label = partitions_label(partitions)
-        for partition in partition_keys(instance, partitions):
-            reason, after = _why_run(instance, graph, key, partition, run_of)
+        for partition in state.keys(partitions):
+            reason, after = _why_run(state, graph, key, partition, run_of)
             if reason is None:
                 continue
             group = (label, partition)
@@ -115,12 +168,12 @@ def plan_runs(
     return runs
 
 
-def _why_run(instance, graph, key, partition, run_of) -> tuple[str | None, set[int]]:
+def _why_run(state: _PlanState, graph, key, partition, run_of) -> tuple[str | None, set[int]]:
     """Why this partition must run (None when it is up to date), and the indices of the planned
     runs it reads from (it must follow them)."""
     after: set[int] = set()
     reason = None
-    latest = _latest(instance, key, partition)
+    latest = state.latest(key, partition)
     node = graph.get(key)
     if latest is None:
         reason = "missing"
@@ -129,7 +182,7 @@ def _why_run(instance, graph, key, partition, run_of) -> tuple[str | None, set[i
     elif latest[1].get(FAILED_CHECKS_TAG):
         reason = f"its blocking check(s) {latest[1][FAILED_CHECKS_TAG]} failed last time"
     for parent in node.parent_keys:
-        parent_partitions = _parent_partitions(instance, graph, key, parent, partition)
+        parent_partitions = _parent_partitions(state, graph, key, parent, partition)
         recorded = (
             latest[1].get(UPSTREAM_PARTITIONS_TAG + parent.to_user_string()) if latest else None
         )
@@ -146,10 +199,11 @@ def _why_run(instance, graph, key, partition, run_of) -> tuple[str | None, set[i
                 continue
             if reason is not None or latest is None:
                 continue
-            current = _latest(instance, parent, parent_partition)
+            current = state.latest(parent, parent_partition)
             if current is None or current[0] < latest[0]:
                 continue
-            read = _latest(instance, parent, parent_partition, before=latest[0])
+            # Rare (the parent was materialized since): one query for this partition alone.
+            read = _latest(state.instance, parent, parent_partition, before=latest[0])
             if read is None or read[1].get(DATA_VERSION_TAG) != current[1].get(DATA_VERSION_TAG):
                 where = "" if parent_partition is None else f"[{parent_partition}]"
                 reason = f"upstream {parent.to_user_string()}{where} changed"

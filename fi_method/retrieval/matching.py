@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,7 +70,11 @@ class Candidate:
 
 def target_distribution(n_tags: Iterable[int]) -> dict[int, float]:
     """Share of each complexity (`n_tags`) among the given templates; the shares sum to 1."""
-    counts = Counter(n_tags)
+    return complexity_shares(Counter(n_tags))
+
+
+def complexity_shares(counts: Mapping[int, int]) -> dict[int, float]:
+    """Share of each complexity among templates counted per complexity; the shares sum to 1."""
     total = sum(counts.values())
     if total == 0:
         raise ValueError("target distribution needs at least one template")
