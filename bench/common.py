@@ -12,7 +12,9 @@ import pkgutil
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -20,6 +22,7 @@ from pathlib import Path
 from types import ModuleType
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REPOSITORY = RESULTS.parent.parent
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -175,3 +178,23 @@ def report(name: str, device: str, title: str, body: str, save: bool) -> None:
         path = RESULTS / f"{now:%Y-%m-%dT%H%M}_{kind}_{name}.md"
         path.write_text(text)
         print(f"saved {path.relative_to(RESULTS.parent.parent)}", file=sys.stderr)
+
+
+def source_at(revision: str, path: str) -> str | None:
+    """A file of the repository as it was at a git revision; None where it had no such file."""
+    shown = subprocess.run(
+        ["git", "show", f"{revision}:{path}"],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return shown.stdout if shown.returncode == 0 else None
+
+
+def load_source(source: str, name: str) -> ModuleType:
+    """`source` (an earlier copy of a module) loaded as module `name` (see load_module)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"{name}.py"
+        path.write_text(source, encoding="utf-8")
+        return load_module(str(path), name)

@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import inspect
 import re
-import subprocess
-import tempfile
 import time
 import types
-from pathlib import Path
 
-from bench.common import load_module, parser, report, table
+from bench.common import load_source, parser, report, source_at, table
 from fi_method.synthesis import judge, rules_judge, squad
 from fi_method.synthesis.judge_calibration import (
     DEFAULT_SEED,
@@ -39,7 +36,6 @@ from fi_method.synthesis.judge_calibration import (
     split,
 )
 
-REPOSITORY = Path(__file__).resolve().parent.parent
 # The last commits with the first rules judge (rules-1), which scored by coverage, grounding and
 # length alone, and with rules-2, which did not read the pair's template; and the commit before the
 # focus (rules-2 reading templates when given); 03799a3 and the last commit of rules-6 (the focus
@@ -53,30 +49,19 @@ RULES_JUDGE_PATH = "fi_method/synthesis/rules_judge.py"
 EXAMPLE_CHARS = 150
 
 
-def _shown(revision: str, path: str) -> str | None:
-    shown = subprocess.run(
-        ["git", "show", f"{revision}:{path}"],
-        cwd=REPOSITORY,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return shown.stdout if shown.returncode == 0 else None
-
-
 def judge_at(revision: str) -> types.ModuleType:
     """The rules judge as it was at a git revision, imported as a module of its own: its own
     module (RULES_JUDGE_PATH) where it had one, with the version its judge module declared; before
     that, the judge's module (fi_method/synthesis/judge.py, before that fi_method/judge.py)."""
     for path in JUDGE_PATHS:
-        judge_source = _shown(revision, path)
+        judge_source = source_at(revision, path)
         if judge_source is not None:
             break
     else:
         raise SystemExit(
             f"git revision {revision} has no judge module at {' or '.join(JUDGE_PATHS)}"
         )
-    rules_source = _shown(revision, RULES_JUDGE_PATH)
+    rules_source = source_at(revision, RULES_JUDGE_PATH)
     if rules_source is not None:
         version = re.search(r'^RULES_VERSION = "([^"]+)"', judge_source, re.MULTILINE).group(1)
         source = f"{rules_source}\nRULES_VERSION = {version!r}\n"
@@ -84,11 +69,7 @@ def judge_at(revision: str) -> types.ModuleType:
         # Only the rules judge is read: the role declared at the end of an old module was
         # written against the roles API of its day.
         source = judge_source.split("\nROLE = ", 1)[0]
-    name = f"judge_at_{revision}"
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / f"{name}.py"
-        path.write_text(source, encoding="utf-8")
-        return load_module(str(path), name)
+    return load_source(source, f"judge_at_{revision}")
 
 
 def judgement(judge_pair, pair):

@@ -36,21 +36,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench.common import parser, report, table
+from bench.common import load_source, parser, report, source_at, table
 
-ROOT = Path(__file__).resolve().parent.parent
 FI = str(Path(sys.executable).with_name("fi"))
 COPY_TAG = "fi/bench_copy_of"
-# The per-shard assets a copied shard gets from its real one (packed_corpus per recipe).
-PER_SHARD = [
-    "documents",
-    "document_chunks",
-    "continuations",
-    "matched_pairs",
-    "instantiated_pairs",
-    "judged_pairs",
-    "packed_corpus",
-]
 # Tags of a materialization that name the source's own events or partition: not copied (Dagster
 # reads a multi-partition key from its dagster/partition/* tags).
 SOURCE_TAGS = ("dagster/input_event_pointer/", "dagster/partition")
@@ -96,8 +85,24 @@ def _article_file(directory: Path, index: int, article: dict, extra: str = "") -
     return path
 
 
-def _copy_shard(instance, storage, source: str, target: str) -> int:
-    """Give `target` the per-shard outputs of `source`: its table and rejects files (shard
+def per_shard_assets() -> list[str]:
+    """What a copied shard gets from its real one: the materializable assets partitioned by
+    document shard (packed_corpus by shard and recipe)."""
+    from fi_assets.definitions import build_definitions
+    from fi_assets.partitions import doc_shard_recipes, doc_shards
+    from fi_resources.settings import get_settings
+
+    graph = build_definitions(get_settings()).resolve_asset_graph()
+    return sorted(
+        key.to_user_string()
+        for key in graph.get_all_asset_keys()
+        if graph.get(key).is_materializable
+        and graph.get(key).partitions_def in (doc_shards, doc_shard_recipes)
+    )
+
+
+def _copy_shard(instance, storage, source: str, target: str, assets: list[str]) -> int:
+    """Give `target` the outputs of `source` in `assets`: its table and rejects files (shard
     columns renamed) and its latest materialization events, tagged as copies. Returns the
     events reported."""
     import dagster as dg
@@ -120,7 +125,7 @@ def _copy_shard(instance, storage, source: str, target: str) -> int:
                 suffix = path.name[len(source) :]
                 frame.write_parquet(asset_dir / f"{target}{suffix}")
     reported = 0
-    for name in PER_SHARD:
+    for name in assets:
         key = dg.AssetKey(name)
         records = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=key), limit=1000
@@ -190,16 +195,17 @@ def build(home: Path, partitions: int, real: int, notes: list[str]) -> None:
     ingest_s = time.perf_counter() - ingest_started
     instance = open_instance(home)
     storage = Storage.from_settings(settings)
+    assets = per_shard_assets()
     copy_started = time.perf_counter()
     events = sum(
-        _copy_shard(instance, storage, shard_name(index % real), shard_name(index))
+        _copy_shard(instance, storage, shard_name(index % real), shard_name(index), assets)
         for index in range(real, partitions)
     )
     copy_s = time.perf_counter() - copy_started
     if partitions > real:
         notes.append(
             f"- {partitions - real} shards ingested for real by `fi ingest`'s code "
-            f"({ingest_s:.0f} s), their per-shard assets ({', '.join(PER_SHARD)}) COPIED from "
+            f"({ingest_s:.0f} s), their per-shard assets ({', '.join(assets)}) COPIED from "
             f"the real shard with the same article: files, and {events} materialization "
             f"events reported runless with tag `{COPY_TAG}` ({copy_s:.0f} s); no check results"
         )
@@ -263,18 +269,10 @@ def planners(baseline: str | None) -> dict:
 
     found = {"this tree": planning}
     if baseline:
-        from bench.common import load_module
-
-        source = subprocess.run(
-            ["git", "show", f"{baseline}:fi_assets/cli/planning.py"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        path = Path("/tmp") / f"planning_{baseline.replace('/', '_')}.py"
-        path.write_text(source)
-        found[baseline] = load_module(str(path), f"planning_{baseline.replace('/', '_')}")
+        source = source_at(baseline, "fi_assets/cli/planning.py")
+        if source is None:
+            raise SystemExit(f"git revision {baseline} has no fi_assets/cli/planning.py")
+        found[baseline] = load_source(source, "planning_" + re.sub(r"\W", "_", baseline))
     return found
 
 
