@@ -493,9 +493,11 @@ def test_the_shipped_squad_set_holds_every_kind_split_by_article(squad_heldout):
     pairs = squad.load_pairs()
     tuning = [p for p in pairs if p.split == squad.TUNING]
     assert {p.article for p in tuning}.isdisjoint({p.article for p in squad_heldout})
-    assert {p.article for p in squad_heldout} == {"Normans", "Rhine"}
+    assert len({p.article for p in squad_heldout}) == 17
+    assert {"Normans", "Rhine", "Warsaw", "Force"} < {p.article for p in squad_heldout}
     counts = {k: sum(p.kind == k for p in squad_heldout) for k in squad.KINDS}
-    assert counts == {"positive": 386, "other_paragraph": 386, "unanswerable": 320}
+    assert counts == {"positive": 2368, "other_paragraph": 2360, "unanswerable": 2511}
+    assert len({p.question_id for p in squad_heldout}) == 2368 + 2511
     normandy = [p for p in squad_heldout if p.question == "In what country is Normandy located?"]
     assert {p.kind for p in normandy} == {squad.POSITIVE, squad.OTHER_PARAGRAPH}
     assert "France" in _by_id(squad_heldout, normandy[0].question_id, squad.POSITIVE).paragraph
@@ -505,19 +507,21 @@ def test_the_shipped_squad_set_holds_every_kind_split_by_article(squad_heldout):
 
 
 def test_the_rules_judge_tells_answers_from_passages_on_the_held_out_squad_articles(squad_heldout):
-    """The regression guard on articles the thresholds never saw. Goals: positives kept >= 80 %,
-    other paragraphs <= 5 %, unanswerable <= 40 %. Reached (rules-6): 80.6 %, 5.4 %, 68.8 %
-    (rules-2: 91.5 %, 16.1 %, 80.6 %): SQuAD 2.0's unanswerable questions were written to look
-    answered by their paragraph, same words and a plausible answer nearby, which word rules do
-    not see through, nor (rules-6) the parse of who did what."""
+    """The regression guard on the 17 dev articles the thresholds never saw. Goals: positives
+    kept >= 80 %, other paragraphs <= 5 %, unanswerable <= 40 %. Reached (rules-7): 69.4 %,
+    2.5 %, 43.1 % (rules-6: 69.4 %, 2.5 %, 49.2 %; rules-2: 84.2 %, 8.3 %, 75.5 %). SQuAD 2.0's
+    unanswerable questions were written to look answered by their paragraph, same words and a
+    plausible answer nearby, which word rules do not see through; and a third of its answerable
+    questions say in other words what their paragraph says ("accommodate" for "seat"), which
+    word rules do not match."""
     kept = {kind: [] for kind in squad.KINDS}
     for pair in squad_heldout:
         score = rules_judge(pair.instruction, pair.answer, pair.document).score
         kept[pair.kind].append(score >= MIN_JUDGE_SCORE)
     share = {kind: sum(flags) / len(flags) for kind, flags in kept.items()}
-    assert share[squad.POSITIVE] >= 0.80, share
-    assert share[squad.OTHER_PARAGRAPH] <= 0.06, share
-    assert share[squad.UNANSWERABLE] <= 0.72, share
+    assert share[squad.POSITIVE] >= 0.69, share
+    assert share[squad.OTHER_PARAGRAPH] <= 0.03, share
+    assert share[squad.UNANSWERABLE] <= 0.44, share
 
 
 def test_a_question_is_kept_with_its_paragraph_and_refused_with_another_of_its_article(
@@ -628,8 +632,8 @@ def _squad_file(tmp_path, name, articles):
 def test_build_pairs_is_seeded_and_names_the_questions_it_leaves_out(tmp_path):
     train = _squad_file(tmp_path, "train.json", [SQUAD_ARTICLE])
     dev = _squad_file(tmp_path, "dev.json", [{**SQUAD_ARTICLE, "title": "Tower_dev"}])
-    pairs, rejects = squad.build_pairs(train, dev)
-    assert pairs == squad.build_pairs(train, dev)[0]
+    pairs, rejects = squad.build_pairs(train, [dev])
+    assert pairs == squad.build_pairs(train, [dev])[0]
     assert [(p.split, p.kind, p.question_id) for p in pairs if p.article == "Eiffel_Tower"] == [
         ("tuning", "positive", "q1"),
         ("tuning", "other_paragraph", "q1"),
@@ -651,7 +655,33 @@ def test_a_squad_file_of_another_version_is_refused_by_name(tmp_path):
     old = tmp_path / "train-v1.1.json"
     old.write_text(json.dumps({"version": "1.1", "data": [SQUAD_ARTICLE]}), encoding="utf-8")
     with pytest.raises(squad.SquadDataError, match="train-v1.1.json: not a SQuAD v2.0 file"):
-        squad.build_pairs(old, old)
+        squad.build_pairs(old, [old])
+
+
+def test_an_article_in_two_dev_files_is_taken_once_and_large_articles_are_drawn_down(tmp_path):
+    """Public copies of SQuAD's dev set overlap (both hold Normans): an article counts once, from
+    the first file, so no question is judged twice; and an article gives at most `max_questions`
+    of each kind, drawn with a seed."""
+    train = _squad_file(tmp_path, "train.json", [SQUAD_ARTICLE])
+    tower = {**SQUAD_ARTICLE, "title": "Tower_dev"}
+    first = _squad_file(tmp_path, "dev-part.json", [tower])
+    many = [
+        {"id": f"m{i}", "question": f"What is tower {i}?", "answers": [], "is_impossible": True}
+        for i in range(5)
+    ]
+    changed = {"title": "Tower_dev", "paragraphs": [{"context": "Another.", "qas": many}]}
+    second = _squad_file(tmp_path, "dev-other.json", [changed, {**changed, "title": "Bridge"}])
+    pairs, _ = squad.build_pairs(train, [first, second], max_questions=3)
+    held_out = [p for p in pairs if p.split == squad.HELD_OUT]
+    assert [(p.kind, p.question_id) for p in held_out if p.article == "Tower_dev"] == [
+        ("positive", "q1"),
+        ("other_paragraph", "q1"),
+        ("unanswerable", "q2"),
+    ]
+    bridge = [p.question_id for p in held_out if p.article == "Bridge"]
+    assert len(bridge) == 3 and set(bridge) < {f"m{i}" for i in range(5)}
+    again, _ = squad.build_pairs(train, [first, second], max_questions=3)
+    assert bridge == [p.question_id for p in again if p.article == "Bridge"]
 
 
 def test_a_malformed_shipped_line_is_named_by_file_and_line(tmp_path):

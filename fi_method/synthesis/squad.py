@@ -13,15 +13,17 @@ document: the shape of a pipeline pair, a question answered by a verbatim passag
 The split is by article: the tuning articles come from SQuAD 2.0's train set, the held-out ones
 from its dev set, so the judge's thresholds never saw a held-out article.
 
-`build_pairs` derives the pairs from the two SQuAD JSON files; `python -m
-fi_method.synthesis.squad TRAIN_JSON DEV_JSON` rewrites the shipped file from them."""
+`build_pairs` derives the pairs from a SQuAD train file and one or more dev files (public copies
+hold parts of the dev set; an article in several is taken from the first); `python -m
+fi_method.synthesis.squad TRAIN_JSON DEV_JSON [DEV_JSON ...]` rewrites the shipped file from
+them."""
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import random
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,10 +37,10 @@ KINDS = (POSITIVE, OTHER_PARAGRAPH, UNANSWERABLE)
 TUNING, HELD_OUT = "tuning", "held-out"
 SPLITS = (TUNING, HELD_OUT)
 DEFAULT_SEED = 0
-# The shipped file's tuning articles: every answerable question of the train articles would make
-# it several megabytes, so each tuning article gives at most this many positives (seeded); the
-# held-out articles give all of theirs.
-MAX_TUNING_POSITIVES_PER_ARTICLE = 150
+# Every question of every article would make the shipped file several megabytes, so an article
+# gives at most this many answerable questions and as many unanswerable ones (seeded): a few
+# large articles do not outweigh the rest.
+MAX_QUESTIONS_PER_ARTICLE = 150
 
 _FIELDS = ("article", "split", "kind", "question_id", "question", "paragraph")
 
@@ -142,28 +144,29 @@ def _invalid(qa: dict, context: str) -> str | None:
 
 def build_pairs(
     train_json: Path,
-    dev_json: Path,
+    dev_jsons: Sequence[Path],
     seed: int = DEFAULT_SEED,
-    max_tuning_positives: int | None = MAX_TUNING_POSITIVES_PER_ARTICLE,
+    max_questions: int | None = MAX_QUESTIONS_PER_ARTICLE,
 ) -> tuple[list[SquadPair], list[Reject]]:
-    """The labelled pairs of the articles in a SQuAD 2.0 train file (the tuning split) and a dev
-    file (held out), and the questions left out with the reason. Per article, every answerable
-    question (at most `max_tuning_positives`, drawn, in a tuning article) gives a positive and
-    an other_paragraph pair, when some other paragraph contains none of its gold answers; every
-    unanswerable question gives an unanswerable pair. Seeded: the same files and seed give the
-    same pairs."""
+    """The labelled pairs of the articles in a SQuAD 2.0 train file (the tuning split) and dev
+    files (held out; an article in more than one is taken from the first), and the questions left
+    out with the reason. Per article, every answerable question (at most `max_questions`, drawn)
+    gives a positive and an other_paragraph pair, when some other paragraph contains none of its
+    gold answers; every unanswerable question (as many at most) gives an unanswerable pair.
+    Seeded: the same files and seed give the same pairs."""
     pairs: list[SquadPair] = []
     rejects: list[Reject] = []
-    for path, split in ((train_json, TUNING), (dev_json, HELD_OUT)):
+    seen: set[str] = set()
+    for path, split in [(train_json, TUNING), *((dev, HELD_OUT) for dev in dev_jsons)]:
         articles, left_out = _questions(path)
         rejects += left_out
         for title, paragraphs, questions in articles:
-            answerable = [q for q in questions if not q.get("is_impossible")]
-            capped = split == TUNING and max_tuning_positives is not None
-            if capped and len(answerable) > max_tuning_positives:
-                drawn = random.Random(f"{seed}/{title}").sample(answerable, max_tuning_positives)
-                chosen = {q["id"] for q in drawn}
-                answerable = [q for q in answerable if q["id"] in chosen]
+            if title in seen:
+                continue
+            seen.add(title)
+            answerable = _drawn(
+                [q for q in questions if not q.get("is_impossible")], max_questions, seed, title
+            )
             for qa in answerable:
                 own = qa["paragraph_index"]
                 pairs.append(_pair(title, split, POSITIVE, qa, paragraphs[own]))
@@ -177,11 +180,24 @@ def build_pairs(
                     # Seeded per question, so one question's draw does not depend on the others.
                     other = random.Random(f"{seed}/{qa['id']}").choice(others)
                     pairs.append(_pair(title, split, OTHER_PARAGRAPH, qa, paragraphs[other]))
-            for qa in questions:
-                if qa.get("is_impossible"):
-                    paragraph = paragraphs[qa["paragraph_index"]]
-                    pairs.append(_pair(title, split, UNANSWERABLE, qa, paragraph))
+            unanswerable = _drawn(
+                [q for q in questions if q.get("is_impossible")],
+                max_questions,
+                seed,
+                f"{title}/{UNANSWERABLE}",
+            )
+            for qa in unanswerable:
+                paragraph = paragraphs[qa["paragraph_index"]]
+                pairs.append(_pair(title, split, UNANSWERABLE, qa, paragraph))
     return pairs, rejects
+
+
+def _drawn(questions: list[dict], most: int | None, seed: int, name: str) -> list[dict]:
+    """At most `most` of the questions, drawn with a seed of their own, in their order."""
+    if most is None or len(questions) <= most:
+        return questions
+    chosen = {q["id"] for q in random.Random(f"{seed}/{name}").sample(questions, most)}
+    return [q for q in questions if q["id"] in chosen]
 
 
 def _pair(title: str, split: str, kind: str, qa: dict, paragraph: str) -> SquadPair:
@@ -221,21 +237,23 @@ def load_pairs(path: Path = PAIRS_FILE, split: str | None = None) -> list[SquadP
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Rewrite the shipped pairs from a SQuAD 2.0 train file and a dev file."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) not in (2, 3):
-        raise SystemExit(
-            "usage: python -m fi_method.synthesis.squad TRAIN_JSON DEV_JSON [OUT.jsonl.gz]"
-        )
-    out = Path(args[2]) if len(args) == 3 else PAIRS_FILE
-    pairs, rejects = build_pairs(Path(args[0]), Path(args[1]))
+    """Rewrite the shipped pairs from a SQuAD 2.0 train file and one or more dev files."""
+    arguments = argparse.ArgumentParser(
+        prog="python -m fi_method.synthesis.squad", description=main.__doc__
+    )
+    arguments.add_argument("train_json", type=Path)
+    arguments.add_argument("dev_jsons", type=Path, nargs="+", metavar="dev_json")
+    arguments.add_argument("--out", type=Path, default=PAIRS_FILE)
+    args = arguments.parse_args(argv)
+    pairs, rejects = build_pairs(args.train_json, args.dev_jsons)
     for reject in rejects:
         print(f"left out: {reject.file}: question {reject.question_id}: {reject.reason}")
-    write_pairs(pairs, out)
+    write_pairs(pairs, args.out)
     for split in SPLITS:
         counts = {k: sum(p.split == split and p.kind == k for p in pairs) for k in KINDS}
-        print(f"{split}: {counts}")
-    print(f"wrote {len(pairs)} pairs to {out}")
+        articles = len({p.article for p in pairs if p.split == split})
+        print(f"{split}: {counts} from {articles} articles")
+    print(f"wrote {len(pairs)} pairs to {args.out}")
 
 
 if __name__ == "__main__":
