@@ -29,9 +29,11 @@ from fi_method.roles import RulesAids
 from fi_method.synthesis import continuations as halving
 from fi_method.synthesis.pairs import (
     FUNNEL_STAGES,
+    JUDGE_BATCH_PAIRS,
     JUDGEMENTS_VERSION,
     PAIRS_VERSION,
     collect_judgements,
+    document_batches,
     funnel,
     funnel_counts,
     instantiate_by_rank,
@@ -245,32 +247,52 @@ def judged_pairs(
     return each_partition(context, lambda shard: _judge_shard(context, shard, storage, judge))
 
 
+def _offset(progress, done: int, total: int, rounds: list[CallResult]):
+    """A batch's progress callback reporting on the whole shard: the pairs of the batches before
+    it done, and the cache's answers to them counted."""
+    cached = sum(calls.cached for calls in rounds)
+    return lambda batch_done, _batch_total, batch_cached: progress(
+        done + batch_done, total, cached + batch_cached
+    )
+
+
 def _judge_shard(
     context: dg.AssetExecutionContext, shard: str, storage: Storage, judge: Judge
 ) -> dg.MaterializeResult:
     pairs = storage.read_table(INSTANTIATED_PAIRS, shard)
     docs = storage.read_table(DOCUMENTS, shard).select("doc_id", "source", "text")
-    rows = (
-        pairs.join(docs.rename({"text": "document"}), on="doc_id", how="left")
-        # The rules judge reads what the template asks beside its slot values; a template_id is
-        # a hash of its text, so the pair's template_id stands for it in the lineage.
-        .join(
-            _templates(storage, pairs["template_id"]).select("template_id", "template"),
-            on="template_id",
-            how="left",
+    # The rules judge reads what the template asks beside its slot values; a template_id is a
+    # hash of its text, so the pair's template_id stands for it in the lineage.
+    templates = _templates(storage, pairs["template_id"]).select("template_id", "template")
+    context.log.info(f"judging {pairs.height} pairs with {judge.label}")
+    progress = log_progress(context, "judged")
+    rounds: list[CallResult] = []
+    judged, rejects = [], []
+    by_document = pairs.sort("doc_id", maintain_order=True)
+    # A batch of documents at a time: only its rows hold their documents' text.
+    for batch in document_batches(by_document["doc_id"].to_list(), JUDGE_BATCH_PAIRS):
+        rows = (
+            by_document[batch]
+            .join(docs.rename({"text": "document"}), on="doc_id", how="left")
+            .join(templates, on="template_id", how="left")
+            .to_dicts()
         )
-        .to_dicts()
-    )
-    context.log.info(f"judging {len(rows)} pairs with {judge.label}")
-    calls = judge.call(
-        rows,
-        progress=log_progress(context, "judged"),
-        caller=_caller(context, shard),
-    )
-    judged, rejects = one_pair_per_question(
-        rows,
-        *collect_judgements(rows, calls.outputs, judge.min_score, judge.engine, judge.model_name),
-    )
+        rounds.append(
+            judge.call(
+                rows,
+                progress=_offset(progress, batch.start, pairs.height, rounds),
+                caller=_caller(context, shard),
+            )
+        )
+        outputs = rounds[-1].outputs
+        found = collect_judgements(rows, outputs, judge.min_score, judge.engine, judge.model_name)
+        batch_judged, batch_rejects = one_pair_per_question(rows, *found)
+        judged += batch_judged
+        rejects += batch_rejects
+    calls = CallResult.combined(rounds)
+    # Stored in the pairs' own order, whatever the batches.
+    position = {pair_id: i for i, pair_id in enumerate(pairs["pair_id"].to_list())}
+    judged.sort(key=lambda row: position[row["pair_id"]])
     frame = JUDGED_PAIRS.frame(judged)
     scores = frame.group_by("score").len().sort("score")
     counts = _funnel_counts(storage, shard, pairs.height, rejects)

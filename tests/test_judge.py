@@ -39,6 +39,7 @@ from fi_method.synthesis.judge_calibration import (
 from fi_method.synthesis.pairs import (
     FUNNEL_STAGES,
     collect_judgements,
+    document_batches,
     funnel,
     one_pair_per_question,
 )
@@ -788,6 +789,21 @@ def test_a_document_keeps_its_best_pair_per_question():
         ("a1", "pair a2 of the document asks the same and scored 5"),
     ]
     assert [r["item_id"] for r in rejects if r["reason"] == "low_judge_score"] == ["a5"]
+
+
+@pytest.mark.parametrize(
+    ("most", "batches"),
+    [
+        (4, ["aaa", "bbc", "ddddd", "e"]),  # d's five pairs alone: a document is never split
+        (5, ["aaabb", "c", "ddddd", "e"]),
+        (100, ["aaabbcddddde"]),
+        (1, ["aaa", "bb", "c", "ddddd", "e"]),
+    ],
+)
+def test_judging_batches_hold_whole_documents_and_at_most_so_many_pairs(most, batches):
+    doc_ids = list("aaabbcddddde")
+    assert ["".join(doc_ids[batch]) for batch in document_batches(doc_ids, most)] == batches
+    assert document_batches([], most) == []
 
 
 @pytest.mark.parametrize(("min_score", "kept"), [(1, 3), (3, 2), (4, 1), (5, 1), (6, 0)])

@@ -18,6 +18,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from fi_assets import synthesis
 from fi_assets.cli import app
 from fi_assets.command import fi_command
 from fi_assets.definitions import build_definitions
@@ -55,7 +56,7 @@ def latest_metadata(fi_home, asset: str) -> dict:
     return {key: value.value for key, value in event.asset_materialization.metadata.items()}
 
 
-def test_pairs_are_judged_traced_and_never_paid_twice(matched):
+def test_pairs_are_judged_traced_and_never_paid_twice(matched, monkeypatch):
     # 38 templates cannot fill three long articles with kept pairs: fineinstructions packs fewer
     # tokens than the documents hold, which packing shows without failing (training holds every
     # recipe to the same tokens).
@@ -102,7 +103,9 @@ def test_pairs_are_judged_traced_and_never_paid_twice(matched):
     assert int(counts["instantiator"]) == tried
     assert int(counts["judge"]) == pairs.height
 
-    # Forcing the two synthesis assets to run again makes zero model calls.
+    # Forcing the two synthesis assets to run again makes zero model calls; judged a document
+    # at a time, the pairs are judged and stored as they were judged all at once.
+    monkeypatch.setattr(synthesis, "JUDGE_BATCH_PAIRS", 1)
     defs = build_definitions(get_settings())
     rerun = dg.materialize(
         list(defs.assets),
@@ -116,6 +119,7 @@ def test_pairs_are_judged_traced_and_never_paid_twice(matched):
         meta = latest_metadata(matched, asset)
         assert (meta["model_calls_made"], meta["model_calls_cached"]) == (0, total)
     assert storage.read_table(tables.INSTANTIATED_PAIRS, "wiki").equals(pairs)
+    assert storage.read_table(tables.JUDGED_PAIRS, "wiki").equals(judged)
 
     # Lineage of a kept pair, by a prefix of its id.
     pair_id = judged.sort("score", "pair_id", descending=[True, False])["pair_id"][0]

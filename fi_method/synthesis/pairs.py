@@ -4,7 +4,7 @@ way whichever engine produced it, and every pair dropped is kept with its reason
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from fi_method.llm_output import OutputParseError, Refused, answered_text
 from fi_method.reasons import RejectReason, losses
@@ -226,6 +226,28 @@ def one_pair_per_question(
             }
         )
     return rows, rejects
+
+
+# Pairs judged per batch: a batch's rows carry their documents' text, so memory follows the batch,
+# not the shard; a document's pairs stay in one batch (one_pair_per_question compares them).
+JUDGE_BATCH_PAIRS = 2_000
+
+
+def document_batches(doc_ids: Sequence[str], most: int = JUDGE_BATCH_PAIRS) -> list[slice]:
+    """Slices of rows sorted by `doc_id` holding at most `most` rows each, a document's rows
+    never split (a document with more rows than that is a batch of its own)."""
+    batches: list[slice] = []
+    start = end = 0
+    for run_end in range(1, len(doc_ids) + 1):
+        if run_end < len(doc_ids) and doc_ids[run_end] == doc_ids[run_end - 1]:
+            continue
+        if run_end - start > most and end > start:
+            batches.append(slice(start, end))
+            start = end
+        end = run_end
+    if end > start:
+        batches.append(slice(start, end))
+    return batches
 
 
 FUNNEL_STAGES = ("matched", "instantiated", "grounded", "judged", "kept")
