@@ -146,7 +146,13 @@ def build_resources(settings: Settings) -> dict:
             similarity_threshold=settings.similarity_threshold,
             pooling_k=settings.pooling_k,
         ),
-        "index": TemplateIndex(uri=str(storage.lancedb_dir), device=settings.device),
+        "index": TemplateIndex(
+            uri=str(storage.lancedb_dir),
+            device=settings.device,
+            search_kind=settings.template_search,
+            approximate_from=settings.approximate_search_from,
+            nprobes=settings.search_nprobes,
+        ),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
         # The settings themselves, for the assets that read one directly (a shard name, a seed):
         # passed in like any resource, so a run's settings are the definitions'.

@@ -209,6 +209,7 @@ def _match_shard(
         {
             "similarity_threshold": threshold,
             "embedder": embedder.model,
+            "template_search": index.search_kind_for(table_name_for(embedder.model)),
             "documents": n_documents,
             "documents_with_a_match": frame["doc_id"].n_unique(),
             "share_of_documents_matched": round(

@@ -26,6 +26,7 @@ from fi_method.retrieval.matching import (
     GAUSSIAN_POOLING_K,
     TEMPLATES_PER_VECTOR,
 )
+from fi_method.retrieval.template_search import APPROXIMATE_FROM, PAPER_NPROBES, SearchKind
 from fi_method.synthesis.excerpts import MIN_EXCERPT_RATIO
 from fi_method.synthesis.instantiator import RELEASED_INSTANTIATOR
 from fi_method.synthesis.judge import FLOW_JUDGE, MIN_JUDGE_SCORE
@@ -236,6 +237,26 @@ class Settings(BaseSettings, EngineSettings):
         None, description="Template retrieval cosine threshold; default: calibrated per embedder."
     )
     embedding_batch_size: int = Field(64, ge=1)
+    template_search: SearchKind = Field(
+        "auto",
+        description="How matching finds a passage vector's templates: exact (matrix products "
+        "over every template), approximate (LanceDB's IVF_HNSW_SQ index, built on the first "
+        "search and updated as shards are written, its candidates rescored exactly; its IVF "
+        "training may differ between builds, so a rebuilt index may find other templates), or "
+        "auto: approximate from FI_APPROXIMATE_SEARCH_FROM templates on, so smaller libraries "
+        "stay exact and the same on every run. Tables under 256 templates are always exact.",
+    )
+    approximate_search_from: int = Field(
+        APPROXIMATE_FROM,
+        ge=1,
+        description="Templates in the library from which auto template search is approximate.",
+    )
+    search_nprobes: int = Field(
+        PAPER_NPROBES,
+        ge=1,
+        description="IVF partitions the approximate template search probes per query: more "
+        "find more of the true nearest templates, slower (the paper's nprobe: 150).",
+    )
     pooling_k: int = Field(
         GAUSSIAN_POOLING_K,
         ge=1,

@@ -4,6 +4,7 @@ root's (where `fi demo` records its training cap), overridden by FI_* variables.
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import dagster as dg
 import pydantic
@@ -43,6 +44,14 @@ def test_config_file_then_environment(fi_home, tmp_path, monkeypatch):
         "|transformers:HuggingFaceTB/SmolLM2-135M-Instruct|budget=grows-with-input"
         "|decoding=greedy|max_new_tokens=256|structured=transformers" in versions
     )
+
+
+def test_the_template_search_settings_reach_the_index(fi_home, monkeypatch):
+    monkeypatch.setenv("FI_TEMPLATE_SEARCH", "approximate")
+    monkeypatch.setenv("FI_SEARCH_NPROBES", "20")
+    Path("fi.toml").write_text("approximate_search_from = 5000\n")  # in the working directory
+    index = build_definitions(get_settings()).resources["index"]
+    assert (index.search_kind, index.nprobes, index.approximate_from) == ("approximate", 20, 5000)
 
 
 def test_an_unknown_engine_is_refused(fi_home, monkeypatch):
@@ -97,6 +106,15 @@ def test_the_demo_records_its_training_cap_for_later_commands(fi_home, monkeypat
             ),
         ),
         ({}, "min_judge_score = 9\n", "FI_MIN_JUDGE_SCORE=9 ({file}): input should be less than"),
+        (
+            {"FI_TEMPLATE_SEARCH": "fast"},
+            "",
+            (
+                "FI_TEMPLATE_SEARCH='fast' (environment): input should be 'exact', 'approximate' "
+                "or 'auto'"
+            ),
+        ),
+        ({}, "search_nprobes = 0\n", "FI_SEARCH_NPROBES=0 ({file}): input should be greater than"),
         (
             {"FI_GENERICIZER_ENGINE": "openai", "FI_OPENAI_BASE_URL": "localhost:8000"},
             "",

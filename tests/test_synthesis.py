@@ -75,6 +75,8 @@ def test_pairs_are_judged_traced_and_never_paid_twice(matched, monkeypatch):
     # Kept: scored 4 or more, and the best pair of its document asking its question.
     assert (judged.filter("kept")["score"] >= 4).all()
 
+    # 38 templates: searched exact whatever the setting (an index needs 256 to train on).
+    assert latest_metadata(matched, "matched_pairs")["template_search"] == "exact"
     # The funnel in the judged_pairs metadata adds up, and every drop is in rejects with a reason.
     meta = latest_metadata(matched, "judged_pairs")
     # A passage vector's template (rank 0) is a match; its alternates are tried only while the

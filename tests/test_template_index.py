@@ -119,10 +119,10 @@ def test_ties_are_broken_by_template_id_whatever_the_write_order_and_blocks(
     assert all(s == pytest.approx(1.0) for _, s in results[0])
 
 
-def write_shards(index, shards=3, per_shard=150):
+def write_shards(index, shards=3, per_shard=150, name="t"):
     for shard in range(shards):
         ids = [f"{shard}-{i}" for i in range(per_shard)]
-        index.replace_shard("t", f"s{shard}", rows(*ids), unit_vectors(per_shard, seed=shard))
+        index.replace_shard(name, f"s{shard}", rows(*ids), unit_vectors(per_shard, seed=shard))
 
 
 def test_resident_search_finds_what_the_streamed_search_finds(tmp_path, monkeypatch):
@@ -224,3 +224,109 @@ def test_a_table_resident_on_the_gpu_gives_the_cpu_result(tmp_path):
         for limit in (1, 5, 12):
             assert gpu.search("t", queries, limit) == cpu.search("t", queries, limit)
         assert gpu._resident_tables["t"].scoring.dtype == torch.float16
+
+
+def clustered_unit_vectors(count, centres, dimension=384, noise=0.6, seed=0):
+    """Unit vectors drawn around fixed random centres, as embeddings cluster by topic: a uniform
+    cloud has no near neighbours for an index to find."""
+    generator = np.random.default_rng(seed)
+    picks = generator.integers(0, len(centres), count)
+    vectors = centres[picks] + noise * generator.standard_normal((count, dimension))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def vector_index_stats(uri, name="t"):
+    """The index's statistics as another process would read them now (None: no index)."""
+    return lancedb.connect(uri).open_table(name).index_stats(template_index.VECTOR_INDEX)
+
+
+def by_query(hits):
+    found = {}
+    for hit in hits:
+        found.setdefault(hit["query_index"], []).append(hit)
+    return found
+
+
+def test_approximate_search_finds_most_exact_neighbours_with_their_exact_similarities(tmp_path):
+    """At the paper's 150 probes the index keeps recall@10 high on clustered templates, and its
+    candidates are rescored exactly: a pair found has the exact search's similarity."""
+    centres = np.random.default_rng(12345).standard_normal((300, 384))
+    templates = clustered_unit_vectors(20_000, centres, seed=1)
+    queries = clustered_unit_vectors(200, centres, noise=0.3, seed=2)
+    uri = str(tmp_path / "lancedb")
+    exact = TemplateIndex(uri=uri, device="cpu", resident=False, search_kind="exact")
+    for shard in range(4):
+        part = slice(shard * 5_000, (shard + 1) * 5_000)
+        ids = [f"{shard}-{i}" for i in range(5_000)]
+        exact.replace_shard("t", f"s{shard}", rows(*ids), templates[part])
+    approximate = TemplateIndex(uri=uri, search_kind="approximate")
+    assert approximate.search_kind_for("t") == "approximate (IVF_HNSW_SQ, 150 probes)"
+
+    found = by_query(approximate.search("t", queries, 10))
+    truth = by_query(exact.search("t", queries, 100))
+    assert found.keys() == truth.keys() == set(range(200))
+    exact_similarity = {
+        (q, hit["template_id"]): hit["similarity"] for q, hits in truth.items() for hit in hits
+    }
+    recalls = []
+    for q, hits in found.items():
+        assert len(hits) == 10
+        assert [h["similarity"] for h in hits] == sorted(
+            (h["similarity"] for h in hits), reverse=True
+        )
+        assert all(h["similarity"] == exact_similarity[q, h["template_id"]] for h in hits)
+        nearest = {h["template_id"] for h in truth[q][:10]}
+        recalls.append(len(nearest & {h["template_id"] for h in hits}) / 10)
+    assert np.mean(recalls) >= 0.9
+
+
+def test_auto_search_is_approximate_from_the_size_set(tmp_path):
+    """Libraries below `approximate_from` stay exact, and so the same on every run."""
+    index = TemplateIndex(uri=str(tmp_path / "lancedb"), approximate_from=300, nprobes=20)
+    assert index.search_kind_for("t") == "exact"  # no table yet
+    write_shards(index, shards=2, per_shard=150)
+    assert index.search_kind_for("t") == "approximate (IVF_HNSW_SQ, 20 probes)"
+    larger = TemplateIndex(uri=index.uri, approximate_from=301)
+    assert larger.search_kind_for("t") == "exact"
+    forced = TemplateIndex(uri=index.uri, approximate_from=300, search_kind="exact")
+    assert forced.search_kind_for("t") == "exact"
+
+
+def test_approximate_search_sees_shards_written_after_the_index_and_not_removed_ones(tmp_path):
+    """Rows written after the index was built are folded into it on the next search, and a
+    removed shard's rows are never returned, though the index holds them."""
+    uri = str(tmp_path / "lancedb")
+    index = TemplateIndex(uri=uri, search_kind="approximate")
+    table = table_name_for("all-MiniLM-L6-v2")
+    write_shards(index, shards=4, per_shard=500, name=table)
+    probe = unit_vectors(1, seed=42)
+    before = index.search(table, probe, 3)
+    assert vector_index_stats(uri, table).num_indexed_rows == 2_000
+
+    index.replace_shard(table, "late", rows("late"), probe)
+    hits = index.search(table, probe, 3)
+    assert hits[0]["template_id"] == "late" and hits[0]["similarity"] == pytest.approx(1.0)
+    assert hits[1:] == before[:2]
+    stats = vector_index_stats(uri, table)
+    assert (stats.num_indexed_rows, stats.num_unindexed_rows) == (2_001, 0)
+
+    assert index.delete_shard("late") == 1
+    assert index.search(table, probe, 3) == before
+    assert all(hit["template_id"] != "late" for hit in index.search(table, probe, 2_001))
+
+
+def test_a_table_too_small_for_an_index_is_searched_exact_in_approximate_mode(tmp_path):
+    """Ten templates, some sharing a vector: the exact search's tie-break by template id holds,
+    and no index is trained on them."""
+    uri = str(tmp_path / "lancedb")
+    exact = TemplateIndex(uri=uri, device="cpu", search_kind="exact")
+    shared = unit_vectors(1, seed=5)
+    vectors = np.concatenate([np.repeat(shared, 4, axis=0), unit_vectors(6, seed=6)])
+    exact.replace_shard("t", "a", rows(*[f"t{i}" for i in (7, 2, 5, 9, 1, 3, 4, 6, 8, 0)]), vectors)
+    approximate = TemplateIndex(uri=uri, search_kind="approximate")
+    assert approximate.search_kind_for("t") == "exact"
+    queries = np.concatenate([shared, unit_vectors(3, seed=7)])
+    for limit in (1, 3, 10):
+        assert approximate.search("t", queries, limit) == exact.search("t", queries, limit)
+    assert [h["template_id"] for h in approximate.search("t", shared, 3)] == ["t2", "t5", "t7"]
+    assert vector_index_stats(uri) is None

@@ -5,12 +5,28 @@ Many queries are scored against many templates at once (torch, on whatever devic
 on). The products (float32, or fp16 on a GPU) only choose candidates, keeping every template within
 their rounding error of a query's cut-off; the candidates' similarities are then summed in float64
 and rounded to 1e-6, so a pair gets the same similarity whatever the block shapes or the device.
-Ties are broken by template id."""
+Ties are broken by template id. The approximate search rescores the candidates of LanceDB's vector
+index with the same functions (exact_similarities, best_per_query), so a pair it returns has the
+exact search's similarity."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pyarrow as pa
+
+# How TemplateIndex.search finds a query's nearest templates: exact (matrix products over every
+# template), approximate (LanceDB's vector index, candidates rescored exactly), or auto: approximate
+# from APPROXIMATE_FROM templates on.
+SearchKind = Literal["exact", "approximate", "auto"]
+# Templates from which auto search is approximate. On a 2-core CPU the exact search answers 727
+# queries/s at 100k templates, about what the approximate search gives with its rescoring (665),
+# but 57.7 at 1M, where LanceDB's index alone answers 1,478 (bench/README.md): below 1M, results
+# stay exact and the same on every run, as an index's training does not promise.
+APPROXIMATE_FROM = 1_000_000
+# The paper's nprobe: it searched its 18M templates in FAISS probing 150 IVF partitions per query.
+PAPER_NPROBES = 150
 
 # Templates read from the table at a time, and scored per matrix product on the CPU: 64k x 384
 # floats is 100 MB per block.
@@ -55,7 +71,7 @@ def score_error(dtype, dimension: int) -> float:
     return accumulation if dtype == torch.float32 else accumulation + 8 * 2.0**-11
 
 
-def _exact_similarities(queries, query_index, templates, row):
+def exact_similarities(queries, query_index, templates, row):
     """Cosines of the pairs (queries[query_index[i]], templates[row[i]]) of unit float32 rows,
     rounded to 1e-6: summed in float64, where the order of the sum (which differs between
     devices) cannot move a result across a 1e-6 step as float32's can. A block of pairs at a
@@ -135,7 +151,7 @@ def candidates(queries, blocks, limit: int, margin: float):
                 best = approximate.topk(limit, dim=1).values[:, -1].float() - margin
                 torch.maximum(block_floor, best, out=block_floor)
             query_index, row = (approximate >= block_floor[:, None]).nonzero(as_tuple=True)
-            similarities = _exact_similarities(block, query_index, vectors, row)
+            similarities = exact_similarities(block, query_index, vectors, row)
             found["queries"].append(query_index.cpu().numpy() + start)
             found["rows"].append(row.cpu().numpy() + offset)
             found["approximate"].append(approximate[query_index, row].float().cpu().numpy())
