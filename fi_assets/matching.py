@@ -42,6 +42,8 @@ from fi_resources.template_index import TemplateIndex, table_name_for
 # complexity has a choice, few enough that retrieval stays one cheap batched call.
 # About half a minute of MiniLM on two CPU cores per progress line; a GPU's batches stay large.
 CHUNKS_PER_PROGRESS_LINE = 512
+# Chunks whose vectors are searched at once (K+1 vectors each).
+MATCH_BATCH_CHUNKS = 1_024
 
 
 def chunk_vectors(chunks: pl.DataFrame) -> np.ndarray:
@@ -184,17 +186,26 @@ def _match_shard(
     )
     target = complexity_shares(counts) if counts else {}
     threshold = embedder.threshold
-    hits = index.search(
-        table_name_for(embedder.model), chunk_vectors(chunks), CANDIDATES_PER_VECTOR
-    )
-    pairs, similarities = match_chunks(
-        chunks.select("doc_id", "chunk_id", "position").rows(),
-        hits,
-        threshold,
-        target,
-        vectors_per_chunk=chunks["vectors"].dtype.shape[0],
-        per_vector=templates_per_vector,
-    )
+    name = table_name_for(embedder.model)
+    pairs, similarities = [], []
+    # A batch of chunks at a time: a search's hits (CANDIDATES_PER_VECTOR per vector) are many
+    # times the pairs chosen from them, so only one batch's are held. Each chunk's sampling is
+    # seeded by its chunk_id, so the batches choose what one search of the shard would.
+    for start in range(0, chunks.height, MATCH_BATCH_CHUNKS):
+        batch = chunks.slice(start, MATCH_BATCH_CHUNKS)
+        hits = index.search(name, chunk_vectors(batch), CANDIDATES_PER_VECTOR)
+        batch_pairs, batch_similarities = match_chunks(
+            batch.select("doc_id", "chunk_id", "position").rows(),
+            hits,
+            threshold,
+            target,
+            vectors_per_chunk=chunks["vectors"].dtype.shape[0],
+            per_vector=templates_per_vector,
+        )
+        pairs += batch_pairs
+        similarities += batch_similarities
+        done = min(start + MATCH_BATCH_CHUNKS, chunks.height)
+        context.log.info(f"matched {done}/{chunks.height} chunks")
     frame = MATCHED_PAIRS.frame(pairs).sort("doc_id", "rank", "vector_index", "chunk_id")
     chosen = frame.filter(pl.col("rank") == 0)
     n_documents = chunks["doc_id"].n_unique()

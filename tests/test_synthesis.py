@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from fi_assets import synthesis
+from fi_assets import matching, synthesis
 from fi_assets.cli import app
 from fi_assets.command import fi_command
 from fi_assets.definitions import build_definitions
@@ -105,13 +105,15 @@ def test_pairs_are_judged_traced_and_never_paid_twice(matched, monkeypatch):
     assert int(counts["instantiator"]) == tried
     assert int(counts["judge"]) == pairs.height
 
-    # Forcing the two synthesis assets to run again makes zero model calls; judged a document
-    # at a time, the pairs are judged and stored as they were judged all at once.
+    # Forcing matching and the two synthesis assets to run again makes zero model calls; matched
+    # a chunk at a time and judged a document at a time, the shard gets the pairs it got from
+    # one search and one judging of all its rows.
+    monkeypatch.setattr(matching, "MATCH_BATCH_CHUNKS", 1)
     monkeypatch.setattr(synthesis, "JUDGE_BATCH_PAIRS", 1)
     defs = build_definitions(get_settings())
     rerun = dg.materialize(
         list(defs.assets),
-        selection=["instantiated_pairs", "judged_pairs"],
+        selection=["matched_pairs", "instantiated_pairs", "judged_pairs"],
         partition_key="wiki",
         instance=open_instance(matched),
         resources=defs.resources,
@@ -120,6 +122,7 @@ def test_pairs_are_judged_traced_and_never_paid_twice(matched, monkeypatch):
     for asset, total in (("instantiated_pairs", tried), ("judged_pairs", pairs.height)):
         meta = latest_metadata(matched, asset)
         assert (meta["model_calls_made"], meta["model_calls_cached"]) == (0, total)
+    assert storage.read_table(tables.MATCHED_PAIRS, "wiki").equals(listed)
     assert storage.read_table(tables.INSTANTIATED_PAIRS, "wiki").equals(pairs)
     assert storage.read_table(tables.JUDGED_PAIRS, "wiki").equals(judged)
 
