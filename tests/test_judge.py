@@ -372,6 +372,29 @@ def test_the_focus_finds_the_sentence_that_answers():
     assert judgement.score >= MIN_JUDGE_SCORE, judgement.feedback
 
 
+AFGHANISTAN = (
+    "Afghanistan (Pashto/Dari: , Afġānistān), officially the Islamic Republic of Afghanistan, is "
+    "a landlocked country located within South Asia and Central Asia. It has a population of "
+    "approximately 32 million, making it the 42nd most populous country in the world. It is "
+    "bordered by Pakistan in the south and east; Iran in the west; Turkmenistan, Uzbekistan, and "
+    "Tajikistan in the north; and China in the far northeast."
+)
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [("officially the Islamic Republic of Afghanistan", False), ("Afghanistan", True)],
+)
+def test_a_slot_filled_with_a_clause_of_the_passage_is_not_kept(value, kept):
+    """rules-8: the rules instantiator filled "the country of <fi>a city or country</fi>" with
+    the passage's apposition; rules-7 kept the pair at score 5 (fi demo --full's data root)."""
+    template = "where is the country of <fi>a city or country</fi> located?"
+    instruction = f"where is the country of {value} located?"
+    judgement = rules_judge(instruction, AFGHANISTAN, AFGHANISTAN, template)
+    assert (judgement.score >= MIN_JUDGE_SCORE) is kept, judgement.feedback
+    assert kept or "a clause of the passage" in judgement.feedback
+
+
 def test_a_template_its_answer_answers_is_kept():
     template = (
         "who played <fi>a character in a TV series or film</fi> in <fi>a TV series or film</fi>"

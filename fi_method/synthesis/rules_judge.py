@@ -1005,6 +1005,14 @@ def _lacks_a_determiner(template: str, description: str, value: str) -> bool:
     return noun.tag_ == "NN" and _zipf(plural) >= _zipf(noun.lower_) - COUNT_NOUN_PLURAL_ZIPF
 
 
+def _opens_on_an_adverb(value: str) -> bool:
+    """Whether a value is a clause of its passage that an adverb leads, not the name of a thing:
+    "officially the Islamic Republic of Afghanistan" (from "Afghanistan, officially the Islamic
+    Republic of Afghanistan, is ..."), "also the capital"."""
+    tokens = [t for t in parse(value) if not t.is_punct]
+    return len(tokens) >= 2 and tokens[0].pos_ == "ADV" and tokens[1].pos_ in ("DET", "PROPN")
+
+
 def _with_next_sentence(answer: str, window: str) -> str:
     """The focus window and the sentence after it: a passage may name a place in one sentence
     and say where it lies in the next ("Algeria is the largest country in Africa. Algeria is
@@ -1039,6 +1047,9 @@ def _relation_fault(instruction: str, template: str | None, window: str, answer:
     bare = [v for d, v in (value_of or {}).items() if _lacks_a_determiner(template, d, v)]
     if bare:
         return f'the query puts "{bare[0]}" where it needs an article'
+    clause = next((v for v in values if _opens_on_an_adverb(v)), None)
+    if clause:
+        return f'the query puts "{clause}", a clause of the passage, where it names a thing'
     misused = next(
         (
             t
