@@ -146,6 +146,32 @@ def matmul_peak(device: str, dtype_name: str = "auto", size: int = 4096) -> floa
     return 2 * size**3 / seconds
 
 
+_MAX_RSS = "Maximum resident set size (kbytes): "
+
+
+def fi_peak_rss(home: Path, *arguments: str, environment: dict | None = None):
+    """Run `fi ARGUMENTS` on the data root `home` in a fresh process under /usr/bin/time -v:
+    (seconds, peak RSS in MB of the largest process it ran, its stdout). Exits naming the
+    command and its output when it fails."""
+    command = ["/usr/bin/time", "-v", sys.executable, "-m", "fi_assets.cli", *arguments]
+    started = time.perf_counter()
+    run = subprocess.run(
+        command,
+        env=os.environ | {"FI_HOME": str(home)} | (environment or {}),
+        cwd=home,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    seconds = time.perf_counter() - started
+    if run.returncode != 0:
+        raise SystemExit(
+            f"fi {' '.join(arguments)} failed ({run.returncode}):\n{run.stdout}\n{run.stderr[-3000:]}"
+        )
+    line = next(line for line in run.stderr.splitlines() if _MAX_RSS in line)
+    return seconds, int(line.split(_MAX_RSS)[1]) // 1024, run.stdout
+
+
 def table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A Markdown table; floats get three significant figures, large ones thousands separators."""
 

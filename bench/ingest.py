@@ -13,19 +13,12 @@ the copy's number in front (so each copy's documents are new, not duplicates) to
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench.common import parser, report, table
+from bench.common import fi_peak_rss, parser, report, table
 from fi_method.ingest import SHARD_DOCUMENTS, iter_records
 from fi_method.samples import sharegpt_file
-
-_MAX_RSS = re.compile(r"Maximum resident set size \(kbytes\): (\d+)")
 
 
 def sharegpt_answers(min_chars: int) -> list[str]:
@@ -53,21 +46,13 @@ def write_input(path: Path, answers: list[str], copies: int) -> int:
 def ingest(source: Path, home: Path, shard_documents: int) -> tuple[float, int, int, str]:
     """`fi ingest documents` of `source` into `home`: seconds, peak RSS in MB, the partitions
     registered and the last line it printed."""
-    environment = os.environ | {"FI_HOME": str(home), "FI_SHARD_DOCUMENTS": str(shard_documents)}
-    command = ["/usr/bin/time", "-v", sys.executable, "-m", "fi_assets.cli"]
-    started = time.perf_counter()
-    run = subprocess.run(
-        [*command, "ingest", "documents", str(source), "--shard", "sharegpt"],
-        env=environment,
-        capture_output=True,
-        text=True,
-        check=False,
+    home.mkdir(parents=True, exist_ok=True)
+    seconds, peak, stdout = fi_peak_rss(
+        home,
+        *("ingest", "documents", str(source), "--shard", "sharegpt"),
+        environment={"FI_SHARD_DOCUMENTS": str(shard_documents)},
     )
-    seconds = time.perf_counter() - started
-    if run.returncode != 0:
-        raise SystemExit(f"fi ingest failed ({run.returncode}): {run.stdout}{run.stderr}")
-    peak = int(_MAX_RSS.search(run.stderr).group(1)) // 1024
-    printed = run.stdout.strip().splitlines()
+    printed = stdout.strip().splitlines()
     return seconds, peak, len(printed), printed[-1]
 
 

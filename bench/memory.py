@@ -16,43 +16,23 @@ CPU only (the rules engines and the embedder on the CPU); no device to choose.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench.common import parser, report, table
+from bench.common import fi_peak_rss, parser, report, table
 from bench.ingest import sharegpt_answers
 from fi_method.samples import seeded_sample, write_sample
 
-_MAX_RSS = "Maximum resident set size (kbytes): "
 SHARD = "sharegpt"
 # Each stage of a document partition, in pipeline order, up to what the judge keeps.
 STAGES = ("documents", "document_chunks", "matched_pairs", "instantiated_pairs", "judged_pairs")
 
 
 def fi(home: Path, *arguments: str) -> tuple[float, int]:
-    """Run `fi ARGUMENTS` on the data root `home` under /usr/bin/time -v: (seconds, peak RSS in
-    MB of the largest process it ran)."""
-    command = ["/usr/bin/time", "-v", sys.executable, "-m", "fi_assets.cli", *arguments]
-    started = time.perf_counter()
-    run = subprocess.run(
-        command,
-        env=os.environ | {"FI_HOME": str(home)},
-        cwd=home,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    seconds = time.perf_counter() - started
-    if run.returncode != 0:
-        raise SystemExit(
-            f"fi {' '.join(arguments)} failed ({run.returncode}):\n{run.stdout}\n{run.stderr[-3000:]}"
-        )
-    line = next(line for line in run.stderr.splitlines() if _MAX_RSS in line)
-    return seconds, int(line.split(_MAX_RSS)[1]) // 1024
+    """(seconds, peak RSS in MB) of `fi ARGUMENTS` on the data root `home`."""
+    seconds, peak, _ = fi_peak_rss(home, *arguments)
+    return seconds, peak
 
 
 def measure(folder: Path, answers: list[str], documents: int) -> dict[str, tuple[float, int]]:
