@@ -70,6 +70,16 @@ def _fi(home: Path, *arguments: str, log: Path | None = None) -> tuple[float, st
     return seconds, output, done.returncode
 
 
+def _materialize(home: Path, log_name: str) -> tuple[float, str]:
+    """`fi materialize` on the data root, its output kept in `log_name` there: (seconds, output);
+    exits naming the log when it fails."""
+    log = home / log_name
+    seconds, output, code = _fi(home, "materialize", log=log)
+    if code != 0:
+        raise SystemExit(f"fi materialize failed, see {log}")
+    return seconds, output
+
+
 def _ingest(kind: str, source: Path, shard: str | None = None) -> None:
     """`fi ingest KIND SOURCE`, in this process (what the command runs), its lines kept quiet."""
     from fi_assets.cli import _ingest as ingest
@@ -179,11 +189,9 @@ def build(home: Path, partitions: int, real: int, notes: list[str]) -> None:
     _ingest("documents", sample.heldout_documents, settings.heldout_doc_shard)
     for index in range(real):
         _ingest("documents", _article_file(shards, index, articles[index]))
-    seconds, output, code = _fi(home, "materialize", log=home / "materialize_real.log")
+    seconds, output = _materialize(home, "materialize_real.log")
     runs = output.count("    ok in ")
     print(f"real: {real} shards materialized by {runs} runs in {seconds:.0f}s", file=sys.stderr)
-    if code != 0:
-        raise SystemExit(f"fi materialize failed, see {home / 'materialize_real.log'}")
     notes.append(
         f"- {real} shards (+ `heldout`, + query shard `webquestions_sample`) materialized for "
         f"real by `fi materialize`: {runs} runs in {seconds:.0f} s "
@@ -209,11 +217,9 @@ def build(home: Path, partitions: int, real: int, notes: list[str]) -> None:
             f"the real shard with the same article: files, and {events} materialization "
             f"events reported runless with tag `{COPY_TAG}` ({copy_s:.0f} s); no check results"
         )
-    seconds, output, code = _fi(home, "materialize", log=home / "materialize_all.log")
+    seconds, output = _materialize(home, "materialize_all.log")
     ran = [line.split(": ", 1)[1] for line in output.splitlines() if RUN_LINE.match(line)]
     print(f"all-shard assets: {len(ran)} runs in {seconds:.0f}s", file=sys.stderr)
-    if code != 0:
-        raise SystemExit(f"fi materialize failed, see {home / 'materialize_all.log'}")
     notes.append(
         f"- then `fi materialize` ran for real, over all {partitions} shards, what reads every "
         f"shard: {len(ran)} runs ({', '.join(sorted(set(ran)))}) in {seconds:.0f} s"
