@@ -15,7 +15,6 @@ from fi_assets.placement import on_gpu
 from fi_assets.reporting import (
     call_metadata,
     column_schema,
-    frame_version,
     log_progress,
     markdown_preview,
     png_markdown,
@@ -37,7 +36,7 @@ from fi_resources.checkpoints import answer_nll, export_folder, weights_hash
 from fi_resources.embedder import torch_device
 from fi_resources.roles import BenchmarkJudge, Candidate, role_resource
 from fi_resources.settings import Settings
-from fi_resources.storage import Storage
+from fi_resources.storage import Storage, frame_version
 from fi_resources.tables import (
     DOCUMENTS,
     EVAL_GENERATIONS,

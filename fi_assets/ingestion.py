@@ -15,11 +15,11 @@ import dagster as dg
 
 from fi_assets.command import fi_command
 from fi_assets.partitions import doc_shards, query_shards
-from fi_assets.reporting import column_schema, frame_version, preview_metadata
+from fi_assets.reporting import column_schema, preview_metadata
 from fi_assets.versions import DATA_VERSION_TAG
 from fi_method.ingest import HF_PREFIX, IngestResult, Kind, ingest_batches
 from fi_resources.settings import Settings
-from fi_resources.storage import Storage, check_partition_name
+from fi_resources.storage import Storage, check_partition_name, frame_version
 from fi_resources.tables import INGESTED_DOCUMENTS, INGESTED_QUERIES
 
 INGESTED = {"queries": INGESTED_QUERIES, "documents": INGESTED_DOCUMENTS}

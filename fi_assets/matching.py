@@ -121,8 +121,8 @@ def _chunk_shard(
     )
 
 
-def _histogram(values: list[float], bins: int = 10) -> str:
-    if not values:
+def _histogram(values, bins: int = 10) -> str:
+    if len(values) == 0:
         return "no candidate above the threshold"
     counts, edges = np.histogram(values, bins=bins)
     return "\n".join(
@@ -178,7 +178,10 @@ def _match_shard(
     index: TemplateIndex,
     templates_per_vector: int,
 ) -> dg.MaterializeResult:
-    chunks = storage.read_table(DOCUMENT_CHUNKS, shard)
+    # The chunks' ids are read whole; their vectors a batch at a time.
+    chunks = storage.scan_table(DOCUMENT_CHUNKS, shard)
+    listed = chunks.select("doc_id").collect()
+    vectors_per_chunk = chunks.collect_schema()["vectors"].shape[0]
     # The library's complexities, counted without reading its templates.
     templates = storage.scan_all(INSTRUCTION_TEMPLATES)
     counts = (
@@ -187,28 +190,31 @@ def _match_shard(
     target = complexity_shares(counts) if counts else {}
     threshold = embedder.threshold
     name = table_name_for(embedder.model)
-    pairs, similarities = [], []
+    frames, similarities = [], []
     # A batch of chunks at a time: a search's hits (CANDIDATES_PER_VECTOR per vector) are many
     # times the pairs chosen from them, so only one batch's are held. Each chunk's sampling is
     # seeded by its chunk_id, so the batches choose what one search of the shard would.
-    for start in range(0, chunks.height, MATCH_BATCH_CHUNKS):
-        batch = chunks.slice(start, MATCH_BATCH_CHUNKS)
+    for start in range(0, listed.height, MATCH_BATCH_CHUNKS):
+        batch = chunks.slice(start, MATCH_BATCH_CHUNKS).collect()
         hits = index.search(name, chunk_vectors(batch), CANDIDATES_PER_VECTOR)
         batch_pairs, batch_similarities = match_chunks(
             batch.select("doc_id", "chunk_id", "position").rows(),
             hits,
             threshold,
             target,
-            vectors_per_chunk=chunks["vectors"].dtype.shape[0],
+            vectors_per_chunk=vectors_per_chunk,
             per_vector=templates_per_vector,
         )
-        pairs += batch_pairs
-        similarities += batch_similarities
-        done = min(start + MATCH_BATCH_CHUNKS, chunks.height)
-        context.log.info(f"matched {done}/{chunks.height} chunks")
-    frame = MATCHED_PAIRS.frame(pairs).sort("doc_id", "rank", "vector_index", "chunk_id")
+        frames.append(MATCHED_PAIRS.frame(batch_pairs))
+        # As float32 (the vectors' own precision): a shard's candidates number in the millions.
+        similarities.append(np.asarray(batch_similarities, dtype=np.float32))
+        done = min(start + MATCH_BATCH_CHUNKS, listed.height)
+        context.log.info(f"matched {done}/{listed.height} chunks")
+    frame = (pl.concat(frames) if frames else MATCHED_PAIRS.frame([])).sort(
+        "doc_id", "rank", "vector_index", "chunk_id"
+    )
     chosen = frame.filter(pl.col("rank") == 0)
-    n_documents = chunks["doc_id"].n_unique()
+    n_documents = listed["doc_id"].n_unique()
     chosen_tags = target_distribution(chosen["n_tags"].to_list()) if chosen.height else {}
     return write_stage(
         storage,
@@ -229,7 +235,9 @@ def _match_shard(
             "matches_per_document": round(chosen.height / max(n_documents, 1), 3),
             "templates_per_vector": templates_per_vector,
             "alternates": frame.height - chosen.height,
-            "similarity_histogram": dg.MetadataValue.md(_histogram(similarities)),
+            "similarity_histogram": dg.MetadataValue.md(
+                _histogram(np.concatenate(similarities) if similarities else [])
+            ),
             "similarity_chart": distribution_chart(
                 chosen["similarity"].to_list(), "similarity of chosen templates"
             ),

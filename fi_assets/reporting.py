@@ -4,7 +4,6 @@ so that downstream partitions re-run only when their input really changed."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import time
 from collections import Counter
@@ -16,7 +15,7 @@ import polars as pl
 from fi_assets.checks import failed_checks_tags
 from fi_method.text import content_hash
 from fi_resources.model_calls import CallResult
-from fi_resources.storage import Storage
+from fi_resources.storage import RejectsWriter, Storage, TableWriter
 from fi_resources.tables import Table
 
 PREVIEW_ROWS = 5
@@ -29,13 +28,6 @@ INLINE_MARKDOWN_CHARS = 1000
 # is cut under READABLE_CELL_CHARS.
 INLINE_CELL_CHARS = (120, 80, 60, 40, 24)
 READABLE_CELL_CHARS = 60
-
-
-def frame_version(frame: pl.DataFrame) -> str:
-    """A hash of the table's content (column names, types and values, in order)."""
-    buffer = io.BytesIO()
-    frame.write_ipc_stream(buffer, compression="uncompressed")
-    return hashlib.sha256(buffer.getvalue()).hexdigest()[:16]
 
 
 def markdown_preview(
@@ -160,28 +152,48 @@ def write_stage(
     tags: dict[str, str] | None = None,
     checks: list[dg.AssetCheckResult] | None = None,
 ) -> dg.MaterializeResult:
-    """Write one partition of a table asset and its rejects, and report them with the results of
-    the asset's checks on that partition. The metadata starts with the partition its figures
-    cover: an asset's page in the UI shows one partition's latest materialization."""
-    path = storage.write_table(table, partition, frame)
-    storage.write_rejects(
-        table.name, partition, [{**r, "stage": table.name, "shard": partition} for r in rejects]
+    """Write one partition of a table asset and its rejects in one batch, and report them
+    (report_stage)."""
+    with storage.table_writer(table, partition) as written:
+        written.write(frame)
+    with storage.rejects_writer(table.name, partition) as rejected:
+        rejected.add(rejects)
+    return report_stage(
+        written,
+        rejected,
+        partition,
+        preview_metadata(frame, preview_columns),
+        metadata,
+        tags,
+        checks,
     )
-    reasons: dict[str, int] = {}
-    for reject in rejects:
-        reasons[reject["reason"]] = reasons.get(reject["reason"], 0) + 1
+
+
+def report_stage(
+    written: TableWriter,
+    rejected: RejectsWriter,
+    partition: str,
+    preview: dict[str, dg.MetadataValue],
+    metadata: dict | None = None,
+    tags: dict[str, str] | None = None,
+    checks: list[dg.AssetCheckResult] | None = None,
+) -> dg.MaterializeResult:
+    """Report one written partition of a table asset and its rejects (Storage.table_writer and
+    rejects_writer, closed), with a preview of its rows (preview_metadata) and the results of the
+    asset's checks on that partition. The metadata starts with the partition its figures cover:
+    an asset's page in the UI shows one partition's latest materialization."""
     return dg.MaterializeResult(
         metadata={
             "partition": partition,
-            "dagster/row_count": frame.height,
-            "dagster/column_schema": column_schema(frame),
-            "rejected": len(rejects),
-            "rejected_by_reason": reasons,
-            "path": dg.MetadataValue.path(str(path)),
-            **preview_metadata(frame, preview_columns),
+            "dagster/row_count": written.rows,
+            "dagster/column_schema": column_schema(written.table.frame([])),
+            "rejected": rejected.rows,
+            "rejected_by_reason": dict(rejected.reasons),
+            "path": dg.MetadataValue.path(str(written.path)),
+            **preview,
             **(metadata or {}),
         },
-        data_version=dg.DataVersion(frame_version(frame)),
+        data_version=dg.DataVersion(written.version),
         tags={**(tags or {}), **failed_checks_tags(checks or [])} or None,
         check_results=checks,
     )

@@ -2,6 +2,9 @@
 non-instructional baseline. Every model call goes through the call cache (fi_resources.roles), so
 a rerun pays only for calls it has never made."""
 
+from collections import Counter
+from collections.abc import Iterable
+
 import dagster as dg
 import polars as pl
 
@@ -14,12 +17,14 @@ from fi_assets.checks import (
 from fi_assets.partitions import doc_shards
 from fi_assets.placement import on_gpu
 from fi_assets.reporting import (
+    PREVIEW_ROWS,
     call_metadata,
     distribution_chart,
     each_partition,
     log_progress,
     markdown_preview,
     preview_metadata,
+    report_stage,
     write_stage,
 )
 from fi_method.evaluation.fidelity import render_markdown, synthesis_figures
@@ -29,6 +34,7 @@ from fi_method.roles import RulesAids
 from fi_method.synthesis import continuations as halving
 from fi_method.synthesis.pairs import (
     FUNNEL_STAGES,
+    INSTANTIATE_BATCH_REQUESTS,
     JUDGE_BATCH_PAIRS,
     JUDGEMENTS_VERSION,
     PAIRS_VERSION,
@@ -123,30 +129,18 @@ def _instantiate_shard(
     embedder: Embedder,
     max_template_uses: int,
 ) -> dg.MaterializeResult:
-    matched = storage.read_table(MATCHED_PAIRS, shard)
-    docs = storage.read_table(DOCUMENTS, shard).select("doc_id", "source", "text")
-    chunks = storage.read_table(DOCUMENT_CHUNKS, shard).select("chunk_id", "text")
-    requests = (
-        matched.join(_templates(storage, matched["template_id"]), on="template_id", how="left")
-        .join(chunks.rename({"text": "chunk"}), on="chunk_id", how="left")
-        .join(docs.select("doc_id", "source"), on="doc_id", how="left")
+    # The matches alone (ids, ranks) are read whole; passages and documents a batch at a time.
+    matched = storage.read_table(MATCHED_PAIRS, shard).sort(
         # The order in which templates reach their cap of uses.
-        .sort("doc_id", "rank", "chunk_id", "vector_index")
-        .to_dicts()
+        "doc_id",
+        "rank",
+        "chunk_id",
+        "vector_index",
     )
-    # Templates of a since removed query shard are gone: those matches wait for matched_pairs.
-    stale = [r for r in requests if r["template"] is None]
-    requests = [r for r in requests if r["template"] is not None]
-    text_of = dict(docs.select("doc_id", "text").iter_rows())
-    for request in requests:
-        # Where in its passage the template matched: local vector k is centred at k/(K+1).
-        request["anchor"] = request["vector_index"] / (embedder.pooling_k + 1)
-        # One string per document, shared by its requests (a copy each would hold every
-        # document once per matched template).
-        request["document"] = text_of.get(request["doc_id"])
+    templates = _templates(storage, matched["template_id"])
     context.log.info(
         f"instantiating the templates of {matched.filter(pl.col('rank') == 0).height} passage "
-        f"vectors ({len(requests)} with their alternates) with {instantiator.label}"
+        f"vectors ({matched.height} with their alternates) with {instantiator.label}"
     )
     rounds: list[CallResult] = []
 
@@ -161,34 +155,55 @@ def _instantiate_shard(
         )
         return rounds[-1].outputs
 
-    kept, rejects, instantiated, tried = instantiate_by_rank(
-        requests,
-        instantiate,
-        text_of,
-        instantiator.min_excerpt_ratio,
-        instantiator.engine,
-        instantiator.model_name,
-        max_template_uses,
-    )
+    uses, seen = Counter(), set()
+    tried = instantiated = nulls = 0
+    ratios: list[float] = []
+    preview = None
+    with (
+        storage.table_writer(INSTANTIATED_PAIRS, shard) as written,
+        storage.rejects_writer(INSTANTIATED_PAIRS.name, shard) as rejected,
+    ):
+        for batch in document_batches(matched["doc_id"].to_list(), INSTANTIATE_BATCH_REQUESTS):
+            requests, text_of = _requests(storage, shard, matched[batch], templates, embedder)
+            # Templates of a since removed query shard are gone: those matches wait for
+            # matched_pairs.
+            stale = [
+                {
+                    "source": r["source"],
+                    "item_id": f"{r['doc_id']}:{r['template_id']}",
+                    "reason": RejectReason.TEMPLATE_REMOVED,
+                    "detail": "its query shard was removed; matched_pairs is stale",
+                }
+                for r in requests
+                if r["template"] is None
+            ]
+            kept, rejects, made, batch_tried = instantiate_by_rank(
+                [r for r in requests if r["template"] is not None],
+                instantiate,
+                text_of,
+                instantiator.min_excerpt_ratio,
+                instantiator.engine,
+                instantiator.model_name,
+                max_template_uses,
+                uses,
+                seen,
+            )
+            frame = INSTANTIATED_PAIRS.frame(kept)
+            written.write(frame)
+            rejected.add(rejects + stale)
+            tried, instantiated = tried + batch_tried, instantiated + made
+            nulls += sum(r["reason"] == RejectReason.TEMPLATE_DOES_NOT_FIT for r in rejects)
+            ratios += frame["excerpt_ratio"].to_list()
+            preview = frame if preview is None or preview.is_empty() else preview
     calls = CallResult.combined(rounds)
-    nulls = sum(reject["reason"] == RejectReason.TEMPLATE_DOES_NOT_FIT for reject in rejects)
-    rejects += [
-        {
-            "source": r["source"],
-            "item_id": f"{r['doc_id']}:{r['template_id']}",
-            "reason": RejectReason.TEMPLATE_REMOVED,
-            "detail": "its query shard was removed; matched_pairs is stale",
-        }
-        for r in stale
-    ]
-    frame = INSTANTIATED_PAIRS.frame(kept)
-    return write_stage(
-        storage,
-        INSTANTIATED_PAIRS,
+    return report_stage(
+        written,
+        rejected,
         shard,
-        frame,
-        rejects,
-        ["instruction", "answer", "excerpt_ratio"],
+        preview_metadata(
+            INSTANTIATED_PAIRS.frame([]) if preview is None else preview,
+            ["instruction", "answer", "excerpt_ratio"],
+        ),
         {
             "engine": instantiator.engine,
             "model": instantiator.model_name,
@@ -199,12 +214,10 @@ def _instantiate_shard(
             "null_rate": round(nulls / tried, 4) if tried else 0.0,
             "max_template_uses": max_template_uses,
             "null_rate_paper": PAPER_NULL_RATE,
-            "grounded": frame.height,
+            "grounded": written.rows,
             "min_excerpt_ratio": instantiator.min_excerpt_ratio,
-            "mean_excerpt_ratio": round(float(frame["excerpt_ratio"].mean() or 0.0), 4),
-            "excerpt_ratio_chart": distribution_chart(
-                frame["excerpt_ratio"].to_list(), "excerpt ratio of grounded pairs"
-            ),
+            "mean_excerpt_ratio": round(sum(ratios) / len(ratios), 4) if ratios else 0.0,
+            "excerpt_ratio_chart": distribution_chart(ratios, "excerpt ratio of grounded pairs"),
             **call_metadata(calls),
         },
         checks=[
@@ -225,6 +238,45 @@ def _instantiate_shard(
             )
         ],
     )
+
+
+def _requests(
+    storage: Storage,
+    shard: str,
+    matched: pl.DataFrame,
+    templates: pl.DataFrame,
+    embedder: Embedder,
+) -> tuple[list[dict], dict[str, str]]:
+    """The instantiator's requests for a batch of matched pairs (whole documents), in their
+    order, each with its template (None when removed), passage, source, anchor and document, and
+    the batch's documents' text by doc_id."""
+    doc_ids = matched["doc_id"].unique().to_list()
+    docs = (
+        storage.scan_table(DOCUMENTS, shard)
+        .select("doc_id", "source", "text")
+        .filter(pl.col("doc_id").is_in(doc_ids))
+        .collect()
+    )
+    chunks = (
+        storage.scan_table(DOCUMENT_CHUNKS, shard)
+        .select("chunk_id", "text")
+        .filter(pl.col("chunk_id").is_in(matched["chunk_id"].unique().to_list()))
+        .collect()
+    )
+    requests = (
+        matched.join(templates, on="template_id", how="left", maintain_order="left")
+        .join(chunks.rename({"text": "chunk"}), on="chunk_id", how="left", maintain_order="left")
+        .join(docs.select("doc_id", "source"), on="doc_id", how="left", maintain_order="left")
+        .to_dicts()
+    )
+    text_of = dict(docs.select("doc_id", "text").iter_rows())
+    for request in requests:
+        # Where in its passage the template matched: local vector k is centred at k/(K+1).
+        request["anchor"] = request["vector_index"] / (embedder.pooling_k + 1)
+        # One string per document, shared by its requests (a copy each would hold every
+        # document once per matched template).
+        request["document"] = text_of.get(request["doc_id"])
+    return requests, text_of
 
 
 @dg.asset(
@@ -259,68 +311,88 @@ def _offset(progress, done: int, total: int, rounds: list[CallResult]):
 def _judge_shard(
     context: dg.AssetExecutionContext, shard: str, storage: Storage, judge: Judge
 ) -> dg.MaterializeResult:
-    pairs = storage.read_table(INSTANTIATED_PAIRS, shard)
-    docs = storage.read_table(DOCUMENTS, shard).select("doc_id", "source", "text")
+    # The pairs' ids are read whole; their text and their documents a batch at a time.
+    pairs = storage.scan_table(INSTANTIATED_PAIRS, shard)
+    listed = (
+        pairs.select("pair_id", "doc_id", "template_id", "excerpt_ratio")
+        .collect()
+        .sort("doc_id", maintain_order=True)
+    )
     # The rules judge reads what the template asks beside its slot values; a template_id is a
     # hash of its text, so the pair's template_id stands for it in the lineage.
-    templates = _templates(storage, pairs["template_id"]).select("template_id", "template")
-    context.log.info(f"judging {pairs.height} pairs with {judge.label}")
+    templates = _templates(storage, listed["template_id"]).select("template_id", "template")
+    context.log.info(f"judging {listed.height} pairs with {judge.label}")
     progress = log_progress(context, "judged")
     rounds: list[CallResult] = []
-    judged, rejects = [], []
-    by_document = pairs.sort("doc_id", maintain_order=True)
-    # A batch of documents at a time: only its rows hold their documents' text.
-    for batch in document_batches(by_document["doc_id"].to_list(), JUDGE_BATCH_PAIRS):
-        rows = (
-            by_document[batch]
-            .join(docs.rename({"text": "document"}), on="doc_id", how="left")
-            .join(templates, on="template_id", how="left")
-            .to_dicts()
-        )
-        rounds.append(
-            judge.call(
-                rows,
-                progress=_offset(progress, batch.start, pairs.height, rounds),
-                caller=_caller(context, shard),
+    verdicts, best = [], []
+    with (
+        storage.table_writer(JUDGED_PAIRS, shard) as written,
+        storage.rejects_writer(JUDGED_PAIRS.name, shard) as rejected,
+    ):
+        # A batch of documents at a time: only its rows hold their documents' text.
+        for batch in document_batches(listed["doc_id"].to_list(), JUDGE_BATCH_PAIRS):
+            ids = listed[batch]
+            text = pairs.filter(pl.col("pair_id").is_in(ids["pair_id"].to_list())).collect()
+            docs = (
+                storage.scan_table(DOCUMENTS, shard)
+                .select("doc_id", "source", "text")
+                .filter(pl.col("doc_id").is_in(ids["doc_id"].unique().to_list()))
+                .collect()
             )
-        )
-        outputs = rounds[-1].outputs
-        found = collect_judgements(rows, outputs, judge.min_score, judge.engine, judge.model_name)
-        batch_judged, batch_rejects = one_pair_per_question(rows, *found)
-        judged += batch_judged
-        rejects += batch_rejects
+            rows = (
+                ids.select("pair_id")
+                .join(text, on="pair_id", how="left", maintain_order="left")
+                .join(docs.rename({"text": "document"}), on="doc_id", how="left")
+                .join(templates, on="template_id", how="left", maintain_order="left")
+                .to_dicts()
+            )
+            rounds.append(
+                judge.call(
+                    rows,
+                    progress=_offset(progress, batch.start, listed.height, rounds),
+                    caller=_caller(context, shard),
+                )
+            )
+            found = collect_judgements(
+                rows, rounds[-1].outputs, judge.min_score, judge.engine, judge.model_name
+            )
+            judged, rejects = one_pair_per_question(rows, *found)
+            frame = JUDGED_PAIRS.frame(judged)
+            written.write(frame)
+            rejected.add(rejects)
+            verdicts.append(frame.select("pair_id", "score", "kept"))
+            # What a reader wants to see first: kept pairs, best first, with what they say.
+            best.append(_best_first(frame.join(text, on="pair_id")).head(PREVIEW_ROWS))
     calls = CallResult.combined(rounds)
-    # Stored in the pairs' own order, whatever the batches.
-    position = {pair_id: i for i, pair_id in enumerate(pairs["pair_id"].to_list())}
-    judged.sort(key=lambda row: position[row["pair_id"]])
-    frame = JUDGED_PAIRS.frame(judged)
+    frame = (
+        pl.concat(verdicts)
+        if verdicts
+        else JUDGED_PAIRS.frame([]).select("pair_id", "score", "kept")
+    )
     scores = frame.group_by("score").len().sort("score")
-    counts = _funnel_counts(storage, shard, pairs.height, rejects)
-    kept_pairs = frame.filter(pl.col("kept")).select("pair_id").join(pairs, on="pair_id")
+    counts = _funnel_counts(storage, shard, listed.height, rejected.reasons.elements())
+    kept_pairs = frame.filter(pl.col("kept")).select("pair_id").join(listed, on="pair_id")
     kept, kept_templates = kept_pairs.height, kept_pairs["template_id"].to_list()
     fidelity = synthesis_figures(
-        docs.height,
+        _documents(storage, shard),
         counts["tried"],
         counts["null"],
         frame.height,
         kept_templates,
         kept_pairs["excerpt_ratio"].to_list(),
     )
-    return write_stage(
-        storage,
-        JUDGED_PAIRS,
+    shown = ["score", "instruction", "answer", "feedback"]
+    return report_stage(
+        written,
+        rejected,
         shard,
-        frame,
-        rejects,
-        ["pair_id", "score", "kept", "feedback"],
+        preview_metadata(
+            _best_first(pl.concat(best))
+            if best
+            else pl.DataFrame(schema=dict.fromkeys(shown, pl.String)),
+            shown,
+        ),
         {
-            # What a reader wants to see first: kept pairs, best first, with what they say.
-            **preview_metadata(
-                frame.join(pairs.select("pair_id", "instruction", "answer"), on="pair_id").sort(
-                    ["kept", "score", "pair_id"], descending=[True, True, False]
-                ),
-                ["score", "instruction", "answer", "feedback"],
-            ),
             "engine": judge.engine,
             "model": judge.model_name,
             "min_score": judge.min_score,
@@ -363,15 +435,23 @@ def _judge_shard(
     )
 
 
+def _best_first(judged: pl.DataFrame) -> pl.DataFrame:
+    return judged.sort(["kept", "score", "pair_id"], descending=[True, True, False])
+
+
+def _documents(storage: Storage, shard: str) -> int:
+    return storage.scan_table(DOCUMENTS, shard).select(pl.len()).collect().item()
+
+
 def _funnel_counts(
-    storage: Storage, shard: str, grounded: int, judge_rejects: list[dict]
+    storage: Storage, shard: str, grounded: int, judge_reasons: Iterable[str]
 ) -> dict[str, int]:
     """The funnel of a shard (fi_method.synthesis.pairs.funnel_counts): its passage vectors with
     a template, its `grounded` pairs, and the reasons of instantiated_pairs' rejects and of the
-    judge's (`judge_rejects`)."""
-    matched = storage.read_table(MATCHED_PAIRS, shard).filter(pl.col("rank") == 0).height
+    judge's."""
+    matched = storage.scan_table(MATCHED_PAIRS, shard).filter(pl.col("rank") == 0).select(pl.len())
     reasons = storage.read_rejects(INSTANTIATED_PAIRS.name, shard)["reason"].to_list()
-    return funnel_counts(matched, grounded, reasons + [r["reason"] for r in judge_rejects])
+    return funnel_counts(matched.collect().item(), grounded, reasons + list(judge_reasons))
 
 
 @dg.asset(

@@ -11,7 +11,6 @@ from fi_assets.reporting import (
     call_metadata,
     distribution_chart,
     each_partition,
-    frame_version,
     log_progress,
     preview_metadata,
     write_stage,
@@ -19,7 +18,7 @@ from fi_assets.reporting import (
 from fi_method.templating.instruction_templates import TEMPLATES_VERSION, collect_templates
 from fi_resources.embedder import Embedder
 from fi_resources.roles import Genericizer
-from fi_resources.storage import Storage
+from fi_resources.storage import Storage, frame_version
 from fi_resources.tables import INSTRUCTION_TEMPLATES, RAW_QUERIES, keys
 from fi_resources.template_index import METRIC, TemplateIndex, table_name_for
 

@@ -13,13 +13,19 @@ FI_HOME/
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import re
 import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
 import polars as pl
+import pyarrow.parquet as pq
 from dagster import ConfigurableResource
 from pydantic import Field
 
@@ -47,6 +53,69 @@ def check_partition_name(name: str) -> str:
 def rejects_frame(rows: list[dict]) -> pl.DataFrame:
     """Rows of the rejects table, typed, even when there are none."""
     return REJECTS.frame({key: row.get(key) for key in REJECTS.schema} for row in rows)
+
+
+def frame_version(*frames: pl.DataFrame) -> str:
+    """A hash of a table's content (column names, types and values, in order), given whole or
+    as the batches it was written in."""
+    digest = hashlib.sha256()
+    for frame in frames:
+        _update(digest, frame)
+    return digest.hexdigest()[:16]
+
+
+def _update(digest, frame: pl.DataFrame) -> None:
+    buffer = io.BytesIO()
+    frame.write_ipc_stream(buffer, compression="uncompressed")
+    digest.update(buffer.getvalue())
+
+
+class TableWriter:
+    """One partition of a table, written a batch at a time, so that memory follows the batch and
+    not the partition (Storage.table_writer)."""
+
+    def __init__(self, table: Table, temporary: Path, path: Path):
+        self.table = table
+        self.path = path  # where the partition appears when the writer's block ends
+        self._temporary = temporary
+        self.rows = 0
+        self._digest = hashlib.sha256()
+        self._parquet: pq.ParquetWriter | None = None
+
+    def write(self, frame: pl.DataFrame) -> None:
+        """Append `frame`, which must have the table's declared columns (fi_resources.tables)."""
+        arrow = self.table.check(frame).to_arrow()
+        if self._parquet is None:
+            self._parquet = pq.ParquetWriter(self._temporary, arrow.schema, compression="zstd")
+        self._parquet.write_table(arrow)
+        self.rows += frame.height
+        _update(self._digest, frame)
+
+    @property
+    def version(self) -> str:
+        """frame_version of what was written: the same as of the whole table in one batch."""
+        return self._digest.hexdigest()[:16]
+
+    def close(self) -> None:
+        if self._parquet is None:
+            self.write(self.table.frame([]))
+        self._parquet.close()
+
+
+class RejectsWriter(TableWriter):
+    """The rejects a stage records for one partition, written a batch at a time, with a count of
+    their reasons."""
+
+    def __init__(self, temporary: Path, path: Path, stage: str, partition: str):
+        super().__init__(REJECTS, temporary, path)
+        self.stamp = {"stage": stage, "shard": partition}
+        self.reasons: Counter[str] = Counter()
+
+    def add(self, rows: list[dict]) -> None:
+        """Record rejects (dicts with the rejects table's fields; `stage` and `shard` are set)."""
+        if rows:
+            self.write(rejects_frame([{**row, **self.stamp} for row in rows]))
+            self.reasons.update(row["reason"] for row in rows)
 
 
 class Storage(ConfigurableResource):
@@ -101,6 +170,32 @@ class Storage(ConfigurableResource):
         temporary name beside its destination and renamed over it."""
         return _write_atomically(table.check(frame), self.table_path(table, partition))
 
+    @contextmanager
+    def table_writer(self, table: Table, partition: str) -> Iterator[TableWriter]:
+        """A TableWriter that replaces one partition of a table. The file appears whole or not
+        at all: its batches go to a temporary file beside the destination, which is renamed over
+        it when the block ends and removed when the block raises."""
+        path = self.table_path(table, partition)
+        with _temporary_beside(path) as temporary:
+            writer = TableWriter(table, temporary, path)
+            yield writer
+            writer.close()
+
+    @contextmanager
+    def rejects_writer(self, stage: str, partition: str) -> Iterator[RejectsWriter]:
+        """A RejectsWriter that replaces what a stage rejected of one partition, whole or not at
+        all (an empty file when none, as write_rejects)."""
+        path = self.rejects_path(stage, partition)
+        with _temporary_beside(path) as temporary:
+            writer = RejectsWriter(temporary, path, stage, partition)
+            yield writer
+            writer.close()
+
+    def scan_table(self, table: Table, partition: str) -> pl.LazyFrame:
+        """One partition of a table as a lazy scan, which reads only the columns and rows a
+        query over it keeps; raises FileNotFoundError naming the asset to materialize."""
+        return pl.scan_parquet(self._existing(table, partition))
+
     def write_rejects(self, stage: str, partition: str, rows: list[dict]) -> Path:
         """Replace the rejects a stage recorded for one partition (an empty file when none, so a
         rerun that rejects nothing clears the previous run's rejects)."""
@@ -119,13 +214,16 @@ class Storage(ConfigurableResource):
 
     def read_table(self, table: Table, partition: str) -> pl.DataFrame:
         """One partition of a table; raises FileNotFoundError naming the asset to materialize."""
+        return pl.read_parquet(self._existing(table, partition))
+
+    def _existing(self, table: Table, partition: str) -> Path:
         path = self.table_path(table, partition)
         if not path.exists():
             raise FileNotFoundError(
                 f"{path} does not exist: materialize {table.key.to_user_string()}[{partition}] "
                 "first"
             )
-        return pl.read_parquet(path)
+        return path
 
     def read_rejects(self, stage: str, partition: str) -> pl.DataFrame:
         """The rejects a stage recorded for one partition (none when it never ran)."""
@@ -164,13 +262,41 @@ def _delete_existing(paths: list[Path]) -> int:
 
 
 def _write_atomically(frame: pl.DataFrame, path: Path) -> Path:
+    with _temporary_beside(path) as temporary:
+        frame.write_parquet(temporary)
+    return path
+
+
+@contextmanager
+def _temporary_beside(path: Path) -> Iterator[Path]:
+    """A temporary file beside `path`, renamed over it when the block ends and removed when the
+    block raises (a rename within a folder is atomic: readers see the old file or the new). Its
+    name holds the writing process's id: the temporaries a killed process left for `path` are
+    removed here."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    # mkstemp's random part has no dot: "wiki.5"'s temporaries are not "wiki"'s.
+    left_by = re.compile(rf"^\.{re.escape(path.stem)}\.(\d+)\.[^.]+\.tmp$")
+    for left in path.parent.glob(f".{path.stem}.*.tmp"):
+        writer = left_by.match(left.name)
+        if writer and not _running(int(writer.group(1))):
+            left.unlink(missing_ok=True)
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{path.stem}.{os.getpid()}.", suffix=".tmp", dir=path.parent
+    )
     os.close(handle)
     try:
-        frame.write_parquet(temporary)
+        yield Path(temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return path
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

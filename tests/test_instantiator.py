@@ -4,6 +4,7 @@ collection of outputs into kept pairs and rejects."""
 
 import json
 import re
+from collections import Counter
 
 import pytest
 from sentence_transformers import SentenceTransformer
@@ -703,6 +704,42 @@ def test_a_template_makes_at_most_its_cap_of_pairs_in_a_shard(embed):
         ("d1:known", "template_overused"),
         ("d2:known", "template_overused"),
     ]
+
+
+def test_batches_of_documents_share_the_cap_and_never_make_a_pair_twice(embed):
+    """A shard instantiated a document at a time, passing every batch the same `uses` and
+    `seen`: the cap holds across the shard (d2's template is used up by d0 and d1, so its vector
+    goes to its alternate untried), and the pairs are the ones one call over the whole shard
+    makes when the batches consume the cap in the same order."""
+    template = "What is <fi>a place</fi> known for?"
+    requests = [ranked(f"c{i}", 0, 0, template, "known", f"d{i}") for i in range(3)]
+    requests += [ranked("c2", 1, 1, "Where in <fi>a city</fi> is the tower?", "built", "d2")]
+    documents = {f"d{i}": CHUNK for i in range(3)}
+
+    def instantiate(batch):
+        return [rules_instantiate(r["template"], r["chunk"], embed) for r in batch]
+
+    def run(batches):
+        uses, seen, kept, rejects = Counter(), set(), [], []
+        for batch in batches:
+            made, dropped, _, _ = instantiate_by_rank(
+                batch, instantiate, documents, 0.8, "rules", "minilm", 2, uses, seen
+            )
+            kept, rejects = kept + made, rejects + dropped
+        return [(p["chunk_id"], p["template_id"]) for p in kept], rejects, uses
+
+    by_document = [[r for r in requests if r["doc_id"] == f"d{i}"] for i in range(3)]
+    kept, rejects, uses = run(by_document)
+    assert kept == [("c0", "known"), ("c1", "known"), ("c2", "built")]
+    assert rejects == []
+    assert uses == {"known": 2, "built": 1}
+    # Without the shared counts every batch would start afresh and d2 would use "known" again.
+    alone = [
+        instantiate_by_rank(b, instantiate, documents, 0.8, "rules", "minilm", 2)[0]
+        for b in by_document
+    ]
+    assert sum(p["template_id"] == "known" for made in alone for p in made) == 3
+    assert run([requests])[0] == kept
 
 
 def test_collect_refuses_mismatched_lengths():

@@ -9,7 +9,7 @@ import pytest
 
 from fi_resources.engines import Generation
 from fi_resources.model_calls import CallSpec
-from fi_resources.storage import Storage, StorageLayoutError
+from fi_resources.storage import Storage, StorageLayoutError, frame_version
 from fi_resources.table_views import connect_views, has_model_calls
 from fi_resources.tables import RAW_QUERIES, TableSchemaError
 
@@ -125,3 +125,80 @@ def test_the_call_cache_is_a_table_only_for_queries_that_name_it(tmp_path):
     assert has_model_calls(tmp_path)
     with_calls = connect_views(tmp_path)
     assert with_calls.execute("select count(*) from model_calls").fetchone() == (1,)
+
+
+def test_a_partition_written_in_batches_reads_back_as_one_frame_with_its_version(tmp_path):
+    storage = Storage(home=str(tmp_path))
+    whole = _queries("one", "two", "three")
+    with storage.table_writer(RAW_QUERIES, "s1") as written:
+        for start in range(whole.height):
+            written.write(whole.slice(start, 1))
+        # Nothing appears before the block ends: readers see the partition whole or not at all.
+        assert not storage.table_path(RAW_QUERIES, "s1").exists()
+    back = storage.read_table(RAW_QUERIES, "s1")
+    assert back.equals(whole) and written.rows == 3
+    assert RAW_QUERIES.check(back) is back
+    # The version follows the batches; one batch gives the whole frame's.
+    assert written.version == frame_version(*(whole.slice(i, 1) for i in range(3)))
+    with storage.table_writer(RAW_QUERIES, "s2") as single:
+        single.write(whole)
+    assert single.version == frame_version(whole) != written.version
+    # A writer given nothing writes an empty partition (a rerun that keeps nothing clears it).
+    with storage.table_writer(RAW_QUERIES, "s1") as empty:
+        pass
+    assert storage.read_table(RAW_QUERIES, "s1").equals(RAW_QUERIES.frame([]))
+    assert empty.rows == 0
+
+
+def test_a_crash_between_batches_keeps_the_previous_partition_and_its_rejects(tmp_path):
+    storage = Storage(home=str(tmp_path))
+    path = storage.write_table(RAW_QUERIES, "s1", _queries("old"))
+    storage.write_rejects("raw_queries", "s1", [{"reason": "too_short", "line": 1}])
+    with (
+        pytest.raises(RuntimeError, match="killed"),
+        storage.table_writer(RAW_QUERIES, "s1") as written,
+        storage.rejects_writer("raw_queries", "s1") as rejected,
+    ):
+        written.write(_queries("new"))
+        rejected.add([{"reason": "too_long", "line": 2}])
+        raise RuntimeError("killed")
+    assert pl.read_parquet(path)["query"].to_list() == ["old"]
+    assert storage.read_rejects("raw_queries", "s1")["reason"].to_list() == ["too_short"]
+    leftovers = [p.name for p in path.parent.iterdir()]
+    leftovers += [p.name for p in storage.rejects_path("raw_queries", "s1").parent.iterdir()]
+    assert sorted(leftovers) == ["s1.parquet", "s1.parquet"]
+
+
+def test_rejects_written_in_batches_are_stamped_and_counted(tmp_path):
+    storage = Storage(home=str(tmp_path))
+    with storage.rejects_writer("documents", "d1") as rejected:
+        rejected.add([{"reason": "too_short", "line": 1}, {"reason": "duplicate", "line": 2}])
+        rejected.add([])
+        rejected.add([{"reason": "too_short", "line": 7}])
+    back = storage.read_rejects("documents", "d1")
+    assert back.select("stage", "shard", "line").rows() == [
+        ("documents", "d1", 1),
+        ("documents", "d1", 2),
+        ("documents", "d1", 7),
+    ]
+    assert rejected.reasons == {"too_short": 2, "duplicate": 1} and rejected.rows == 3
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_write_and_a_live_ones_kept(tmp_path):
+    storage = Storage(home=str(tmp_path))
+    path = storage.table_path(RAW_QUERIES, "wiki")
+    path.parent.mkdir(parents=True)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    ).stdout.strip()
+    dead = path.parent / f".wiki.{gone}.abc123.tmp"
+    live = path.parent / f".wiki.{os.getpid()}.def456.tmp"
+    other = path.parent / f".wiki.5.{gone}.ghi789.tmp"  # partition "wiki.5"'s, not wiki's
+    for left in (dead, live, other):
+        left.write_bytes(b"PAR1 half a file")
+    storage.write_table(RAW_QUERIES, "wiki", _queries("one"))
+    assert not dead.exists() and live.exists() and other.exists()
+    assert storage.read_table(RAW_QUERIES, "wiki")["query"].to_list() == ["one"]

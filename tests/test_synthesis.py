@@ -106,9 +106,11 @@ def test_pairs_are_judged_traced_and_never_paid_twice(matched, monkeypatch):
     assert int(counts["judge"]) == pairs.height
 
     # Forcing matching and the two synthesis assets to run again makes zero model calls; matched
-    # a chunk at a time and judged a document at a time, the shard gets the pairs it got from
-    # one search and one judging of all its rows.
+    # a chunk at a time, instantiated and judged a document at a time, the shard gets the pairs
+    # it got from one search, instantiation and judging of all its rows (no template of these
+    # three documents reaches its cap of uses, which the batches would share in their order).
     monkeypatch.setattr(matching, "MATCH_BATCH_CHUNKS", 1)
+    monkeypatch.setattr(synthesis, "INSTANTIATE_BATCH_REQUESTS", 1)
     monkeypatch.setattr(synthesis, "JUDGE_BATCH_PAIRS", 1)
     defs = build_definitions(get_settings())
     rerun = dg.materialize(

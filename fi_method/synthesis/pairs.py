@@ -108,20 +108,25 @@ def instantiate_by_rank(
     engine: str,
     model: str,
     max_template_uses: int = MAX_TEMPLATE_USES,
+    uses: Counter[str] | None = None,
+    seen: set[str] | None = None,
 ) -> tuple[list[dict], list[dict], int, int]:
     """Instantiate matched pairs rank by rank: every passage vector (`chunk_id`, `vector_index`)
     tries its template of rank 0, then, while it has no pair, its alternates in rank order, so a
     passage gets at most one pair per vector. A template makes at most `max_template_uses` pairs
     of the shard: a vector whose template is used up tries its next one, and a pair past the cap
     is rejected as TEMPLATE_OVERUSED (in the order of `requests`). `instantiate` maps a batch of
-    requests to outputs (one call per round). Returns the kept pairs, the rejects, how many
-    outputs were instantiated and how many requests were tried."""
+    requests to outputs (one call per round). A shard instantiated a batch of documents at a
+    time passes every batch the same `uses` (pairs made per template) and `seen` (pair ids made),
+    which grow: the cap and duplicates hold across the shard, earlier batches first. Returns the
+    kept pairs, the rejects, how many outputs were instantiated and how many requests were
+    tried."""
     kept: list[dict] = []
     rejects: list[dict] = []
     instantiated = tried = 0
-    seen: set[str] = set()
+    seen = set() if seen is None else seen
     filled: set[tuple[str, int]] = set()
-    uses: Counter[str] = Counter()
+    uses = Counter() if uses is None else uses
     for rank in sorted({request["rank"] for request in requests}):
         batch = [
             request
@@ -231,6 +236,10 @@ def one_pair_per_question(
 # Pairs judged per batch: a batch's rows carry their documents' text, so memory follows the batch,
 # not the shard; a document's pairs stay in one batch (one_pair_per_question compares them).
 JUDGE_BATCH_PAIRS = 2_000
+# Matched pairs (alternates included) instantiated per batch of documents: each is a request
+# holding its passage, and a document's requests stay in one batch (its vectors try their
+# alternates rank by rank). Large enough that a model engine's rounds stay full.
+INSTANTIATE_BATCH_REQUESTS = 10_000
 
 
 def document_batches(doc_ids: Sequence[str], most: int = JUDGE_BATCH_PAIRS) -> list[slice]:
