@@ -1,12 +1,18 @@
 """documents[d]: the cleaned documents every pair is grounded in."""
 
+from collections import Counter
+
 import dagster as dg
+import polars as pl
 
 from fi_assets.partitions import doc_shards
-from fi_assets.reporting import write_stage
+from fi_assets.reporting import preview_metadata, report_stage
 from fi_method.retrieval.documents import DOCUMENTS_VERSION, clean_documents
 from fi_resources.storage import Storage
 from fi_resources.tables import DOCUMENTS, INGESTED_DOCUMENTS, keys
+
+# Ingested rows cleaned and written per batch: memory follows the batch, not the partition.
+CLEAN_BATCH_ROWS = 10_000
 
 
 @dg.asset(
@@ -19,20 +25,35 @@ from fi_resources.tables import DOCUMENTS, INGESTED_DOCUMENTS, keys
     "hash, language (langid) and length recorded; too-short and duplicate documents are in `rejects`.",
 )
 def documents(context: dg.AssetExecutionContext, storage: Storage) -> dg.MaterializeResult:
-    ingested = storage.read_table(INGESTED_DOCUMENTS, context.partition_key)
-    kept, rejects = clean_documents(ingested.to_dicts())
-    frame = DOCUMENTS.frame(kept)
-    languages = frame.group_by("language").len().sort("len", descending=True)
-    return write_stage(
-        storage,
-        DOCUMENTS,
-        context.partition_key,
-        frame,
-        rejects,
-        ["doc_id", "language", "n_words", "text"],
+    shard = context.partition_key
+    ingested = storage.scan_table(INGESTED_DOCUMENTS, shard)
+    n_ingested = ingested.select(pl.len()).collect().item()
+    languages, words, seen, preview = Counter(), 0, set(), None
+    with (
+        storage.table_writer(DOCUMENTS, shard) as written,
+        storage.rejects_writer(DOCUMENTS.name, shard) as rejected,
+    ):
+        for start in range(0, n_ingested, CLEAN_BATCH_ROWS):
+            rows = ingested.slice(start, CLEAN_BATCH_ROWS).collect().to_dicts()
+            kept, rejects = clean_documents(rows, seen=seen)
+            frame = DOCUMENTS.frame(kept)
+            written.write(frame)
+            rejected.add(rejects)
+            languages.update(frame["language"].to_list())
+            words += int(frame["n_words"].sum() or 0)
+            preview = frame if preview is None or preview.is_empty() else preview
+    return report_stage(
+        written,
+        rejected,
+        shard,
+        preview_metadata(
+            DOCUMENTS.frame([]) if preview is None else preview,
+            ["doc_id", "language", "n_words", "text"],
+        ),
         {
-            "ingested": ingested.height,
-            "languages": dict(languages.iter_rows()),
-            "words_total": int(frame["n_words"].sum() or 0),
+            "ingested": n_ingested,
+            # Most documents first (ties in the order first met).
+            "languages": dict(languages.most_common()),
+            "words_total": words,
         },
     )

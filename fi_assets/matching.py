@@ -11,7 +11,14 @@ import polars as pl
 from fi_assets.checks import DOCUMENTS_MATCHED, check_result
 from fi_assets.partitions import doc_shards, query_shards
 from fi_assets.placement import on_gpu
-from fi_assets.reporting import distribution_chart, each_partition, markdown_preview, write_stage
+from fi_assets.reporting import (
+    distribution_chart,
+    each_partition,
+    markdown_preview,
+    preview_metadata,
+    report_stage,
+    write_stage,
+)
 from fi_assets.versions import upstream_partitions_tags
 from fi_method.retrieval.chunking import CHUNKING_VERSION, chunk_document
 from fi_method.retrieval.matching import (
@@ -42,6 +49,9 @@ from fi_resources.template_index import TemplateIndex, table_name_for
 # complexity has a choice, few enough that retrieval stays one cheap batched call.
 # About half a minute of MiniLM on two CPU cores per progress line; a GPU's batches stay large.
 CHUNKS_PER_PROGRESS_LINE = 512
+# Documents chunked, embedded and written per batch: a chunk's K+1 vectors weigh ~9 KB with
+# MiniLM, so a partition's would not fit; a batch's do.
+CHUNK_BATCH_DOCUMENTS = 1_000
 # Chunks whose vectors are searched at once (K+1 vectors each).
 MATCH_BATCH_CHUNKS = 1_024
 
@@ -72,12 +82,59 @@ def document_chunks(
     return each_partition(context, lambda shard: _chunk_shard(context, shard, storage, embedder))
 
 
+def _chunk_shard(
+    context: dg.AssetExecutionContext, shard: str, storage: Storage, embedder: Embedder
+) -> dg.MaterializeResult:
+    docs = storage.scan_table(DOCUMENTS, shard).select("doc_id", "text")
+    n_documents = docs.select(pl.len()).collect().item()
+    # The vectors' shape is the embedder's: they join the declared columns as an Array.
+    columns = {name: kind for name, kind in DOCUMENT_CHUNKS.schema.items() if name != "vectors"}
+    started, preview = time.perf_counter(), None
+    with (
+        storage.table_writer(DOCUMENT_CHUNKS, shard) as written,
+        storage.rejects_writer(DOCUMENT_CHUNKS.name, shard) as rejected,
+    ):
+        for start in range(0, n_documents, CHUNK_BATCH_DOCUMENTS):
+            chunks = [
+                {"doc_id": doc_id, **vars(chunk)}
+                for doc_id, text in docs.slice(start, CHUNK_BATCH_DOCUMENTS).collect().iter_rows()
+                for chunk in chunk_document(
+                    doc_id, text, embedder.count_tokens, embedder.chunk_tokens
+                )
+            ]
+            vectors = _embed_with_progress(context, embedder, [c["text"] for c in chunks])
+            frame = pl.DataFrame(chunks, schema=columns).with_columns(
+                pl.Series("vectors", vectors, dtype=pl.Array(pl.Float32, vectors.shape[1:]))
+            )
+            written.write(frame)
+            preview = frame if preview is None or preview.is_empty() else preview
+            done = min(start + CHUNK_BATCH_DOCUMENTS, n_documents)
+            elapsed = time.perf_counter() - started
+            context.log.info(
+                f"chunked and embedded {done}/{n_documents} documents ({written.rows} chunks, "
+                f"~{(n_documents - done) * elapsed / done:.0f}s left)"
+            )
+    return report_stage(
+        written,
+        rejected,
+        shard,
+        preview_metadata(
+            preview if preview is not None else pl.DataFrame(schema=columns),
+            ["chunk_id", "doc_id", "position", "n_tokens", "text"],
+        ),
+        {
+            "documents": n_documents,
+            "chunks_per_document": round(written.rows / max(n_documents, 1), 2),
+            "embedder": embedder.model,
+        },
+    )
+
+
 def _embed_with_progress(
-    context: dg.AssetExecutionContext, embedder: Embedder, texts: list[str], n_documents: int
+    context: dg.AssetExecutionContext, embedder: Embedder, texts: list[str]
 ) -> np.ndarray:
     """Gaussian-pooled vectors of `texts`, a block at a time, logging how far it got: embedding
     a shard takes minutes on a CPU."""
-    context.log.info(f"embedding {len(texts)} chunks of {n_documents} documents")
     started = time.perf_counter()
     blocks = [embedder.embed_pooled(texts[:0])]
     for start in range(0, len(texts), CHUNKS_PER_PROGRESS_LINE):
@@ -85,40 +142,9 @@ def _embed_with_progress(
         done = min(start + CHUNKS_PER_PROGRESS_LINE, len(texts))
         elapsed = time.perf_counter() - started
         context.log.info(
-            f"embedded {done}/{len(texts)} chunks ({done / elapsed:.1f}/s, "
-            f"~{(len(texts) - done) * elapsed / done:.0f}s left)"
+            f"embedded {done}/{len(texts)} chunks of this batch ({done / elapsed:.1f}/s)"
         )
     return np.concatenate(blocks)
-
-
-def _chunk_shard(
-    context: dg.AssetExecutionContext, shard: str, storage: Storage, embedder: Embedder
-) -> dg.MaterializeResult:
-    docs = storage.read_table(DOCUMENTS, shard)
-    chunks = [
-        {"doc_id": doc_id, **vars(chunk)}
-        for doc_id, text in docs.select("doc_id", "text").iter_rows()
-        for chunk in chunk_document(doc_id, text, embedder.count_tokens, embedder.chunk_tokens)
-    ]
-    vectors = _embed_with_progress(context, embedder, [c["text"] for c in chunks], docs.height)
-    # The vectors' shape is the embedder's: they join the declared columns as an Array.
-    columns = {name: kind for name, kind in DOCUMENT_CHUNKS.schema.items() if name != "vectors"}
-    frame = pl.DataFrame(chunks, schema=columns).with_columns(
-        pl.Series("vectors", vectors, dtype=pl.Array(pl.Float32, vectors.shape[1:]))
-    )
-    return write_stage(
-        storage,
-        DOCUMENT_CHUNKS,
-        shard,
-        frame,
-        [],
-        ["chunk_id", "doc_id", "position", "n_tokens", "text"],
-        {
-            "documents": docs.height,
-            "chunks_per_document": round(frame.height / max(docs.height, 1), 2),
-            "embedder": embedder.model,
-        },
-    )
 
 
 def _histogram(values, bins: int = 10) -> str:

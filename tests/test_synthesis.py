@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from fi_assets import matching, synthesis
+from fi_assets import documents, matching, synthesis
 from fi_assets.cli import app
 from fi_assets.command import fi_command
 from fi_assets.definitions import build_definitions
@@ -127,6 +127,25 @@ def test_pairs_are_judged_traced_and_never_paid_twice(matched, monkeypatch):
     assert storage.read_table(tables.MATCHED_PAIRS, "wiki").equals(listed)
     assert storage.read_table(tables.INSTANTIATED_PAIRS, "wiki").equals(pairs)
     assert storage.read_table(tables.JUDGED_PAIRS, "wiki").equals(judged)
+
+    # Cleaned and chunked a document at a time, the shard gets the same documents and chunks;
+    # the vectors differ by float rounding alone (an embedding batch pads to its longest text).
+    chunked = storage.read_table(tables.DOCUMENT_CHUNKS, "wiki")
+    cleaned = storage.read_table(tables.DOCUMENTS, "wiki")
+    monkeypatch.setattr(documents, "CLEAN_BATCH_ROWS", 1)
+    monkeypatch.setattr(matching, "CHUNK_BATCH_DOCUMENTS", 1)
+    rerun = dg.materialize(
+        list(defs.assets),
+        selection=["documents", "document_chunks"],
+        partition_key="wiki",
+        instance=open_instance(matched),
+        resources=defs.resources,
+    )
+    assert rerun.success
+    assert storage.read_table(tables.DOCUMENTS, "wiki").equals(cleaned)
+    rechunked = storage.read_table(tables.DOCUMENT_CHUNKS, "wiki")
+    assert rechunked.drop("vectors").equals(chunked.drop("vectors"))
+    assert abs(rechunked["vectors"].to_numpy() - chunked["vectors"].to_numpy()).max() < 1e-5
 
     # Lineage of a kept pair, by a prefix of its id.
     pair_id = judged.sort("score", "pair_id", descending=[True, False])["pair_id"][0]

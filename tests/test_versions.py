@@ -227,7 +227,7 @@ READ_WITHOUT_DEPENDING = {
     ("instantiated_pairs", "instruction_templates"),
     ("judged_pairs", "instruction_templates"),
 }
-TABLE_READERS = {"read_table", "read_all", "table_path", "read_rejects"}
+TABLE_READERS = {"read_table", "scan_table", "read_all", "scan_all", "table_path", "read_rejects"}
 
 
 def tables_read_by_function() -> tuple[dict[str, set[str]], dict[str, set[str]]]:

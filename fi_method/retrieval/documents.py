@@ -26,14 +26,16 @@ def _language_identifier() -> LanguageIdentifier:
 
 
 def clean_documents(
-    rows: list[dict], min_chars: int = MIN_DOCUMENT_CHARS
+    rows: list[dict], min_chars: int = MIN_DOCUMENT_CHARS, seen: set[str] | None = None
 ) -> tuple[list[dict], list[dict]]:
     """Clean ingested document rows (`text`, `source`, `line`, `source_id`, `url`). Returns (kept
     rows with `doc_id`, `text`, `language`, `language_score`, `n_chars`, `n_words`; rejects for
-    documents too short after cleaning and for duplicates)."""
+    documents too short after cleaning and for duplicates). A partition cleaned a batch at a
+    time passes every batch the same `seen` (the doc_ids kept so far), which grows, so a
+    duplicate of an earlier batch's document is rejected too."""
     kept: list[dict] = []
     rejects: list[dict] = []
-    seen: set[str] = set()
+    seen = set() if seen is None else seen
     for row in rows:
         text = clean_text(row["text"])
         doc_id = content_hash(text)
