@@ -6,7 +6,7 @@ import dagster as dg
 import polars as pl
 
 from fi_assets.partitions import doc_shards
-from fi_assets.reporting import preview_metadata, report_stage
+from fi_assets.reporting import report_stage
 from fi_method.retrieval.documents import DOCUMENTS_VERSION, clean_documents
 from fi_resources.storage import Storage
 from fi_resources.tables import DOCUMENTS, INGESTED_DOCUMENTS, keys
@@ -28,7 +28,7 @@ def documents(context: dg.AssetExecutionContext, storage: Storage) -> dg.Materia
     shard = context.partition_key
     ingested = storage.scan_table(INGESTED_DOCUMENTS, shard)
     n_ingested = ingested.select(pl.len()).collect().item()
-    languages, words, seen, preview = Counter(), 0, set(), None
+    languages, words, seen = Counter(), 0, set()
     with (
         storage.table_writer(DOCUMENTS, shard) as written,
         storage.rejects_writer(DOCUMENTS.name, shard) as rejected,
@@ -41,15 +41,11 @@ def documents(context: dg.AssetExecutionContext, storage: Storage) -> dg.Materia
             rejected.add(rejects)
             languages.update(frame["language"].to_list())
             words += int(frame["n_words"].sum() or 0)
-            preview = frame if preview is None or preview.is_empty() else preview
     return report_stage(
         written,
         rejected,
         shard,
-        preview_metadata(
-            DOCUMENTS.frame([]) if preview is None else preview,
-            ["doc_id", "language", "n_words", "text"],
-        ),
+        ["doc_id", "language", "n_words", "text"],
         {
             "ingested": n_ingested,
             # Most documents first (ties in the order first met).

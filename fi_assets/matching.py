@@ -15,7 +15,6 @@ from fi_assets.reporting import (
     distribution_chart,
     each_partition,
     markdown_preview,
-    preview_metadata,
     report_stage,
     write_stage,
 )
@@ -89,7 +88,7 @@ def _chunk_shard(
     n_documents = docs.select(pl.len()).collect().item()
     # The vectors' shape is the embedder's: they join the declared columns as an Array.
     columns = {name: kind for name, kind in DOCUMENT_CHUNKS.schema.items() if name != "vectors"}
-    started, preview = time.perf_counter(), None
+    started = time.perf_counter()
     with (
         storage.table_writer(DOCUMENT_CHUNKS, shard) as written,
         storage.rejects_writer(DOCUMENT_CHUNKS.name, shard) as rejected,
@@ -107,7 +106,6 @@ def _chunk_shard(
                 pl.Series("vectors", vectors, dtype=pl.Array(pl.Float32, vectors.shape[1:]))
             )
             written.write(frame)
-            preview = frame if preview is None or preview.is_empty() else preview
             done = min(start + CHUNK_BATCH_DOCUMENTS, n_documents)
             elapsed = time.perf_counter() - started
             context.log.info(
@@ -118,10 +116,7 @@ def _chunk_shard(
         written,
         rejected,
         shard,
-        preview_metadata(
-            preview if preview is not None else pl.DataFrame(schema=columns),
-            ["chunk_id", "doc_id", "position", "n_tokens", "text"],
-        ),
+        ["chunk_id", "doc_id", "position", "n_tokens", "text"],
         {
             "documents": n_documents,
             "chunks_per_document": round(written.rows / max(n_documents, 1), 2),

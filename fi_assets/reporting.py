@@ -158,29 +158,22 @@ def write_stage(
         written.write(frame)
     with storage.rejects_writer(table.name, partition) as rejected:
         rejected.add(rejects)
-    return report_stage(
-        written,
-        rejected,
-        partition,
-        preview_metadata(frame, preview_columns),
-        metadata,
-        tags,
-        checks,
-    )
+    return report_stage(written, rejected, partition, preview_columns, metadata, tags, checks)
 
 
 def report_stage(
     written: TableWriter,
     rejected: RejectsWriter,
     partition: str,
-    preview: dict[str, dg.MetadataValue],
+    preview_columns: list[str],
     metadata: dict | None = None,
     tags: dict[str, str] | None = None,
     checks: list[dg.AssetCheckResult] | None = None,
 ) -> dg.MaterializeResult:
     """Report one written partition of a table asset and its rejects (Storage.table_writer and
-    rejects_writer, closed), with a preview of its rows (preview_metadata) and the results of the
-    asset's checks on that partition. The metadata starts with the partition its figures cover:
+    rejects_writer, closed), with a preview of its first rows' `preview_columns`
+    (preview_metadata; a `preview` in `metadata` replaces it) and the results of the asset's checks
+    on that partition. The metadata starts with the partition its figures cover:
     an asset's page in the UI shows one partition's latest materialization."""
     return dg.MaterializeResult(
         metadata={
@@ -190,7 +183,11 @@ def report_stage(
             "rejected": rejected.rows,
             "rejected_by_reason": dict(rejected.reasons),
             "path": dg.MetadataValue.path(str(written.path)),
-            **preview,
+            **(
+                {}
+                if "preview" in (metadata or {})
+                else preview_metadata(written.first_rows, preview_columns)
+            ),
             **(metadata or {}),
         },
         data_version=dg.DataVersion(written.version),

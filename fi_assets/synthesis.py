@@ -158,7 +158,6 @@ def _instantiate_shard(
     uses, seen = Counter(), set()
     tried = instantiated = nulls = 0
     ratios: list[float] = []
-    preview = None
     with (
         storage.table_writer(INSTANTIATED_PAIRS, shard) as written,
         storage.rejects_writer(INSTANTIATED_PAIRS.name, shard) as rejected,
@@ -194,16 +193,12 @@ def _instantiate_shard(
             tried, instantiated = tried + batch_tried, instantiated + made
             nulls += sum(r["reason"] == RejectReason.TEMPLATE_DOES_NOT_FIT for r in rejects)
             ratios += frame["excerpt_ratio"].to_list()
-            preview = frame if preview is None or preview.is_empty() else preview
     calls = CallResult.combined(rounds)
     return report_stage(
         written,
         rejected,
         shard,
-        preview_metadata(
-            INSTANTIATED_PAIRS.frame([]) if preview is None else preview,
-            ["instruction", "answer", "excerpt_ratio"],
-        ),
+        ["instruction", "answer", "excerpt_ratio"],
         {
             "engine": instantiator.engine,
             "model": instantiator.model_name,
@@ -386,13 +381,14 @@ def _judge_shard(
         written,
         rejected,
         shard,
-        preview_metadata(
-            _best_first(pl.concat(best))
-            if best
-            else pl.DataFrame(schema=dict.fromkeys(shown, pl.String)),
-            shown,
-        ),
+        shown,
         {
+            **preview_metadata(
+                _best_first(pl.concat(best))
+                if best
+                else pl.DataFrame(schema=dict.fromkeys(shown, pl.String)),
+                shown,
+            ),
             "engine": judge.engine,
             "model": judge.model_name,
             "min_score": judge.min_score,

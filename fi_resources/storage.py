@@ -70,6 +70,10 @@ def _update(digest, frame: pl.DataFrame) -> None:
     digest.update(buffer.getvalue())
 
 
+# Rows a TableWriter keeps of what it wrote first: enough for a preview of the partition.
+FIRST_ROWS_KEPT = 20
+
+
 class TableWriter:
     """One partition of a table, written a batch at a time, so that memory follows the batch and
     not the partition (Storage.table_writer)."""
@@ -79,6 +83,7 @@ class TableWriter:
         self.path = path  # where the partition appears when the writer's block ends
         self._temporary = temporary
         self.rows = 0
+        self._first_rows: pl.DataFrame | None = None
         self._digest = hashlib.sha256()
         self._parquet: pq.ParquetWriter | None = None
 
@@ -88,8 +93,17 @@ class TableWriter:
         if self._parquet is None:
             self._parquet = pq.ParquetWriter(self._temporary, arrow.schema, compression="zstd")
         self._parquet.write_table(arrow)
+        if self._first_rows is None:
+            self._first_rows = frame.head(FIRST_ROWS_KEPT)
+        elif self._first_rows.height < FIRST_ROWS_KEPT:
+            self._first_rows = pl.concat([self._first_rows, frame]).head(FIRST_ROWS_KEPT)
         self.rows += frame.height
         _update(self._digest, frame)
+
+    @property
+    def first_rows(self) -> pl.DataFrame:
+        """The partition's first FIRST_ROWS_KEPT rows, for its preview."""
+        return self.table.frame([]) if self._first_rows is None else self._first_rows
 
     @property
     def version(self) -> str:
