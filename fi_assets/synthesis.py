@@ -245,13 +245,7 @@ def _requests(
     """The instantiator's requests for a batch of matched pairs (whole documents), in their
     order, each with its template (None when removed), passage, source, anchor and document, and
     the batch's documents' text by doc_id."""
-    doc_ids = matched["doc_id"].unique().to_list()
-    docs = (
-        storage.scan_table(DOCUMENTS, shard)
-        .select("doc_id", "source", "text")
-        .filter(pl.col("doc_id").is_in(doc_ids))
-        .collect()
-    )
+    docs = _documents_of(storage, shard, matched["doc_id"])
     chunks = (
         storage.scan_table(DOCUMENT_CHUNKS, shard)
         .select("chunk_id", "text")
@@ -328,16 +322,16 @@ def _judge_shard(
         for batch in document_batches(listed["doc_id"].to_list(), JUDGE_BATCH_PAIRS):
             ids = listed[batch]
             text = pairs.filter(pl.col("pair_id").is_in(ids["pair_id"].to_list())).collect()
-            docs = (
-                storage.scan_table(DOCUMENTS, shard)
-                .select("doc_id", "source", "text")
-                .filter(pl.col("doc_id").is_in(ids["doc_id"].unique().to_list()))
-                .collect()
-            )
+            docs = _documents_of(storage, shard, ids["doc_id"])
             rows = (
                 ids.select("pair_id")
                 .join(text, on="pair_id", how="left", maintain_order="left")
-                .join(docs.rename({"text": "document"}), on="doc_id", how="left")
+                .join(
+                    docs.rename({"text": "document"}),
+                    on="doc_id",
+                    how="left",
+                    maintain_order="left",
+                )
                 .join(templates, on="template_id", how="left", maintain_order="left")
                 .to_dicts()
             )
@@ -439,6 +433,16 @@ def _documents(storage: Storage, shard: str) -> int:
     return storage.scan_table(DOCUMENTS, shard).select(pl.len()).collect().item()
 
 
+def _documents_of(storage: Storage, shard: str, doc_ids: pl.Series) -> pl.DataFrame:
+    """doc_id, source and text of the shard's documents that `doc_ids` names, read alone."""
+    return (
+        storage.scan_table(DOCUMENTS, shard)
+        .select("doc_id", "source", "text")
+        .filter(pl.col("doc_id").is_in(doc_ids.unique().to_list()))
+        .collect()
+    )
+
+
 def _funnel_counts(
     storage: Storage, shard: str, grounded: int, judge_reasons: Iterable[str]
 ) -> dict[str, int]:
@@ -446,7 +450,8 @@ def _funnel_counts(
     a template, its `grounded` pairs, and the reasons of instantiated_pairs' rejects and of the
     judge's."""
     matched = storage.scan_table(MATCHED_PAIRS, shard).filter(pl.col("rank") == 0).select(pl.len())
-    reasons = storage.read_rejects(INSTANTIATED_PAIRS.name, shard)["reason"].to_list()
+    # The reasons alone: a shard's rejects with their details run to hundreds of MB.
+    reasons = storage.read_rejects(INSTANTIATED_PAIRS.name, shard, ["reason"])["reason"].to_list()
     return funnel_counts(matched.collect().item(), grounded, reasons + list(judge_reasons))
 
 

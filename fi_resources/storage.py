@@ -239,10 +239,15 @@ class Storage(ConfigurableResource):
             )
         return path
 
-    def read_rejects(self, stage: str, partition: str) -> pl.DataFrame:
-        """The rejects a stage recorded for one partition (none when it never ran)."""
+    def read_rejects(
+        self, stage: str, partition: str, columns: list[str] | None = None
+    ) -> pl.DataFrame:
+        """The rejects a stage recorded for one partition (none when it never ran), all their
+        columns or those named."""
         path = self.rejects_path(stage, partition)
-        return pl.read_parquet(path) if path.exists() else rejects_frame([])
+        if path.exists():
+            return pl.read_parquet(path, columns=columns)
+        return rejects_frame([]).select(columns or REJECTS.columns)
 
     def partition_files(self, table: Table) -> list[Path]:
         """The file of every partition of a table written so far, by name."""
