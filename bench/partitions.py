@@ -34,7 +34,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+
+import dagster as dg
+import polars as pl
 
 from bench.common import load_source, parser, report, source_at, table
 
@@ -111,59 +115,69 @@ def per_shard_assets() -> list[str]:
     )
 
 
-def _copy_shard(instance, storage, source: str, target: str, assets: list[str]) -> int:
-    """Give `target` the outputs of `source` in `assets`: its table and rejects files (shard
-    columns renamed) and its latest materialization events, tagged as copies. Returns the
-    events reported."""
-    import dagster as dg
-    import polars as pl
+@dataclass
+class ShardOutputs:
+    """A real shard's outputs, read once and copied to every shard that copies it: its table and
+    rejects files (by file, the frame and the name after the shard) and its latest
+    materialization events (by asset, per partition)."""
 
-    from fi_assets.partitions import storage_partition
+    files: list[tuple[Path, str, pl.DataFrame]]
+    events: list[tuple[str, str, dg.AssetMaterialization]]
 
+
+def shard_outputs(instance, storage, source: str, assets: list[str]) -> ShardOutputs:
+    """The outputs of `source` in `assets`. Read before any copy is reported: the latest events
+    are looked up among the asset's newest records, which copies would crowd out."""
     tables = storage.tables_dir
+    files = []
     for folder in [tables, tables / "rejects"]:
         for asset_dir in folder.iterdir():
             if asset_dir.name in ("rejects", "ingested_documents", "ingest_documents"):
                 continue
             for path in asset_dir.glob(f"{source}.*parquet"):
-                frame = pl.read_parquet(path)
-                for column in ("shard", "doc_shard"):
-                    if column in frame.columns:
-                        frame = frame.with_columns(
-                            pl.col(column).str.replace(f"^{source}$", target)
-                        )
-                suffix = path.name[len(source) :]
-                frame.write_parquet(asset_dir / f"{target}{suffix}")
-    reported = 0
+                files.append((asset_dir, path.name[len(source) :], pl.read_parquet(path)))
+    events = []
     for name in assets:
-        key = dg.AssetKey(name)
         records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=key), limit=1000
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(name)), limit=1000
         ).records
         latest: dict[str, dg.AssetMaterialization] = {}
         for record in records:  # newest first
             event = record.asset_materialization
             if event.partition and event.partition.split("|")[0] == source:
                 latest.setdefault(event.partition, event)
-        for partition, event in latest.items():
-            new_partition = target + partition[len(source) :]
-            metadata = dict(event.metadata)
-            metadata.pop("partition", None)
-            if "path" in metadata:
-                metadata["path"] = dg.MetadataValue.path(
-                    str(tables / name / f"{storage_partition(new_partition)}.parquet")
-                )
-            tags = {k: v for k, v in (event.tags or {}).items() if not k.startswith(SOURCE_TAGS)}
-            instance.report_runless_asset_event(
-                dg.AssetMaterialization(
-                    asset_key=key,
-                    partition=new_partition,
-                    metadata={"partition": new_partition, **metadata},
-                    tags={**tags, COPY_TAG: source},
-                )
+        events += [(name, partition, event) for partition, event in latest.items()]
+    return ShardOutputs(files, events)
+
+
+def _copy_shard(instance, storage, outputs: ShardOutputs, source: str, target: str) -> int:
+    """Give `target` the outputs of `source`: its files (shard columns renamed) and its latest
+    materialization events, tagged as copies. Returns the events reported."""
+    from fi_assets.partitions import storage_partition
+
+    for asset_dir, suffix, frame in outputs.files:
+        for column in ("shard", "doc_shard"):
+            if column in frame.columns:
+                frame = frame.with_columns(pl.col(column).str.replace(f"^{source}$", target))
+        frame.write_parquet(asset_dir / f"{target}{suffix}")
+    for name, partition, event in outputs.events:
+        new_partition = target + partition[len(source) :]
+        metadata = dict(event.metadata)
+        metadata.pop("partition", None)
+        if "path" in metadata:
+            metadata["path"] = dg.MetadataValue.path(
+                str(storage.tables_dir / name / f"{storage_partition(new_partition)}.parquet")
             )
-            reported += 1
-    return reported
+        tags = {k: v for k, v in (event.tags or {}).items() if not k.startswith(SOURCE_TAGS)}
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                asset_key=dg.AssetKey(name),
+                partition=new_partition,
+                metadata={"partition": new_partition, **metadata},
+                tags={**tags, COPY_TAG: source},
+            )
+        )
+    return len(outputs.events)
 
 
 def build(home: Path, partitions: int, real: int, notes: list[str]) -> None:
@@ -205,10 +219,19 @@ def build(home: Path, partitions: int, real: int, notes: list[str]) -> None:
     storage = Storage.from_settings(settings)
     assets = per_shard_assets()
     copy_started = time.perf_counter()
-    events = sum(
-        _copy_shard(instance, storage, shard_name(index % real), shard_name(index), assets)
-        for index in range(real, partitions)
-    )
+    sources = {
+        shard_name(index): shard_outputs(instance, storage, shard_name(index), assets)
+        for index in range(real)
+    }
+    events = 0
+    for index in range(real, partitions):
+        source = shard_name(index % real)
+        events += _copy_shard(instance, storage, sources[source], source, shard_name(index))
+        if (index + 1) % 100 == 0:
+            print(
+                f"copied {index + 1 - real} shards ({time.perf_counter() - copy_started:.0f}s)",
+                file=sys.stderr,
+            )
     copy_s = time.perf_counter() - copy_started
     if partitions > real:
         notes.append(
@@ -380,8 +403,6 @@ def main() -> None:
         build(home, args.partitions, args.real, notes)
     else:
         notes.append(f"- data root {home} as it was (built by an earlier run of this script)")
-
-    import dagster as dg
 
     from fi_assets.definitions import build_definitions
     from fi_resources.instance import open_instance
