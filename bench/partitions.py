@@ -101,18 +101,20 @@ def _article_file(directory: Path, index: int, article: dict, extra: str = "") -
 
 def per_shard_assets() -> list[str]:
     """What a copied shard gets from its real one: the materializable assets partitioned by
-    document shard (packed_corpus by shard and recipe)."""
+    document shard (packed_corpus by shard and recipe), upstream first. Copies are reported in
+    this order, as runs write them: a copy reported before its upstream's would read as built
+    from an older upstream, so stale."""
     from fi_assets.definitions import build_definitions
     from fi_assets.partitions import doc_shard_recipes, doc_shards
     from fi_resources.settings import get_settings
 
     graph = build_definitions(get_settings()).resolve_asset_graph()
-    return sorted(
+    return [
         key.to_user_string()
-        for key in graph.get_all_asset_keys()
+        for key in graph.toposorted_asset_keys
         if graph.get(key).is_materializable
         and graph.get(key).partitions_def in (doc_shards, doc_shard_recipes)
-    )
+    ]
 
 
 @dataclass
