@@ -63,6 +63,13 @@ def test_a_window_is_about_a_value_it_makes_an_argument_of_a_clause(window, valu
             True,
         ),
         ("Alberta is named after Princess Louise Caroline Alberta (1848–1939).", "Alberta", False),
+        ("Aristotle, a Greek philosopher, taught Alexander the Great.", "Aristotle", True),
+        ("The band's singer, Freddie Mercury, wrote the song.", "Freddie Mercury", True),
+        # A role-play's vocative, a speaker's line and a thank-you name the cat; none says what
+        # it is (a pair "what was Grumpy Cat?" of ShareGPT's dialogue was kept at score 5).
+        ("Chai: Alright, Grumpy Cat, I have a question for you now.", "Grumpy Cat", False),
+        ("Grumpy Cat: (laughs) Well, as a cat, I think it is in my nature.", "Grumpy Cat", False),
+        ("Well, thanks for answering my question, Grumpy Cat.", "Grumpy Cat", False),
         ("The capital of Alabama is Montgomery.", "Alabama", False),
         ("English is known by many; its usage has grown due to tourism.", "English", False),
         (

@@ -113,13 +113,43 @@ def is_about(window: str, values: list[str], asked: frozenset[str]) -> bool:
     return False
 
 
+def _set_off_by_comma(token) -> bool:
+    before = token.left_edge.i - 1
+    return before >= 0 and token.doc[before].text == ","
+
+
+def _described_by_apposition(mention) -> bool:
+    """Whether an apposition says what a mention is: "X, a Y" (a common noun set off by a comma),
+    "the Y, X" (beside a noun that is not someone's, as in "thanks for my question, X") or a title
+    right before a name ("the president Bujar Nishani" says who the president is). A
+    vocative ("Alright, X, I have ...") or a speaker's line ("X: (laughs) Well ...") is parsed as
+    an apposition too, and says nothing of X."""
+    head = mention.head
+    if (
+        mention.dep_ == "appos"
+        and head.pos_ == "NOUN"
+        and _set_off_by_comma(mention)
+        and not any(child.dep_ == "poss" and child.pos_ == "PRON" for child in head.children)
+    ):
+        return True
+    return any(
+        child.dep_ == "appos"
+        and (
+            (child.pos_ == "NOUN" and _set_off_by_comma(child))
+            # A title before a name: "the current president Bujar Nishani".
+            or (mention.pos_ == "NOUN" and child.left_edge.i == mention.i + 1)
+        )
+        for child in mention.children
+    )
+
+
 def defines(window: str, thing: str) -> bool:
     """Whether the window says what `thing` is: "X is a Y" (a noun after the copula), "Y is X",
     "X, a Y", or a title before a name ("the current president Bujar Nishani"); not "X is named
     after ..." nor "X's capital is ..."."""
     doc = parse(window)
     for mention in _mentions(doc, thing):
-        if mention.dep_ == "appos" or any(child.dep_ == "appos" for child in mention.children):
+        if _described_by_apposition(mention):
             return True
         head = mention.head
         if mention.dep_ == "attr" and head.lemma_ == "be":
