@@ -64,6 +64,11 @@ def test_a_window_is_about_a_value_it_makes_an_argument_of_a_clause(window, valu
         ),
         ("Alberta is named after Princess Louise Caroline Alberta (1848–1939).", "Alberta", False),
         ("Aristotle, a Greek philosopher, taught Alexander the Great.", "Aristotle", True),
+        (
+            "The Computer Science Network (CSNET) was a computer network funded by the NSF.",
+            "CSNET",
+            True,
+        ),
         ("The band's singer, Freddie Mercury, wrote the song.", "Freddie Mercury", True),
         # A role-play's vocative, a speaker's line and a thank-you name the cat; none says what
         # it is (a pair "what was Grumpy Cat?" of ShareGPT's dialogue was kept at score 5).

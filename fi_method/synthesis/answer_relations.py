@@ -146,34 +146,41 @@ def _described_by_apposition(mention) -> bool:
 def defines(window: str, thing: str) -> bool:
     """Whether the window says what `thing` is: "X is a Y" (a noun after the copula), "Y is X",
     "X, a Y", or a title before a name ("the current president Bujar Nishani"); not "X is named
-    after ..." nor "X's capital is ..."."""
+    after ..." nor "X's capital is ...". A name given beside another ("The Computer Science
+    Network (CSNET) was a computer network") is defined where that one is."""
     doc = parse(window)
     for mention in _mentions(doc, thing):
-        if _described_by_apposition(mention):
+        if _described_by_apposition(mention) or _defined_as(mention):
             return True
-        head = mention.head
-        if mention.dep_ == "attr" and head.lemma_ == "be":
-            return True
-        if (
-            mention.dep_ in ("nsubj", "nsubjpass")
-            and head.lemma_ == "be"
-            and any(child.dep_ == "attr" for child in head.children)
-        ):
-            return True
-        if mention.dep_ == "compound" and head.pos_ == "PROPN" and mention.pos_ == "NOUN":
-            return True
-        # "X is called Y", "X is known as Y"; not "X is known by many" nor "X is named after Y".
-        if (
-            mention.dep_ == "nsubjpass"
-            and head.lemma_ in _NAMING
-            and not any(c.lower_ == "after" for c in head.children)
-            and any(
-                (c.dep_ in ("oprd", "attr") and c.pos_ == "PROPN") or c.lower_ == "as"
-                for c in head.children
-            )
-        ):
+        if mention.dep_ == "appos" and _defined_as(mention.head):
             return True
     return False
+
+
+def _defined_as(mention: Token) -> bool:
+    """Whether the clause a mention stands in says what it is: "X is a Y", "Y is X", "the N
+    Name", "X is called Y"."""
+    head = mention.head
+    if mention.dep_ == "attr" and head.lemma_ == "be":
+        return True
+    if (
+        mention.dep_ in ("nsubj", "nsubjpass")
+        and head.lemma_ == "be"
+        and any(child.dep_ == "attr" for child in head.children)
+    ):
+        return True
+    if mention.dep_ == "compound" and head.pos_ == "PROPN" and mention.pos_ == "NOUN":
+        return True
+    # "X is called Y", "X is known as Y"; not "X is known by many" nor "X is named after Y".
+    return (
+        mention.dep_ == "nsubjpass"
+        and head.lemma_ in _NAMING
+        and not any(c.lower_ == "after" for c in head.children)
+        and any(
+            (c.dep_ in ("oprd", "attr") and c.pos_ == "PROPN") or c.lower_ == "as"
+            for c in head.children
+        )
+    )
 
 
 def _doer(verb: Token) -> Token | None:
