@@ -5,9 +5,16 @@ is a pair the pipeline instantiated and the judge at rules-5 kept."""
 
 import pytest
 
-from fi_method.synthesis.answer_relations import defines, is_about, names_the_doer, places
+from fi_method.synthesis.answer_relations import (
+    asked_known_for,
+    defines,
+    is_about,
+    names_the_doer,
+    places,
+)
 from fi_method.synthesis.judge import MIN_JUDGE_SCORE
 from fi_method.synthesis.rules_judge import rules_judge
+from fi_method.templating.rules_genericizer import parse
 from fi_method.templating.templates import slot_values
 
 
@@ -40,6 +47,11 @@ from fi_method.templating.templates import slot_values
         ),
         # A heading says nothing of what it names.
         ("=== Einstein–Cartan theory ===", "Einstein–Cartan theory", False),
+        # Beside the subject, in apposition, a name plays the subject's role.
+        ("The capital, Tirana, is home to a third of the country.", "Tirana", True),
+        # Addressed by name, in a dialogue, a name is not what the line is about.
+        ("Chai: Alright, Grumpy Cat, I have a question for you now.", "Grumpy Cat", False),
+        ("Well, thanks for answering my question, Grumpy Cat.", "Grumpy Cat", False),
     ],
 )
 def test_a_window_is_about_a_value_it_makes_an_argument_of_a_clause(window, value, about):
@@ -309,6 +321,23 @@ def _passage(*sentences):
             _passage("The state's most populous city is Anchorage, home to 278,700 people."),
             "where it needs an article",
         ),
+        # News, read as documents: the organization is named, what it is known for never said
+        # (this pair was kept at score 5 under rules-9).
+        (
+            "what is <fi>a type of organization</fi> known for?",
+            "what is the International Labour Organization known for?",
+            _passage(
+                'The International Labour Organization considers agriculture "one of the most '
+                'hazardous of all economic sectors."'
+            ),
+            'it never says what "the International Labour Organization" is known for',
+        ),
+        (
+            "what is <fi>a city or country</fi> known for?",
+            "what is Benares known for?",
+            _passage("Benares is a city in northern India, on the banks of the Ganges."),
+            'it never says what "Benares" is known for',
+        ),
     ],
 )
 def test_the_judge_refuses_pipeline_pairs_that_name_the_things_without_answering(
@@ -346,8 +375,36 @@ def test_the_judge_refuses_pipeline_pairs_that_name_the_things_without_answering
                 "by Tunisia, to the east by Libya, to the west by Morocco."
             ),
         ),
+        (
+            "what is <fi>a city or country</fi> known for?",
+            "what is Benares known for?",
+            _passage(
+                "Benares is known for its ghats on the Ganges river, where devout Hindus come to "
+                "bathe and to cremate their dead."
+            ),
+        ),
+        (
+            "what is <fi>a city or country</fi> famous for?",
+            "what is Benares famous for?",
+            _passage("Benares is famous for its silk, woven in the city for centuries."),
+        ),
     ],
 )
 def test_the_judge_keeps_pipeline_pairs_whose_passage_answers(template, instruction, answer):
     judgement = rules_judge(instruction, answer, answer, template)
     assert judgement.score >= MIN_JUDGE_SCORE, judgement
+
+
+@pytest.mark.parametrize(
+    ("question", "thing"),
+    [
+        ("what is the Cancer Council known for?", "the Cancer Council"),
+        ("what is Michael Jackson best known for?", "Michael Jackson"),
+        ("what was Benares famous for?", "Benares"),
+        # It asks what Benares is called, or names what it asks for: not "known for" questions.
+        ("what is Benares known as?", None),
+        ("What tradition were the Saint-Evroul monks known for?", None),
+    ],
+)
+def test_what_a_known_for_question_asks_about(question, thing):
+    assert asked_known_for(parse(question)) == thing

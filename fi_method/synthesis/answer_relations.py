@@ -15,10 +15,10 @@ from spacy.tokens import Token
 from fi_method.templating.rules_genericizer import parse
 
 # The dependencies that make a mention what its clause is about or does something to: its
-# subject, what the subject is ("X is a Y", "the capital is X"), what the verb is done to, and an
-# apposition ("X, a city in Y"). A mention inside another noun's modifier ("the lives of
-# Albanians", "Albania's constitution") is a detail of that noun.
-_ARGUMENTS = frozenset({"nsubj", "nsubjpass", "attr", "dobj", "appos"})
+# subject, what the subject is ("X is a Y", "the capital is X") and what the verb is done to. A
+# mention inside another noun's modifier ("the lives of Albanians", "Albania's constitution") is
+# a detail of that noun.
+_ARGUMENTS = frozenset({"nsubj", "nsubjpass", "attr", "dobj"})
 # Links a mention climbs to reach the phrase that plays its role: a conjunct ("Muslims, Sikhs and
 # Hindus live"), a name or adjective inside a longer name ("the Austroasiatic languages").
 _CLIMB = frozenset({"conj", "compound", "amod"})
@@ -44,6 +44,11 @@ _RELATIVE = frozenset({"who", "which", "that", "whom"})
 _PERSONAL = frozenset({"he", "she", "they", "it", "we", "i"})
 # How far up a mention climbs to the phrase that plays its role.
 MAX_CLIMB = 4
+# "What is X known for?" asks what X is known for, and a passage answers it in any of these words
+# ("X is famous for ...", "X is best remembered for ...").
+KNOWN_FOR = frozenset(
+    {"know", "known", "famous", "noted", "note", "renowned", "remember", "celebrated", "notable"}
+)
 
 
 def _mentions(doc, value: str) -> list[Token]:
@@ -73,14 +78,27 @@ def _mentions(doc, value: str) -> list[Token]:
     return found
 
 
+def _is_apposition(token: Token) -> bool:
+    """Whether a token the parser hangs as an apposition stands beside a noun that plays its
+    role ("the capital, Tirana, is ..."). A vocative ("Alright, X, I have ...") or an address
+    after someone's noun ("thanks for my question, X") is parsed as one too, and is not."""
+    head = token.head
+    return (
+        token.dep_ == "appos"
+        and head.pos_ in ("NOUN", "PROPN")
+        and not any(child.dep_ == "poss" and child.pos_ == "PRON" for child in head.children)
+    )
+
+
 def _as_argument(token: Token, asked: frozenset[str]) -> Token | None:
     """The phrase through which a mention is an argument of its clause (_ARGUMENTS), or None:
-    it climbs conjuncts and names inside names, and "of" after one of the question's own nouns
-    ("the headquarters of X" for "where is the headquarters of X")."""
+    it climbs conjuncts, names inside names, appositions to the noun they stand beside, and "of"
+    after one of the question's own nouns ("the headquarters of X" for "where is the
+    headquarters of X")."""
     for _ in range(MAX_CLIMB):
         if token.dep_ in _ARGUMENTS:
             return token
-        if token.dep_ in _CLIMB and token.head.i != token.i:
+        if (token.dep_ in _CLIMB or _is_apposition(token)) and token.head.i != token.i:
             token = token.head
         elif (
             token.dep_ == "pobj"
@@ -102,8 +120,8 @@ def _clause(token: Token) -> Token:
 
 def is_about(window: str, values: list[str], asked: frozenset[str]) -> bool:
     """Whether the window is about one of `values`: it mentions one as the subject, the
-    predicate, the object or an apposition of a clause with a verb, not as a detail of another
-    noun nor in a heading. `asked`: the question's own words (lower-case, and their lemmas)."""
+    predicate or the object of a clause with a verb (or beside one, in apposition), not as a
+    detail of another noun, nor in a heading, nor addressed by name. `asked`: the question's own words (lower-case, and their lemmas)."""
     doc = parse(window)
     for value in values:
         for mention in _mentions(doc, value):
@@ -111,6 +129,41 @@ def is_about(window: str, values: list[str], asked: frozenset[str]) -> bool:
             if argument is not None and _clause(argument).pos_ in ("VERB", "AUX"):
                 return True
     return False
+
+
+def asked_known_for(question) -> str | None:
+    """X, for a parsed "what is X known for?" ("famous for", "remembered for", ...), or None.
+    Not for "what tradition were X known for?", which names what it asks for, and whose passage
+    may say it in other words ("a tradition of singing had developed and achieved fame")."""
+    if len(question) < 4 or question[0].lower_ != "what" or question[1].lemma_ != "be":
+        return None
+    for word in question:
+        if word.lemma_.lower() not in KNOWN_FOR and word.lower_ not in KNOWN_FOR:
+            continue
+        if not any(child.lower_ == "for" for child in word.children):
+            continue
+        subject = next((c for c in word.children if c.dep_ in ("nsubj", "nsubjpass")), None)
+        if subject is None and word.dep_ in ("acl", "amod"):
+            subject = word.head
+        if subject is None or subject.i == question[0].i:
+            return None
+        kept = [t for t in subject.subtree if t.i < word.i or t.i > word.right_edge.i]
+        return "".join(t.text_with_ws for t in kept).strip().rstrip("?").strip() or None
+    return None
+
+
+def says_known_for(window: str, thing: str) -> bool:
+    """Whether the window says what `thing` is known for: a sentence that mentions it and says
+    something is known, famous, noted or remembered for what follows ("Benares is known for its
+    ghats")."""
+    doc = parse(window)
+    sentences = {mention.sent.start for mention in _mentions(doc, thing)}
+    return any(
+        (token.lemma_.lower() in KNOWN_FOR or token.lower_ in KNOWN_FOR)
+        and token.sent.start in sentences
+        and any(child.lower_ == "for" for child in token.children)
+        for token in doc
+    )
 
 
 def _set_off_by_comma(token) -> bool:
@@ -124,13 +177,7 @@ def _described_by_apposition(mention) -> bool:
     right before a name ("the president Bujar Nishani" says who the president is). A
     vocative ("Alright, X, I have ...") or a speaker's line ("X: (laughs) Well ...") is parsed as
     an apposition too, and says nothing of X."""
-    head = mention.head
-    if (
-        mention.dep_ == "appos"
-        and head.pos_ == "NOUN"
-        and _set_off_by_comma(mention)
-        and not any(child.dep_ == "poss" and child.pos_ == "PRON" for child in head.children)
-    ):
+    if _is_apposition(mention) and mention.head.pos_ == "NOUN" and _set_off_by_comma(mention):
         return True
     return any(
         child.dep_ == "appos"

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 
 from wordfreq import zipf_frequency
 
-from fi_method.synthesis.answer_relations import defines, is_about, names_the_doer, places
+from fi_method.synthesis.answer_relations import (
+    asked_known_for,
+    defines,
+    is_about,
+    names_the_doer,
+    places,
+    says_known_for,
+)
 from fi_method.synthesis.excerpts import MIN_EXCERPT_RATIO, excerpt_ratio
 from fi_method.synthesis.judge import Judgement
 from fi_method.templating.rules_genericizer import REQUEST_VERBS, STOPWORDS, parse
@@ -1065,9 +1072,13 @@ def _relation_fault(instruction: str, template: str | None, window: str, answer:
     query_like = len(question) <= MAX_QUERY_TOKENS
     if values and query_like and not is_about(window, values, asked):
         return f"where it speaks of {_listing(values)}, it is about something else"
+    # "What is X known for?" asks the same however long X's name is.
+    known = asked_known_for(question)
+    if known and not says_known_for(window, known):
+        return f'it never says what "{known}" is known for'
     # A reader's longer "what is the N of X ..." asks about the N, not what it is; only a
     # template's "what is X" and a question of a few words ask for a definition.
-    defined = _asked_to_define(question) if query_like else None
+    defined = _asked_to_define(question) if query_like and not known else None
     if defined and not values and (len(question) > MAX_DEFINITION_TOKENS or defined.islower()):
         defined = None
     if defined and not defines(window, defined):
