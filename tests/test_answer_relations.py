@@ -338,6 +338,25 @@ def _passage(*sentences):
             _passage("Benares is a city in northern India, on the banks of the Ganges."),
             'it never says what "Benares" is known for',
         ),
+        (
+            "how old is <fi>a person</fi>?",
+            "how old is Gherman Titov?",
+            _passage(
+                "The youngest person to fly in space is Gherman Titov, who was 25 years old when "
+                "he flew Vostok 2."
+            ),
+            "gives an age at another time",
+        ),
+        # "Do you know X?" asks who X is; a novel's passage about what Dagny thinks assumes it.
+        (
+            "do you know <fi>a person</fi>?",
+            "do you know Dagny?",
+            _passage(
+                "Dagny considers him the least bad of the government representatives, since he "
+                "does have some real knowledge on the running of trains."
+            ),
+            'it never says who or what "Dagny" is',
+        ),
     ],
 )
 def test_the_judge_refuses_pipeline_pairs_that_name_the_things_without_answering(
@@ -387,6 +406,21 @@ def test_the_judge_refuses_pipeline_pairs_that_name_the_things_without_answering
             "what is <fi>a city or country</fi> famous for?",
             "what is Benares famous for?",
             _passage("Benares is famous for its silk, woven in the city for centuries."),
+        ),
+        (
+            "how old is <fi>a person</fi>?",
+            "how old is Gherman Titov?",
+            _passage(
+                "Gherman Titov (born 11 September 1935) was 25 years old when he flew Vostok 2."
+            ),
+        ),
+        (
+            "do you know <fi>a person</fi>?",
+            "do you know Dagny?",
+            _passage(
+                "Dagny Taggart is the heroine of Atlas Shrugged, who runs the railroad her "
+                "family founded."
+            ),
         ),
     ],
 )

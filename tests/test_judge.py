@@ -419,6 +419,12 @@ def test_a_template_its_answer_answers_is_kept():
         ),
         # A template without slots is all its own words; one of only stopwords asks nothing.
         ("<fi>a question</fi>", 1.0, []),
+        # "Do you know X?" asks who X is: the answer need not say "know" (a passage that says
+        # "I know they laugh at Rand" was chosen for "Do you know about Ayn Rand?" for it).
+        ("Do you know about <fi>a person</fi>?", 1.0, []),
+        ("have you heard of <fi>a person</fi>?", 1.0, []),
+        # Someone else's knowing is what a template asks about.
+        ("what did <fi>a person</fi> know about screen readers?", 1 - 1 / 3, ["know"]),
     ],
 )
 def test_template_words_mentioned_counts_the_template_words_the_answer_mentions(
@@ -779,8 +785,10 @@ def test_collect_keeps_every_judged_pair_and_rejects_low_scores_and_unparseable_
 
 def test_a_document_keeps_its_best_pair_per_question():
     """Pairs the --full run kept side by side: one template on two chunks of the Albania article
-    ("what do Albanians speak?"), and a near-twin spelled otherwise. The best-scored stays kept
-    (a tie goes to the lowest pair_id); another article may ask the same."""
+    ("what do Albanians speak?"), a near-twin spelled otherwise, and one in another tense
+    ("what language did Albanians speak?" beside "what language do the Albanians speak?"). The
+    best-scored stays kept (a tie goes to the lowest pair_id); another article may ask the same,
+    and a question with another word ("what language" for "what") is another question."""
     asked = {
         "a1": ("albania", "what do Albanians speak?"),
         "a2": ("albania", "What do Albanians speak"),
@@ -788,12 +796,13 @@ def test_a_document_keeps_its_best_pair_per_question():
         "a4": ("albania", "what language do the Albanians speak?"),
         "k1": ("kosovo", "what do Albanians speak?"),
         "a5": ("albania", "what do Albanians speak?"),
+        "a6": ("albania", "what language did Albanians speak?"),
     }
     pairs = [
         {"pair_id": pair_id, "doc_id": doc, "instruction": question, "source": "unit"}
         for pair_id, (doc, question) in asked.items()
     ]
-    scores = {"a1": 4, "a2": 5, "a3": 5, "a4": 5, "k1": 4, "a5": 2}
+    scores = {"a1": 4, "a2": 5, "a3": 5, "a4": 5, "k1": 4, "a5": 2, "a6": 4}
     outputs = [f"<feedback>x</feedback><score>{scores[p]}</score>" for p in asked]
     rows, rejects = one_pair_per_question(pairs, *collect_judgements(pairs, outputs, 4, "r", "r"))
     assert {row["pair_id"]: row["kept"] for row in rows} == {
@@ -803,6 +812,7 @@ def test_a_document_keeps_its_best_pair_per_question():
         "a4": True,
         "k1": True,
         "a5": False,
+        "a6": False,
     }
     duplicates = [
         (r["item_id"], r["detail"]) for r in rejects if r["reason"] == "duplicate_instruction"
@@ -810,6 +820,7 @@ def test_a_document_keeps_its_best_pair_per_question():
     assert duplicates == [
         ("a3", "pair a2 of the document asks the same and scored 5"),
         ("a1", "pair a2 of the document asks the same and scored 5"),
+        ("a6", "pair a4 of the document asks the same and scored 5"),
     ]
     assert [r["item_id"] for r in rejects if r["reason"] == "low_judge_score"] == ["a5"]
 

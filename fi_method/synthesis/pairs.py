@@ -12,7 +12,7 @@ from fi_method.synthesis import judge
 from fi_method.synthesis.excerpts import ExcerptError
 from fi_method.synthesis.instantiator import GroundingError, ground, parse_output
 from fi_method.synthesis.quality import TEMPLATE_SHARE_SLACK
-from fi_method.text import content_hash, fold_for_matching
+from fi_method.text import content_hash, fold_for_matching, word_keys, words
 
 # No template may make more pairs of a shard than this: with every template at most this many
 # times, none holds more than TEMPLATE_SHARE_SLACK times a uniform share of the shard's distinct
@@ -24,8 +24,15 @@ MAX_TEMPLATE_USES = TEMPLATE_SHARE_SLACK
 # tests/test_goldens.py fails when they change while this does not.
 PAIRS_VERSION = "1"
 # The same for judged_pairs' rows from the judge's outputs: collect_judgements and the parser,
-# and what the judge is given (2: each pair's template beside its instruction and answer).
-JUDGEMENTS_VERSION = "3"
+# and what the judge is given (2: each pair's template beside its instruction and answer; 4: a
+# question asks the same as another whatever its tense, auxiliaries and articles).
+JUDGEMENTS_VERSION = "4"
+# Words that do not change what a question asks: "who won Nobel Prize?" and "who has won Nobel
+# Prize?", "what language do the Albanians speak?" and "what language did Albanians speak?".
+_NOT_ASKING = frozenset(
+    word_keys(["do", "does", "did", "has", "have", "had", "is", "are", "was", "were", "be"])
+    + word_keys(["the", "a", "an"])
+)
 
 
 def collect_instantiations(
@@ -205,8 +212,9 @@ def one_pair_per_question(
     pairs: list[dict], rows: list[dict], rejects: list[dict]
 ) -> tuple[list[dict], list[dict]]:
     """A document keeps one pair per question. Of the kept `rows` (collect_judgements') whose
-    pairs (`doc_id`, `instruction`) ask the same, case, accents and punctuation aside (templates
-    that differ in a word, or one template on two chunks, instantiate alike), the best-scored
+    pairs (`doc_id`, `instruction`) ask the same, case, accents, punctuation, tense, auxiliaries
+    and articles aside (templates that differ in a word, or one template on two chunks,
+    instantiate alike; see asks_the_same), the best-scored
     stays kept (then the lowest `pair_id`); the others are no longer kept and are added to
     `rejects` as DUPLICATE_INSTRUCTION. Returns the rows and the rejects."""
     pair_of = {pair["pair_id"]: pair for pair in pairs}
@@ -215,7 +223,7 @@ def one_pair_per_question(
         if not row["kept"]:
             continue
         pair = pair_of[row["pair_id"]]
-        question = (pair["doc_id"], fold_for_matching(pair["instruction"]))
+        question = (pair["doc_id"], asks_the_same(pair["instruction"]))
         if question not in best:
             best[question] = row
             continue
@@ -231,6 +239,14 @@ def one_pair_per_question(
             }
         )
     return rows, rejects
+
+
+def asks_the_same(instruction: str) -> tuple[str, ...]:
+    """What two questions share when they ask the same: their words' keys in order, case,
+    accents, punctuation, tense, auxiliaries and articles aside. Order stays: "who killed X?"
+    and "who did X kill?" ask different things."""
+    keys = word_keys(words(fold_for_matching(instruction)))
+    return tuple(key for key in keys if key not in _NOT_ASKING)
 
 
 # Pairs judged per batch: a batch's rows carry their documents' text, so memory follows the batch,

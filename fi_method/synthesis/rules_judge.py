@@ -856,6 +856,10 @@ def rules_judge(
         if relation_fault:
             level = 2
             faults.append(relation_fault)
+    introduced = _asked_to_introduce(instruction)
+    if introduced and not _introduces(_opening(answer), introduced):
+        level = 2
+        faults.append(f'it never says who or what "{introduced}" is')
     if found.unanswered:
         level = 2
         asked = " or ".join(_ASKED_AS[what] for what in found.unanswered)
@@ -916,6 +920,23 @@ _ASKS_WHERE = re.compile(
     re.IGNORECASE,
 )
 # "what countries are around X", "which country borders X": the answer says what lies beside it.
+# "How old is X?" asks X's age now: "X was 25 years old when he flew" gives it at another time,
+# and only a present age or a birth date answers it.
+_ASKS_AGE_NOW = re.compile(r"^\s*how old (?:is|are)\b", re.IGNORECASE)
+_AGE_GIVEN = re.compile(
+    r"\b(?P<verb>is|are|was|were|'s)\b(?:\s+\S+){0,3}?\s+\S+[- ]years?[- ]old\b", re.IGNORECASE
+)
+_BIRTH = re.compile(r"\bborn\b|\(\s*(?:b\.\s*)?\d{4}\s*[-–]", re.IGNORECASE)
+# "Do you know (about) X?", "have you heard of X?": who or what X is, which an answer says
+# first ("Yes, X is ..."); not "do you know how to ...", which asks for something else.
+_ASKS_TO_INTRODUCE = re.compile(
+    r"^\s*(?:(?:do|did) you (?:know|remember)(?: anything)?(?: about| of)?|have you (?:ever )?"
+    r"heard (?:of|about))\s+(?P<thing>(?!(?:how|what|who|where|when|why|which|if|whether|that)\b)"
+    r"[^?.!]+?)\s*\??\s*$",
+    re.IGNORECASE,
+)
+# The most words of what "do you know X?" asks about: a name, not a clause.
+MAX_INTRODUCED_WORDS = 5
 _ASKS_WHAT_IS_BESIDE = re.compile(
     r"^\s*(?:what|which) (?:countries|country|states?|cities|city)\b.*\b(?:around|near|"
     r"border\w*|neighbou?r\w*|surround\w*|next to|adjacent)\b",
@@ -1098,10 +1119,45 @@ def _relation_fault(instruction: str, template: str | None, window: str, answer:
     beside = bool(_ASKS_WHAT_IS_BESIDE.match(instruction))
     asks_where = beside or _ASKS_WHERE.match(instruction)
     placing = _with_next_sentence(answer, window)
+    if _ASKS_AGE_NOW.match(instruction) and _age_only_then(window):
+        return "the query asks how old it is now, and the answer gives an age at another time"
     if values and asks_where and not places(placing, values, asked, beside):
         what = "nothing around" if beside else "nothing it says of"
         return f"it places {what} {_listing(values)}"
     return None
+
+
+def _age_only_then(window: str) -> bool:
+    """Whether the window gives an age only in the past ("was 25 years old when he flew"), with
+    no present age nor birth date."""
+    verbs = [match.group("verb").lower() for match in _AGE_GIVEN.finditer(window)]
+    past = any(verb in ("was", "were") for verb in verbs)
+    return past and len(set(verbs) - {"was", "were"}) == 0 and not _BIRTH.search(window)
+
+
+def _asked_to_introduce(instruction: str) -> str | None:
+    """X, for "do you know (about) X?" or "have you heard of X?" (X a name of a few words)."""
+    match = _ASKS_TO_INTRODUCE.match(instruction)
+    if match is None or len(match.group("thing").split()) > MAX_INTRODUCED_WORDS:
+        return None
+    return match.group("thing")
+
+
+def _introduces(opening: str, thing: str) -> bool:
+    """Whether the opening says who or what `thing` is, or what a longer name of it is ("Dagny
+    Taggart is the heroine" for "Dagny")."""
+    if defines(opening, thing):
+        return True
+    longer = re.search(
+        rf"(?:\b[A-Z][\w'.-]*\s+)*{re.escape(thing)}(?:\s+[A-Z][\w'.-]*\b)*", opening
+    )
+    return longer is not None and longer.group() != thing and defines(opening, longer.group())
+
+
+def _opening(answer: str) -> str:
+    """The answer's first FOCUS_SENTENCES sentences: where it says who or what it speaks of."""
+    spans = sentence_spans(answer)[:FOCUS_SENTENCES]
+    return answer[spans[0][0] : spans[-1][1]] if spans else answer
 
 
 def _listing(items: list[str]) -> str:

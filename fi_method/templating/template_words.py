@@ -44,9 +44,12 @@ _GENERIC_WORDS = frozenset({"many", "much", "known", "famous", "located", "mean"
 # "tell me about X", "where is X located".
 _ABOUT_THE_VALUE_ALONE = REQUEST_VERBS | frozenset(
     {"what", "who", "where", "is", "are", "was", "were", "the", "a", "an", "me", "about"}
-    | {"please", "of", "you", "i", "know", "does", "for"}
+    | {"please", "of", "you", "i", "know", "does", "for", "do", "did", "have", "heard", "ever"}
     | _GENERIC_WORDS
 )
+# Verbs that ask the reader what they know ("do you know X?", "have you heard of X?"): with
+# "you" as their subject they say how a template asks, and a passage need not say them.
+_ASKING_THE_READER = frozenset({"know", "hear", "heard", "remember"})
 # What stands for a slot while a template is parsed: a name, as slot values mostly are.
 SLOT_STAND_IN = "Xanadu"
 
@@ -66,7 +69,14 @@ def template_words(template: str) -> tuple[str, ...]:
             if token.pos_ in _CONTENT_POS
             and token.text != SLOT_STAND_IN
             and token.lower_ not in REQUEST_VERBS | QUESTION_OPENERS | _GENERIC_WORDS
+            and not _asks_the_reader(token)
         )
+    )
+
+
+def _asks_the_reader(token) -> bool:
+    return token.lemma_.lower() in _ASKING_THE_READER and any(
+        child.dep_ == "nsubj" and child.lower_ == "you" for child in token.children
     )
 
 
