@@ -66,8 +66,8 @@ class RejectReason(StrEnum):
 
     # The judge scored the pair below FI_MIN_JUDGE_SCORE: judged, not kept.
     LOW_JUDGE_SCORE = "low_judge_score"
-    # Another pair of the document asks the same (case, accents and punctuation aside) and the
-    # judge scored it as high or higher: judged, not kept.
+    # Another pair of the document asks the same (case, accents, punctuation, tense, auxiliaries
+    # and articles aside) and the judge scored it as high or higher: judged, not kept.
     DUPLICATE_INSTRUCTION = "duplicate_instruction"
 
 
