@@ -422,6 +422,15 @@ def test_the_judge_refuses_pipeline_pairs_that_name_the_things_without_answering
                 "family founded."
             ),
         ),
+        # News: the question names him by title and surname, the passage by his whole name.
+        (
+            "Do you know about <fi>a person</fi>?",
+            "Do you know about Dr Hollingworth?",
+            _passage(
+                "Dr Peter Hollingworth was the Anglican Archbishop of Brisbane when a teacher at "
+                "a Toowoomba Anglican school allegedly abused students there."
+            ),
+        ),
     ],
 )
 def test_the_judge_keeps_pipeline_pairs_whose_passage_answers(template, instruction, answer):

@@ -935,6 +935,8 @@ _ASKS_TO_INTRODUCE = re.compile(
     r"[^?.!]+?)\s*\??\s*$",
     re.IGNORECASE,
 )
+# A run of capitalised words: a name as a passage gives it.
+_NAME_RUN = re.compile(r"\b[A-Z][\w'.-]*(?:\s+[A-Z][\w'.-]*)*")
 # The most words of what "do you know X?" asks about: a name, not a clause.
 MAX_INTRODUCED_WORDS = 5
 _ASKS_WHAT_IS_BESIDE = re.compile(
@@ -1144,14 +1146,17 @@ def _asked_to_introduce(instruction: str) -> str | None:
 
 
 def _introduces(opening: str, thing: str) -> bool:
-    """Whether the opening says who or what `thing` is, or what a longer name of it is ("Dagny
-    Taggart is the heroine" for "Dagny")."""
+    """Whether the opening says who or what `thing` is, or what a longer name of it is: one
+    that holds its words in order ("Dagny Taggart is the heroine" for "Dagny", "Dr Peter
+    Hollingworth was the Archbishop" for "Dr Hollingworth")."""
     if defines(opening, thing):
         return True
-    longer = re.search(
-        rf"(?:\b[A-Z][\w'.-]*\s+)*{re.escape(thing)}(?:\s+[A-Z][\w'.-]*\b)*", opening
-    )
-    return longer is not None and longer.group() != thing and defines(opening, longer.group())
+    wanted = thing.split()
+    for name in _NAME_RUN.findall(opening):
+        said = iter(name.split())
+        if name != thing and all(word in said for word in wanted) and defines(opening, name):
+            return True
+    return False
 
 
 def _opening(answer: str) -> str:
