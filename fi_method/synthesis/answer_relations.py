@@ -121,7 +121,8 @@ def _clause(token: Token) -> Token:
 def is_about(window: str, values: list[str], asked: frozenset[str]) -> bool:
     """Whether the window is about one of `values`: it mentions one as the subject, the
     predicate or the object of a clause with a verb (or beside one, in apposition), not as a
-    detail of another noun, nor in a heading, nor addressed by name. `asked`: the question's own words (lower-case, and their lemmas)."""
+    detail of another noun, nor in a heading, nor addressed by name. `asked`: the question's own
+    words (lower-case, and their lemmas)."""
     doc = parse(window)
     for value in values:
         for mention in _mentions(doc, value):
@@ -138,9 +139,7 @@ def asked_known_for(question) -> str | None:
     if len(question) < 4 or question[0].lower_ != "what" or question[1].lemma_ != "be":
         return None
     for word in question:
-        if word.lemma_.lower() not in KNOWN_FOR and word.lower_ not in KNOWN_FOR:
-            continue
-        if not any(child.lower_ == "for" for child in word.children):
+        if not _known_for(word):
             continue
         subject = next((c for c in word.children if c.dep_ in ("nsubj", "nsubjpass")), None)
         if subject is None and word.dep_ in ("acl", "amod"):
@@ -158,11 +157,13 @@ def says_known_for(window: str, thing: str) -> bool:
     ghats")."""
     doc = parse(window)
     sentences = {mention.sent.start for mention in _mentions(doc, thing)}
-    return any(
-        (token.lemma_.lower() in KNOWN_FOR or token.lower_ in KNOWN_FOR)
-        and token.sent.start in sentences
-        and any(child.lower_ == "for" for child in token.children)
-        for token in doc
+    return any(token.sent.start in sentences and _known_for(token) for token in doc)
+
+
+def _known_for(token: Token) -> bool:
+    """Whether a token is "known for", "famous for", "remembered for" (KNOWN_FOR)."""
+    return (token.lemma_.lower() in KNOWN_FOR or token.lower_ in KNOWN_FOR) and any(
+        child.lower_ == "for" for child in token.children
     )
 
 

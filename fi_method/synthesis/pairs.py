@@ -12,7 +12,7 @@ from fi_method.synthesis import judge
 from fi_method.synthesis.excerpts import ExcerptError
 from fi_method.synthesis.instantiator import GroundingError, ground, parse_output
 from fi_method.synthesis.quality import TEMPLATE_SHARE_SLACK
-from fi_method.text import content_hash, fold_for_matching, word_keys, words
+from fi_method.text import content_hash, fold_for_matching, word_keys
 
 # No template may make more pairs of a shard than this: with every template at most this many
 # times, none holds more than TEMPLATE_SHARE_SLACK times a uniform share of the shard's distinct
@@ -31,7 +31,7 @@ JUDGEMENTS_VERSION = "4"
 # Prize?", "what language do the Albanians speak?" and "what language did Albanians speak?".
 _NOT_ASKING = frozenset(
     word_keys(["do", "does", "did", "has", "have", "had", "is", "are", "was", "were", "be"])
-    + word_keys(["the", "a", "an"])
+    + ["the", "a", "an"]
 )
 
 
@@ -245,7 +245,7 @@ def asks_the_same(instruction: str) -> tuple[str, ...]:
     """What two questions share when they ask the same: their words' keys in order, case,
     accents, punctuation, tense, auxiliaries and articles aside. Order stays: "who killed X?"
     and "who did X kill?" ask different things."""
-    keys = word_keys(words(fold_for_matching(instruction)))
+    keys = word_keys(fold_for_matching(instruction).split())
     return tuple(key for key in keys if key not in _NOT_ASKING)
 
 

@@ -919,7 +919,6 @@ _ASKS_WHERE = re.compile(
     r"river|island|sea|ocean|lake|mountains?|street|town))\b",
     re.IGNORECASE,
 )
-# "what countries are around X", "which country borders X": the answer says what lies beside it.
 # "How old is X?" asks X's age now: "X was 25 years old when he flew" gives it at another time,
 # and only a present age or a birth date answers it.
 _ASKS_AGE_NOW = re.compile(r"^\s*how old (?:is|are)\b", re.IGNORECASE)
@@ -939,6 +938,7 @@ _ASKS_TO_INTRODUCE = re.compile(
 _NAME_RUN = re.compile(r"\b[A-Z][\w'.-]*(?:\s+[A-Z][\w'.-]*)*")
 # The most words of what "do you know X?" asks about: a name, not a clause.
 MAX_INTRODUCED_WORDS = 5
+# "what countries are around X", "which country borders X": the answer says what lies beside it.
 _ASKS_WHAT_IS_BESIDE = re.compile(
     r"^\s*(?:what|which) (?:countries|country|states?|cities|city)\b.*\b(?:around|near|"
     r"border\w*|neighbou?r\w*|surround\w*|next to|adjacent)\b",
@@ -1118,11 +1118,11 @@ def _relation_fault(instruction: str, template: str | None, window: str, answer:
             return f'it never says who did what "{verb.text}" says'
     # What a "where" asks to place is known from a template's slots; a reader's question
     # names it in words its passage paraphrases ("initial performance" for "first concert").
+    if _ASKS_AGE_NOW.match(instruction) and _age_only_then(window):
+        return "the query asks how old it is now, and the answer gives an age at another time"
     beside = bool(_ASKS_WHAT_IS_BESIDE.match(instruction))
     asks_where = beside or _ASKS_WHERE.match(instruction)
     placing = _with_next_sentence(answer, window)
-    if _ASKS_AGE_NOW.match(instruction) and _age_only_then(window):
-        return "the query asks how old it is now, and the answer gives an age at another time"
     if values and asks_where and not places(placing, values, asked, beside):
         what = "nothing around" if beside else "nothing it says of"
         return f"it places {what} {_listing(values)}"
@@ -1132,9 +1132,8 @@ def _relation_fault(instruction: str, template: str | None, window: str, answer:
 def _age_only_then(window: str) -> bool:
     """Whether the window gives an age only in the past ("was 25 years old when he flew"), with
     no present age nor birth date."""
-    verbs = [match.group("verb").lower() for match in _AGE_GIVEN.finditer(window)]
-    past = any(verb in ("was", "were") for verb in verbs)
-    return past and len(set(verbs) - {"was", "were"}) == 0 and not _BIRTH.search(window)
+    verbs = {match.group("verb").lower() for match in _AGE_GIVEN.finditer(window)}
+    return bool(verbs) and verbs <= {"was", "were"} and not _BIRTH.search(window)
 
 
 def _asked_to_introduce(instruction: str) -> str | None:

@@ -49,7 +49,7 @@ _ABOUT_THE_VALUE_ALONE = REQUEST_VERBS | frozenset(
 )
 # Verbs that ask the reader what they know ("do you know X?", "have you heard of X?"): with
 # "you" as their subject they say how a template asks, and a passage need not say them.
-_ASKING_THE_READER = frozenset({"know", "hear", "heard", "remember"})
+_ASKING_THE_READER = frozenset({"know", "hear", "remember"})
 # What stands for a slot while a template is parsed: a name, as slot values mostly are.
 SLOT_STAND_IN = "Xanadu"
 
