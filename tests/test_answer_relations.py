@@ -89,6 +89,8 @@ def test_a_window_is_about_a_value_it_makes_an_argument_of_a_clause(window, valu
         ("Well, thanks for answering my question, Grumpy Cat.", "Grumpy Cat", False),
         ("The capital of Alabama is Montgomery.", "Alabama", False),
         ("English is known by many; its usage has grown due to tourism.", "English", False),
+        # What a thing is called may be a common noun as well as a name.
+        ("Members of the Government of Angola are called ministers.", "members", True),
         (
             "The President of Azerbaijan appoints the governors of these units.",
             "president",
@@ -347,6 +349,17 @@ def _passage(*sentences):
             ),
             "gives an age at another time",
         ),
+        # "What are X called?" asks for a name however long the question: a passage that only
+        # mentions Angola's neighbours does not give it (kept at score 5 by rules-12).
+        (
+            "what are members of <fi>an organization</fi> called?",
+            "what are members of the Government of Angola called?",
+            _passage(
+                "The Israeli ambassador to Angola is Avraham Benjamin. In 2005, President José "
+                "Eduardo dos Santos visited Israel."
+            ),
+            'it never says what "members" is called',
+        ),
         # "Do you know X?" asks who X is; a novel's passage about what Dagny thinks assumes it.
         (
             "do you know <fi>a person</fi>?",
@@ -370,6 +383,14 @@ def test_the_judge_refuses_pipeline_pairs_that_name_the_things_without_answering
 @pytest.mark.parametrize(
     ("template", "instruction", "answer"),
     [
+        (
+            "what are members of <fi>an organization</fi> called?",
+            "what are members of the Government of Angola called?",
+            _passage(
+                "Members of the Government of Angola are called ministers, and the President "
+                "appoints them."
+            ),
+        ),
         (
             "where is the country of <fi>a city or country</fi> located?",
             "where is the country of Egypt located?",

@@ -225,7 +225,7 @@ def _defined_as(mention: Token) -> bool:
         and head.lemma_ in _NAMING
         and not any(c.lower_ == "after" for c in head.children)
         and any(
-            (c.dep_ in ("oprd", "attr") and c.pos_ == "PROPN") or c.lower_ == "as"
+            (c.dep_ in ("oprd", "attr") and c.pos_ in ("PROPN", "NOUN")) or c.lower_ == "as"
             for c in head.children
         )
     )

@@ -997,6 +997,11 @@ def _asked_to_define(question) -> str | None:
     return subject.text
 
 
+def _asks_a_name(question) -> bool:
+    """Whether a parsed question is "what is/are X called (named, known as)?"."""
+    return question[0].lower_ == "what" and next(question.sents).root.lemma_ in _NAMING_VERBS
+
+
 def _place_for_what(question, window: str) -> bool:
     """Whether "what did X live in?" (a question for a thing, ending on its verb's preposition)
     is answered with a place ("X live in Alberta"): the question asks what, not where."""
@@ -1100,12 +1105,15 @@ def _relation_fault(instruction: str, template: str | None, window: str, answer:
     if known and not says_known_for(window, known):
         return f'it never says what "{known}" is known for'
     # A reader's longer "what is the N of X ..." asks about the N, not what it is; only a
-    # template's "what is X" and a question of a few words ask for a definition.
-    defined = _asked_to_define(question) if query_like and not known else None
+    # template's "what is X" and a question of a few words ask for a definition. "What are X
+    # called?" asks for a name however long X is.
+    defines_asked = (query_like or _asks_a_name(question)) and not known
+    defined = _asked_to_define(question) if defines_asked else None
     if defined and not values and (len(question) > MAX_DEFINITION_TOKENS or defined.islower()):
         defined = None
     if defined and not defines(window, defined):
-        return f'it never says what "{defined}" is'
+        called = " called" if _asks_a_name(question) else ""
+        return f'it never says what "{defined}" is{called}'
     opener = question[0]
     verb = opener.head if opener.lower_ == "who" and opener.dep_ == "nsubj" else None
     if verb is not None and verb.pos_ == "VERB" and verb.lemma_ != "be":

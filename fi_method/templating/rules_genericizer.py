@@ -616,6 +616,50 @@ def slot_fillers(text: str, start: int = 0, end: int | None = None) -> list[tupl
     return list(fillers.items())
 
 
+# Small words a name keeps in lower case ("Gulf of Tonkin", "Dallas Cowboys and ...").
+_LOWER_IN_NAMES = frozenset({"of", "the", "and", "a", "an", "de", "la", "du", "von", "van"})
+
+
+def _capitalised(surface: str) -> str:
+    """A name as it is written: each word capitalised but the small words of names."""
+    return re.sub(
+        r"(?<![\w'’])(\w)(\w*)",
+        lambda m: m.group(0) if m.group(0) in _LOWER_IN_NAMES else m.group(1).upper() + m.group(2),
+        surface,
+    )
+
+
+def _kinds_of_names_in_lower_case(query: str, kind_of: dict[str, str]) -> dict[str, str]:
+    """Search queries are often all in lower case, where the small model finds a name but often
+    not its kind ("what awards has louis sachar won?": a named entity). For such a query, a name
+    of several words gets the kind it has in the query with its names capitalised ("... has
+    Louis Sachar won?": a person). A kind the lower-case parse gave stays, and so does a lone
+    word's: capitals do not make the small model more right about those ("Nikola Tesla" reads
+    as a company, "Pixar" as a person)."""
+    if query != query.lower():
+        return kind_of
+    names = [
+        surface
+        for surface, kind in kind_of.items()
+        if kind == ENTITY_DESCRIPTION and " " in surface.strip()
+    ]
+    if not names:
+        return kind_of
+    recased = query
+    for surface in names:
+        pattern = rf"(?<!\w){re.escape(surface)}(?!\w)"
+        recased = re.sub(pattern, lambda _m, s=surface: _capitalised(s), recased)
+    doc = _parse(recased)
+    kinds = dict(kind_of)
+    for surface in names:
+        start = recased.find(_capitalised(surface))
+        span = doc.char_span(start, start + len(surface), alignment_mode="expand")
+        label = span.root.ent_type_ if span is not None else ""
+        if label in _ENTITY_KINDS:
+            kinds[surface] = _ENTITY_KINDS[label]
+    return kinds
+
+
 def _choose_slots(query: str, doc: Doc) -> list[_Slot]:
     """Non-overlapping slots for at most MAX_SLOTS variables. A variable is a surface text
     (with its short forms): every occurrence of it is a slot, all with one description, and
@@ -637,6 +681,7 @@ def _choose_slots(query: str, doc: Doc) -> list[_Slot]:
             kind_of[variable] = span.description
         variable_of[surface] = variable
         chosen.append(span)
+    kind_of = _kinds_of_names_in_lower_case(query, kind_of)
     # Equal numbers are often a coincidence ("x <= 1; 1 < x"); equal words are the same thing.
     for surface in [surface for surface in variable_of if not re.search(r"\d", surface)]:
         for match in re.finditer(rf"(?<!\w){re.escape(surface)}(?!\w)", query):
