@@ -360,6 +360,17 @@ def _passage(*sentences):
             ),
             'it never says what "members" is called',
         ),
+        # "Where does X start?" asks where its source lies, not where X is (kept at score 5 by
+        # rules-13 on the `--full` sample).
+        (
+            "where does <fi>a place</fi> start?",
+            "where does the Yangtze River start?",
+            _passage(
+                "The Yangtze River in China is the longest river in the continent. The Himalayas "
+                "between Nepal and China is the tallest mountain range in the world."
+            ),
+            'it never says where "the Yangtze River" starts or ends',
+        ),
         # "Do you know X?" asks who X is; a novel's passage about what Dagny thinks assumes it.
         (
             "do you know <fi>a person</fi>?",
@@ -389,6 +400,14 @@ def test_the_judge_refuses_pipeline_pairs_that_name_the_things_without_answering
             _passage(
                 "Members of the Government of Angola are called ministers, and the President "
                 "appoints them."
+            ),
+        ),
+        (
+            "where does <fi>a place</fi> start?",
+            "where does the Yangtze River start?",
+            _passage(
+                "The Yangtze River rises in the Tanggula Mountains on the Tibetan Plateau and "
+                "flows east for 6,300 kilometres into the East China Sea at Shanghai."
             ),
         ),
         (

@@ -919,6 +919,19 @@ _ASKS_WHERE = re.compile(
     r"river|island|sea|ocean|lake|mountains?|street|town))\b",
     re.IGNORECASE,
 )
+# "Where does X start (begin, end, rise, originate)?" asks where X's source or end lies: placing X
+# itself ("The Yangtze River in China is the longest river") does not answer it, and an answer
+# says where it starts or ends in words of this family ("rises in", "its source", "flows into").
+_ASKS_WHERE_IT_STARTS_OR_ENDS = re.compile(
+    r"^\s*where (?:does|do|did) .+? (?:start|begin|end|rise|originate|come from|empty|flow)\w*\b",
+    re.IGNORECASE,
+)
+_STARTS_OR_ENDS = re.compile(
+    r"\b(?:start|begin|began|begun|end|ended|ends|rise|rises|rose|risen|originat\w*|origin\w*|"
+    r"source\w*|headwater\w*|emerg\w*|spring\w*|empt\w*|flow\w*|mouth\w*|drain\w*|"
+    r"discharg\w*|terminat\w*|confluence|join\w*|come\w*|came)\b",
+    re.IGNORECASE,
+)
 # "How old is X?" asks X's age now: "X was 25 years old when he flew" gives it at another time,
 # and only a present age or a birth date answers it.
 _ASKS_AGE_NOW = re.compile(r"^\s*how old (?:is|are)\b", re.IGNORECASE)
@@ -1134,6 +1147,9 @@ def _relation_fault(instruction: str, template: str | None, window: str, answer:
     if values and asks_where and not places(placing, values, asked, beside):
         what = "nothing around" if beside else "nothing it says of"
         return f"it places {what} {_listing(values)}"
+    asks_where_it_starts = _ASKS_WHERE_IT_STARTS_OR_ENDS.match(instruction)
+    if values and asks_where_it_starts and not _STARTS_OR_ENDS.search(placing):
+        return f"it never says where {_listing(values)} starts or ends"
     return None
 
 
