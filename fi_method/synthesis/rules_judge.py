@@ -927,7 +927,7 @@ _ASKS_WHERE_IT_STARTS_OR_ENDS = re.compile(
     re.IGNORECASE,
 )
 _STARTS_OR_ENDS = re.compile(
-    r"\b(?:start|begin|began|begun|end|ended|ends|rise|rises|rose|risen|originat\w*|origin\w*|"
+    r"\b(?:start|begin|began|begun|end|ended|ends|rise|rises|rose|risen|origin\w*|"
     r"source\w*|headwater\w*|emerg\w*|spring\w*|empt\w*|flow\w*|mouth\w*|drain\w*|"
     r"discharg\w*|terminat\w*|confluence|join\w*|come\w*|came)\b",
     re.IGNORECASE,
@@ -1120,12 +1120,12 @@ def _relation_fault(instruction: str, template: str | None, window: str, answer:
     # A reader's longer "what is the N of X ..." asks about the N, not what it is; only a
     # template's "what is X" and a question of a few words ask for a definition. "What are X
     # called?" asks for a name however long X is.
-    defines_asked = (query_like or _asks_a_name(question)) and not known
-    defined = _asked_to_define(question) if defines_asked else None
+    asks_a_name = _asks_a_name(question)
+    defined = _asked_to_define(question) if (query_like or asks_a_name) and not known else None
     if defined and not values and (len(question) > MAX_DEFINITION_TOKENS or defined.islower()):
         defined = None
     if defined and not defines(window, defined):
-        called = " called" if _asks_a_name(question) else ""
+        called = " called" if asks_a_name else ""
         return f'it never says what "{defined}" is{called}'
     opener = question[0]
     verb = opener.head if opener.lower_ == "who" and opener.dep_ == "nsubj" else None

@@ -638,21 +638,21 @@ def _kinds_of_names_in_lower_case(query: str, kind_of: dict[str, str]) -> dict[s
     as a company, "Pixar" as a person)."""
     if query != query.lower():
         return kind_of
-    names = [
-        surface
+    capitalised = {
+        surface: _capitalised(surface)
         for surface, kind in kind_of.items()
-        if kind == ENTITY_DESCRIPTION and " " in surface.strip()
-    ]
-    if not names:
+        if kind == ENTITY_DESCRIPTION and " " in surface
+    }
+    if not capitalised:
         return kind_of
     recased = query
-    for surface in names:
+    for surface, name in capitalised.items():
         pattern = rf"(?<!\w){re.escape(surface)}(?!\w)"
-        recased = re.sub(pattern, lambda _m, s=surface: _capitalised(s), recased)
+        recased = re.sub(pattern, lambda _m, name=name: name, recased)
     doc = _parse(recased)
     kinds = dict(kind_of)
-    for surface in names:
-        start = recased.find(_capitalised(surface))
+    for surface, name in capitalised.items():
+        start = recased.find(name)
         span = doc.char_span(start, start + len(surface), alignment_mode="expand")
         label = span.root.ent_type_ if span is not None else ""
         if label in _ENTITY_KINDS:
