@@ -30,7 +30,7 @@ from fi_assets.reporting import (
 from fi_method.evaluation.fidelity import render_markdown, synthesis_figures
 from fi_method.llm_output import Refused
 from fi_method.reasons import RejectReason
-from fi_method.roles import RulesAids
+from fi_method.roles import MemoizedEmbed, RulesAids
 from fi_method.synthesis import continuations as halving
 from fi_method.synthesis.pairs import (
     FUNNEL_STAGES,
@@ -38,6 +38,8 @@ from fi_method.synthesis.pairs import (
     JUDGE_BATCH_PAIRS,
     JUDGEMENTS_VERSION,
     PAIRS_VERSION,
+    REMEMBERED_KIND_VECTORS,
+    RULES_BATCH_DOCUMENTS,
     collect_judgements,
     document_batches,
     funnel,
@@ -143,12 +145,17 @@ def _instantiate_shard(
         f"vectors ({matched.height} with their alternates) with {instantiator.label}"
     )
     rounds: list[CallResult] = []
+    # Every rank of a batch reads the same documents' filler kinds: each is embedded once.
+    aids = RulesAids(
+        embed=MemoizedEmbed(embedder.embed, most=REMEMBERED_KIND_VECTORS),
+        embedder_model=embedder.model,
+    )
 
     def instantiate(batch: list[dict]) -> list[str | Refused]:
         rounds.append(
             instantiator.call(
                 batch,
-                RulesAids(embed=embedder.embed, embedder_model=embedder.model),
+                aids,
                 progress=log_progress(context, "instantiated"),
                 caller=_caller(context, shard),
             )
@@ -162,7 +169,11 @@ def _instantiate_shard(
         storage.table_writer(INSTANTIATED_PAIRS, shard) as written,
         storage.rejects_writer(INSTANTIATED_PAIRS.name, shard) as rejected,
     ):
-        for batch in document_batches(matched["doc_id"].to_list(), INSTANTIATE_BATCH_REQUESTS):
+        for batch in document_batches(
+            matched["doc_id"].to_list(),
+            INSTANTIATE_BATCH_REQUESTS,
+            RULES_BATCH_DOCUMENTS if instantiator.engine == "rules" else None,
+        ):
             requests, text_of = _requests(storage, shard, matched[batch], templates, embedder)
             # Templates of a since removed query shard are gone: those matches wait for
             # matched_pairs.

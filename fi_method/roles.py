@@ -9,9 +9,12 @@ in them is written per role."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import numpy as np
 
 from fi_method.llm_output import prompt_style_for
 
@@ -60,6 +63,36 @@ class Request:
         asked = self.messages if self.messages is not None else self.prompt
         key = asked if self.output_format is None else [asked, self.output_format.describe()]
         return key if self.max_new_tokens is None else [key, {"budget": self.max_new_tokens}]
+
+
+Embed = Callable[[list[str]], np.ndarray]
+
+
+class MemoizedEmbed:
+    """`embed` that computes each distinct text once: the templates matched to one passage share
+    its sentences and fillers, and every rank of a batch of documents reads the same fillers.
+    `prefetch` embeds many texts in one batched call. With `most`, only the vectors of the
+    `most` texts asked for last are kept."""
+
+    def __init__(self, embed: Embed, most: int | None = None):
+        self._embed = embed
+        self._most = most
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def prefetch(self, texts: list[str]) -> None:
+        missing = [text for text in dict.fromkeys(texts) if text not in self._vectors]
+        if missing:
+            self._vectors.update(zip(missing, self._embed(missing), strict=True))
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        self.prefetch(texts)
+        vectors = np.stack([self._vectors[text] for text in texts])
+        if self._most is not None:
+            for text in texts:
+                self._vectors.move_to_end(text)
+            while len(self._vectors) > self._most:
+                self._vectors.popitem(last=False)
+        return vectors
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import pytest
 from sentence_transformers import SentenceTransformer
 
 from fi_method.llm_output import OutputParseError
+from fi_method.roles import MemoizedEmbed
 from fi_method.synthesis.excerpts import ExcerptError
 from fi_method.synthesis.instantiator import (
     RELEASED_INSTANTIATOR,
@@ -21,10 +22,13 @@ from fi_method.synthesis.instantiator import (
     parse_output,
     prompt_style_for,
 )
-from fi_method.synthesis.pairs import collect_instantiations, instantiate_by_rank
+from fi_method.synthesis.pairs import (
+    RULES_BATCH_DOCUMENTS,
+    collect_instantiations,
+    instantiate_by_rank,
+)
 from fi_method.synthesis.rules_instantiator import (
     REQUEST_LEAD,
-    MemoizedEmbed,
     names_many,
     points_back,
     reads_as_plural,
@@ -760,6 +764,35 @@ def test_memoized_embed_computes_each_text_once_and_keeps_the_order(embed):
     assert asked == [["a tower", "a bridge"], ["a river"]]
     assert first.shape == (3, 384) and (first[0] == first[2]).all()
     assert (second[0] == first[1]).all()
+
+
+def test_a_bounded_memo_forgets_the_texts_asked_for_longest_ago(embed):
+    asked = []
+
+    def counting(texts):
+        asked.append(list(texts))
+        return embed(texts)
+
+    cached = MemoizedEmbed(counting, most=2)
+    cached(["a tower", "a bridge"])
+    cached(["a tower"])  # asked again: "a bridge" is now the oldest
+    cached(["a river"])
+    cached(["a tower", "a bridge"])
+    assert asked == [["a tower", "a bridge"], ["a river"], ["a bridge"]]
+
+
+def test_a_rules_batch_never_holds_more_documents_than_the_rules_remember():
+    """Each rank of a batch revisits its documents in order: with more documents than the
+    caches hold, every rank would parse every document again."""
+    from fi_method.synthesis import rules_instantiator
+    from fi_method.templating import rules_genericizer
+
+    for cached in (
+        rules_genericizer._filler_spans,
+        rules_instantiator._filler_index,
+        rules_instantiator._sentences,
+    ):
+        assert RULES_BATCH_DOCUMENTS <= cached.cache_info().maxsize
 
 
 def test_markup_and_list_runs_never_fill_a_slot(embed):

@@ -840,6 +840,20 @@ def test_judging_batches_hold_whole_documents_and_at_most_so_many_pairs(most, ba
     assert document_batches([], most) == []
 
 
+@pytest.mark.parametrize(
+    ("most_documents", "batches"),
+    [
+        (2, ["aaabb", "cddddd", "e"]),
+        (1, ["aaa", "bb", "c", "ddddd", "e"]),
+        (5, ["aaabbcddddde"]),
+    ],
+)
+def test_batches_hold_at_most_so_many_documents_when_asked(most_documents, batches):
+    doc_ids = list("aaabbcddddde")
+    found = document_batches(doc_ids, 100, most_documents)
+    assert ["".join(doc_ids[batch]) for batch in found] == batches
+
+
 @pytest.mark.parametrize(("min_score", "kept"), [(1, 3), (3, 2), (4, 1), (5, 1), (6, 0)])
 def test_the_kept_flag_follows_min_score(min_score, kept):
     outputs = ["<score>5</score>", "<score>3</score>", "<score>1</score>"]

@@ -19,10 +19,11 @@ from fi_method.text import content_hash, fold_for_matching, word_keys
 # templates, which is what the dominant-template check asks.
 MAX_TEMPLATE_USES = TEMPLATE_SHARE_SLACK
 # What decides instantiated_pairs' rows from the instantiator's outputs (its code version):
-# collect_instantiations and instantiate_by_rank, with the parser and `ground` they use. Change it
-# whenever those rows change; tests/goldens/pairs.json holds them for real passages, and
-# tests/test_goldens.py fails when they change while this does not.
-PAIRS_VERSION = "1"
+# collect_instantiations and instantiate_by_rank, with the parser and `ground` they use, and the
+# batches of documents they work in (which decide the order in which templates reach their cap).
+# Change it whenever those rows change; tests/goldens/pairs.json holds them for real passages,
+# and tests/test_goldens.py fails when they change while this does not.
+PAIRS_VERSION = "2"
 # The same for judged_pairs' rows from the judge's outputs: collect_judgements and the parser,
 # and what the judge is given (2: each pair's template beside its instruction and answer; 4: a
 # question asks the same as another whatever its tense, auxiliaries and articles).
@@ -256,20 +257,36 @@ JUDGE_BATCH_PAIRS = 2_000
 # holding its passage, and a document's requests stay in one batch (its vectors try their
 # alternates rank by rank). Large enough that a model engine's rounds stay full.
 INSTANTIATE_BATCH_REQUESTS = 10_000
+# Documents per batch for the rules engine, which remembers what it read of the last
+# PARSE_CACHE_SIZE (256) documents (fi_method.templating.rules_genericizer): each rank of a batch
+# revisits its documents in the same order, so a batch of more documents than that would parse
+# every document again at every rank.
+RULES_BATCH_DOCUMENTS = 128
+# Filler kinds and slot descriptions whose vectors the rules engine keeps while it works through
+# a shard. Real text names few distinct kinds (774 in 696 ShareGPT answers), so all stay found;
+# the bound keeps unusual text from growing it past ~50 MB of MiniLM vectors.
+REMEMBERED_KIND_VECTORS = 32_768
 
 
-def document_batches(doc_ids: Sequence[str], most: int = JUDGE_BATCH_PAIRS) -> list[slice]:
-    """Slices of rows sorted by `doc_id` holding at most `most` rows each, a document's rows
-    never split (a document with more rows than that is a batch of its own)."""
+def document_batches(
+    doc_ids: Sequence[str], most: int = JUDGE_BATCH_PAIRS, most_documents: int | None = None
+) -> list[slice]:
+    """Slices of rows sorted by `doc_id` holding at most `most` rows (and, when given,
+    `most_documents` documents) each, a document's rows never split (a document with more rows
+    than that is a batch of its own)."""
     batches: list[slice] = []
     start = end = 0
+    documents = 0
     for run_end in range(1, len(doc_ids) + 1):
         if run_end < len(doc_ids) and doc_ids[run_end] == doc_ids[run_end - 1]:
             continue
-        if run_end - start > most and end > start:
+        too_many = most_documents is not None and documents >= most_documents
+        if (run_end - start > most or too_many) and end > start:
             batches.append(slice(start, end))
             start = end
+            documents = 0
         end = run_end
+        documents += 1
     if end > start:
         batches.append(slice(start, end))
     return batches

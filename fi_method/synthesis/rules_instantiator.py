@@ -44,13 +44,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
 
-import numpy as np
 from wordfreq import zipf_frequency
 
+from fi_method.roles import Embed, MemoizedEmbed
 from fi_method.synthesis.excerpts import EXCERPT_CLOSE, EXCERPT_ELLIPSIS, EXCERPT_OPEN
 from fi_method.templating.rules_genericizer import (
     COMMON_WORD_ZIPF,
     ENTITY_DESCRIPTION,
+    PARSE_CACHE_SIZE,
     TOPIC_DESCRIPTION,
     filler_spans,
     intent,
@@ -206,25 +207,6 @@ _NEIGHBOURING = frozenset(
         ["around", "near", "nearby", "border", "neighbour", "neighbor", "surround", "adjacent"]
     )
 )
-Embed = Callable[[list[str]], np.ndarray]
-
-
-class MemoizedEmbed:
-    """`embed` that computes each distinct text once: the templates matched to one passage share
-    its sentences and fillers. `prefetch` embeds many texts in one batched call."""
-
-    def __init__(self, embed: Embed):
-        self._embed = embed
-        self._vectors: dict[str, np.ndarray] = {}
-
-    def prefetch(self, texts: list[str]) -> None:
-        missing = [text for text in dict.fromkeys(texts) if text not in self._vectors]
-        if missing:
-            self._vectors.update(zip(missing, self._embed(missing), strict=True))
-
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        self.prefetch(texts)
-        return np.stack([self._vectors[text] for text in texts])
 
 
 def usable_filler(surface: str) -> bool:
@@ -639,7 +621,7 @@ class _Sentence:
     keys: frozenset[str]
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=PARSE_CACHE_SIZE)
 def _sentences(text: str) -> tuple[_Sentence, ...]:
     """The sentences of a text with their word counts and word keys, computed once: the
     templates matched to a document share them."""
@@ -692,7 +674,7 @@ class _FillerIndex:
         return list(found.items())
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=PARSE_CACHE_SIZE)
 def _filler_index(text: str) -> _FillerIndex:
     spans = [
         (start, end, text[start:end], kind)
