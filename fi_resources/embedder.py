@@ -11,6 +11,7 @@ from pydantic import Field, PrivateAttr
 
 from fi_method.retrieval.matching import GAUSSIAN_POOLING_K
 from fi_method.retrieval.pooling import gaussian_pooling
+from fi_resources.allocator import return_freed_memory
 from fi_resources.models import MINILM, sentence_transformer_source
 
 # Similarity thresholds per embedder. The paper's 0.865 belongs to its fine-tuned BGE-M3
@@ -202,4 +203,7 @@ class Embedder(ConfigurableResource):
                 if rows is None:
                     rows = pooled.new_empty((len(texts), *pooled.shape[1:]))
                 rows[start : start + len(pooled)] = pooled
-        return _in_original_order(rows, order)
+        vectors = _in_original_order(rows, order)
+        # The batches' activations, a new shape each, leave holes the allocator would keep.
+        return_freed_memory()
+        return vectors

@@ -1,6 +1,9 @@
 """The Embedder's batched path (padded batches sorted by length, Gaussian pooling on the device)
 gives the vectors of the straightforward one, in the order of the texts, in fp32 and in bf16."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -119,3 +122,27 @@ def test_weights_are_bf16_on_a_gpu_and_fp32_on_the_cpu_unless_chosen(embedder):
 def test_no_texts_give_empty_arrays_of_the_right_shape(embedder):
     assert embedder.embed([]).shape == (0, embedder.dimension)
     assert embedder.embed_pooled([]).shape == (0, POOLING_K + 1, embedder.dimension)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_freed_memory_goes_back_to_the_system():
+    """Blocks freed between live ones stay resident until the allocator is asked to give them
+    back: what embedding batch after batch of new shapes leaves behind."""
+    program = """
+from fi_resources.allocator import return_freed_memory
+
+def resident_mb():
+    status = open("/proc/self/status").read()
+    return int(status.split("VmRSS:")[1].split()[0]) // 1024
+
+blocks = [bytearray(64 * 1024) for _ in range(4000)]
+kept = blocks[::16]
+del blocks
+before = resident_mb()
+return_freed_memory()
+print(before - resident_mb())
+"""
+    run = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True
+    )
+    assert int(run.stdout) > 150, "of ~240 MB freed between live blocks, MB given back"
