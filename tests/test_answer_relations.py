@@ -371,6 +371,18 @@ def _passage(*sentences):
             ),
             'it never says where "the Yangtze River" starts or ends',
         ),
+        # A question about the present, answered by who held the role before (kept at score 5
+        # by rules-14 on a ShareGPT answer about Taipei).
+        (
+            "who is the leader of <fi>a city or country</fi> right now?",
+            "who is the leader of the Republic of China right now?",
+            _passage(
+                "The memorial hall was built to honor Chiang Kai-shek, the former leader of the "
+                "Republic of China. The hall is an impressive structure that stands 76 meters "
+                "tall, and it houses a museum that is dedicated to the life and legacy of Chiang."
+            ),
+            'where the query says "now", the answer says "former"',
+        ),
         # "Do you know X?" asks who X is; a novel's passage about what Dagny thinks assumes it.
         (
             "do you know <fi>a person</fi>?",
@@ -408,6 +420,14 @@ def test_the_judge_refuses_pipeline_pairs_that_name_the_things_without_answering
             _passage(
                 "The Yangtze River rises in the Tanggula Mountains on the Tibetan Plateau and "
                 "flows east for 6,300 kilometres into the East China Sea at Shanghai."
+            ),
+        ),
+        (
+            "who is the leader of <fi>a city or country</fi> right now?",
+            "who is the leader of Taiwan right now?",
+            _passage(
+                "Lai Ching-te is the current leader of Taiwan: he took office as President in "
+                "May 2024, succeeding Tsai Ing-wen, the former leader of the island."
             ),
         ),
         (

@@ -365,3 +365,20 @@ def test_a_name_has_one_kind_in_a_document_the_one_its_mentions_mostly_have():
     )
     kinds = [kind for start, end, kind in filler_spans(text) if text[start:end] == "Kandahar"]
     assert kinds == ["a city or country"] * 3
+
+
+def test_a_filler_ends_at_a_dash_set_off_by_spaces():
+    """A ShareGPT answer's list: the small parser ran "Pennsylvania - home" into one noun chunk,
+    which filled "what is a city in <fi>a city or country</fi>?" as "... in Pennsylvania - home?".
+    A hyphen inside a word is no such dash."""
+    text = (
+        "6. Santa Fe, New Mexico - known for its traditional adobe architecture.\n"
+        "7. Philadelphia, Pennsylvania - home to the Liberty Bell, Independence Hall, and numerous "
+        "museums.\n"
+        "9. Asheville, North Carolina - home to the Biltmore Estate, a grand chateau-style mansion "
+        "built by George Vanderbilt in the late 1800s."
+    )
+    fillers = dict(slot_fillers(text))
+    assert fillers["Pennsylvania"] == fillers["North Carolina"] == "a city or country"
+    assert not [surface for surface in fillers if " - " in surface]
+    assert "a grand chateau-style mansion" in fillers

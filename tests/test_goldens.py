@@ -106,6 +106,21 @@ JUDGE_TEMPLATES = {
     "unanswerable:5ad39d53604f3c001a3fe8d2": "What is <fi>a city or country</fi> a region of?",
 }
 JUDGED_PER_KIND = 4
+# Real text where a rule acts that the inputs above never reach: a ShareGPT opening user turn
+# with a dash set off by spaces (the genericizer's spans end there), and a pair the rules made of
+# a ShareGPT answer, asking about the present where the answer names a former leader.
+DASHED_QUERIES = ("Money transfer from Australia to India - avoid receiving ends service tax",)
+JUDGED_PIPELINE_PAIRS = (
+    {
+        "pair_id": "sharegpt:former-leader",
+        "source": "sharegpt",
+        "template": "who is the leader of <fi>a city or country</fi> right now?",
+        "instruction": "who is the leader of the Republic of China right now?",
+        "answer": "The memorial hall was built to honor Chiang Kai-shek, the former leader of "
+        "the Republic of China. The hall is an impressive structure that stands 76 meters tall, "
+        "and it houses a museum that is dedicated to the life and legacy of Chiang Kai-shek.",
+    },
+)
 # The held-out SQuAD articles whose paragraphs the packing golden packs.
 PACKED_ARTICLES = ("Normans", "Rhine")
 # What the matching golden retrieves for: a few passages of two articles, against the templates
@@ -224,7 +239,8 @@ def _cut_short(output: str) -> str:
 
 
 def genericizer_outputs(inputs: Inputs) -> list:
-    return inputs.genericized
+    dashed = genericizer.ROLE.rules.answer([{"query": q} for q in DASHED_QUERIES], RulesAids())
+    return [*inputs.genericized, *dashed]
 
 
 def instantiator_outputs(inputs: Inputs) -> list:
@@ -232,7 +248,8 @@ def instantiator_outputs(inputs: Inputs) -> list:
 
 
 def judge_outputs(inputs: Inputs) -> list:
-    return inputs.judged
+    items = [{**pair, "document": pair["answer"]} for pair in JUDGED_PIPELINE_PAIRS]
+    return [*inputs.judged, *judge.ROLE.rules.answer(items, RulesAids())]
 
 
 def templates_outputs(inputs: Inputs) -> list:

@@ -157,8 +157,13 @@ _OPPOSITE_PAIRS = (
     "attack defend, input output, summer winter, top bottom, above below, inside outside, "
     "majority minority, permanent temporary, domestic foreign, domestic international, "
     "urban rural, absent present, add remove, full empty, cheap expensive, love hate, "
-    "friend enemy, ally enemy"
+    "friend enemy, ally enemy, "
+    # A question about the present is not answered by who or what held the role before ("who is
+    # the leader of the Republic of China right now?" of "Chiang Kai-shek, the former leader"),
+    # unless it is said in other words for the present as well (_PRESENT).
+    "now former, now formerly, currently former, currently formerly, current formerly"
 )
+_PRESENT = frozenset(word_keys(["now", "current", "currently", "today", "presently", "nowadays"]))
 _OPPOSITES: dict[str, set[str]] = {}
 for _first, _second in (word_keys(pair.split()) for pair in _OPPOSITE_PAIRS.split(", ")):
     _OPPOSITES.setdefault(_first, set()).add(_second)
@@ -699,7 +704,7 @@ def _opposed(instruction: str, window: str) -> tuple[str, str] | None:
     said = dict(zip(words(window), word_keys(words(window)), strict=True))
     asked_stems, said_stems = set(asked.values()), set(said.values())
     for word, stem in asked.items():
-        if stem in said_stems:
+        if stem in said_stems or (stem in _PRESENT and _PRESENT & said_stems):
             continue
         for other, other_stem in said.items():
             if other_stem in asked_stems:

@@ -19,7 +19,7 @@ from spacy.lang.en import English
 from spacy.lang.en.stop_words import STOP_WORDS
 from spacy.language import Language
 from spacy.symbols import ORTH
-from spacy.tokens import Doc, Token
+from spacy.tokens import Doc, Span, Token
 from wordfreq import zipf_frequency
 
 from fi_method.templating.genericizer import GenericizedQuery
@@ -472,6 +472,9 @@ def _parsed_spans(doc: Doc, title_case: set[int]) -> list[tuple[_Span, Token]]:
     entities = doc.ents
     entity_at = {i: entity for entity in entities for i in range(entity.start, entity.end)}
     for chunk in doc.noun_chunks:
+        if _crosses_a_spaced_dash(chunk):
+            # Its names are taken as entities, below.
+            continue
         in_chunks.update(range(chunk.start, chunk.end))
         tokens = _trimmed(list(chunk))
         if not tokens or chunk.root.pos_ == "PRON":
@@ -506,6 +509,19 @@ def _parsed_spans(doc: Doc, title_case: set[int]) -> list[tuple[_Span, Token]]:
             if kind:
                 found.append((_token_span(tokens, kind), entity.root))
     return found
+
+
+# A dash with spaces either side ends a phrase ("Philadelphia, Pennsylvania - home to the Liberty
+# Bell"), yet the small parser now and then runs a noun chunk across one ("Pennsylvania - home").
+# A hyphen inside a word ("chateau-style") has no space beside it.
+_DASHES = frozenset({"-", "–", "—"})
+
+
+def _crosses_a_spaced_dash(chunk: Span) -> bool:
+    return any(
+        token.text in _DASHES and token.whitespace_ and token.nbor(-1).whitespace_
+        for token in chunk[1:-1]
+    )
 
 
 def _shared_conjunct_kinds(found: list[tuple[_Span, Token]]) -> list[_Span]:
