@@ -11,6 +11,7 @@ from sentence_transformers import SentenceTransformer
 
 from fi_method.llm_output import OutputParseError
 from fi_method.roles import MemoizedEmbed
+from fi_method.samples import wikipedia_articles
 from fi_method.synthesis.excerpts import ExcerptError
 from fi_method.synthesis.instantiator import (
     RELEASED_INSTANTIATOR,
@@ -793,6 +794,42 @@ def test_a_rules_batch_never_holds_more_documents_than_the_rules_remember():
         rules_instantiator._sentences,
     ):
         assert RULES_BATCH_DOCUMENTS <= cached.cache_info().maxsize
+
+
+def test_documents_parsed_together_parse_as_one_at_a_time_and_are_remembered():
+    """The rules parse a call's documents with spaCy's batched pipe: the parses must be the ones
+    a call each gives, and later reads of a document must not parse it again."""
+    from fi_method.templating import rules_genericizer
+
+    texts = [row["text"] for row in wikipedia_articles(limit=3)]
+    texts = [text[:3000] for text in texts]
+    alone = [rules_genericizer._nlp()(text) for text in texts]
+    rules_genericizer.parse_documents(texts)
+    together = [rules_genericizer.parse_document(text) for text in texts]
+    for one, other in zip(alone, together, strict=True):
+        assert [(t.text, t.tag_, t.dep_, t.head.i, t.ent_type_) for t in one] == [
+            (t.text, t.tag_, t.dep_, t.head.i, t.ent_type_) for t in other
+        ]
+    assert rules_genericizer.parse_document(texts[0]) is together[0]
+
+
+def test_document_parses_are_forgotten_oldest_first_beyond_their_characters():
+    from fi_method.templating.rules_genericizer import _DocumentParses, _nlp
+
+    parses = _DocumentParses(most_chars=60)
+    first, second, third = "Paris is in France.", "Rome is in Italy.", "Oslo is in Norway."
+    for text in (first, second):
+        parses.add(text, _nlp()(text))
+    assert parses.get(first) is not None  # now the most recently used
+    assert parses.missing([first, second, third, third]) == [third]
+    parses.add(third, _nlp()(third))
+    parses.add("Lima is in Peru.", _nlp()("Lima is in Peru."))
+    assert parses.get(second) is None
+    assert parses.get(first) is not None and parses.get(third) is not None
+    # A document longer than the bound is still kept, alone, until the next one.
+    long = "Bern is in Switzerland. " * 5
+    parses.add(long, _nlp()(long))
+    assert parses.get(long) is not None and parses.get(first) is None
 
 
 def test_markup_and_list_runs_never_fill_a_slot(embed):

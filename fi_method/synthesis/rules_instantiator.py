@@ -57,6 +57,7 @@ from fi_method.templating.rules_genericizer import (
     intent,
     parse,
     parse_document,
+    parse_documents,
 )
 from fi_method.templating.template_words import (
     QUESTION_OPENERS,
@@ -920,8 +921,10 @@ def rules_instantiate_all(
     slot description and filler kind embedded in one batched call rather than one small call
     each."""
     cached = MemoizedEmbed(embed)
+    documents = list(dict.fromkeys(item[3] or item[1] for item in items))
+    parse_documents(documents)
     texts = []
-    for document in dict.fromkeys(item[3] or item[1] for item in items):
+    for document in documents:
         texts += sorted({span[3] for span in _filler_index(document).spans})
     for template, *_ in items:
         texts += slot_descriptions(template)
