@@ -422,6 +422,19 @@ def test_the_judge_refuses_pipeline_pairs_that_name_the_things_without_answering
                 "flows east for 6,300 kilometres into the East China Sea at Shanghai."
             ),
         ),
+        # "What is X?" covers every sentence alike (a name counts wherever it is said): the focus
+        # is the sentence that names X, not the one before it (refused by rules-15 on a ShareGPT
+        # answer).
+        (
+            "what is <fi>an organization</fi>?",
+            "what is the DAO?",
+            (
+                "Sure, here's an example of a real-life smart contract on the Ethereum "
+                "blockchain:\n\nThe Decentralized Autonomous Organization (DAO) was a smart "
+                "contract that was created in 2016 to act as a venture capital fund for the "
+                "crypto and decentralized space. It raised over $150 million worth of Ether."
+            ),
+        ),
         (
             "who is the leader of <fi>a city or country</fi> right now?",
             "who is the leader of Taiwan right now?",

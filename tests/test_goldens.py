@@ -108,7 +108,8 @@ JUDGE_TEMPLATES = {
 JUDGED_PER_KIND = 4
 # Real text where a rule acts that the inputs above never reach: a ShareGPT opening user turn
 # with a dash set off by spaces (the genericizer's spans end there), and a pair the rules made of
-# a ShareGPT answer, asking about the present where the answer names a former leader.
+# a ShareGPT answer, asking about the present where the answer names a former leader, and one
+# whose answer names what it asks about after an opening sentence.
 DASHED_QUERIES = ("Money transfer from Australia to India - avoid receiving ends service tax",)
 JUDGED_PIPELINE_PAIRS = (
     {
@@ -119,6 +120,16 @@ JUDGED_PIPELINE_PAIRS = (
         "answer": "The memorial hall was built to honor Chiang Kai-shek, the former leader of "
         "the Republic of China. The hall is an impressive structure that stands 76 meters tall, "
         "and it houses a museum that is dedicated to the life and legacy of Chiang Kai-shek.",
+    },
+    {
+        "pair_id": "sharegpt:defined-after-an-opening",
+        "source": "sharegpt",
+        "template": "what is <fi>an organization</fi>?",
+        "instruction": "what is the DAO?",
+        "answer": "Sure, here's an example of a real-life smart contract on the Ethereum "
+        "blockchain:\n\nThe Decentralized Autonomous Organization (DAO) was a smart contract "
+        "that was created in 2016 to act as a venture capital fund for the crypto and "
+        "decentralized space. It raised over $150 million worth of Ether.",
     },
 )
 # The held-out SQuAD articles whose paragraphs the packing golden packs.

@@ -650,8 +650,10 @@ def _focus(instruction: str, terms: list[_Term], answer: str, present: set[str])
     apart = [t.text for t in fullest[6] if not t.found_in(sentence_keys[0])]
     asked = _asked(instruction)
     chosen, unanswered = None, asked
-    # The best-covering first; among equals, answer order, one sentence before two.
-    for window in sorted(windows, key=lambda w: -w[0]):
+    # The best-covering first; among equals, the one that says more of the query itself (a name
+    # counts everywhere, so "what is the DAO?" covers every window alike, and the one that names
+    # the DAO is where the answer speaks of it), then answer order, one sentence before two.
+    for window in sorted(windows, key=lambda w: (-w[0], -w[5])):
         if window[0] < best - FOCUS_SLACK:
             continue
         lacking = _not_given(asked, window[2], instruction)
