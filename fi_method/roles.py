@@ -9,10 +9,11 @@ in them is written per role."""
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 
@@ -68,6 +69,46 @@ class Request:
 Embed = Callable[[list[str]], np.ndarray]
 
 
+Value = TypeVar("Value")
+
+
+class RecentlyUsed(Generic[Value]):
+    """Values by text that forget the least recently used once their sizes add up to more than
+    `most` (a text's size is `size(text)`, 1 unless given; None: keep all). The one used last
+    always stays. `put` never forgets: `forget_beyond_most` does, once the caller is done with
+    what it just put."""
+
+    def __init__(self, most: int | None = None, size: Callable[[str], int] = lambda _: 1):
+        self.most = most
+        self._size = size
+        self._values: OrderedDict[str, Value] = OrderedDict()
+        self._total = 0
+        self._lock = threading.Lock()
+
+    def __contains__(self, text: str) -> bool:
+        return text in self._values
+
+    def get(self, text: str) -> Value | None:
+        with self._lock:
+            value = self._values.get(text)
+            if value is not None:
+                self._values.move_to_end(text)
+            return value
+
+    def put(self, text: str, value: Value) -> None:
+        with self._lock:
+            if text not in self._values:
+                self._total += self._size(text)
+            self._values[text] = value
+            self._values.move_to_end(text)
+
+    def forget_beyond_most(self) -> None:
+        with self._lock:
+            while self.most is not None and self._total > self.most and len(self._values) > 1:
+                forgotten, _ = self._values.popitem(last=False)
+                self._total -= self._size(forgotten)
+
+
 class MemoizedEmbed:
     """`embed` that computes each distinct text once: the templates matched to one passage share
     its sentences and fillers, and every rank of a batch of documents reads the same fillers.
@@ -76,22 +117,18 @@ class MemoizedEmbed:
 
     def __init__(self, embed: Embed, most: int | None = None):
         self._embed = embed
-        self._most = most
-        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._vectors: RecentlyUsed[np.ndarray] = RecentlyUsed(most)
 
     def prefetch(self, texts: list[str]) -> None:
         missing = [text for text in dict.fromkeys(texts) if text not in self._vectors]
         if missing:
-            self._vectors.update(zip(missing, self._embed(missing), strict=True))
+            for text, vector in zip(missing, self._embed(missing), strict=True):
+                self._vectors.put(text, vector)
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         self.prefetch(texts)
-        vectors = np.stack([self._vectors[text] for text in texts])
-        if self._most is not None:
-            for text in texts:
-                self._vectors.move_to_end(text)
-            while len(self._vectors) > self._most:
-                self._vectors.popitem(last=False)
+        vectors = np.stack([self._vectors.get(text) for text in texts])
+        self._vectors.forget_beyond_most()
         return vectors
 
 

@@ -814,21 +814,27 @@ def test_documents_parsed_together_parse_as_one_at_a_time_and_are_remembered():
 
 
 def test_document_parses_are_forgotten_oldest_first_beyond_their_characters():
-    from fi_method.templating.rules_genericizer import _DocumentParses, _nlp
+    from fi_method.roles import RecentlyUsed
+    from fi_method.templating.rules_genericizer import _nlp, not_yet_parsed
 
-    parses = _DocumentParses(most_chars=60)
+    parses = RecentlyUsed(60, size=len)
+
+    def add(text):
+        parses.put(text, _nlp()(text))
+        parses.forget_beyond_most()
+
     first, second, third = "Paris is in France.", "Rome is in Italy.", "Oslo is in Norway."
     for text in (first, second):
-        parses.add(text, _nlp()(text))
+        add(text)
     assert parses.get(first) is not None  # now the most recently used
-    assert parses.missing([first, second, third, third]) == [third]
-    parses.add(third, _nlp()(third))
-    parses.add("Lima is in Peru.", _nlp()("Lima is in Peru."))
+    assert not_yet_parsed([first, second, third, third], parses) == [third]
+    add(third)
+    add("Lima is in Peru.")
     assert parses.get(second) is None
     assert parses.get(first) is not None and parses.get(third) is not None
     # A document longer than the bound is still kept, alone, until the next one.
     long = "Bern is in Switzerland. " * 5
-    parses.add(long, _nlp()(long))
+    add(long)
     assert parses.get(long) is not None and parses.get(first) is None
 
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from bisect import bisect_right
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,6 +24,7 @@ from spacy.symbols import ORTH
 from spacy.tokens import Doc, Span, Token
 from wordfreq import zipf_frequency
 
+from fi_method.roles import RecentlyUsed
 from fi_method.templating.genericizer import GenericizedQuery
 from fi_method.templating.templates import FI_CLOSE, FI_OPEN, TemplateError
 from fi_method.text import fold_for_matching
@@ -577,58 +577,37 @@ def _candidate_spans(doc: Doc) -> list[_Span]:
     return _quoted_spans(doc.text) + _numeric_spans(doc.text) + parsed
 
 
-class _DocumentParses:
-    """Parses of whole documents, the most recently used kept while their texts add up to at
-    most `most_chars` characters (the last one always)."""
-
-    def __init__(self, most_chars: int) -> None:
-        self.most_chars = most_chars
-        self._parses: OrderedDict[str, Doc] = OrderedDict()
-        self._chars = 0
-        self._lock = threading.Lock()
-
-    def get(self, text: str) -> Doc | None:
-        with self._lock:
-            doc = self._parses.get(text)
-            if doc is not None:
-                self._parses.move_to_end(text)
-            return doc
-
-    def add(self, text: str, doc: Doc) -> None:
-        doc.tensor = numpy.zeros((0,), dtype="float32")
-        with self._lock:
-            if text not in self._parses:
-                self._chars += len(text)
-            self._parses[text] = doc
-            while self._chars > self.most_chars and len(self._parses) > 1:
-                forgotten, _ = self._parses.popitem(last=False)
-                self._chars -= len(forgotten)
-
-    def missing(self, texts: Iterable[str]) -> list[str]:
-        """The distinct texts of `texts` not remembered, in order, as many as fit at once."""
-        found, chars = [], 0
-        with self._lock:
-            for text in dict.fromkeys(texts):
-                if text in self._parses:
-                    continue
-                chars += len(text)
-                if found and chars > self.most_chars:
-                    break
-                found.append(text)
-        return found
+_DOCUMENT_PARSES: RecentlyUsed[Doc] = RecentlyUsed(DOCUMENT_PARSE_CACHE_CHARS, size=len)
 
 
-_DOCUMENT_PARSES = _DocumentParses(DOCUMENT_PARSE_CACHE_CHARS)
+def _remember_parse(text: str, doc: Doc) -> None:
+    doc.tensor = numpy.zeros((0,), dtype="float32")
+    _DOCUMENT_PARSES.put(text, doc)
+    _DOCUMENT_PARSES.forget_beyond_most()
+
+
+def not_yet_parsed(texts: Iterable[str], parses: RecentlyUsed[Doc]) -> list[str]:
+    """The distinct texts of `texts` that `parses` (sized by characters) does not hold, in order,
+    as many as it can hold at once (a first one always)."""
+    found, chars = [], 0
+    for text in dict.fromkeys(texts):
+        if text in parses:
+            continue
+        chars += len(text)
+        if found and chars > parses.most:
+            break
+        found.append(text)
+    return found
 
 
 def parse_documents(texts: Iterable[str]) -> None:
     """Parse the documents among `texts` that are not remembered yet, together: spaCy's
     batched `pipe` takes ~20 % less time than one call a document, with the same parses."""
-    missing = _DOCUMENT_PARSES.missing(texts)
+    missing = not_yet_parsed(texts, _DOCUMENT_PARSES)
     for text, doc in zip(
         missing, _nlp().pipe(missing, batch_size=PIPE_BATCH_DOCUMENTS), strict=True
     ):
-        _DOCUMENT_PARSES.add(text, doc)
+        _remember_parse(text, doc)
 
 
 def parse_document(text: str) -> Doc:
@@ -638,7 +617,7 @@ def parse_document(text: str) -> Doc:
     doc = _DOCUMENT_PARSES.get(text)
     if doc is None:
         doc = _nlp()(text)
-        _DOCUMENT_PARSES.add(text, doc)
+        _remember_parse(text, doc)
     return doc
 
 
