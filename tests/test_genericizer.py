@@ -276,6 +276,35 @@ def test_lowercase_queries_get_typed_slots(query, template):
     assert rules_genericize(query).template == template
 
 
+def test_the_thing_a_question_word_asks_for_is_no_slot():
+    """ "what character": the question asks for the character, so only the actor and the film
+    are values."""
+    assert rules_genericize("what character did natalie portman play in star wars?").template == (
+        "what character did <fi>a person</fi> play in <fi>a TV series or film</fi>?"
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "As apex predators, jaguars play a crucial role in ecosystems across the Amazon.",
+        "Public relations played a significant role in the success of the campaign.",
+    ],
+)
+def test_playing_a_role_in_something_is_no_acting(text):
+    """The idiom says what contributes to what: its role is no character, and what it is
+    played in no film."""
+    kinds = {kind for _, _, kind in filler_spans(text)}
+    assert not kinds & {"a character in a TV series or film", "a TV series or film"}, kinds
+
+
+def test_a_role_played_in_a_title_is_acting():
+    text = "Leonardo DiCaprio played the lead role in Titanic, which James Cameron directed."
+    spans = {text[start:end]: kind for start, end, kind in filler_spans(text)}
+    assert spans["Titanic"] == "a TV series or film"
+    assert "the lead role" not in spans
+
+
 # WebQuestions' queries are all in lower case, where the small model finds these names but not
 # their kind (each was "a named entity such as a person, place or product").
 @pytest.mark.parametrize(

@@ -545,6 +545,92 @@ def test_a_question_that_answers_itself_or_is_not_answered_gives_null(embed, tem
     assert parse_output(output) is None, output
 
 
+CAPITAL = "what is the name of the capital of <fi>a city or country</fi>?"
+PARIS_PASSAGE = (
+    "Paris, the capital of France, is one of the most popular tourist destinations in the world. "
+    "It is known for its beautiful architecture, museums, art galleries, and romantic atmosphere. "
+    "Here are some of the best places to see in Paris: the Eiffel Tower, the Louvre, the "
+    "cathedral of Notre-Dame and the narrow streets of Montmartre."
+)
+DENVER_PASSAGE = (
+    "Denver is the capital and most populous city of the U.S. state of Colorado. It is located "
+    "in the South Platte River Valley on the western edge of the High Plains just east of the "
+    "Front Range of the Rocky Mountains. The Denver metropolitan area has a population of over 3 "
+    "million people."
+)
+AUSTRALIA_PASSAGE = (
+    "Australia has a capital that few visitors know: Canberra, a planned city built between "
+    "Sydney and Melbourne as a compromise between the two rivals. It holds Parliament House, the "
+    "High Court and many of the country's national museums."
+)
+
+
+@pytest.mark.parametrize(
+    ("chunk", "instruction"),
+    [
+        # Paris is the capital; France is what has it.
+        (PARIS_PASSAGE, "what is the name of the capital of France?"),
+        # Denver is the capital, and "most populous city" names no place.
+        (DENVER_PASSAGE, None),
+        (AUSTRALIA_PASSAGE, "what is the name of the capital of Australia?"),
+    ],
+)
+def test_the_value_of_the_capital_of_is_what_has_the_capital_not_the_capital(
+    embed, chunk, instruction
+):
+    parsed = parse_output(rules_instantiate(CAPITAL, chunk, embed))
+    assert (parsed and parsed.instruction) == instruction
+
+
+@pytest.mark.parametrize(
+    ("template", "chunk"),
+    [
+        # "capitalize" shares its stem with "capital", but a company that capitalizes on demand
+        # has no capital city.
+        (
+            CAPITAL,
+            (
+                "Coupang can capitalize on the increasing demand for online shopping due to the "
+                "pandemic by expanding into international markets, diversifying its product "
+                "offerings, and integrating more payment options. However, it must be wary of "
+                "competition from established e-commerce giants like Amazon and Alibaba."
+            ),
+        ),
+        # A quiz asks the question and answers none of it.
+        (
+            CAPITAL,
+            (
+                "Here is a quiz for your class. 1. What is the capital of Australia? 2. Who is the "
+                "current president of the United States? 3. What is the square root of 121? 4. "
+                "What is the past tense of the verb to go? 5. What is the chemical symbol for "
+                "hydrogen?"
+            ),
+        ),
+        # "play a crucial role in" is no acting.
+        (
+            "who plays <fi>a character in a TV series or film</fi> in <fi>a TV series or film</fi>?",
+            (
+                "Jaguars are famous for their distinctive black spots, which are called rosettes. "
+                "As apex predators, jaguars play a crucial role in ecosystems, keeping the numbers "
+                "of deer, capybaras and caimans in check across the rainforests of Brazil and Peru."
+            ),
+        ),
+        (
+            "what has <fi>a specific topic or concept</fi> played in?",
+            (
+                "Recent research has suggested a connection between entanglement and black holes, "
+                "with some physicists suggesting that entanglement may play a key role in the "
+                "nature of space-time near a black hole. Entanglement remains one of the least "
+                "understood ideas of quantum mechanics."
+            ),
+        ),
+    ],
+)
+def test_a_passage_that_only_shares_the_templates_words_gives_null(embed, template, chunk):
+    output = rules_instantiate(template, chunk, embed)
+    assert parse_output(output) is None, output
+
+
 def test_a_value_tied_as_the_template_ties_it_is_kept(embed):
     """ "Who captured <fi>a person</fi>?": Galt is captured in the passage, by the looters."""
     parsed = parse_output(rules_instantiate("Who captured <fi>a person</fi>?", NOVEL_CHUNK, embed))

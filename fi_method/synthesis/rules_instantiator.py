@@ -18,7 +18,12 @@ window of the document a model would read around it:
    stands next to the template's words and the passage's parse ties it to them as the template
    does: through the template's own words, other values or prepositions of place only, and not as
    the doer where the template makes it the thing done to ("who uses <fi>a person</fi>?" is not
-   answered by "Ferris uses the device"), or the other way round. A span that points back into
+   answered by "Ferris uses the device"), or the other way round; a value the template holds
+   under a noun through a preposition hangs below that noun in the passage too, or is the
+   subject of "have" with it ("what is the capital of <fi>a country</fi>?" is asked of France,
+   not of Paris, in "Paris, the capital of France"). The sentence saying so is no question: a
+   quiz answers nothing. "play a role in" (fi_method.templating.rules_genericizer.plays_a_part)
+   is not the acting a template's "play" asks about. A span that points back into
    its passage ("the title") names nothing out of it and fills no slot, and a template whose slots
    are all numbers or dates ("Summarize for a <fi>a length of time</fi> old") names no subject a
    passage could be about.
@@ -58,6 +63,7 @@ from fi_method.templating.rules_genericizer import (
     parse,
     parse_document,
     parse_documents,
+    plays_a_part,
 )
 from fi_method.templating.template_words import (
     QUESTION_OPENERS,
@@ -295,8 +301,10 @@ def _all_words_near_values(
     text: str, run: tuple[_Sentence, ...], needed: set[str], values: list[str]
 ) -> bool:
     """Whether each of the template's words (`needed` keys) is within MAX_GAP_CHARS of a mention
-    of one of its values, in the same sentence."""
-    mentions = [m for value in values for m in _occurrences(text, run, value)]
+    of one of its values, in the same sentence, and that sentence is not a question: a quiz's
+    "What is the capital of Australia?" asks what the template asks and answers nothing."""
+    asking = {index for index, sentence in enumerate(run) if _is_a_question(text, sentence)}
+    mentions = [m for value in values for m in _occurrences(text, run, value) if m[0] not in asking]
     positions = _word_positions(text, run)
     return all(
         any(
@@ -309,6 +317,10 @@ def _all_words_near_values(
     )
 
 
+def _is_a_question(text: str, sentence: _Sentence) -> bool:
+    return text[sentence.start : sentence.end].rstrip().endswith("?")
+
+
 # Who does and who is done to: a value the template makes the doer ("when <fi>a person</fi> was
 # president") must not be what the passage's sentence does something to, and the other way
 # round ("who uses <fi>a person</fi>?" is not answered by "Ferris uses the device"). Only the
@@ -316,6 +328,8 @@ def _all_words_near_values(
 # was <fi>a landmark</fi> finished") as active.
 _DOER = frozenset({"nsubj"})
 _DONE_TO = frozenset({"dobj"})
+# A template that says one of these asks about the idiom "play a role in" itself.
+_IDIOM_WORDS = frozenset({"role", "roles", "part", "parts"})
 # Where a template places its value with one of these ("the tower in <fi>a city</fi>"), the
 # passage may place it with a chain of them ("the tower on the Champ de Mars in Paris").
 _LOCATIVE = frozenset({"in", "on", "at", "near", "of", "within", "inside"})
@@ -408,6 +422,9 @@ class _TemplateReading(NamedTuple):
     # The slot descriptions the template makes the subject of a plural verb, and of a singular.
     plural: frozenset[str]
     singular: frozenset[str]
+    # The word keys of the template's noun that holds each slot through a preposition ("capital"
+    # in "the capital of <fi>a country</fi>"): a passage must say that noun of the value too.
+    owners: dict[str, frozenset[str]]
     # Why the template is not a whole question, or None: "what language do <fi>a group</fi>?"
     # and "where did al <fi>a kind of attack</fi>?" lost their verb to a slot or never had one.
     broken: str | None
@@ -425,8 +442,17 @@ def _template_reading(template: str) -> _TemplateReading:
     plural: set[str] = set()
     singular: set[str] = set()
     stand_ins = [token for token in doc if token.text == SLOT_STAND_IN]
+    owners: dict[str, frozenset[str]] = dict.fromkeys(descriptions, frozenset())
     for description, token in zip(descriptions, stand_ins, strict=False):
         roles[description] = roles[description] or _role(token)
+        holder = token.head.head
+        if (
+            token.dep_ == "pobj"
+            and token.head.dep_ == "prep"
+            and holder.pos_ in ("NOUN", "PROPN")
+            and holder.text != SLOT_STAND_IN
+        ):
+            owners[description] = owners[description] | frozenset(word_keys([holder.lower_]))
         if token.dep_ not in ("nsubj", "nsubjpass"):
             continue
         verbs = {word.lower_ for word in (token.head, *token.head.children) if word.i != token.i}
@@ -474,7 +500,7 @@ def _template_reading(template: str) -> _TemplateReading:
         broken = "a passage copied word for word does not write or rewrite what the template asks"
     relations = tuple(w for w in words(fixed_text(template)) if w in _PLACE_RELATIONS)
     return _TemplateReading(
-        lemmas, roles, relations, frozenset(plural), frozenset(singular), broken
+        lemmas, roles, relations, frozenset(plural), frozenset(singular), owners, broken
     )
 
 
@@ -544,10 +570,19 @@ def _linked(
     """Whether the passage's parse ties a mention of a value in the run to one of the template's
     words (`needed` keys): the path between them passes through at most MAX_LINK_TOKENS tokens,
     each a word of the template (`lemmas`) or punctuation; given the `role` its slot plays in the
-    template, a mention playing the other role does not count."""
+    template, a mention playing the other role does not count; given `owners`, the keys of the
+    noun that holds the slot in the template ("the capital of <fi>a country</fi>"), the value
+    must hang below that noun or own it ("France has a capital"), not be it ("Paris, the
+    capital of France", "Denver is the capital of Colorado")."""
     doc = parse_document(text)
     tokens, keys, in_values = _run_tokens(text, run)
-    targets = [token for token, key in zip(tokens, keys, strict=True) if key in needed]
+    # "play a key role in" is not the acting a template's "play" asks about, unless it says so.
+    idiom_counts = bool(lemmas & _IDIOM_WORDS)
+    targets = [
+        (token, key)
+        for token, key in zip(tokens, keys, strict=True)
+        if key in needed and (idiom_counts or not plays_a_part(token))
+    ]
 
     locative = bool(lemmas & _LOCATIVE)
 
@@ -560,7 +595,7 @@ def _linked(
             or (locative and token.dep_ == "prep" and token.lower_ in _LOCATIVE)
         )
 
-    def linked(surface: str, role: str | None = None) -> bool:
+    def linked(surface: str, role: str | None = None, owners: frozenset[str] = frozenset()) -> bool:
         for _, start, end in _occurrences(text, run, surface):
             span = doc.char_span(start, max(end, start + 1), alignment_mode="expand")
             if span is None:
@@ -569,8 +604,17 @@ def _linked(
             if role is not None and found is not None and found != role:
                 continue
             inside = range(span.start, span.end)
-            for target in targets:
+            above = {token.i for token in span.root.ancestors}
+            for target, key in targets:
                 if target.i in inside:
+                    continue
+                if _owns(span.root, target):
+                    return True
+                if owners and (
+                    key not in owners
+                    or target.pos_ not in ("NOUN", "PROPN")
+                    or target.i not in above
+                ):
                     continue
                 path = _between(span.root, target)
                 if path is not None and len(path) <= MAX_LINK_TOKENS and all(map(allowed, path)):
@@ -578,6 +622,18 @@ def _linked(
         return False
 
     return linked
+
+
+def _owns(value, noun) -> bool:
+    """Whether a value's head is the subject of "have" with the noun `noun` as its object
+    ("Australia has a capital"): it ties them as "of" does."""
+    return (
+        noun.pos_ in ("NOUN", "PROPN")
+        and noun.dep_ == "dobj"
+        and noun.head.lemma_ == "have"
+        and value.dep_ == "nsubj"
+        and value.head.i == noun.head.i
+    )
 
 
 def _defines(sentence: str, value: str) -> bool:
@@ -611,6 +667,9 @@ def kind_fits(description: str, kind: str, similarity: float) -> bool:
         return kind in _NAMED_KINDS
     if description == TOPIC_DESCRIPTION:
         return kind in _TOPIC_KINDS or kind.startswith("a kind of ")
+    if description in _NAMED_KINDS and kind.startswith("a kind of "):
+        # "a city or country" wants a name, not "populous city".
+        return False
     return similarity >= MIN_KIND_SIMILARITY
 
 
@@ -712,12 +771,14 @@ def _assign(
     salience: dict[str, int],
     embed: Embed,
     about_the_value: bool = False,
+    tied: Callable[[str, str], bool] | None = None,
 ) -> dict[str, str] | None:
     """One distinct filler per distinct description, of a kind that fits it, best first (greedy):
     the similarity of its kind to the description plus SALIENCE_WEIGHT per time the excerpt names
     it (`salience`, counted up to MAX_SALIENCE), ties to the filler that comes first. None when a
     description finds none. With `about_the_value` (a template that asks about its values alone)
-    the most salient filler of a fitting kind comes first: the excerpt must be about it."""
+    the most salient filler of a fitting kind comes first: the excerpt must be about it. With
+    `tied`, a filler fills a description only where `tied(description, surface)` holds."""
     kinds = list(dict.fromkeys(kind for _, kind in fillers))
     vectors = embed(descriptions + kinds)
     similarity_of = {
@@ -738,6 +799,7 @@ def _assign(
             for column, (surface, kind) in enumerate(fillers)
             if kind_fits(description, kind, similarity_of[description, kind])
             and _head_fits(description, surface)
+            and (tied is None or tied(description, surface))
         )
     )
     value_of: dict[str, str] = {}
@@ -840,7 +902,16 @@ def rules_instantiate(
             ]
         excerpt_keys = word_keys(words(excerpt))
         salience = {surface: excerpt_keys.count(_head(surface)) for surface, _ in fillers}
-        value_of = _assign(descriptions, fillers, salience, embed, value_alone) if fillers else None
+        # Each slot takes only a value the passage ties to the template's words as the template
+        # ties that slot: by its role, and below the noun that holds it.
+        tied = (
+            (lambda d, surface, link=linked: link(surface, reading.roles[d], reading.owners[d]))
+            if needed
+            else None
+        )
+        value_of = (
+            _assign(descriptions, fillers, salience, embed, value_alone, tied) if fillers else None
+        )
         if value_of is None:
             reason = f"no span of the passage fits {_listing(descriptions)} where it says so"
             continue
@@ -889,9 +960,6 @@ def rules_instantiate(
             continue
         if any(names_many(value_of[d]) for d in reading.singular if d in value_of):
             reason = "a value names many where the template's verb asks for one"
-            continue
-        if needed and not all(linked(value, reading.roles[d]) for d, value in value_of.items()):
-            reason = "the passage does not tie the values to its words as the template does"
             continue
         if not template.startswith(FI_OPEN):
             # Inside a sentence a value's article is lower-case: "is the Eiffel Tower".

@@ -352,6 +352,13 @@ _OBJECT_OF_WHO_VERB = {
 }
 # Acting verbs: their object is a character and what follows their "in" is the work.
 _ACTING_VERBS = frozenset({"play", "portray", "voice", "star", "appear"})
+# Save in the idiom "play a role (or part) in": it says what a thing contributes to ("jaguars
+# play a crucial role in ecosystems"), and neither the role nor what it is played in is a
+# character or a film, unless that is a title ("played the lead role in Titanic").
+_IDIOM_OBJECTS = frozenset({"role", "part"})
+# "what team does david beckham play for": the object a question word determines is what the
+# question asks for, not a value.
+_WH_DETERMINERS = frozenset({"what", "which", "whose"})
 _TOPIC_KINDS = (
     (("ology", "ics", "graphy", "onomy"), "a field of study"),
     (("ism", "isms"), "an ideology or movement"),
@@ -400,6 +407,10 @@ def _context_kind(root: Token) -> str | None:
     the work after "played ... in"."""
     verb = root.head
     if root.dep_ == "dobj":
+        if root.lemma_.lower() in _IDIOM_OBJECTS or any(
+            child.lower_ in _WH_DETERMINERS for child in root.children
+        ):
+            return None
         subjects = [child.lower_ for child in verb.children if child.dep_.startswith("nsubj")]
         acting_in = verb.lemma_ in _ACTING_VERBS and any(
             child.lower_ == "in" for child in verb.children
@@ -407,8 +418,29 @@ def _context_kind(root: Token) -> str | None:
         if "who" in subjects or acting_in:
             return _OBJECT_OF_WHO_VERB.get(verb.lemma_)
     if root.dep_ == "pobj" and verb.lower_ == "in" and verb.head.lemma_ in _ACTING_VERBS:
-        return "a TV series or film"
+        return None if plays_a_part(verb.head) else "a TV series or film"
     return None
+
+
+def plays_a_part(verb: Token) -> bool:
+    """Whether an acting verb is said in the idiom "play a role (or part) in" something that is
+    not a title: "bees play a crucial role in pollination" speaks of what bees do, not of a film
+    they acted in."""
+    if verb.lemma_ not in _ACTING_VERBS:
+        return False
+    objects = [child for child in verb.children if child.dep_ == "dobj"]
+    if not any(token.lemma_.lower() in _IDIOM_OBJECTS for token in objects):
+        return False
+    # The parser hangs "in ..." on the verb or on the role.
+    works = [
+        work
+        for holder in (verb, *objects)
+        for preposition in holder.children
+        if preposition.lower_ == "in"
+        for work in preposition.children
+        if work.dep_ == "pobj"
+    ]
+    return not any(work.pos_ == "PROPN" for work in works)
 
 
 def _is_specific(token: Token, title_case: set[int]) -> bool:
