@@ -276,12 +276,23 @@ def test_lowercase_queries_get_typed_slots(query, template):
     assert rules_genericize(query).template == template
 
 
-def test_the_thing_a_question_word_asks_for_is_no_slot():
-    """ "what character": the question asks for the character, so only the actor and the film
-    are values."""
-    assert rules_genericize("what character did natalie portman play in star wars?").template == (
-        "what character did <fi>a person</fi> play in <fi>a TV series or film</fi>?"
-    )
+@pytest.mark.parametrize(
+    ("query", "template"),
+    [
+        # The question asks for the character: only the actor and the film are values.
+        (
+            "what character did natalie portman play in star wars?",
+            "what character did <fi>a person</fi> play in <fi>a TV series or film</fi>?",
+        ),
+        # Sports are played, not acted: Poland is no film.
+        (
+            "what sports do people play in poland?",
+            "what sports do people play in <fi>a city or country</fi>?",
+        ),
+    ],
+)
+def test_the_thing_a_question_word_asks_for_is_no_slot(query, template):
+    assert rules_genericize(query).template == template
 
 
 @pytest.mark.parametrize(
@@ -411,3 +422,15 @@ def test_a_filler_ends_at_a_dash_set_off_by_spaces():
     assert fillers["Pennsylvania"] == fillers["North Carolina"] == "a city or country"
     assert not [surface for surface in fillers if " - " in surface]
     assert "a grand chateau-style mansion" in fillers
+
+
+def test_an_entity_across_a_dash_set_off_by_spaces_fills_nothing():
+    """The small model reads a list item's term and the first word of its explanation as one
+    landmark ("Cognitive Load - Like"), which filled "what films has <fi>a person</fi> been in?"."""
+    text = (
+        "14. Cognitive Load - Like a complex plot in a film, cognitive load can overwhelm users "
+        "if it is not managed well.\n15. Accessibility - Accessibility is like subtitles in a "
+        "foreign film, ensuring that all users can understand and enjoy the experience."
+    )
+    fillers = dict(slot_fillers(text))
+    assert not [surface for surface in fillers if "Load" in surface or "Accessibility" in surface]

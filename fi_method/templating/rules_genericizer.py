@@ -418,8 +418,21 @@ def _context_kind(root: Token) -> str | None:
         if "who" in subjects or acting_in:
             return _OBJECT_OF_WHO_VERB.get(verb.lemma_)
     if root.dep_ == "pobj" and verb.lower_ == "in" and verb.head.lemma_ in _ACTING_VERBS:
-        return None if plays_a_part(verb.head) else "a TV series or film"
+        acting = not plays_a_part(verb.head) and not _asks_what_is_played(verb.head)
+        return "a TV series or film" if acting else None
     return None
+
+
+def _asks_what_is_played(verb: Token) -> bool:
+    """Whether a question asks what is played, and it is no character or role ("what sports do
+    people play in poland", "what team did he play for in college"): then "play" is no acting.
+    A role is the idiom's business (plays_a_part)."""
+    return any(
+        child.dep_ == "dobj"
+        and child.lemma_.lower() not in {"character", *_IDIOM_OBJECTS}
+        and any(word.lower_ in _WH_DETERMINERS for word in child.children)
+        for child in verb.children
+    )
 
 
 def plays_a_part(verb: Token) -> bool:
@@ -521,10 +534,14 @@ def _parsed_spans(doc: Doc, title_case: set[int]) -> list[tuple[_Span, Token]]:
         tokens = _trimmed(list(chunk))
         if not tokens or chunk.root.pos_ == "PRON":
             continue
+        named = entity_at.get(chunk.root.i)
+        if named is not None and _crosses_a_spaced_dash(named):
+            # A list item's term and the start of its explanation read as one entity
+            # ("Cognitive Load - Like"): neither its label nor its words are a guide.
+            continue
         entity = None if chunk.start in title_case else _entity_kind(tokens, chunk.root)
         if entity:
             # The entity may reach past the chunk ("the University" + "of Michigan").
-            named = entity_at[chunk.root.i]
             tokens = sorted({*tokens, *_trimmed(list(named))}, key=lambda token: token.i)
         # The small model often calls a person's full name an organization.
         if entity in (None, "an organization") and _is_full_name(tokens):
@@ -545,7 +562,7 @@ def _parsed_spans(doc: Doc, title_case: set[int]) -> list[tuple[_Span, Token]]:
         found.append((_token_span(phrase, _phrase_kind(phrase)), chunk.root))
     for entity in entities:
         outside = not in_chunks.intersection(range(entity.start, entity.end))
-        if outside and entity.start not in title_case:
+        if outside and entity.start not in title_case and not _crosses_a_spaced_dash(entity):
             tokens = _trimmed(list(entity))
             kind = tokens and _entity_kind(tokens, entity.root)
             if kind:
