@@ -6,6 +6,10 @@ report (each recipe's packed tokens, the training budget), then a seeded random 
 
     FI_HOME=fi_home python -m bench.pairs                  # 20 kept pairs, seed 0
     FI_HOME=fi_home python -m bench.pairs --sample 40 --seed 1 --save
+    FI_HOME=fi_home python -m bench.pairs --answer-chars 0  # whole answers, to grade them
+
+An answer is an excerpt of a few paragraphs, and the sentences that answer often come after its
+start: grade a pair on its whole answer.
 
 CPU only (reads tables): no device to choose.
 """
@@ -83,6 +87,12 @@ def main() -> None:
     arguments = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     arguments.add_argument("--sample", type=int, default=DEFAULT_SAMPLE, help="kept pairs to show")
     arguments.add_argument("--seed", type=int, default=0)
+    arguments.add_argument(
+        "--answer-chars",
+        type=int,
+        default=ANSWER_CHARS,
+        help=f"characters of each answer to show (default {ANSWER_CHARS}; 0: all of it)",
+    )
     arguments.add_argument("--save", action="store_true", help="also write to bench/results/")
     args = arguments.parse_args()
     settings = get_settings()
@@ -96,6 +106,9 @@ def main() -> None:
         {"h": heldout},
     ).fetchall()
     template, uses, kept = largest_template_share(connection, heldout)
+    answer_heading = (
+        f"answer (first {args.answer_chars} characters)" if args.answer_chars else "answer"
+    )
     sections = [
         f"Data root {settings.home}, training shards (all but {heldout}).",
         table(["step", "rows"], steps),
@@ -107,13 +120,13 @@ def main() -> None:
         fidelity_report(storage, settings),
         f"{args.sample} kept pairs drawn at random (seed {args.seed}):",
         table(
-            ["#", "instruction", "template", f"answer (first {ANSWER_CHARS} characters)", "score"],
+            ["#", "instruction", "template", answer_heading, "score"],
             [
                 (
                     i,
                     instruction,
                     template,
-                    " ".join(answer[:ANSWER_CHARS].split()).replace("|", "/"),
+                    " ".join(answer[: args.answer_chars or None].split()).replace("|", "/"),
                     score,
                 )
                 for i, (instruction, template, answer, score, _) in enumerate(
