@@ -2,6 +2,7 @@
 non-instructional baseline. Every model call goes through the call cache (fi_resources.roles), so
 a rerun pays only for calls it has never made."""
 
+import time
 from collections import Counter
 from collections.abc import Iterable
 
@@ -165,6 +166,8 @@ def _instantiate_shard(
     uses, seen = Counter(), set()
     tried = instantiated = nulls = 0
     ratios: list[float] = []
+    n_documents, done_documents = matched["doc_id"].n_unique(), 0
+    started = time.perf_counter()
     with (
         storage.table_writer(INSTANTIATED_PAIRS, shard) as written,
         storage.rejects_writer(INSTANTIATED_PAIRS.name, shard) as rejected,
@@ -204,6 +207,14 @@ def _instantiate_shard(
             tried, instantiated = tried + batch_tried, instantiated + made
             nulls += sum(r["reason"] == RejectReason.TEMPLATE_DOES_NOT_FIT for r in rejects)
             ratios += frame["excerpt_ratio"].to_list()
+            # The partition's progress: a role call's own log covers one batch.
+            done_documents += matched[batch]["doc_id"].n_unique()
+            elapsed = time.perf_counter() - started
+            context.log.info(
+                f"instantiated the matches of {done_documents}/{n_documents} documents "
+                f"({written.rows} grounded pairs, "
+                f"~{(n_documents - done_documents) * elapsed / done_documents:.0f}s left)"
+            )
     calls = CallResult.combined(rounds)
     return report_stage(
         written,
