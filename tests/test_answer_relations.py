@@ -9,6 +9,7 @@ from fi_method.synthesis.answer_relations import (
     asked_known_for,
     defines,
     is_about,
+    is_an_entry_for,
     names_the_doer,
     places,
 )
@@ -100,6 +101,44 @@ def test_a_window_is_about_a_value_it_makes_an_argument_of_a_clause(window, valu
 )
 def test_a_definition_says_what_the_thing_is(window, thing, defined):
     assert defines(window, thing) is defined
+
+
+@pytest.mark.parametrize(
+    ("window", "thing", "entry"),
+    [
+        # ShareGPT answers the judge at rules-16 refused as "about something else".
+        (
+            (
+                "1. User Management Microservice: This microservice will handle user "
+                "authentication, authorization, and profile management."
+            ),
+            "User Management Microservice",
+            True,
+        ),
+        (
+            (
+                "National Park Service (United States): The U.S. National Park Service (NPS) is "
+                "responsible for managing and protecting national parks."
+            ),
+            "National Park Service",
+            True,
+        ),
+        ("**SEO**: a set of practices that raise a site in search results.", "SEO", True),
+        # A heading alone on its line, a term inside a sentence, and a dialogue's speaker.
+        ("National Park Service:\n\nVisitors come in summer.", "National Park Service", False),
+        (
+            "The plan for User Management Microservice: this service will handle it.",
+            "User Management Microservice",
+            False,
+        ),
+        ("Grumpy Cat: Well, as a cat, I think it is in my nature.", "Grumpy Cat", False),
+        ("Narrator: Lahaina was once a capital.", "Narrator", False),
+    ],
+)
+def test_a_glossary_entry_says_what_its_term_is(window, thing, entry):
+    assert is_an_entry_for(window, thing) is entry
+    if entry:
+        assert defines(window, thing)
 
 
 @pytest.mark.parametrize(
@@ -493,6 +532,19 @@ def test_the_judge_refuses_pipeline_pairs_that_name_the_things_without_answering
             _passage(
                 "Dagny Taggart is the heroine of Atlas Shrugged, who runs the railroad her "
                 "family founded."
+            ),
+        ),
+        # A list's entry says what its term is.
+        (
+            "what is <fi>a named entity such as a person, place or product</fi>?",
+            "what is User Management Microservice?",
+            (
+                "Here is a possible split of the application into microservices:\n\n1. User "
+                "Management Microservice: This microservice will handle user authentication, "
+                "authorization, and profile management. It will store user data in its own "
+                "database and expose a REST API for the other services.\n2. Order Microservice: "
+                "This microservice will manage orders, from creation to delivery, and will "
+                "publish events when an order changes state."
             ),
         ),
         # News: the question names him by title and surname, the passage by his whole name.

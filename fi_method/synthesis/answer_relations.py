@@ -118,11 +118,44 @@ def _clause(token: Token) -> Token:
     return token
 
 
+# A glossary's or a list's entry: a line that opens on a term (after a list marker, in bold or
+# not, a parenthesis after it) and goes on after a colon to say what it is, in the third person
+# ("1. User Management Microservice: This microservice will handle ..."). A heading on a line of
+# its own says nothing, nor does a speaker's line in a dialogue ("Grumpy Cat: Well, I think ...").
+_ENTRY = (
+    r"(?im)^[ \t]*(?:[-*•]|\d+[.)])?[ \t]*(?:\*\*)?{term}(?:\*\*)?"
+    r"(?:[ \t]*\([^)\n]*\))?(?:\*\*)?[ \t]*:[ \t]*(?P<said>\w[^\n]*)"
+)
+# How an entry's description opens: an article, "this" or "it", or in lower case ("a framework
+# for ...", "open-source container orchestration").
+_DESCRIPTION_OPENING = re.compile(r"(?:[Aa]n?|[Tt]he|[Tt]his|[Tt]hese|[Ii]ts?)\b|[a-z]")
+_SPEAKING = re.compile(r"\b(?:i|me|my|we|us|our|you|your)\b", re.IGNORECASE)
+
+
+def is_an_entry_for(window: str, thing: str) -> bool:
+    """Whether a line of the window is an entry for `thing`: the term, a colon, then on the
+    same line a description of it in the third person that opens as descriptions do or names the
+    term's last word again."""
+    name = re.sub(r"^(?:the|a|an)\s+", "", thing.strip(), flags=re.IGNORECASE)
+    if not name:
+        return False
+    last = re.escape(name.split()[-1])
+    for entry in re.finditer(_ENTRY.format(term=re.escape(name)), window):
+        said = re.split(r"(?<=[.!?])\s", entry.group("said"), maxsplit=1)[0]
+        if _SPEAKING.search(said):
+            continue
+        if _DESCRIPTION_OPENING.match(said) or re.search(rf"\b{last}\b", said, re.IGNORECASE):
+            return True
+    return False
+
+
 def is_about(window: str, values: list[str], asked: frozenset[str]) -> bool:
     """Whether the window is about one of `values`: it mentions one as the subject, the
     predicate or the object of a clause with a verb (or beside one, in apposition), not as a
-    detail of another noun, nor in a heading, nor addressed by name. `asked`: the question's own
-    words (lower-case, and their lemmas)."""
+    detail of another noun, nor in a heading, nor addressed by name; or it is an entry for one
+    (is_an_entry_for). `asked`: the question's own words (lower-case, and their lemmas)."""
+    if any(is_an_entry_for(window, value) for value in values):
+        return True
     doc = parse(window)
     for value in values:
         for mention in _mentions(doc, value):
@@ -195,7 +228,10 @@ def defines(window: str, thing: str) -> bool:
     """Whether the window says what `thing` is: "X is a Y" (a noun after the copula), "Y is X",
     "X, a Y", or a title before a name ("the current president Bujar Nishani"); not "X is named
     after ..." nor "X's capital is ...". A name given beside another ("The Computer Science
-    Network (CSNET) was a computer network") is defined where that one is."""
+    Network (CSNET) was a computer network") is defined where that one is. An entry for it
+    (is_an_entry_for) says what it is too."""
+    if is_an_entry_for(window, thing):
+        return True
     doc = parse(window)
     for mention in _mentions(doc, thing):
         if _described_by_apposition(mention) or _defined_as(mention):
