@@ -126,22 +126,25 @@ _ENTRY = (
     r"(?im)^[ \t]*(?:[-*•]|\d+[.)])?[ \t]*(?:\*\*)?{term}(?:\*\*)?"
     r"(?:[ \t]*\([^)\n]*\))?(?:\*\*)?[ \t]*:[ \t]*(?P<said>\w[^\n]*)"
 )
-# How an entry's description opens: an article, "this" or "it", or in lower case ("a framework
-# for ...", "open-source container orchestration").
-_DESCRIPTION_OPENING = re.compile(r"(?:[Aa]n?|[Tt]he|[Tt]his|[Tt]hese|[Ii]ts?)\b|[a-z]")
+# How a description opens that says what its term is without naming it again: "a" or "an", or
+# in lower case ("a framework for ...", "open-source container orchestration"). "The Maya could
+# have continued ..." under "Continued Cultural Development:" says what would happen, not what it is.
+_DESCRIPTION_OPENING = re.compile(r"[Aa]n?\b|[a-z]")
+ENTRY_OPENING_WORDS = 10
 _SPEAKING = re.compile(r"\b(?:i|me|my|we|us|our|you|your)\b", re.IGNORECASE)
 
 
 def is_an_entry_for(window: str, thing: str) -> bool:
     """Whether a line of the window is an entry for `thing`: the term, a colon, then on the
-    same line a description of it in the third person that opens as descriptions do or names the
-    term's last word again."""
+    same line a description of it in the third person that opens with "a" or "an" or in lower
+    case, or names the term's last word again ("This microservice will handle ...")."""
     name = re.sub(r"^(?:the|a|an)\s+", "", thing.strip(), flags=re.IGNORECASE)
     if not name:
         return False
     last = re.escape(name.split()[-1])
     for entry in re.finditer(_ENTRY.format(term=re.escape(name)), window):
-        said = re.split(r"(?<=[.!?])\s", entry.group("said"), maxsplit=1)[0]
+        # Its opening words: where a speaker says "I" and a description names its term.
+        said = " ".join(entry.group("said").split()[:ENTRY_OPENING_WORDS])
         if _SPEAKING.search(said):
             continue
         if _DESCRIPTION_OPENING.match(said) or re.search(rf"\b{last}\b", said, re.IGNORECASE):
