@@ -573,6 +573,24 @@ AUSTRALIA_PASSAGE = (
         # Denver is the capital, and "most populous city" names no place.
         (DENVER_PASSAGE, None),
         (AUSTRALIA_PASSAGE, "what is the name of the capital of Australia?"),
+        (
+            (
+                "3. Italy - From Athens, you can take a ferry or flight to Italy's capital, Rome. "
+                "The city is "
+                "a must-see destination, known for its ancient ruins such as the Colosseum and the "
+                "Roman Forum, as well as its charming piazzas and its food."
+            ),
+            "what is the name of the capital of Italy?",
+        ),
+        # Kyoto was the capital: the passage does not say what the capital of Japan is.
+        (
+            (
+                "Travel to Kyoto, the former imperial capital of Japan, and explore its many "
+                "historic and cultural landmarks. Visit famous temples like Kinkaku-ji (the Golden "
+                "Pavilion) and Fushimi Inari Shrine, and stroll through the Arashiyama Bamboo Grove."
+            ),
+            None,
+        ),
     ],
 )
 def test_the_value_of_the_capital_of_is_what_has_the_capital_not_the_capital(
@@ -613,6 +631,18 @@ def test_the_value_of_the_capital_of_is_what_has_the_capital_not_the_capital(
                 "Jaguars are famous for their distinctive black spots, which are called rosettes. "
                 "As apex predators, jaguars play a crucial role in ecosystems, keeping the numbers "
                 "of deer, capybaras and caimans in check across the rainforests of Brazil and Peru."
+            ),
+        ),
+        # A program plays a song; only a performer plays in something.
+        (
+            "what has <fi>a specific topic or concept</fi> played in?",
+            (
+                "First, we would start by defining the key functions that make up our app. In this "
+                "case, we might have:\n\n1. A `playSong(song)` function that plays the given "
+                "song.\n2. A `pauseSong()` function that pauses playback of the current song.\n3. A "
+                "`stopSong()` function that stops playback of the current song.\n4. A "
+                "`addToPlaylist(playlist, song)` function that adds the given song to the given "
+                "playlist."
             ),
         ),
         (

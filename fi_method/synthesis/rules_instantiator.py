@@ -41,6 +41,7 @@ window of the document a model would read around it:
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from bisect import bisect_left
@@ -54,6 +55,7 @@ from wordfreq import zipf_frequency
 from fi_method.roles import Embed, MemoizedEmbed
 from fi_method.synthesis.excerpts import EXCERPT_CLOSE, EXCERPT_ELLIPSIS, EXCERPT_OPEN
 from fi_method.templating.rules_genericizer import (
+    ACTING_VERBS,
     COMMON_WORD_ZIPF,
     ENTITY_DESCRIPTION,
     PARSE_CACHE_SIZE,
@@ -317,6 +319,21 @@ def _all_words_near_values(
     )
 
 
+def _tied(
+    reading: _TemplateReading,
+    linked: Callable[..., bool],
+    kind_of: dict[str, str],
+    description: str,
+    surface: str,
+) -> bool:
+    """Whether a value may fill a slot of the template: one who plays, stars or appears is a
+    performer, and the passage ties the value to the template's words as the template ties that
+    slot (its role, the noun that holds it)."""
+    if description in reading.performers and kind_of[surface] not in _PERFORMERS:
+        return False
+    return linked(surface, reading.roles[description], reading.owners[description])
+
+
 def _is_a_question(text: str, sentence: _Sentence) -> bool:
     return text[sentence.start : sentence.end].rstrip().endswith("?")
 
@@ -328,6 +345,12 @@ def _is_a_question(text: str, sentence: _Sentence) -> bool:
 # was <fi>a landmark</fi> finished") as active.
 _DOER = frozenset({"nsubj"})
 _DONE_TO = frozenset({"dobj"})
+# Who plays, stars or appears in something: a person, a band or team, a people.
+_PERFORMERS = frozenset(
+    {"a person", "an organization", "a nationality, religion or political group"}
+)
+# What a passage calls no longer so ("the former capital"); a template that says one asks about it.
+_FORMER = frozenset({"former", "formerly", "erstwhile", "onetime", "ex"})
 # A template that says one of these asks about the idiom "play a role in" itself.
 _IDIOM_WORDS = frozenset({"role", "roles", "part", "parts"})
 # Where a template places its value with one of these ("the tower in <fi>a city</fi>"), the
@@ -425,6 +448,9 @@ class _TemplateReading(NamedTuple):
     # The word keys of the template's noun that holds each slot through a preposition ("capital"
     # in "the capital of <fi>a country</fi>"): a passage must say that noun of the value too.
     owners: dict[str, frozenset[str]]
+    # The slot descriptions the template makes the subject of "play", "star", "appear": a
+    # performer ("what has <fi>a person</fi> played in?"), never a topic or a program.
+    performers: frozenset[str]
     # Why the template is not a whole question, or None: "what language do <fi>a group</fi>?"
     # and "where did al <fi>a kind of attack</fi>?" lost their verb to a slot or never had one.
     broken: str | None
@@ -443,8 +469,11 @@ def _template_reading(template: str) -> _TemplateReading:
     singular: set[str] = set()
     stand_ins = [token for token in doc if token.text == SLOT_STAND_IN]
     owners: dict[str, frozenset[str]] = dict.fromkeys(descriptions, frozenset())
+    performers: set[str] = set()
     for description, token in zip(descriptions, stand_ins, strict=False):
         roles[description] = roles[description] or _role(token)
+        if token.dep_ == "nsubj" and token.head.lemma_ in ACTING_VERBS:
+            performers.add(description)
         holder = token.head.head
         if (
             token.dep_ == "pobj"
@@ -500,7 +529,14 @@ def _template_reading(template: str) -> _TemplateReading:
         broken = "a passage copied word for word does not write or rewrite what the template asks"
     relations = tuple(w for w in words(fixed_text(template)) if w in _PLACE_RELATIONS)
     return _TemplateReading(
-        lemmas, roles, relations, frozenset(plural), frozenset(singular), owners, broken
+        lemmas,
+        roles,
+        relations,
+        frozenset(plural),
+        frozenset(singular),
+        owners,
+        frozenset(performers),
+        broken,
     )
 
 
@@ -572,8 +608,9 @@ def _linked(
     each a word of the template (`lemmas`) or punctuation; given the `role` its slot plays in the
     template, a mention playing the other role does not count; given `owners`, the keys of the
     noun that holds the slot in the template ("the capital of <fi>a country</fi>"), the value
-    must hang below that noun or own it ("France has a capital"), not be it ("Paris, the
-    capital of France", "Denver is the capital of Colorado")."""
+    must be what has that noun ("the capital of France", "Italy's capital", "France has a
+    capital"), not be it ("Paris, the capital of France", "Denver is the capital of Colorado"),
+    and the passage must not call the noun former."""
     doc = parse_document(text)
     tokens, keys, in_values = _run_tokens(text, run)
     # "play a key role in" is not the acting a template's "play" asks about, unless it says so.
@@ -585,6 +622,7 @@ def _linked(
     ]
 
     locative = bool(lemmas & _LOCATIVE)
+    former = bool(lemmas & _FORMER)
 
     def allowed(token) -> bool:
         return (
@@ -604,17 +642,20 @@ def _linked(
             if role is not None and found is not None and found != role:
                 continue
             inside = range(span.start, span.end)
-            above = {token.i for token in span.root.ancestors}
             for target, key in targets:
                 if target.i in inside:
                     continue
                 if _owns(span.root, target):
                     return True
-                if owners and (
-                    key not in owners
-                    or target.pos_ not in ("NOUN", "PROPN")
-                    or target.i not in above
-                ):
+                if owners:
+                    # Only "the N of X" and "X's N" say the N of X, and "the former N of X"
+                    # says it no more, unless the template asks about a former one.
+                    if (
+                        key in owners
+                        and _held_by(span.root, target)
+                        and (former or not _was(target))
+                    ):
+                        return True
                     continue
                 path = _between(span.root, target)
                 if path is not None and len(path) <= MAX_LINK_TOKENS and all(map(allowed, path)):
@@ -622,6 +663,22 @@ def _linked(
         return False
 
     return linked
+
+
+def _held_by(value, noun) -> bool:
+    """Whether a value's head (or the first of the conjuncts it is one of) is the object of a
+    preposition that hangs on the noun `noun` ("the capital of X"), or its possessor ("X's
+    capital")."""
+    while value.dep_ in ("conj", "appos") and value.head.i != value.i:
+        value = value.head
+    if value.dep_ == "poss":
+        return value.head.i == noun.i
+    return value.dep_ == "pobj" and value.head.dep_ == "prep" and value.head.head.i == noun.i
+
+
+def _was(noun) -> bool:
+    """Whether a noun is said to be what it was once: "the former imperial capital"."""
+    return any(child.lower_ in _FORMER for child in noun.children)
 
 
 def _owns(value, noun) -> bool:
@@ -904,11 +961,7 @@ def rules_instantiate(
         salience = {surface: excerpt_keys.count(_head(surface)) for surface, _ in fillers}
         # Each slot takes only a value the passage ties to the template's words as the template
         # ties that slot: by its role, and below the noun that holds it.
-        tied = (
-            (lambda d, surface, link=linked: link(surface, reading.roles[d], reading.owners[d]))
-            if needed
-            else None
-        )
+        tied = functools.partial(_tied, reading, linked, dict(fillers)) if needed else None
         value_of = (
             _assign(descriptions, fillers, salience, embed, value_alone, tied) if fillers else None
         )

@@ -351,7 +351,7 @@ _OBJECT_OF_WHO_VERB = {
     "win": "a competition or award",
 }
 # Acting verbs: their object is a character and what follows their "in" is the work.
-_ACTING_VERBS = frozenset({"play", "portray", "voice", "star", "appear"})
+ACTING_VERBS = frozenset({"play", "portray", "voice", "star", "appear"})
 # Save in the idiom "play a role (or part) in": it says what a thing contributes to ("jaguars
 # play a crucial role in ecosystems"), and neither the role nor what it is played in is a
 # character or a film, unless that is a title ("played the lead role in Titanic").
@@ -412,12 +412,12 @@ def _context_kind(root: Token) -> str | None:
         ):
             return None
         subjects = [child.lower_ for child in verb.children if child.dep_.startswith("nsubj")]
-        acting_in = verb.lemma_ in _ACTING_VERBS and any(
+        acting_in = verb.lemma_ in ACTING_VERBS and any(
             child.lower_ == "in" for child in verb.children
         )
         if "who" in subjects or acting_in:
             return _OBJECT_OF_WHO_VERB.get(verb.lemma_)
-    if root.dep_ == "pobj" and verb.lower_ == "in" and verb.head.lemma_ in _ACTING_VERBS:
+    if root.dep_ == "pobj" and verb.lower_ == "in" and verb.head.lemma_ in ACTING_VERBS:
         acting = not plays_a_part(verb.head) and not _asks_what_is_played(verb.head)
         return "a TV series or film" if acting else None
     return None
@@ -439,7 +439,7 @@ def plays_a_part(verb: Token) -> bool:
     """Whether an acting verb is said in the idiom "play a role (or part) in" something that is
     not a title: "bees play a crucial role in pollination" speaks of what bees do, not of a film
     they acted in."""
-    if verb.lemma_ not in _ACTING_VERBS:
+    if verb.lemma_ not in ACTING_VERBS:
         return False
     objects = [child for child in verb.children if child.dep_ == "dobj"]
     if not any(token.lemma_.lower() in _IDIOM_OBJECTS for token in objects):
