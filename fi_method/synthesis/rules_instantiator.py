@@ -19,11 +19,13 @@ window of the document a model would read around it:
    does: through the template's own words, other values or prepositions of place only, and not as
    the doer where the template makes it the thing done to ("who uses <fi>a person</fi>?" is not
    answered by "Ferris uses the device"), or the other way round; a value the template holds
-   under a noun through a preposition hangs below that noun in the passage too, or is the
-   subject of "have" with it ("what is the capital of <fi>a country</fi>?" is asked of France,
-   not of Paris, in "Paris, the capital of France"). The sentence saying so is no question: a
-   quiz answers nothing. "play a role in" (fi_method.templating.rules_genericizer.plays_a_part)
-   is not the acting a template's "play" asks about. A span that points back into
+   under a noun through a preposition is what has that noun in the passage too ("the N of X",
+   "X's N", "X has an N"; "what is the capital of <fi>a country</fi>?" is asked of France, not of
+   Paris, in "Paris, the capital of France", and of nothing in "the former capital of Japan").
+   The sentence saying so is no question: a quiz answers nothing. "play a role in"
+   (fi_method.templating.rules_genericizer.plays_a_part) is not the acting a template's "play"
+   asks about, and one who plays, stars or appears is a performer (a person, a group, a
+   people). A span that points back into
    its passage ("the title") names nothing out of it and fills no slot, and a template whose slots
    are all numbers or dates ("Summarize for a <fi>a length of time</fi> old") names no subject a
    passage could be about.
