@@ -43,13 +43,12 @@ window of the document a model would read around it:
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import NamedTuple
 
 from wordfreq import zipf_frequency
@@ -60,6 +59,7 @@ from fi_method.templating.rules_genericizer import (
     ACTING_VERBS,
     COMMON_WORD_ZIPF,
     ENTITY_DESCRIPTION,
+    IDIOM_OBJECTS,
     PARSE_CACHE_SIZE,
     TOPIC_DESCRIPTION,
     filler_spans,
@@ -353,8 +353,6 @@ _PERFORMERS = frozenset(
 )
 # What a passage calls no longer so ("the former capital"); a template that says one asks about it.
 _FORMER = frozenset({"former", "formerly", "erstwhile", "onetime", "ex"})
-# A template that says one of these asks about the idiom "play a role in" itself.
-_IDIOM_WORDS = frozenset({"role", "roles", "part", "parts"})
 # Where a template places its value with one of these ("the tower in <fi>a city</fi>"), the
 # passage may place it with a chain of them ("the tower on the Champ de Mars in Paris").
 _LOCATIVE = frozenset({"in", "on", "at", "near", "of", "within", "inside"})
@@ -616,7 +614,7 @@ def _linked(
     doc = parse_document(text)
     tokens, keys, in_values = _run_tokens(text, run)
     # "play a key role in" is not the acting a template's "play" asks about, unless it says so.
-    idiom_counts = bool(lemmas & _IDIOM_WORDS)
+    idiom_counts = bool(lemmas & IDIOM_OBJECTS)
     targets = [
         (token, key)
         for token, key in zip(tokens, keys, strict=True)
@@ -963,7 +961,7 @@ def rules_instantiate(
         salience = {surface: excerpt_keys.count(_head(surface)) for surface, _ in fillers}
         # Each slot takes only a value the passage ties to the template's words as the template
         # ties that slot: by its role, and below the noun that holds it.
-        tied = functools.partial(_tied, reading, linked, dict(fillers)) if needed else None
+        tied = partial(_tied, reading, linked, dict(fillers)) if needed else None
         value_of = (
             _assign(descriptions, fillers, salience, embed, value_alone, tied) if fillers else None
         )

@@ -355,7 +355,7 @@ ACTING_VERBS = frozenset({"play", "portray", "voice", "star", "appear"})
 # Save in the idiom "play a role (or part) in": it says what a thing contributes to ("jaguars
 # play a crucial role in ecosystems"), and neither the role nor what it is played in is a
 # character or a film, unless that is a title ("played the lead role in Titanic").
-_IDIOM_OBJECTS = frozenset({"role", "part"})
+IDIOM_OBJECTS = frozenset({"role", "part"})
 # "what team does david beckham play for": the object a question word determines is what the
 # question asks for, not a value.
 _WH_DETERMINERS = frozenset({"what", "which", "whose"})
@@ -407,7 +407,7 @@ def _context_kind(root: Token) -> str | None:
     the work after "played ... in"."""
     verb = root.head
     if root.dep_ == "dobj":
-        if root.lemma_.lower() in _IDIOM_OBJECTS or any(
+        if root.lemma_.lower() in IDIOM_OBJECTS or any(
             child.lower_ in _WH_DETERMINERS for child in root.children
         ):
             return None
@@ -429,7 +429,7 @@ def _asks_what_is_played(verb: Token) -> bool:
     A role is the idiom's business (plays_a_part)."""
     return any(
         child.dep_ == "dobj"
-        and child.lemma_.lower() not in {"character", *_IDIOM_OBJECTS}
+        and child.lemma_.lower() not in {"character", *IDIOM_OBJECTS}
         and any(word.lower_ in _WH_DETERMINERS for word in child.children)
         for child in verb.children
     )
@@ -442,7 +442,7 @@ def plays_a_part(verb: Token) -> bool:
     if verb.lemma_ not in ACTING_VERBS:
         return False
     objects = [child for child in verb.children if child.dep_ == "dobj"]
-    if not any(token.lemma_.lower() in _IDIOM_OBJECTS for token in objects):
+    if not any(token.lemma_.lower() in IDIOM_OBJECTS for token in objects):
         return False
     # The parser hangs "in ..." on the verb or on the role.
     works = [
