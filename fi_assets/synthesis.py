@@ -153,15 +153,15 @@ def _instantiate_shard(
     )
 
     def instantiate(batch: list[dict]) -> list[str | Refused]:
-        rounds.append(
-            instantiator.call(
-                batch,
-                aids,
-                progress=log_progress(context, "instantiated"),
-                caller=_caller(context, shard),
-            )
+        result = instantiator.call(
+            batch,
+            aids,
+            progress=log_progress(context, "instantiated"),
+            caller=_caller(context, shard),
         )
-        return rounds[-1].outputs
+        # Only the figures stay for the partition: a batch's outputs are written with it.
+        rounds.append(result.tally())
+        return result.outputs
 
     uses, seen = Counter(), set()
     tried = instantiated = nulls = 0
@@ -357,15 +357,14 @@ def _judge_shard(
                 .join(templates, on="template_id", how="left", maintain_order="left")
                 .to_dicts()
             )
-            rounds.append(
-                judge.call(
-                    rows,
-                    progress=_offset(progress, batch.start, listed.height, rounds),
-                    caller=_caller(context, shard),
-                )
+            result = judge.call(
+                rows,
+                progress=_offset(progress, batch.start, listed.height, rounds),
+                caller=_caller(context, shard),
             )
+            rounds.append(result.tally())
             found = collect_judgements(
-                rows, rounds[-1].outputs, judge.min_score, judge.engine, judge.model_name
+                rows, result.outputs, judge.min_score, judge.engine, judge.model_name
             )
             judged, rejects = one_pair_per_question(rows, *found)
             frame = JUDGED_PAIRS.frame(judged)

@@ -20,7 +20,7 @@ import sqlite3
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -125,6 +125,14 @@ class CallResult:
         """The outputs with an empty text for each refused input, for the steps that score an
         answer rather than reject its row (an empty answer scores as one)."""
         return ["" if isinstance(output, Refused) else output for output in self.outputs]
+
+    def tally(self) -> CallResult:
+        """The same figures without the outputs' texts (the refused inputs stay, to be counted):
+        what a step keeps of each batch's calls while it works through a partition, whose
+        outputs, millions of them, it has already written."""
+        return replace(
+            self, outputs=[output for output in self.outputs if isinstance(output, Refused)]
+        )
 
     @staticmethod
     def combined(results: Sequence[CallResult]) -> CallResult:

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
+from fi_method.llm_output import Refused
 from fi_resources.engines import Generation
-from fi_resources.model_calls import CallSpec, open_model_call_cache
+from fi_resources.model_calls import CallResult, CallSpec, open_model_call_cache
 
 SPEC = CallSpec("judge", "transformers", "some/model", "1", {"max_new_tokens": 8})
 
@@ -163,3 +164,20 @@ def test_parallel_processes_share_one_cache(tmp_path, cache_url):
     if cache_url is None:  # and the file is a plain SQLite database, in WAL mode
         with sqlite3.connect(tmp_path / "model_calls.sqlite") as connection:
             assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_a_tally_keeps_a_batchs_figures_and_drops_its_texts():
+    """What instantiated_pairs and judged_pairs keep of each batch's calls for the whole
+    partition: counts and refusals, not the outputs they have already written."""
+    too_long = Refused("9,000 prompt tokens; the window holds 8,192")
+    batches = [
+        CallResult(
+            ["null: no fit", too_long, '{"instruction": "q", "answer": "a"}'], 2, 1, 1.5, 90, 30
+        ),
+        CallResult(["null: no fit"] * 4, 4, 0, 2.0, 120, 40),
+    ]
+    tallied = CallResult.combined([batch.tally() for batch in batches])
+    whole = CallResult.combined(batches)
+    assert tallied.outputs == [too_long]
+    assert (tallied.made, tallied.cached, tallied.refused) == (whole.made, whole.cached, 1)
+    assert (tallied.seconds, tallied.prompt_tokens, tallied.completion_tokens) == (3.5, 210, 70)
