@@ -51,12 +51,17 @@ KNOWN_FOR = frozenset(
 )
 
 
+def _without_article(value: str) -> str:
+    """A value as a window names it: without a leading article ("the Eiffel Tower")."""
+    return re.sub(r"^(?:the|a|an)\s+", "", value.strip(), flags=re.IGNORECASE)
+
+
 def _mentions(doc, value: str) -> list[Token]:
     """The root token of each mention of `value` in a parsed window: where the window says it
     (an article aside) and not as part of a longer name ("Princess Louise Caroline Alberta" does
     not mention Alberta); where it never says it whole, for a value that ends on a common noun,
     each token that is that noun ("the earthquakes" for "Hindu Kush earthquakes")."""
-    name = re.sub(r"^(?:the|a|an)\s+", "", value.strip(), flags=re.IGNORECASE)
+    name = _without_article(value)
     if not name:
         return []
     found = []
@@ -138,7 +143,7 @@ def is_an_entry_for(window: str, thing: str) -> bool:
     """Whether a line of the window is an entry for `thing`: the term, a colon, then on the
     same line a description of it in the third person that opens with "a" or "an" or in lower
     case, or names the term's last word again ("This microservice will handle ...")."""
-    name = re.sub(r"^(?:the|a|an)\s+", "", thing.strip(), flags=re.IGNORECASE)
+    name = _without_article(thing)
     if not name:
         return False
     last = re.escape(name.split()[-1])

@@ -960,7 +960,7 @@ def rules_instantiate(
         excerpt_keys = word_keys(words(excerpt))
         salience = {surface: excerpt_keys.count(_head(surface)) for surface, _ in fillers}
         # Each slot takes only a value the passage ties to the template's words as the template
-        # ties that slot: by its role, and below the noun that holds it.
+        # ties that slot: by its role, and as what has the noun that holds it.
         tied = partial(_tied, reading, linked, dict(fillers)) if needed else None
         value_of = (
             _assign(descriptions, fillers, salience, embed, value_alone, tied) if fillers else None
