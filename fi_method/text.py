@@ -17,6 +17,12 @@ _WORD = re.compile(r"\w+(?:['’]\w+)*", re.UNICODE)
 _DIGIT = re.compile(r"\d")
 # A sentence ends at . ! or ? followed by space and a capital, digit or opening quote/bracket.
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'“(\[]?[A-Z0-9])")
+# ... except after an abbreviation (`abbreviations`), initials or a dotted acronym ("J.", "U.S.")
+# on the same line (a caption line "the lowercase letter A." still ends).
+# A sentence that truly ends on one ("moved to the U.S. He ...") runs on into the next: rarer than
+# a name or a country cut in two.
+_INITIALS = re.compile(r"(?:[A-Z]\.)+")
+_OPENING_PUNCTUATION = "\"'“‘([{"
 
 # Ids are the first 16 hex digits of a SHA-256: 64 bits keep collisions negligible below ~10^9 rows.
 ID_HEX_DIGITS = 16
@@ -66,6 +72,22 @@ def fold_for_matching(text: str) -> str:
     return " ".join(words(stripped))
 
 
+@cache
+def abbreviations() -> frozenset[str]:
+    """The abbreviations spaCy's English tokenizer keeps whole ("Dr.", "e.g.", "Calif.", "a.m.").
+    Loaded on first use: spaCy's language data takes a second or two to import."""
+    from spacy.lang.en import English
+
+    exceptions = English.Defaults.tokenizer_exceptions
+    return frozenset(orth for orth in exceptions if orth.endswith(".") and orth != "._.")
+
+
+def ends_on_abbreviation(text: str) -> bool:
+    """Whether `text`'s last word is an abbreviation or initials, whose period ends no sentence."""
+    last_word = text.rsplit(None, 1)[-1].lstrip(_OPENING_PUNCTUATION) if text.strip() else ""
+    return last_word in abbreviations() or _INITIALS.fullmatch(last_word) is not None
+
+
 def sentence_spans(text: str) -> list[tuple[int, int]]:
     """(start, end) character offsets of each sentence, in order; paragraph breaks end sentences
     too. Offsets index `text` itself, so `text[start:end]` is a verbatim piece of it."""
@@ -73,6 +95,10 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     for paragraph in re.finditer(r"[^\n]+(?:\n(?!\s*\n)[^\n]+)*", text):
         start = paragraph.start()
         for boundary in SENTENCE_END.finditer(paragraph.group()):
+            joined_on_the_line = "\n" not in boundary.group()
+            before = text[start : paragraph.start() + boundary.start()]
+            if joined_on_the_line and ends_on_abbreviation(before):
+                continue
             spans.append((start, paragraph.start() + boundary.start()))
             start = paragraph.start() + boundary.end()
         spans.append((start, paragraph.end()))

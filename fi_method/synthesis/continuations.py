@@ -17,7 +17,7 @@ MAX_PROMPT_CHARS = 16_000
 # continuations' code version: change it whenever `halve` or `teacher_prompt` cut otherwise.
 # tests/goldens/halving.json holds their cuts of real articles; tests/test_goldens.py fails when
 # they change while this does not.
-HALVING_VERSION = "1"
+HALVING_VERSION = "2"
 
 _SYSTEM = (
     "Continue the text the user gives you from exactly where it stops, in the same language, "
