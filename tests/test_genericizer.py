@@ -87,6 +87,34 @@ ANSWER = f'{{"template": "{TEMPLATE}", "compatible_document_description": "{DOCU
 
 
 @pytest.mark.parametrize(
+    ("query", "template"),
+    [
+        # The small parser runs the name on into the question's verb, tagged a verb ...
+        (
+            "what did martin luther king jr go to college for?",
+            "what did <fi>a person</fi> go to college for?",
+        ),
+        # ... or tagged a name: "did" still needs its verb.
+        ("who did john lennon marry?", "who did <fi>a person</fi> marry?"),
+        ("where was martin luther king jr buried?", "where was <fi>a person</fi> buried?"),
+        # A surname tagged a verb stays in the name when the question's verb follows it.
+        ("where does tim cook work?", "where does <fi>a person</fi> work?"),
+        (
+            "what style of music did jimi hendrix play?",
+            "what style of music did <fi>a person</fi> play?",
+        ),
+        # "junior" is part of the name, not of the question.
+        (
+            "where did martin luther king junior go to college?",
+            "where did <fi>a person</fi> go to college?",
+        ),
+    ],
+)
+def test_a_person_s_name_ends_before_the_question_s_verb_and_after_junior(query, template):
+    assert rules_genericize(query).template == template
+
+
+@pytest.mark.parametrize(
     "text",
     [
         ANSWER,

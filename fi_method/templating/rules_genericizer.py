@@ -505,6 +505,39 @@ def _token_span(tokens: list[Token], description: str) -> _Span:
     return _Span(tokens[0].idx, tokens[-1].idx + len(tokens[-1].text), description)
 
 
+# What ends a person's name that the small parser leaves outside its entity.
+_NAME_SUFFIXES = frozenset({"jr", "jr.", "junior", "sr", "sr.", "senior"})
+# A past tense or participle ends no name ("buried", "known", "directing"); a base form may be a
+# surname the small parser tags a verb in a lower-case question ("jimi hendrix", "tim cook").
+_INFLECTED_VERB_TAGS = frozenset({"VBD", "VBG", "VBN"})
+
+
+def _entity_tokens(entity: Span) -> list[Token]:
+    """An entity's tokens. A person's name loses a verb the small parser ran into it: a past
+    tense or participle ("where was martin luther king jr buried?"); after "did", "does" or "do",
+    a base form that a preposition or the question's end follows ("what did martin luther king jr
+    go to college for?") or a last word that ends the question ("who did john lennon marry?",
+    tagged a name). It gains the "junior" left out ("martin luther king junior go ...")."""
+    tokens = list(entity)
+    if entity.label_ != "PERSON":
+        return tokens
+    doc = entity.doc
+    after_do = entity.start > 0 and doc[entity.start - 1].lemma_ == "do"
+    follower = doc[entity.end] if entity.end < len(doc) else None
+    ends_question = all(token.is_punct for token in doc[entity.end : entity.sent.end])
+    before_a_preposition = ends_question or (follower is not None and follower.pos_ == "ADP")
+    while len(tokens) > 1 and (
+        tokens[-1].tag_ in _INFLECTED_VERB_TAGS
+        or (tokens[-1].tag_ == "VB" and after_do and before_a_preposition)
+    ):
+        tokens.pop()
+    if len(tokens) == len(entity) > 1 and after_do and ends_question:
+        tokens.pop()
+    if follower is not None and follower.lower_ in _NAME_SUFFIXES and len(tokens) == len(entity):
+        tokens.append(follower)
+    return tokens
+
+
 def _entity_kind(tokens: list[Token], root: Token) -> str | None:
     """The label of the named entity that holds `root`, as a description, unless the phrase is
     a capitalised everyday word ("Man" opening a poem's line)."""
@@ -542,7 +575,7 @@ def _parsed_spans(doc: Doc, title_case: set[int]) -> list[tuple[_Span, Token]]:
         entity = None if chunk.start in title_case else _entity_kind(tokens, chunk.root)
         if entity:
             # The entity may reach past the chunk ("the University" + "of Michigan").
-            tokens = sorted({*tokens, *_trimmed(list(named))}, key=lambda token: token.i)
+            tokens = sorted({*tokens, *_trimmed(_entity_tokens(named))}, key=lambda token: token.i)
         # The small model often calls a person's full name an organization.
         if entity in (None, "an organization") and _is_full_name(tokens):
             entity = "a person"
@@ -563,7 +596,7 @@ def _parsed_spans(doc: Doc, title_case: set[int]) -> list[tuple[_Span, Token]]:
     for entity in entities:
         outside = not in_chunks.intersection(range(entity.start, entity.end))
         if outside and entity.start not in title_case and not _crosses_a_spaced_dash(entity):
-            tokens = _trimmed(list(entity))
+            tokens = _trimmed(_entity_tokens(entity))
             kind = tokens and _entity_kind(tokens, entity.root)
             if kind:
                 found.append((_token_span(tokens, kind), entity.root))
