@@ -1,6 +1,6 @@
 """document_chunks[d] and matched_pairs[d]: stage B. Chunks are embedded once (Gaussian pooling)
-and stored with their vectors, so a change in the template index re-runs retrieval only, never
-the embedding of unchanged documents."""
+and stored with their vectors, so a change in the template index re-runs retrieval only, and a
+new chunker embeds only the chunks it changed."""
 
 import time
 
@@ -73,7 +73,8 @@ def chunk_vectors(chunks: pl.DataFrame) -> np.ndarray:
     description="Documents split into chunks that fit the embedder (paragraph, then sentence "
     "boundaries; the embedder's own tokenizer), each embedded with Gaussian pooling into K+1 "
     "unit vectors (global mean, then K local vectors centred along the chunk; FI_POOLING_K, "
-    "default 5).",
+    "default 5). A rerun embeds only the chunks whose text changed: the others keep the vectors "
+    "they had when the same model, K and dtype made them.",
 )
 def document_chunks(
     context: dg.AssetExecutionContext, storage: Storage, embedder: Embedder
@@ -86,22 +87,33 @@ def _chunk_shard(
 ) -> dg.MaterializeResult:
     docs = storage.scan_table(DOCUMENTS, shard).select("doc_id", "text")
     n_documents = docs.select(pl.len()).collect().item()
+    signature = embedder.vectors_signature
+    made_before = vectors_made_before(storage, shard, signature)
     # The vectors' shape is the embedder's: they join the declared columns as an Array.
     columns = {name: kind for name, kind in DOCUMENT_CHUNKS.schema.items() if name != "vectors"}
     started = time.perf_counter()
+    reused = 0
     with (
         storage.table_writer(DOCUMENT_CHUNKS, shard) as written,
         storage.rejects_writer(DOCUMENT_CHUNKS.name, shard) as rejected,
     ):
         for start in range(0, n_documents, CHUNK_BATCH_DOCUMENTS):
+            batch = docs.slice(start, CHUNK_BATCH_DOCUMENTS).collect()
             chunks = [
-                {"doc_id": doc_id, **vars(chunk)}
-                for doc_id, text in docs.slice(start, CHUNK_BATCH_DOCUMENTS).collect().iter_rows()
+                {"doc_id": doc_id, **vars(chunk), "embedded_with": signature}
+                for doc_id, text in batch.iter_rows()
                 for chunk in chunk_document(
                     doc_id, text, embedder.count_tokens, embedder.chunk_tokens
                 )
             ]
-            vectors = _embed_with_progress(context, embedder, [c["text"] for c in chunks])
+            known = reusable_vectors(made_before, batch["doc_id"])
+            fresh = [chunk for chunk in chunks if chunk["chunk_id"] not in known]
+            reused += len(chunks) - len(fresh)
+            embedded = _embed_with_progress(context, embedder, [c["text"] for c in fresh])
+            vectors = np.empty((len(chunks), *embedded.shape[1:]), dtype=np.float32)
+            by_id = known | dict(zip((c["chunk_id"] for c in fresh), embedded, strict=True))
+            for row, chunk in enumerate(chunks):
+                vectors[row] = by_id[chunk["chunk_id"]]
             frame = pl.DataFrame(chunks, schema=columns).with_columns(
                 pl.Series("vectors", vectors, dtype=pl.Array(pl.Float32, vectors.shape[1:]))
             )
@@ -110,7 +122,8 @@ def _chunk_shard(
             elapsed = time.perf_counter() - started
             context.log.info(
                 f"chunked and embedded {done}/{n_documents} documents ({written.rows} chunks, "
-                f"~{(n_documents - done) * elapsed / done:.0f}s left)"
+                f"{reused} of them with the vectors they had, ~"
+                f"{(n_documents - done) * elapsed / done:.0f}s left)"
             )
     return report_stage(
         written,
@@ -120,9 +133,36 @@ def _chunk_shard(
         {
             "documents": n_documents,
             "chunks_per_document": round(written.rows / max(n_documents, 1), 2),
+            "vectors_reused": reused,
             "embedder": embedder.model,
         },
     )
+
+
+def vectors_made_before(storage: Storage, shard: str, signature: str) -> pl.LazyFrame | None:
+    """The chunks this partition had before this run whose vectors were made as `signature`
+    makes them now (None on a first run, or from a table that did not record it): a new
+    chunker or a document edited keeps the vectors of every chunk whose text it left alone."""
+    try:
+        previous = storage.scan_table(DOCUMENT_CHUNKS, shard)
+    except FileNotFoundError:
+        return None
+    if "embedded_with" not in previous.collect_schema().names():
+        return None
+    return previous.filter(pl.col("embedded_with") == signature)
+
+
+def reusable_vectors(made_before: pl.LazyFrame | None, doc_ids: pl.Series) -> dict[str, np.ndarray]:
+    """The vectors `made_before` holds for the chunks of `doc_ids`, by chunk id (which hashes
+    the document id and the chunk's text)."""
+    if made_before is None:
+        return {}
+    found = (
+        made_before.filter(pl.col("doc_id").is_in(doc_ids.implode()))
+        .select("chunk_id", "vectors")
+        .collect()
+    )
+    return dict(zip(found["chunk_id"], found["vectors"].to_numpy(), strict=True))
 
 
 def _embed_with_progress(

@@ -48,15 +48,20 @@ def torch_device(device: str) -> str:
 EncoderDtype = Literal["auto", "bf16", "fp32"]
 
 
+def resolved_dtype(dtype: EncoderDtype, device: str) -> str:
+    """`auto` is bf16 on a GPU, where it runs several times faster than fp32 for vectors within a
+    cosine of 0.999 of fp32's, and fp32 elsewhere (a CPU without bf16 matrix units is slower in
+    bf16)."""
+    if dtype == "auto":
+        return "bf16" if device.startswith("cuda") else "fp32"
+    return dtype
+
+
 def encoder_dtype(dtype: EncoderDtype, device: str):
-    """The torch dtype of the encoder's weights: `auto` is bf16 on a GPU, where it runs several
-    times faster than fp32 for vectors within a cosine of 0.999 of fp32's, and fp32 elsewhere
-    (a CPU without bf16 matrix units is slower in bf16)."""
+    """The torch dtype of the encoder's weights (`resolved_dtype`)."""
     import torch
 
-    if dtype == "auto":
-        dtype = "bf16" if device.startswith("cuda") else "fp32"
-    return {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[resolved_dtype(dtype, device)]
 
 
 def _longest_first(texts: list[str]) -> np.ndarray:
@@ -108,6 +113,14 @@ class Embedder(ConfigurableResource):
                 model_kwargs={"dtype": encoder_dtype(self.dtype, device)},
             ).eval()
         return self._encoder
+
+    @property
+    def vectors_signature(self) -> str:
+        """What a chunk's vectors depend on besides its text: the model, the pooling's K and the
+        weights' dtype. Stored beside the vectors, so that a rerun reuses only vectors that it
+        would make the same way."""
+        dtype = resolved_dtype(self.dtype, torch_device(self.device))
+        return f"{self.model}|k={self.pooling_k}|{dtype}"
 
     @property
     def dimension(self) -> int:

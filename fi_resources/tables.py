@@ -127,6 +127,8 @@ DOCUMENT_CHUNKS = Table(
         "position": pl.Int64,
         "text": pl.String,
         "n_tokens": pl.Int64,
+        # Embedder.vectors_signature: which vectors a rerun may reuse rather than embed again.
+        "embedded_with": pl.String,
         "vectors": pl.Array,
     },
 )
