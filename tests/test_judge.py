@@ -282,8 +282,38 @@ PIPELINE_NONSENSE = [
         ),
         "a name",
     ),
+    # Kept at judge rules-18 from ShareGPT answers: a brand the small parser took for a person,
+    # and a letter's blank the small parser took for a company.
+    (
+        "what company did Borne Clothing work for?",
+        (
+            "Borne Clothing could work with travel bloggers to promote the brand and create content "
+            "showcasing the clothing's effectiveness in mosquito-prone areas. Additionally, Borne "
+            "Clothing could partner with travel companies or airlines to offer special discounts on "
+            "clothing for customers booking trips to these destinations."
+        ),
+        "an organization",
+    ),
+    (
+        "what company did Ugne work for?",
+        (
+            "Ugne will be working on a full-time basis for [Employer Name] and will be responsible "
+            "for [insert job duties]. Our company is committed to providing Ugne with a competitive "
+            "salary and benefits package, and we will ensure that he is paid at least the actual or "
+            "prevailing wage for the occupation, whichever is higher."
+        ),
+        "an organization",
+    ),
 ]
 SENSIBLE = [
+    (
+        "what company did Nikola Tesla work for?",
+        (
+            "In 1882, Nikola Tesla began working for the Continental Edison Company in France, "
+            "designing and making improvements to electrical equipment. In 1884 he moved to New York "
+            "City to work for Edison Machine Works on Manhattan's Lower East Side."
+        ),
+    ),
     (
         "who were the Cubs playing in the 1908 World Series",
         (

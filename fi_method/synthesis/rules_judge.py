@@ -196,6 +196,7 @@ _KIND_LABELS = {
     "a place": frozenset({"GPE", "LOC", "FAC", "ORG"}),
     "a time": frozenset({"DATE", "TIME"}),
     "a number": frozenset({"CARDINAL", "QUANTITY", "MONEY", "PERCENT", "DATE", "TIME", "ORDINAL"}),
+    "an organization": frozenset({"ORG"}),
 }
 # Words as written, capitals kept: a capital inside a sentence marks a name.
 _TOKEN = re.compile(r"\w+(?:['’]\w+)*")
@@ -204,6 +205,9 @@ _FINAL_PUNCTUATION = re.compile(r"[.!?:;)\]\"'”’`*|>}…]$|[^\w\s,;(\[{-]$")
 # A quoted or emphasised term gives a name ("its Latin name is *Ursus arctos*").
 _QUOTE_OPENING = re.compile(r"[\"“‘*]\w")
 _QUOTED = re.compile(r"[\"“]([^\"“”\n]{2,60})[\"”]")
+# A form's blank ("for [Employer Name]", "[insert job duties]") names nothing; a Markdown link's
+# text ("[OpenAI](https://openai.com)") does.
+_PLACEHOLDER = re.compile(r"\[[^\]\n]{1,80}\](?!\()")
 _LIST_ITEM = re.compile(r"^\s*(?:[-*•+>#|]|\d+[.)]|[A-Za-z][.)]\s)")
 # What a question asks for, read from how it opens, and what in an answer gives it.
 _ASKS = (
@@ -248,6 +252,14 @@ _ASKS = (
             re.IGNORECASE,
         ),
     ),
+    (
+        "an organization",
+        re.compile(
+            r"\b(?:what|which) (?:compan(?:y|ies)|teams?|clubs?|bands?|firms?|organi[sz]ations?|"
+            r"part(?:y|ies)|record labels?|labels?|brands?|agenc(?:y|ies)|newspapers?)\b",
+            re.IGNORECASE,
+        ),
+    ),
 )
 # Words that say what kind of answer a question wants ("what percentage", "which century"): the
 # answer gives a number or a date, not the word.
@@ -275,6 +287,7 @@ _ASKED_AS = {
     "a place": "where",
     "a time": "when",
     "a number": "how many or how much",
+    "an organization": "which company, team or other body",
 }
 # Object pronouns and particles are stopwords that can end a sentence ("... to help them").
 _CAN_END_SENTENCE = frozenset(
@@ -667,9 +680,10 @@ def _focus(instruction: str, terms: list[_Term], answer: str, present: set[str])
 
 def _not_given(asked: list[str], window: str, instruction: str) -> list[str]:
     """What of `asked` the window does not give: a name, date, number or entity of the asked
-    kind that is not one of the instruction's own words."""
+    kind that is not one of the instruction's own words nor a form's blank."""
     if not asked:
         return []
+    window = _PLACEHOLDER.sub(" ", window)
     own = {_key(w) for w in words(instruction)}
     tokens = [t for t in words(window) if _key(t) not in own]
     new_names = _names(window) - {w.lower() for w in _TOKEN.findall(instruction)}
@@ -684,6 +698,7 @@ def _not_given(asked: list[str], window: str, instruction: str) -> list[str]:
         or any(t in _TIME_WORDS or _YEAR.fullmatch(t) for t in tokens),
         "a number": bool(labels & _KIND_LABELS["a number"])
         or any(t in _NUMBER_WORDS or _DIGIT.search(t) for t in tokens),
+        "an organization": bool(labels & _KIND_LABELS["an organization"]),
     }
     return [what for what in asked if not gives[what]]
 
