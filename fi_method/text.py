@@ -22,6 +22,7 @@ SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'“(\[]?[A-Z0-9])")
 # A sentence that truly ends on one ("moved to the U.S. He ...") runs on into the next: rarer than
 # a name or a country cut in two.
 _INITIALS = re.compile(r"(?:[A-Z]\.)+")
+ABBREVIATION_TAIL_CHARS = 32
 _OPENING_PUNCTUATION = "\"'“‘([{"
 
 # Ids are the first 16 hex digits of a SHA-256: 64 bits keep collisions negligible below ~10^9 rows.
@@ -96,7 +97,9 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
         start = paragraph.start()
         for boundary in SENTENCE_END.finditer(paragraph.group()):
             joined_on_the_line = "\n" not in boundary.group()
-            before = text[start : paragraph.start() + boundary.start()]
+            end = paragraph.start() + boundary.start()
+            # The last word is all that counts: a bounded tail keeps a long run-on linear.
+            before = text[max(start, end - ABBREVIATION_TAIL_CHARS) : end]
             if joined_on_the_line and ends_on_abbreviation(before):
                 continue
             spans.append((start, paragraph.start() + boundary.start()))
