@@ -347,6 +347,28 @@ def test_a_sensible_pipeline_pair_is_kept(instruction, answer):
     assert rules_judge(instruction, answer, document=answer).score >= MIN_JUDGE_SCORE
 
 
+def test_display_math_gives_what_is_asked_and_a_form_s_blank_does_not():
+    question = "how much more money does he need?"
+    assert unanswered_asks(question, "He needs \\[ 8000 - 2000 = 6000 \\] more.") == []
+    asked = "what company did she work for?"
+    assert unanswered_asks(asked, "She worked for Microsoft in 2019.") == []
+    assert unanswered_asks(asked, "She worked for [Employer Name] in 2019.") == ["an organization"]
+
+
+def test_a_long_request_that_also_asks_which_companies_is_not_held_to_its_focus():
+    request = (
+        "I have competencies in remote sensing, machine learning, and water resource knowledge, "
+        "what are the possible jobs I can occupy? What are the possible projects I can do? What "
+        "companies I can work at?"
+    )
+    answer = (
+        "With your competencies in remote sensing, machine learning, and water resource "
+        "management, you can work as a remote sensing analyst, a water resources engineer or a "
+        "machine learning engineer.\n\nCompanies: NASA, the European Space Agency, Esri and DHI."
+    )
+    assert unanswered_asks(request, answer) == []
+
+
 # A rules template matched to a passage it does not fit: the instantiator filled its slot with a
 # span of the passage, so every slot value is in the answer, and nothing the template asks is.
 # The rules-2 judge, which did not read templates, kept this pair from a run on Wikipedia with 5.

@@ -19,7 +19,7 @@ PROMPT_VERSION = "1"
 # The rules judge's part of every cache key and of judged_pairs' code version; tests/goldens/
 # judge.json holds its verdicts on real pairs, and tests/test_goldens.py fails when they change
 # while this does not. rules-3 named a template-reading judge at f1ba620 that was withdrawn.
-RULES_VERSION = "rules-20"
+RULES_VERSION = "rules-21"
 MIN_JUDGE_SCORE = 4
 
 CRITERIA = (

@@ -206,8 +206,8 @@ _FINAL_PUNCTUATION = re.compile(r"[.!?:;)\]\"'”’`*|>}…]$|[^\w\s,;(\[{-]$")
 _QUOTE_OPENING = re.compile(r"[\"“‘*]\w")
 _QUOTED = re.compile(r"[\"“]([^\"“”\n]{2,60})[\"”]")
 # A form's blank ("for [Employer Name]", "[insert job duties]") names nothing; a Markdown link's
-# text ("[OpenAI](https://openai.com)") does.
-_PLACEHOLDER = re.compile(r"\[[^\]\n]{1,80}\](?!\()")
+# text ("[OpenAI](https://openai.com)") does, and so does LaTeX's display math ("\[ 8000 - 2000 \]").
+_PLACEHOLDER = re.compile(r"(?<!\\)\[[A-Za-z][\w ,'/&-]{0,79}\](?!\()")
 _LIST_ITEM = re.compile(r"^\s*(?:[-*•+>#|]|\d+[.)]|[A-Za-z][.)]\s)")
 # What a question asks for, read from how it opens, and what in an answer gives it.
 _ASKS = (
@@ -617,8 +617,16 @@ def asks_for_a_fact(instruction: str) -> bool:
     )
 
 
+# Asked only of one short question: a long request that also asks "what companies" is answered
+# by a list of them further on than the focus reads.
+_ASKED_OF_A_FACT_ONLY = frozenset({"an organization"})
+
+
 def _asked(instruction: str) -> list[str]:
-    return [what for what, pattern in _ASKS if pattern.search(instruction)]
+    asked = [what for what, pattern in _ASKS if pattern.search(instruction)]
+    if asks_for_a_fact(instruction):
+        return asked
+    return [what for what in asked if what not in _ASKED_OF_A_FACT_ONLY]
 
 
 def focus(instruction: str, answer: str) -> Focus:
