@@ -3,10 +3,12 @@ and stored with their vectors, so a change in the template index re-runs retriev
 new chunker embeds only the chunks it changed."""
 
 import time
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 
 from fi_assets.checks import DOCUMENTS_MATCHED, check_result
 from fi_assets.partitions import doc_shards, query_shards
@@ -88,7 +90,7 @@ def _chunk_shard(
     docs = storage.scan_table(DOCUMENTS, shard).select("doc_id", "text")
     n_documents = docs.select(pl.len()).collect().item()
     signature = embedder.vectors_signature
-    made_before = vectors_made_before(storage, shard, signature)
+    before = VectorsBefore.of(storage, shard, signature)
     # The vectors' shape is the embedder's: they join the declared columns as an Array.
     columns = {name: kind for name, kind in DOCUMENT_CHUNKS.schema.items() if name != "vectors"}
     started = time.perf_counter()
@@ -106,7 +108,7 @@ def _chunk_shard(
                     doc_id, text, embedder.count_tokens, embedder.chunk_tokens
                 )
             ]
-            known = reusable_vectors(made_before, batch["doc_id"])
+            known = before.vectors(batch["doc_id"].to_list()) if before else {}
             fresh = [chunk for chunk in chunks if chunk["chunk_id"] not in known]
             reused += len(chunks) - len(fresh)
             embedded = _embed_with_progress(context, embedder, [c["text"] for c in fresh])
@@ -139,30 +141,43 @@ def _chunk_shard(
     )
 
 
-def vectors_made_before(storage: Storage, shard: str, signature: str) -> pl.LazyFrame | None:
-    """The chunks this partition had before this run whose vectors were made as `signature`
-    makes them now (None on a first run, or from a table that did not record it): a new
-    chunker or a document edited keeps the vectors of every chunk whose text it left alone."""
-    try:
-        previous = storage.scan_table(DOCUMENT_CHUNKS, shard)
-    except FileNotFoundError:
-        return None
-    if "embedded_with" not in previous.collect_schema().names():
-        return None
-    return previous.filter(pl.col("embedded_with") == signature)
+class VectorsBefore:
+    """The vectors this partition's chunks had before this run, where the same model, K and dtype
+    (`signature`) made them: a new chunker or an edited document keeps the vectors of every chunk
+    whose text it left alone. Read a row group at a time: a batch's documents sit in one or two
+    row groups, as the table follows the documents' order."""
 
+    def __init__(self, path: Path, signature: str):
+        self._file = pq.ParquetFile(path)
+        self._signature = signature
+        self._groups_of: dict[str, list[int]] = {}
+        for group in range(self._file.num_row_groups):
+            doc_ids = self._file.read_row_group(group, columns=["doc_id"]).column(0)
+            for doc_id in set(doc_ids.to_pylist()):
+                self._groups_of.setdefault(doc_id, []).append(group)
 
-def reusable_vectors(made_before: pl.LazyFrame | None, doc_ids: pl.Series) -> dict[str, np.ndarray]:
-    """The vectors `made_before` holds for the chunks of `doc_ids`, by chunk id (which hashes
-    the document id and the chunk's text)."""
-    if made_before is None:
-        return {}
-    found = (
-        made_before.filter(pl.col("doc_id").is_in(doc_ids.implode()))
-        .select("chunk_id", "vectors")
-        .collect()
-    )
-    return dict(zip(found["chunk_id"], found["vectors"].to_numpy(), strict=True))
+    @classmethod
+    def of(cls, storage: Storage, shard: str, signature: str) -> "VectorsBefore | None":
+        """The partition's previous chunks; None on a first run, or for a table written before
+        chunks recorded what made their vectors."""
+        path = storage.table_path(DOCUMENT_CHUNKS, shard)
+        if not path.exists() or "embedded_with" not in pq.read_schema(path).names:
+            return None
+        return cls(path, signature)
+
+    def vectors(self, doc_ids: list[str]) -> dict[str, np.ndarray]:
+        """The vectors of the chunks of `doc_ids`, by chunk id (which hashes the document id and
+        the chunk's text)."""
+        groups = sorted({group for doc_id in doc_ids for group in self._groups_of.get(doc_id, [])})
+        columns = ["doc_id", "chunk_id", "embedded_with", "vectors"]
+        vectors: dict[str, np.ndarray] = {}
+        # One group at a time: documents in another order than before spread over many groups.
+        for group in groups:
+            found = pl.from_arrow(self._file.read_row_group(group, columns=columns)).filter(
+                pl.col("doc_id").is_in(doc_ids) & (pl.col("embedded_with") == self._signature)
+            )
+            vectors.update(zip(found["chunk_id"], found["vectors"].to_numpy(), strict=True))
+        return vectors
 
 
 def _embed_with_progress(
