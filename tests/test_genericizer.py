@@ -89,6 +89,32 @@ ANSWER = f'{{"template": "{TEMPLATE}", "compatible_document_description": "{DOCU
 @pytest.mark.parametrize(
     ("query", "template"),
     [
+        (
+            "who played atticus finch in the movie?",
+            "who played <fi>a character in a TV series or film</fi> in the movie?",
+        ),
+        # A title around the noun still names a film.
+        (
+            "who plays jacob black in the twilight movies?",
+            (
+                "who plays <fi>a character in a TV series or film</fi> in "
+                "<fi>a TV series or film</fi>?"
+            ),
+        ),
+    ],
+)
+def test_a_kind_of_work_is_no_title(query, template):
+    assert rules_genericize(query).template == template
+
+
+def test_who_wrote_the_lyrics_has_nothing_to_make_a_slot_of():
+    with pytest.raises(TemplateError, match="nothing in the query is specific enough"):
+        rules_genericize("who wrote the lyrics?")
+
+
+@pytest.mark.parametrize(
+    ("query", "template"),
+    [
         # The small parser runs the name on into the question's verb, tagged a verb ...
         (
             "what did martin luther king jr go to college for?",

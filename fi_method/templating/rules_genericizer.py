@@ -350,6 +350,16 @@ _OBJECT_OF_WHO_VERB = {
     "found": "an organization",
     "win": "a competition or award",
 }
+# Words for a kind of work, not a title: "who wrote the lyrics" and "the brave fishermen in your
+# movie" name no written work and no film.
+WORK_KIND_NOUNS = frozenset(
+    {
+        "album", "article", "book", "chapter", "episode", "essay", "film", "letter", "lyric",
+        "movie", "music", "musical", "novel", "painting", "paper", "picture", "play", "poem",
+        "post", "production", "report", "scene", "script", "series", "show", "song", "speech",
+        "story", "text", "video",
+    }
+)  # fmt: skip
 # Acting verbs: their object is a character and what follows their "in" is the work.
 ACTING_VERBS = frozenset({"play", "portray", "voice", "star", "appear"})
 # Save in the idiom "play a role (or part) in": it says what a thing contributes to ("jaguars
@@ -404,8 +414,11 @@ def _trimmed(tokens: list[Token]) -> list[Token]:
 
 def _context_kind(root: Token) -> str | None:
     """The kind the words around a phrase give it: the object of "who played/wrote/..." and
-    the work after "played ... in"."""
+    the work after "played ... in", unless it is only a kind of work ("the lyrics", "your
+    movie")."""
     verb = root.head
+    if _only_a_kind_of_work(root):
+        return None
     if root.dep_ == "dobj":
         if root.lemma_.lower() in IDIOM_OBJECTS or any(
             child.lower_ in _WH_DETERMINERS for child in root.children
@@ -421,6 +434,18 @@ def _context_kind(root: Token) -> str | None:
         acting = not plays_a_part(verb.head) and not _asks_what_is_played(verb.head)
         return "a TV series or film" if acting else None
     return None
+
+
+# What names the work a kind-of-work noun heads: "the avengers movie", "the book of st. john".
+_TITLE_DEPENDENTS = frozenset({"compound", "nmod", "appos", "prep"})
+
+
+def _only_a_kind_of_work(root: Token) -> bool:
+    """Whether a phrase says only what kind of work it is ("the lyrics", "your movie", "the
+    first film"), with no title around its noun ("the twilight movies", "toy story")."""
+    return root.lemma_.lower() in WORK_KIND_NOUNS and not any(
+        child.dep_ in _TITLE_DEPENDENTS or child.pos_ == "PROPN" for child in root.children
+    )
 
 
 def _asks_what_is_played(verb: Token) -> bool:
