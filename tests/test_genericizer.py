@@ -123,6 +123,7 @@ def test_who_wrote_the_lyrics_has_nothing_to_make_a_slot_of():
         # ... or tagged a name: "did" still needs its verb.
         ("who did john lennon marry?", "who did <fi>a person</fi> marry?"),
         ("where was martin luther king jr buried?", "where was <fi>a person</fi> buried?"),
+        ("what movies did nick cannon star in?", "what movies did <fi>a person</fi> star in?"),
         # A surname tagged a verb stays in the name when the question's verb follows it.
         ("where does tim cook work?", "where does <fi>a person</fi> work?"),
         (

@@ -31,7 +31,7 @@ PROMPT_VERSION = "1"
 # of the rules in `rules_instantiator` (or of the helpers they use) change.
 # tests/goldens/instantiator.json holds their outputs on real passages, and tests/test_goldens.py
 # fails when they change while this does not.
-RULES_VERSION = "rules-20"
+RULES_VERSION = "rules-21"
 # About 4k Llama-3 tokens: long documents are cut to the window around the matched chunk.
 MAX_DOCUMENT_CHARS = 16_000
 

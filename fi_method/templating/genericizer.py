@@ -19,7 +19,7 @@ PROMPT_VERSION = "1"
 # The rules genericizer's (fi_method.templating.rules_genericizer) part of every cache key and of
 # instruction_templates' code version; tests/goldens/genericizer.json holds its outputs on real
 # queries, and tests/test_goldens.py fails when they change while this does not.
-RULES_VERSION = "rules-8"
+RULES_VERSION = "rules-9"
 
 
 @dataclass(frozen=True)

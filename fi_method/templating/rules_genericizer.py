@@ -540,9 +540,10 @@ _INFLECTED_VERB_TAGS = frozenset({"VBD", "VBG", "VBN"})
 def _entity_tokens(entity: Span) -> list[Token]:
     """An entity's tokens. A person's name loses a verb the small parser ran into it: a past
     tense or participle ("where was martin luther king jr buried?"); after "did", "does" or "do",
-    a base form that a preposition or the question's end follows ("what did martin luther king jr
-    go to college for?") or a last word that ends the question ("who did john lennon marry?",
-    tagged a name). It gains the "junior" left out ("martin luther king junior go ...")."""
+    base forms that a preposition or the question's end follows ("what did martin luther king jr
+    go to college for?"), else its last word there ("who did john lennon marry?", "what movies did
+    nick cannon star in?", tagged names). It gains the "junior" left out ("martin luther king
+    junior go ...")."""
     tokens = list(entity)
     if entity.label_ != "PERSON":
         return tokens
@@ -556,7 +557,7 @@ def _entity_tokens(entity: Span) -> list[Token]:
         or (tokens[-1].tag_ == "VB" and after_do and before_a_preposition)
     ):
         tokens.pop()
-    if len(tokens) == len(entity) > 1 and after_do and ends_question:
+    if len(tokens) == len(entity) > 1 and after_do and before_a_preposition:
         tokens.pop()
     if follower is not None and follower.lower_ in _NAME_SUFFIXES and len(tokens) == len(entity):
         tokens.append(follower)
