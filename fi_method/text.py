@@ -102,7 +102,7 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
             before = text[max(start, end - ABBREVIATION_TAIL_CHARS) : end]
             if joined_on_the_line and ends_on_abbreviation(before):
                 continue
-            spans.append((start, paragraph.start() + boundary.start()))
+            spans.append((start, end))
             start = paragraph.start() + boundary.end()
         spans.append((start, paragraph.end()))
     return [(a, b) for a, b in spans if text[a:b].strip()]
